@@ -1,0 +1,42 @@
+//! `meridian-consensus`: metadata replicated by Raft inside one region.
+//!
+//! Owns the openraft type configuration, the log store and state machine (RocksDB
+//! in production, an in-memory twin for tests and simulation), the typed metadata
+//! commands (keys, teams, users, customers, budgets, region-scoped models) and Raft
+//! RPC over tonic. It must not know about HTTP or counters.
+//!
+//! Today a node runs as a single-node region whose metadata comes from its config
+//! file; this crate names the region identity that the rest of the node uses.
+
+use std::fmt;
+
+/// Name of a region (`us-east`, `eu-west`, or `local` for the embedded default).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RegionId(String);
+
+impl RegionId {
+    pub fn new(name: impl Into<String>) -> Self {
+        Self(name.into())
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for RegionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn region_id_displays_its_name() {
+        let region = RegionId::new("eu-west");
+        assert_eq!(region.to_string(), "eu-west");
+        assert_eq!(region.as_str(), "eu-west");
+    }
+}

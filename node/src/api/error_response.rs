@@ -1,0 +1,174 @@
+//! The edge: where an [`Error`] becomes an HTTP status and a body, in OpenAI's
+//! shape (`{"error":{"message","type","param","code"}}`) or, on Anthropic-format
+//! routes, Anthropic's (`{"type":"error","error":{"type","message"}}`).
+//! Gateway-side failures are logged in full and answered without internals.
+
+use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, StatusCode};
+use serde_json::json;
+
+use crate::error::Error;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    OpenAi,
+    Anthropic,
+}
+
+impl Format {
+    /// Anthropic-format routes answer errors in Anthropic's shape.
+    pub fn for_path(path: &str) -> Self {
+        if path == "/v1/messages" || path == "/messages" {
+            Format::Anthropic
+        } else {
+            Format::OpenAi
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub error: Error,
+    pub format: Format,
+    pub request_id: Option<String>,
+}
+
+impl ApiError {
+    pub fn new(error: Error, format: Format) -> Self {
+        Self { error, format, request_id: None }
+    }
+
+    pub fn with_request_id(mut self, id: &str) -> Self {
+        self.request_id = Some(id.to_owned());
+        self
+    }
+}
+
+/// Status and OpenAI `type` for each error.
+fn classify(e: &Error) -> (StatusCode, &'static str) {
+    match e {
+        Error::InvalidRequest { .. } | Error::ModelNotFound { .. } | Error::Unsupported { .. } => {
+            (StatusCode::BAD_REQUEST, "invalid_request_error")
+        }
+        Error::MissingKey | Error::InvalidKey => (StatusCode::UNAUTHORIZED, "auth_error"),
+        Error::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error"),
+        Error::Disabled { .. } => (StatusCode::FORBIDDEN, "permission_error"),
+        Error::UpstreamStatus { status, .. } => {
+            let code = StatusCode::from_u16(*status)
+                .ok()
+                .filter(|s| s.is_client_error() || s.is_server_error())
+                .unwrap_or(StatusCode::BAD_GATEWAY);
+            let kind = match code.as_u16() {
+                400 | 404 | 409 | 413 | 422 => "invalid_request_error",
+                401 => "authentication_error",
+                403 => "permission_error",
+                429 => "rate_limit_error",
+                _ => "api_error",
+            };
+            (code, kind)
+        }
+        Error::UpstreamTimeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
+        Error::UpstreamUnreachable { .. } | Error::UpstreamProtocol { .. } => (StatusCode::BAD_GATEWAY, "api_error"),
+        Error::Config { .. } | Error::Io { .. } | Error::Internal(_) => {
+            (StatusCode::INTERNAL_SERVER_ERROR, "internal_server_error")
+        }
+    }
+}
+
+/// Anthropic's error `type` for a status.
+fn anthropic_type(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        400 | 413 | 422 => "invalid_request_error",
+        401 => "authentication_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        429 => "rate_limit_error",
+        529 => "overloaded_error",
+        _ => "api_error",
+    }
+}
+
+/// `(status, OpenAI-shaped body)` for an error, used by the edge and by stream
+/// error events.
+pub fn openai_body(e: &Error, request_id: Option<&str>) -> (StatusCode, serde_json::Value) {
+    let (status, default_kind) = classify(e);
+    let message = if status.is_server_error() && e.side() == crate::error::Side::Gateway {
+        match request_id {
+            Some(id) => format!("Internal server error (request id {id})"),
+            None => "Internal server error".to_owned(),
+        }
+    } else {
+        e.to_string()
+    };
+    let (kind, param, code) = match e {
+        Error::InvalidRequest { param, .. } => (default_kind.to_owned(), param.clone(), status.as_u16().to_string()),
+        Error::ModelNotFound { .. } => (default_kind.to_owned(), Some("model".to_owned()), status.as_u16().to_string()),
+        Error::UpstreamStatus { kind, code, .. } => (
+            kind.clone().unwrap_or_else(|| default_kind.to_owned()),
+            None,
+            code.clone().unwrap_or_else(|| status.as_u16().to_string()),
+        ),
+        _ => (default_kind.to_owned(), None, status.as_u16().to_string()),
+    };
+    let body = json!({ "error": { "message": message, "type": kind, "param": param, "code": code } });
+    (status, body)
+}
+
+pub fn anthropic_body(e: &Error, request_id: Option<&str>) -> (StatusCode, serde_json::Value) {
+    let (status, openai) = openai_body(e, request_id);
+    let message = openai.pointer("/error/message").cloned().unwrap_or_default();
+    let body = json!({ "type": "error", "error": { "type": anthropic_type(status), "message": message } });
+    (status, body)
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let id = self.request_id.as_deref();
+        if self.error.side() == crate::error::Side::Gateway {
+            tracing::error!(request_id = id.unwrap_or("-"), error = %self.error, "request failed inside the gateway");
+        }
+        let (status, body) = match self.format {
+            Format::OpenAi => openai_body(&self.error, id),
+            Format::Anthropic => anthropic_body(&self.error, id),
+        };
+        let mut response = (status, axum::Json(body)).into_response();
+        let headers = response.headers_mut();
+        if let Error::UpstreamStatus { retry_after: Some(secs), .. } = &self.error {
+            headers.insert(http::header::RETRY_AFTER, HeaderValue::from(*secs));
+        }
+        if let Some(Ok(v)) = id.map(HeaderValue::from_str) {
+            headers.insert("x-request-id", v);
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn statuses_and_shapes() {
+        let (s, b) = openai_body(&Error::invalid("bad", Some("messages[0].role")), None);
+        assert_eq!(s, 400);
+        assert_eq!(b, json!({"error": {"message": "bad", "type": "invalid_request_error", "param": "messages[0].role", "code": "400"}}));
+        assert_eq!(openai_body(&Error::InvalidKey, None).0, 401);
+        assert_eq!(openai_body(&Error::PayloadTooLarge { limit_bytes: 1 }, None).0, 413);
+        let timeout = Error::UpstreamTimeout { deployment: "d".into(), after: Duration::from_secs(1) };
+        assert_eq!(openai_body(&timeout, None).0, 504);
+        assert_eq!(openai_body(&Error::protocol("d", "junk"), None).0, 502);
+        let upstream = Error::UpstreamStatus { status: 429, message: "slow down".into(), kind: None, code: None, retry_after: None };
+        let (s, b) = anthropic_body(&upstream, None);
+        assert_eq!(s, 429);
+        assert_eq!(b, json!({"type": "error", "error": {"type": "rate_limit_error", "message": "slow down"}}));
+    }
+
+    #[test]
+    fn internal_errors_do_not_leak() {
+        let e = Error::io("reading /etc/secret/path", std::io::Error::other("denied"));
+        let (s, b) = openai_body(&e, Some("abc"));
+        assert_eq!(s, 500);
+        assert_eq!(b["error"]["message"], "Internal server error (request id abc)");
+    }
+}

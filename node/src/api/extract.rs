@@ -1,0 +1,118 @@
+//! Request extractors: the caller's identity and a size-limited, typed JSON body
+//! whose errors name the offending field. Both answer in the route's format.
+
+use std::sync::Arc;
+
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use bytes::Bytes;
+use http::request::Parts;
+use serde::de::DeserializeOwned;
+
+use super::error_response::{ApiError, Format};
+use crate::auth::Principal;
+use crate::error::Error;
+use crate::node::Node;
+
+/// The authenticated caller.
+pub struct Auth(pub Principal);
+
+impl FromRequestParts<Arc<Node>> for Auth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, node: &Arc<Node>) -> Result<Self, ApiError> {
+        node.auth
+            .authenticate(&parts.headers)
+            .map(Auth)
+            .map_err(|e| ApiError::new(e, Format::for_path(parts.uri.path())))
+    }
+}
+
+/// A JSON body of type `T`, at most the node's `max_request_bytes`.
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<Arc<Node>> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, node: &Arc<Node>) -> Result<Self, ApiError> {
+        let format = Format::for_path(req.uri().path());
+        let bytes = read_limited(req, node.max_request_bytes)
+            .await
+            .map_err(|e| ApiError::new(e, format))?;
+        parse_json(&bytes).map(JsonBody).map_err(|e| ApiError::new(e, format))
+    }
+}
+
+async fn read_limited(req: Request, limit: usize) -> Result<Bytes, Error> {
+    let too_large = Error::PayloadTooLarge { limit_bytes: limit };
+    let declared = req
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large);
+    }
+    axum::body::to_bytes(req.into_body(), limit).await.map_err(|e| {
+        let over = std::error::Error::source(&e)
+            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+            || e.to_string().contains("length limit");
+        if over {
+            too_large
+        } else {
+            Error::invalid(format!("Could not read the request body: {e}"), None)
+        }
+    })
+}
+
+/// Parses JSON; a wrong or missing field is reported by its path
+/// (`messages[0].role`), which becomes the error's `param`.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let inner = e.inner();
+        if inner.is_syntax() || inner.is_eof() {
+            return Error::invalid(format!("Request body is not valid JSON: {inner}"), None);
+        }
+        let path = e.path().to_string();
+        let mut param = (path != ".").then_some(path);
+        let text = inner.to_string();
+        // serde reports a missing field at its parent's path; name the field.
+        if let Some(field) = text.strip_prefix("missing field `").and_then(|r| r.split('`').next()) {
+            param = Some(match param {
+                Some(parent) => format!("{parent}.{field}"),
+                None => field.to_owned(),
+            });
+        }
+        let text = text.split(" at line ").next().unwrap_or(&text).to_owned();
+        let message = match &param {
+            Some(p) => format!("Invalid request body: `{p}`: {text}"),
+            None => format!("Invalid request body: {text}"),
+        };
+        Error::InvalidRequest { message, param }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::ChatRequest;
+
+    fn param_of(body: &str) -> (Option<String>, String) {
+        match parse_json::<ChatRequest>(body.as_bytes()) {
+            Err(Error::InvalidRequest { param, message }) => (param, message),
+            other => panic!("expected InvalidRequest, got {:?}", other.map(|_| ())),
+        }
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        assert_eq!(param_of(r#"{"messages":[]}"#).0.as_deref(), Some("model"));
+        assert_eq!(param_of(r#"{"model":5,"messages":[]}"#).0.as_deref(), Some("model"));
+        let (param, message) = param_of(r#"{"model":"m","messages":[{"role":"bot","content":"x"}]}"#);
+        assert_eq!(param.as_deref(), Some("messages[0].role"));
+        assert!(message.contains("unknown variant `bot`"), "{message}");
+        let (param, message) = param_of("{not json");
+        assert_eq!(param, None);
+        assert!(message.starts_with("Request body is not valid JSON"));
+    }
+}

@@ -1,0 +1,51 @@
+//! `POST /v1/messages`: Anthropic's Messages API in front of any provider. The
+//! request becomes an OpenAI chat request, runs through the same pipeline as
+//! every other call, and the answer (or stream) is translated back.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::response::Response;
+use bytes::Bytes;
+use http::HeaderMap;
+
+use super::error_response::{ApiError, Format};
+use super::extract::{Auth, JsonBody};
+use super::messages_translate::{chat_response_to_messages, messages_to_chat};
+use super::openai::request_ctx;
+use super::respond::{anthropic_stream, json_response, meridian_headers, settlement};
+use crate::error::Error;
+use crate::node::Node;
+use crate::pipeline;
+use crate::providers::Outcome;
+
+pub async fn create(
+    State(node): State<Arc<Node>>,
+    Auth(principal): Auth,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<serde_json::Value>,
+) -> Result<Response, ApiError> {
+    let ctx = request_ctx(&node, principal, &headers);
+    let fail = |e| ApiError::new(e, Format::Anthropic).with_request_id(&ctx.request_id);
+    let req = messages_to_chat(body).map_err(fail)?;
+    let model = req.model.clone();
+    let called = pipeline::route_and_call(&node, &ctx, &model, |p, cx| p.chat(cx, req))
+        .await
+        .map_err(fail)?;
+    let mut response = match called.output {
+        Outcome::Complete(done) => {
+            let mut s = settlement(&ctx, &called.deployment);
+            s.observe(done.usage);
+            let chat: serde_json::Value = serde_json::from_slice(&done.body)
+                .map_err(|e| fail(Error::protocol(&called.deployment.id, format!("response is not JSON: {e}"))))?;
+            let message = chat_response_to_messages(&chat, &model)
+                .map_err(|reason| fail(Error::protocol(&called.deployment.id, reason)))?;
+            json_response(Bytes::from(message.to_string()), s.finish())
+        }
+        Outcome::Stream(chunks) => {
+            anthropic_stream(chunks, settlement(&ctx, &called.deployment), &model, ctx.request_id.clone())
+        }
+    };
+    meridian_headers(response.headers_mut(), &node, &ctx, &called.deployment, called.upstream_time);
+    Ok(response)
+}

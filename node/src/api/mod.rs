@@ -1,0 +1,58 @@
+//! The HTTP surface, built in one place: which paths exist, in which format they
+//! answer, and which halves of the API this node serves.
+
+mod error_response;
+mod extract;
+mod health;
+mod messages;
+pub mod messages_translate;
+mod openai;
+mod respond;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::http::Uri;
+use axum::routing::{MethodRouter, get, post};
+
+pub use error_response::{ApiError, Format};
+pub use extract::parse_json;
+
+use crate::error::Error;
+use crate::node::Node;
+
+pub fn router(node: Arc<Node>) -> Router {
+    let llm = |handler: MethodRouter<Arc<Node>>| {
+        if node.disable.llm_api { post(disabled_llm) } else { handler }
+    };
+    Router::new()
+        .route("/v1/chat/completions", llm(post(openai::chat)))
+        .route("/chat/completions", llm(post(openai::chat)))
+        .route("/v1/completions", llm(post(openai::completion)))
+        .route("/completions", llm(post(openai::completion)))
+        .route("/v1/embeddings", llm(post(openai::embeddings)))
+        .route("/embeddings", llm(post(openai::embeddings)))
+        .route("/v1/messages", llm(post(messages::create)))
+        // LiteLLM keeps the model list available when the LLM API is disabled.
+        .route("/v1/models", get(openai::models))
+        .route("/models", get(openai::models))
+        .route("/health/liveliness", get(health::liveliness))
+        .route("/health/liveness", get(health::liveliness))
+        .route("/health/readiness", get(health::readiness))
+        .route("/health", get(health::deep))
+        .fallback(not_found)
+        .with_state(node)
+}
+
+async fn disabled_llm(uri: Uri) -> ApiError {
+    ApiError::new(Error::Disabled { feature: "LLM API" }, Format::for_path(uri.path()))
+}
+
+async fn not_found(uri: Uri) -> (http::StatusCode, axum::Json<serde_json::Value>) {
+    (
+        http::StatusCode::NOT_FOUND,
+        axum::Json(serde_json::json!({
+            "error": { "message": format!("Not found: {}", uri.path()), "type": "invalid_request_error", "param": null, "code": "404" }
+        })),
+    )
+}

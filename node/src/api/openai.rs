@@ -1,0 +1,111 @@
+//! OpenAI-format endpoints: chat completions, text completions, embeddings and
+//! the model list. Each handler runs the pipeline and shapes the answer.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use http::HeaderMap;
+use serde_json::json;
+
+use super::error_response::{ApiError, Format};
+use super::extract::{Auth, JsonBody};
+use super::respond::{json_response, meridian_headers, openai_stream, settlement};
+use crate::auth::Principal;
+use crate::node::Node;
+use crate::pipeline::{self, RequestCtx, cost_of};
+use crate::providers::Outcome;
+use crate::types::{ChatRequest, CompletionRequest, EmbeddingsRequest};
+
+/// Starts a request: its id (the caller's `x-request-id` if it sent a sane one)
+/// and its clock.
+pub fn request_ctx(node: &Node, principal: Principal, headers: &HeaderMap) -> RequestCtx {
+    let received = tokio::time::Instant::now();
+    let request_id = headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map_or_else(|| node.request_id(), str::to_owned);
+    RequestCtx { request_id, principal, received }
+}
+
+pub async fn chat(
+    State(node): State<Arc<Node>>,
+    Auth(principal): Auth,
+    headers: HeaderMap,
+    JsonBody(req): JsonBody<ChatRequest>,
+) -> Result<Response, ApiError> {
+    let ctx = request_ctx(&node, principal, &headers);
+    let fail = |e| ApiError::new(e, Format::OpenAi).with_request_id(&ctx.request_id);
+    if req.messages.is_empty() {
+        return Err(fail(crate::error::Error::invalid("`messages` must not be empty", Some("messages"))));
+    }
+    let wants_usage = req.wants_stream_usage();
+    let model = req.model.clone();
+    let called = pipeline::route_and_call(&node, &ctx, &model, |p, cx| p.chat(cx, req))
+        .await
+        .map_err(fail)?;
+    Ok(finish(&node, &ctx, called, wants_usage))
+}
+
+pub async fn completion(
+    State(node): State<Arc<Node>>,
+    Auth(principal): Auth,
+    headers: HeaderMap,
+    JsonBody(req): JsonBody<CompletionRequest>,
+) -> Result<Response, ApiError> {
+    let ctx = request_ctx(&node, principal, &headers);
+    let wants_usage = req.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false);
+    let model = req.model.clone();
+    let called = pipeline::route_and_call(&node, &ctx, &model, |p, cx| p.completion(cx, req))
+        .await
+        .map_err(|e| ApiError::new(e, Format::OpenAi).with_request_id(&ctx.request_id))?;
+    Ok(finish(&node, &ctx, called, wants_usage))
+}
+
+fn finish(node: &Node, ctx: &RequestCtx, called: pipeline::Called<Outcome>, wants_usage: bool) -> Response {
+    let mut response = match called.output {
+        Outcome::Complete(done) => {
+            let mut s = settlement(ctx, &called.deployment);
+            s.observe(done.usage);
+            json_response(done.body, s.finish())
+        }
+        Outcome::Stream(chunks) => openai_stream(
+            chunks,
+            settlement(ctx, &called.deployment),
+            wants_usage,
+            ctx.request_id.clone(),
+        ),
+    };
+    meridian_headers(response.headers_mut(), node, ctx, &called.deployment, called.upstream_time);
+    response
+}
+
+pub async fn embeddings(
+    State(node): State<Arc<Node>>,
+    Auth(principal): Auth,
+    headers: HeaderMap,
+    JsonBody(req): JsonBody<EmbeddingsRequest>,
+) -> Result<Response, ApiError> {
+    let ctx = request_ctx(&node, principal, &headers);
+    let model = req.model.clone();
+    let called = pipeline::route_and_call(&node, &ctx, &model, |p, cx| p.embeddings(cx, req))
+        .await
+        .map_err(|e| ApiError::new(e, Format::OpenAi).with_request_id(&ctx.request_id))?;
+    let cost = cost_of(&called.deployment, &called.output.usage);
+    let mut response = json_response(called.output.body, cost);
+    meridian_headers(response.headers_mut(), &node, &ctx, &called.deployment, called.upstream_time);
+    Ok(response)
+}
+
+/// `GET /v1/models`: the model groups the caller may use.
+pub async fn models(State(node): State<Arc<Node>>, Auth(principal): Auth) -> Response {
+    let data: Vec<_> = node
+        .router
+        .group_names()
+        .filter(|g| principal.may_use_model(g))
+        .map(|g| json!({ "id": g, "object": "model", "created": 1_677_610_602u64, "owned_by": "meridian" }))
+        .collect();
+    Json(json!({ "object": "list", "data": data })).into_response()
+}

@@ -1,0 +1,121 @@
+//! Configuration: a LiteLLM-style `config.yaml` plus Meridian's own `meridian:`
+//! section, validated once into runtime types.
+//!
+//! LiteLLM keys are accepted; every key Meridian does not act on is reported by
+//! its path ([`Config::ignored`]) — logged as one warning at start and listed by
+//! `meridian config check` — never silently dropped. The `meridian:` section is
+//! ours and rejects unknown keys. Errors name the file, the key's path and what
+//! was expected.
+
+mod parse;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use parse::{EnvSource, ProcessEnv, load_file, parse_str};
+
+use crate::pricing::Price;
+use crate::secret::Secret;
+
+/// LiteLLM's default for `timeout` and `stream_timeout`.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
+/// Default request body limit (`general_settings.max_request_size_mb`).
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 32 * 1024 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this came from, for messages; `None` for the embedded default.
+    pub source: Option<PathBuf>,
+    pub node: NodeSettings,
+    pub master_key: Option<Secret>,
+    pub deployments: Vec<Deployment>,
+    pub max_request_bytes: usize,
+    pub disable: Disabled,
+    /// Keys present in the file that Meridian accepts but does not act on.
+    pub ignored: Vec<Ignored>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeSettings {
+    pub node_id: String,
+    pub region: String,
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+}
+
+impl Default for NodeSettings {
+    fn default() -> Self {
+        Self {
+            node_id: "node-1".into(),
+            region: "local".into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 4000)),
+            data_dir: PathBuf::from("./meridian-data"),
+        }
+    }
+}
+
+/// Halves of the API this node does not serve (LiteLLM's control/data-plane
+/// split: `DISABLE_ADMIN_ENDPOINTS`, `DISABLE_LLM_API_ENDPOINTS`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Disabled {
+    pub admin: bool,
+    pub llm_api: bool,
+    pub ui: bool,
+}
+
+/// A key the file sets that Meridian does not act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ignored {
+    /// `router_settings.redis_host`, `model_list[3].litellm_params.aws_region_name`
+    pub path: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProviderKind {
+    /// OpenAI or any server speaking its API (vLLM, Ollama, Groq, Together, ...).
+    OpenAi,
+    Azure,
+    Anthropic,
+    /// Built-in deterministic models for tests and the embedded default.
+    Mock,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Chat,
+    Completion,
+    Embedding,
+}
+
+/// One upstream model behind a model group (LiteLLM's `model_list` entry).
+#[derive(Debug, Clone)]
+pub struct Deployment {
+    /// `model_info.id`, or a stable hash of `litellm_params` when absent.
+    pub id: String,
+    /// `model_name`: what clients ask for.
+    pub model_group: String,
+    pub provider: ProviderKind,
+    /// The prefix as written (`openai`, `groq`, `azure`, ...), for display.
+    pub provider_name: String,
+    /// `litellm_params.model` without its provider prefix.
+    pub upstream_model: String,
+    /// Base URL with no trailing slash. Always set for OpenAI-compatible and
+    /// Anthropic deployments (defaults applied); the Azure resource URL for Azure.
+    pub api_base: String,
+    pub api_key: Option<Secret>,
+    pub api_version: Option<String>,
+    pub timeout: Duration,
+    pub stream_timeout: Duration,
+    pub rpm: Option<u64>,
+    pub tpm: Option<u64>,
+    pub weight: Option<f64>,
+    pub order: Option<u32>,
+    pub tags: Vec<String>,
+    pub region_name: Option<String>,
+    pub mode: Mode,
+    /// Price per token; `None` when neither the config nor the built-in table
+    /// knows the model (its calls then cost 0, and start-up warns).
+    pub price: Option<Price>,
+}

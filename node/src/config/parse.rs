@@ -1,0 +1,789 @@
+//! From YAML text to [`Config`]: walks the document by hand so every error and
+//! every ignored key carries its exact path.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use super::{
+    Config, DEFAULT_MAX_REQUEST_BYTES, DEFAULT_TIMEOUT, Deployment, Disabled, Ignored, Mode,
+    NodeSettings, ProviderKind,
+};
+use crate::error::{Error, Result};
+use crate::pricing::{self, Price};
+use crate::secret::Secret;
+
+/// Where `os.environ/VAR` references and `MERIDIAN_*` settings are read from.
+pub trait EnvSource {
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+/// The process environment.
+pub struct ProcessEnv;
+
+impl EnvSource for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok().filter(|v| !v.is_empty())
+    }
+}
+
+impl EnvSource for BTreeMap<String, String> {
+    fn var(&self, name: &str) -> Option<String> {
+        self.get(name).cloned()
+    }
+}
+
+/// Reads and parses `path`. With `check`, unset `os.environ/` variables are
+/// reported instead of failing (a config is often checked away from its secrets).
+pub fn load_file(path: &Path, env: &dyn EnvSource, check: bool) -> Result<Config> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::io(format!("reading config file {}", path.display()), e))?;
+    let mut config = parse_str(&text, &path.display().to_string(), env, check)?;
+    config.source = Some(path.to_path_buf());
+    Ok(config)
+}
+
+pub fn parse_str(text: &str, file: &str, env: &dyn EnvSource, check: bool) -> Result<Config> {
+    let doc: Value = serde_yaml_ng::from_str(text).map_err(|e| Error::Config {
+        file: file.to_owned(),
+        path: "(document)".into(),
+        expected: format!("valid YAML: {e}"),
+    })?;
+    let mut p = Parser {
+        file,
+        env,
+        overlay: BTreeMap::new(),
+        check,
+        ignored: Vec::new(),
+    };
+    p.config(&doc)
+}
+
+impl Config {
+    /// The embedded default: one node, region `local`, built-in mock models.
+    pub fn embedded(env: &dyn EnvSource) -> Config {
+        let mock = |group: &str, model: &str, mode: Mode| Deployment {
+            id: format!("builtin-{group}"),
+            model_group: group.into(),
+            provider: ProviderKind::Mock,
+            provider_name: "mock".into(),
+            upstream_model: model.into(),
+            api_base: "mock://".into(),
+            api_key: None,
+            api_version: None,
+            timeout: DEFAULT_TIMEOUT,
+            stream_timeout: DEFAULT_TIMEOUT,
+            rpm: None,
+            tpm: None,
+            weight: None,
+            order: None,
+            tags: Vec::new(),
+            region_name: None,
+            mode,
+            price: pricing::lookup("mock"),
+        };
+        let mut config = Config {
+            source: None,
+            node: NodeSettings::default(),
+            master_key: None,
+            deployments: vec![
+                mock("mock-chat", "chat", Mode::Chat),
+                mock("mock-embedding", "embedding", Mode::Embedding),
+            ],
+            max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
+            disable: Disabled::default(),
+            ignored: Vec::new(),
+        };
+        config.apply_env(env);
+        config
+    }
+
+    /// Settings the environment overrides whatever the file says.
+    fn apply_env(&mut self, env: &dyn EnvSource) {
+        if let Some(key) = env.var("MERIDIAN_MASTER_KEY").or_else(|| env.var("LITELLM_MASTER_KEY")) {
+            self.master_key = Some(Secret::new(key));
+        }
+        let flag = |name: &str| env.var(name).is_some_and(|v| is_truthy(&v));
+        self.disable.admin |= flag("DISABLE_ADMIN_ENDPOINTS");
+        self.disable.llm_api |= flag("DISABLE_LLM_API_ENDPOINTS") || flag("DISABLE_LLM_ENDPOINTS");
+        self.disable.ui |= flag("DISABLE_ADMIN_UI");
+    }
+}
+
+fn is_truthy(v: &str) -> bool {
+    matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on")
+}
+
+struct Parser<'a> {
+    file: &'a str,
+    env: &'a dyn EnvSource,
+    /// `environment_variables:` from the file; they take precedence over the
+    /// process environment, as LiteLLM exports them before resolving.
+    overlay: BTreeMap<String, String>,
+    check: bool,
+    ignored: Vec<Ignored>,
+}
+
+impl Parser<'_> {
+    fn err(&self, path: &str, expected: impl Into<String>) -> Error {
+        Error::Config {
+            file: self.file.to_owned(),
+            path: path.to_owned(),
+            expected: expected.into(),
+        }
+    }
+
+    fn ignore(&mut self, path: String, reason: impl Into<String>) {
+        self.ignored.push(Ignored {
+            path,
+            reason: reason.into(),
+        });
+    }
+
+    fn config(&mut self, doc: &Value) -> Result<Config> {
+        let empty = Map::new();
+        let top = match doc {
+            Value::Null => &empty,
+            Value::Object(m) => m,
+            _ => return Err(self.err("(document)", "a mapping of sections (model_list, general_settings, ...)")),
+        };
+        if let Some(vars) = top.get("environment_variables") {
+            self.environment_variables(vars)?;
+        }
+        let mut config = Config {
+            source: None,
+            node: NodeSettings::default(),
+            master_key: None,
+            deployments: Vec::new(),
+            max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
+            disable: Disabled::default(),
+            ignored: Vec::new(),
+        };
+        let mut defaults = Timeouts {
+            timeout: DEFAULT_TIMEOUT,
+            stream_timeout: DEFAULT_TIMEOUT,
+        };
+        // Settings first: deployment defaults depend on them.
+        for (key, value) in top {
+            match key.as_str() {
+                "general_settings" => self.general_settings(value, &mut config)?,
+                "router_settings" => self.router_settings(value, &mut defaults)?,
+                "litellm_settings" => self.litellm_settings(value, &mut defaults)?,
+                "meridian" => self.meridian(value, &mut config)?,
+                "model_list" | "environment_variables" => {}
+                "credential_list" => self.ignore(
+                    "credential_list".into(),
+                    "shared credentials are not supported yet; put api_key on each deployment",
+                ),
+                other => self.ignore(other.to_owned(), "unknown top-level section; ignored"),
+            }
+        }
+        if let Some(list) = top.get("model_list") {
+            config.deployments = self.model_list(list, &defaults)?;
+        }
+        config.apply_env(self.env);
+        config.ignored = std::mem::take(&mut self.ignored);
+        Ok(config)
+    }
+
+    fn mapping<'v>(&self, value: &'v Value, path: &str) -> Result<&'v Map<String, Value>> {
+        value
+            .as_object()
+            .ok_or_else(|| self.err(path, format!("a mapping, found {}", kind(value))))
+    }
+
+    /// A string, with `os.environ/VAR` resolved. `Ok(None)` if absent, null, or
+    /// (in check mode) an unset variable.
+    fn string(&mut self, value: Option<&Value>, path: &str) -> Result<Option<String>> {
+        let raw = match value {
+            None | Some(Value::Null) => return Ok(None),
+            Some(Value::String(s)) => s,
+            Some(other) => {
+                return Err(self.err(path, format!("a string, found {} (quote it)", kind(other))));
+            }
+        };
+        let Some(var) = raw.strip_prefix("os.environ/") else {
+            return Ok(Some(raw.clone()));
+        };
+        if let Some(v) = self.overlay.get(var).cloned().or_else(|| self.env.var(var)) {
+            return Ok(Some(v));
+        }
+        if self.check {
+            self.ignore(
+                path.to_owned(),
+                format!("environment variable {var} is not set here; `serve` fails unless it is"),
+            );
+            return Ok(None);
+        }
+        Err(self.err(path, format!("environment variable {var} to be set (referenced as os.environ/{var})")))
+    }
+
+    fn required_string(&mut self, value: Option<&Value>, path: &str) -> Result<String> {
+        match self.string(value, path)? {
+            Some(s) if !s.trim().is_empty() => Ok(s),
+            _ => Err(self.err(path, "a non-empty string")),
+        }
+    }
+
+    /// A number, also accepted as a numeric string (what `os.environ/` yields).
+    fn number(&mut self, value: Option<&Value>, path: &str) -> Result<Option<f64>> {
+        let n = match value {
+            None | Some(Value::Null) => return Ok(None),
+            Some(Value::Number(n)) => n.as_f64(),
+            Some(Value::String(_)) => match self.string(value, path)? {
+                None => return Ok(None),
+                Some(s) => s.trim().parse::<f64>().ok(),
+            },
+            Some(_) => None,
+        };
+        match n {
+            Some(n) if n.is_finite() && n >= 0.0 => Ok(Some(n)),
+            _ => Err(self.err(path, "a non-negative number")),
+        }
+    }
+
+    fn integer(&mut self, value: Option<&Value>, path: &str) -> Result<Option<u64>> {
+        match self.number(value, path)? {
+            None => Ok(None),
+            Some(n) if n.fract() == 0.0 && n <= u64::MAX as f64 => Ok(Some(n as u64)),
+            Some(_) => Err(self.err(path, "a whole number")),
+        }
+    }
+
+    fn seconds(&mut self, value: Option<&Value>, path: &str) -> Result<Option<Duration>> {
+        match self.number(value, path)? {
+            None => Ok(None),
+            Some(s) if s > 0.0 && s < 1e9 => Ok(Some(Duration::from_secs_f64(s))),
+            Some(_) => Err(self.err(path, "a positive number of seconds")),
+        }
+    }
+
+    fn boolean(&mut self, value: Option<&Value>, path: &str) -> Result<Option<bool>> {
+        match value {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(Value::String(_)) => match self.string(value, path)? {
+                None => Ok(None),
+                Some(s) => Ok(Some(is_truthy(&s))),
+            },
+            Some(other) => Err(self.err(path, format!("true or false, found {}", kind(other)))),
+        }
+    }
+
+    fn environment_variables(&mut self, value: &Value) -> Result<()> {
+        let map = self.mapping(value, "environment_variables")?.clone();
+        for (name, v) in &map {
+            let path = format!("environment_variables.{name}");
+            if let Some(s) = self.string(Some(v), &path)? {
+                self.overlay.insert(name.clone(), s);
+            }
+        }
+        Ok(())
+    }
+
+    fn general_settings(&mut self, value: &Value, config: &mut Config) -> Result<()> {
+        let map = self.mapping(value, "general_settings")?.clone();
+        for (key, v) in &map {
+            let path = format!("general_settings.{key}");
+            match key.as_str() {
+                "master_key" => config.master_key = self.string(Some(v), &path)?.map(Secret::new),
+                "max_request_size_mb" => {
+                    if let Some(mb) = self.number(Some(v), &path)? {
+                        config.max_request_bytes = (mb * 1024.0 * 1024.0) as usize;
+                    }
+                }
+                k if k.starts_with("database") || k == "store_model_in_db" || k == "allow_requests_on_db_unavailable" => {
+                    self.ignore(path, "Meridian keeps metadata on its own nodes; no external database is used")
+                }
+                k if k.contains("redis") => {
+                    self.ignore(path, "Meridian shares state between nodes itself; no Redis is used")
+                }
+                _ => self.ignore(path, NOT_YET),
+            }
+        }
+        Ok(())
+    }
+
+    fn router_settings(&mut self, value: &Value, defaults: &mut Timeouts) -> Result<()> {
+        let map = self.mapping(value, "router_settings")?.clone();
+        for (key, v) in &map {
+            let path = format!("router_settings.{key}");
+            match key.as_str() {
+                "timeout" => {
+                    if let Some(t) = self.seconds(Some(v), &path)? {
+                        defaults.timeout = t;
+                    }
+                }
+                "stream_timeout" => {
+                    if let Some(t) = self.seconds(Some(v), &path)? {
+                        defaults.stream_timeout = t;
+                    }
+                }
+                k if k.starts_with("redis") => {
+                    self.ignore(path, "Meridian shares limits and cooldowns between nodes itself; no Redis is used")
+                }
+                _ => self.ignore(path, NOT_YET),
+            }
+        }
+        Ok(())
+    }
+
+    fn litellm_settings(&mut self, value: &Value, defaults: &mut Timeouts) -> Result<()> {
+        let map = self.mapping(value, "litellm_settings")?.clone();
+        for (key, v) in &map {
+            let path = format!("litellm_settings.{key}");
+            match key.as_str() {
+                "request_timeout" => {
+                    if let Some(t) = self.seconds(Some(v), &path)? {
+                        defaults.timeout = t;
+                    }
+                }
+                _ => self.ignore(path, NOT_YET),
+            }
+        }
+        Ok(())
+    }
+
+    /// Meridian's own section: every key is known, anything else is an error.
+    fn meridian(&mut self, value: &Value, config: &mut Config) -> Result<()> {
+        let map = self.mapping(value, "meridian")?.clone();
+        let mut host: Option<IpAddr> = None;
+        let mut port: Option<u16> = None;
+        for (key, v) in &map {
+            let path = format!("meridian.{key}");
+            match key.as_str() {
+                "node_id" => config.node.node_id = self.required_string(Some(v), &path)?,
+                "region" => config.node.region = self.required_string(Some(v), &path)?,
+                "data_dir" => config.node.data_dir = PathBuf::from(self.required_string(Some(v), &path)?),
+                "host" => {
+                    let s = self.required_string(Some(v), &path)?;
+                    host = Some(s.parse().map_err(|_| self.err(&path, "an IP address such as 0.0.0.0"))?);
+                }
+                "port" => {
+                    let n = self.integer(Some(v), &path)?;
+                    port = Some(
+                        n.and_then(|n| u16::try_from(n).ok())
+                            .ok_or_else(|| self.err(&path, "a port number (0-65535)"))?,
+                    );
+                }
+                "disable_admin_endpoints" => config.disable.admin = self.boolean(Some(v), &path)?.unwrap_or(false),
+                "disable_llm_api_endpoints" => {
+                    config.disable.llm_api = self.boolean(Some(v), &path)?.unwrap_or(false)
+                }
+                "disable_admin_ui" => config.disable.ui = self.boolean(Some(v), &path)?.unwrap_or(false),
+                _ => {
+                    return Err(self.err(
+                        &path,
+                        format!("one of the keys of the `meridian` section ({MERIDIAN_KEYS}); `{key}` is not one"),
+                    ));
+                }
+            }
+        }
+        for name in [&config.node.node_id, &config.node.region] {
+            if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+                return Err(self.err("meridian", format!("node_id and region made of letters, digits, '-' and '_'; got `{name}`")));
+            }
+        }
+        config.node.listen = SocketAddr::new(
+            host.unwrap_or(config.node.listen.ip()),
+            port.unwrap_or(config.node.listen.port()),
+        );
+        Ok(())
+    }
+
+    fn model_list(&mut self, value: &Value, defaults: &Timeouts) -> Result<Vec<Deployment>> {
+        let list = value
+            .as_array()
+            .ok_or_else(|| self.err("model_list", format!("a list of models, found {}", kind(value))))?;
+        let mut out: Vec<Deployment> = Vec::new();
+        let mut ids = BTreeSet::new();
+        for (i, entry) in list.iter().enumerate() {
+            let path = format!("model_list[{i}]");
+            if let Some(d) = self.deployment(entry, &path, defaults)? {
+                if !ids.insert(d.id.clone()) {
+                    return Err(self.err(&format!("{path}.model_info.id"), format!("a unique id; `{}` is used twice", d.id)));
+                }
+                out.push(d);
+            }
+        }
+        Ok(out)
+    }
+
+    fn deployment(&mut self, entry: &Value, path: &str, defaults: &Timeouts) -> Result<Option<Deployment>> {
+        let entry = self.mapping(entry, path)?.clone();
+        let model_group = self.required_string(entry.get("model_name"), &format!("{path}.model_name"))?;
+        let params_path = format!("{path}.litellm_params");
+        let params = match entry.get("litellm_params") {
+            Some(v) => self.mapping(v, &params_path)?.clone(),
+            None => return Err(self.err(&params_path, "a mapping with at least `model`")),
+        };
+        for key in entry.keys() {
+            if !matches!(key.as_str(), "model_name" | "litellm_params" | "model_info") {
+                self.ignore(format!("{path}.{key}"), "unknown key in a model_list entry; ignored");
+            }
+        }
+        let model = self.required_string(params.get("model"), &format!("{params_path}.model"))?;
+        let (prefix, upstream_model) = match model.split_once('/') {
+            Some((p, m)) => (p.to_owned(), m.to_owned()),
+            None if model.starts_with("claude") => ("anthropic".to_owned(), model.clone()),
+            None => ("openai".to_owned(), model.clone()),
+        };
+        let Some(spec) = provider_spec(&prefix) else {
+            self.ignore(
+                format!("{params_path}.model"),
+                format!("provider `{prefix}` is not supported yet; this deployment of `{model_group}` is skipped"),
+            );
+            return Ok(None);
+        };
+
+        let mut api_base = None;
+        let mut api_key = None;
+        let mut api_version = None;
+        let mut timeout = defaults.timeout;
+        let mut stream_timeout = defaults.stream_timeout;
+        let (mut rpm, mut tpm, mut weight, mut order) = (None, None, None, None);
+        let (mut input_cost, mut output_cost) = (None, None);
+        let mut tags = Vec::new();
+        let mut region_name = None;
+        for (key, v) in &params {
+            let p = format!("{params_path}.{key}");
+            match key.as_str() {
+                "model" => {}
+                "api_base" => api_base = self.string(Some(v), &p)?,
+                "api_key" => api_key = self.string(Some(v), &p)?.map(Secret::new),
+                "api_version" => api_version = self.string(Some(v), &p)?,
+                "timeout" => timeout = self.seconds(Some(v), &p)?.unwrap_or(timeout),
+                "stream_timeout" => stream_timeout = self.seconds(Some(v), &p)?.unwrap_or(stream_timeout),
+                "rpm" => rpm = self.integer(Some(v), &p)?,
+                "tpm" => tpm = self.integer(Some(v), &p)?,
+                "weight" => weight = self.number(Some(v), &p)?,
+                "order" => {
+                    order = match self.integer(Some(v), &p)? {
+                        None => None,
+                        Some(n) => Some(u32::try_from(n).map_err(|_| self.err(&p, "a small whole number"))?),
+                    }
+                }
+                "input_cost_per_token" => input_cost = self.number(Some(v), &p)?,
+                "output_cost_per_token" => output_cost = self.number(Some(v), &p)?,
+                "region_name" => region_name = self.string(Some(v), &p)?,
+                "tags" => tags = self.string_list(v, &p)?,
+                _ => self.ignore(p, NOT_YET),
+            }
+        }
+
+        let (mut mode, mut id, mut base_model) = (None, None, None);
+        if let Some(info) = entry.get("model_info") {
+            let info_path = format!("{path}.model_info");
+            let info = self.mapping(info, &info_path)?.clone();
+            for (key, v) in &info {
+                let p = format!("{info_path}.{key}");
+                match key.as_str() {
+                    "id" => id = Some(self.required_string(Some(v), &p)?),
+                    "base_model" => base_model = self.string(Some(v), &p)?,
+                    "mode" => {
+                        let m = self.required_string(Some(v), &p)?;
+                        mode = Some(match m.as_str() {
+                            "chat" => Mode::Chat,
+                            "completion" => Mode::Completion,
+                            "embedding" => Mode::Embedding,
+                            other => {
+                                self.ignore(p, format!("mode `{other}` is not served yet; this deployment of `{model_group}` is skipped"));
+                                return Ok(None);
+                            }
+                        });
+                    }
+                    _ => self.ignore(p, NOT_YET),
+                }
+            }
+        }
+
+        let api_key = api_key.or_else(|| spec.key_env.and_then(|v| self.env.var(v)).map(Secret::new));
+        let api_base = match (api_base, spec.default_base) {
+            (Some(b), _) => b,
+            (None, Some(b)) => b.to_owned(),
+            (None, None) => match spec.kind {
+                ProviderKind::Azure => self.env.var("AZURE_API_BASE").ok_or_else(|| {
+                    self.err(&format!("{params_path}.api_base"), "the Azure resource URL, e.g. https://NAME.openai.azure.com")
+                })?,
+                _ => return Err(self.err(&format!("{params_path}.api_base"), format!("the server URL for provider `{prefix}`"))),
+            },
+        };
+        let mut api_base = api_base.trim_end_matches('/').to_owned();
+        if spec.append_v1 && !api_base.ends_with("/v1") {
+            api_base.push_str("/v1");
+        }
+        if !(api_base.starts_with("http://") || api_base.starts_with("https://") || spec.kind == ProviderKind::Mock) {
+            return Err(self.err(&format!("{params_path}.api_base"), format!("an http:// or https:// URL, found `{api_base}`")));
+        }
+        if spec.kind == ProviderKind::Azure && api_version.is_none() {
+            api_version = Some(self.env.var("AZURE_API_VERSION").unwrap_or_else(|| AZURE_DEFAULT_API_VERSION.to_owned()));
+        }
+
+        let price = match (input_cost, output_cost) {
+            (None, None) => pricing::lookup(base_model.as_deref().unwrap_or(&upstream_model)),
+            (i, o) => {
+                let fallback = pricing::lookup(base_model.as_deref().unwrap_or(&upstream_model));
+                let pick = |set: Option<f64>, table: Option<u64>| match set {
+                    Some(usd) => pricing::usd_to_pico(usd),
+                    None => table.or(Some(0)),
+                };
+                match (pick(i, fallback.map(|p| p.input)), pick(o, fallback.map(|p| p.output))) {
+                    (Some(input), Some(output)) => Some(Price { input, output, cache_read: None, cache_write: None }),
+                    _ => return Err(self.err(&params_path, "input_cost_per_token and output_cost_per_token below $1000 per token")),
+                }
+            }
+        };
+        let mode = mode.unwrap_or(if spec.completion_only {
+            Mode::Completion
+        } else if upstream_model.contains("embed") {
+            Mode::Embedding
+        } else {
+            Mode::Chat
+        });
+        let id = id.unwrap_or_else(|| {
+            let canonical = serde_json::to_string(&(&model_group, &params)).unwrap_or_default();
+            hex::encode(&Sha256::digest(canonical.as_bytes())[..16])
+        });
+        Ok(Some(Deployment {
+            id,
+            model_group,
+            provider: spec.kind,
+            provider_name: prefix,
+            upstream_model,
+            api_base,
+            api_key,
+            api_version,
+            timeout,
+            stream_timeout,
+            rpm,
+            tpm,
+            weight,
+            order,
+            tags,
+            region_name,
+            mode,
+            price,
+        }))
+    }
+
+    fn string_list(&mut self, value: &Value, path: &str) -> Result<Vec<String>> {
+        let items = value
+            .as_array()
+            .ok_or_else(|| self.err(path, format!("a list of strings, found {}", kind(value))))?;
+        let mut out = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            if let Some(s) = self.string(Some(item), &format!("{path}[{i}]"))? {
+                out.push(s);
+            }
+        }
+        Ok(out)
+    }
+}
+
+const NOT_YET: &str = "not supported by Meridian yet; ignored";
+const MERIDIAN_KEYS: &str =
+    "node_id, region, host, port, data_dir, disable_admin_endpoints, disable_llm_api_endpoints, disable_admin_ui";
+const AZURE_DEFAULT_API_VERSION: &str = "2024-10-21";
+
+struct Timeouts {
+    timeout: Duration,
+    stream_timeout: Duration,
+}
+
+struct ProviderSpec {
+    kind: ProviderKind,
+    default_base: Option<&'static str>,
+    key_env: Option<&'static str>,
+    /// Ollama's OpenAI-compatible API lives under `/v1` of its server URL.
+    append_v1: bool,
+    completion_only: bool,
+}
+
+/// Providers by their LiteLLM prefix. OpenAI-compatible hosts are the OpenAI
+/// adapter with another base URL.
+fn provider_spec(prefix: &str) -> Option<ProviderSpec> {
+    let openai = |base: Option<&'static str>, key: Option<&'static str>| ProviderSpec {
+        kind: ProviderKind::OpenAi,
+        default_base: base,
+        key_env: key,
+        append_v1: false,
+        completion_only: false,
+    };
+    Some(match prefix {
+        "openai" => openai(Some("https://api.openai.com/v1"), Some("OPENAI_API_KEY")),
+        "text-completion-openai" => ProviderSpec {
+            completion_only: true,
+            ..openai(Some("https://api.openai.com/v1"), Some("OPENAI_API_KEY"))
+        },
+        "hosted_vllm" | "openai_like" | "lm_studio" | "llamafile" => openai(None, None),
+        "ollama" | "ollama_chat" => ProviderSpec {
+            append_v1: true,
+            ..openai(Some("http://localhost:11434"), None)
+        },
+        "groq" => openai(Some("https://api.groq.com/openai/v1"), Some("GROQ_API_KEY")),
+        "together_ai" => openai(Some("https://api.together.xyz/v1"), Some("TOGETHERAI_API_KEY")),
+        "deepseek" => openai(Some("https://api.deepseek.com/v1"), Some("DEEPSEEK_API_KEY")),
+        "mistral" => openai(Some("https://api.mistral.ai/v1"), Some("MISTRAL_API_KEY")),
+        "fireworks_ai" => openai(Some("https://api.fireworks.ai/inference/v1"), Some("FIREWORKS_AI_API_KEY")),
+        "openrouter" => openai(Some("https://openrouter.ai/api/v1"), Some("OPENROUTER_API_KEY")),
+        "xai" => openai(Some("https://api.x.ai/v1"), Some("XAI_API_KEY")),
+        "deepinfra" => openai(Some("https://api.deepinfra.com/v1/openai"), Some("DEEPINFRA_API_KEY")),
+        "perplexity" => openai(Some("https://api.perplexity.ai"), Some("PERPLEXITYAI_API_KEY")),
+        "azure" => ProviderSpec {
+            kind: ProviderKind::Azure,
+            default_base: None,
+            key_env: Some("AZURE_API_KEY"),
+            append_v1: false,
+            completion_only: false,
+        },
+        "anthropic" => ProviderSpec {
+            kind: ProviderKind::Anthropic,
+            default_base: Some("https://api.anthropic.com"),
+            key_env: Some("ANTHROPIC_API_KEY"),
+            append_v1: false,
+            completion_only: false,
+        },
+        "mock" => ProviderSpec {
+            kind: ProviderKind::Mock,
+            default_base: Some("mock://"),
+            key_env: None,
+            append_v1: false,
+            completion_only: false,
+        },
+        _ => return None,
+    })
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "nothing",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "a mapping",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    fn parse(text: &str, e: &[(&str, &str)]) -> Result<Config> {
+        parse_str(text, "config.yaml", &env(e), false)
+    }
+
+    #[test]
+    fn model_list_with_env_refs_defaults_and_ignored_keys() {
+        let text = r#"
+model_list:
+  - model_name: gpt-4o
+    litellm_params:
+      model: openai/gpt-4o
+      api_key: os.environ/OPENAI_KEY
+      rpm: "60"
+      timeout: 30
+      organization: org-1
+    model_info:
+      id: dep-1
+  - model_name: claude
+    litellm_params:
+      model: anthropic/claude-3-5-sonnet-20241022
+  - model_name: azure-gpt
+    litellm_params:
+      model: azure/my-deployment
+      api_base: https://res.openai.azure.com/
+      api_version: "2024-06-01"
+    model_info:
+      base_model: gpt-4o-mini
+  - model_name: llama
+    litellm_params:
+      model: ollama/llama3
+  - model_name: titan
+    litellm_params:
+      model: bedrock/amazon.titan
+router_settings:
+  routing_strategy: simple-shuffle
+  redis_host: localhost
+general_settings:
+  master_key: sk-1234
+  database_url: postgres://x
+"#;
+        let c = parse(text, &[("OPENAI_KEY", "sk-openai"), ("ANTHROPIC_API_KEY", "sk-ant")]).unwrap();
+        assert_eq!(c.master_key.as_ref().unwrap().expose(), "sk-1234");
+        assert_eq!(c.deployments.len(), 4);
+        let d = &c.deployments[0];
+        assert_eq!((d.id.as_str(), d.provider, d.upstream_model.as_str()), ("dep-1", ProviderKind::OpenAi, "gpt-4o"));
+        assert_eq!(d.api_key.as_ref().unwrap().expose(), "sk-openai");
+        assert_eq!((d.rpm, d.timeout), (Some(60), Duration::from_secs(30)));
+        assert_eq!(c.deployments[1].api_key.as_ref().unwrap().expose(), "sk-ant");
+        assert_eq!(c.deployments[1].api_base, "https://api.anthropic.com");
+        let az = &c.deployments[2];
+        assert_eq!((az.api_base.as_str(), az.api_version.as_deref()), ("https://res.openai.azure.com", Some("2024-06-01")));
+        assert_eq!(az.price, pricing::lookup("gpt-4o-mini"));
+        assert_eq!(c.deployments[3].api_base, "http://localhost:11434/v1");
+        let paths: Vec<&str> = c.ignored.iter().map(|i| i.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            vec![
+                "router_settings.routing_strategy",
+                "router_settings.redis_host",
+                "general_settings.database_url",
+                "model_list[0].litellm_params.organization",
+                "model_list[4].litellm_params.model",
+            ]
+        );
+    }
+
+    #[test]
+    fn errors_name_file_path_and_expectation() {
+        let e = parse("model_list:\n  - model_name: x\n    litellm_params:\n      model: openai/x\n      rpm: lots\n", &[])
+            .unwrap_err();
+        assert_eq!(e.to_string(), "config.yaml: `model_list[0].litellm_params.rpm`: a non-negative number");
+        let e = parse("model_list:\n  - model_name: x\n    litellm_params:\n      model: openai/x\n      api_key: os.environ/NOPE\n", &[])
+            .unwrap_err();
+        assert!(e.to_string().contains("`model_list[0].litellm_params.api_key`: environment variable NOPE"));
+        let e = parse("meridian:\n  regoin: eu\n", &[]).unwrap_err();
+        assert!(e.to_string().starts_with("config.yaml: `meridian.regoin`: one of the keys"));
+        let e = parse("model_list: {}\n", &[]).unwrap_err();
+        assert_eq!(e.to_string(), "config.yaml: `model_list`: a list of models, found a mapping");
+        assert!(parse("model_list: [\n", &[]).unwrap_err().to_string().contains("valid YAML"));
+    }
+
+    #[test]
+    fn check_mode_reports_unset_variables() {
+        let text = "model_list:\n  - model_name: x\n    litellm_params:\n      model: openai/x\n      api_key: os.environ/NOPE\n";
+        let c = parse_str(text, "c.yaml", &env(&[]), true).unwrap();
+        assert_eq!(c.ignored[0].path, "model_list[0].litellm_params.api_key");
+        assert!(c.ignored[0].reason.contains("NOPE is not set"));
+    }
+
+    #[test]
+    fn meridian_section_and_env_overrides() {
+        let text = "meridian:\n  node_id: eu-1\n  region: eu-west\n  host: 0.0.0.0\n  port: 8080\n  data_dir: /var/lib/meridian\ngeneral_settings:\n  master_key: from-file\nenvironment_variables:\n  X: y\n";
+        let c = parse(text, &[("LITELLM_MASTER_KEY", "from-env"), ("DISABLE_ADMIN_ENDPOINTS", "True")]).unwrap();
+        assert_eq!(c.node.node_id, "eu-1");
+        assert_eq!(c.node.listen, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(c.master_key.unwrap().expose(), "from-env");
+        assert!(c.disable.admin && !c.disable.llm_api);
+    }
+
+    #[test]
+    fn ids_are_stable_hashes_and_must_be_unique() {
+        let one = "model_list:\n  - model_name: a\n    litellm_params:\n      model: mock/chat\n";
+        let a = parse(one, &[]).unwrap();
+        let b = parse(one, &[]).unwrap();
+        assert_eq!(a.deployments[0].id, b.deployments[0].id);
+        assert_eq!(a.deployments[0].id.len(), 32);
+        let twice = "model_list:\n  - model_name: a\n    litellm_params: {model: mock/chat}\n    model_info: {id: x}\n  - model_name: b\n    litellm_params: {model: mock/chat}\n    model_info: {id: x}\n";
+        assert!(parse(twice, &[]).unwrap_err().to_string().contains("`model_list[1].model_info.id`: a unique id"));
+    }
+}

@@ -1,0 +1,139 @@
+//! The node's one error type. Every failure on a request path is a variant here;
+//! `api::error_response` maps it to an HTTP status and an OpenAI- or
+//! Anthropic-shaped body at the edge, and nowhere else.
+
+use std::time::Duration;
+
+use thiserror::Error;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Which side of the gateway a failure belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    /// The caller sent something wrong; retrying the same request cannot help.
+    Client,
+    /// The provider failed or misbehaved.
+    Upstream,
+    /// The gateway itself failed.
+    Gateway,
+}
+
+#[derive(Debug, Error)]
+pub enum Error {
+    /// The body is not valid JSON or a field has the wrong type. `param` names the
+    /// field by its path (`messages[0].role`) when one is to blame.
+    #[error("{message}")]
+    InvalidRequest {
+        message: String,
+        param: Option<String>,
+    },
+
+    #[error("Invalid model name passed in model={model}. Call `/v1/models` to view available models for your key.")]
+    ModelNotFound { model: String },
+
+    #[error("model `{model}` does not support {operation}")]
+    Unsupported { model: String, operation: &'static str },
+
+    #[error("No api key passed in. Send it as `Authorization: Bearer <key>` or `x-api-key: <key>`.")]
+    MissingKey,
+
+    #[error("Authentication Error, invalid api key.")]
+    InvalidKey,
+
+    #[error("Request body is larger than the limit of {limit_bytes} bytes.")]
+    PayloadTooLarge { limit_bytes: usize },
+
+    #[error("The {feature} endpoints are disabled on this node.")]
+    Disabled { feature: &'static str },
+
+    /// The provider answered with an error status; its message is passed through.
+    #[error("{message}")]
+    UpstreamStatus {
+        status: u16,
+        message: String,
+        /// The provider's own error type (`invalid_request_error`, ...), if it sent one.
+        kind: Option<String>,
+        code: Option<String>,
+        /// Seconds from the provider's `retry-after`, passed on to the client.
+        retry_after: Option<u64>,
+    },
+
+    #[error("The upstream deployment `{deployment}` did not answer within {}s.", after.as_secs_f64())]
+    UpstreamTimeout { deployment: String, after: Duration },
+
+    /// Connection refused, reset, DNS failure: nothing usable came back.
+    #[error("Could not reach the upstream deployment `{deployment}`: {reason}")]
+    UpstreamUnreachable { deployment: String, reason: String },
+
+    /// The provider answered, but not in a shape we can read.
+    #[error("The upstream deployment `{deployment}` sent an invalid response: {reason}")]
+    UpstreamProtocol { deployment: String, reason: String },
+
+    /// A configuration file is wrong. Always names the file and the key's path.
+    #[error("{file}: `{path}`: {expected}")]
+    Config {
+        file: String,
+        path: String,
+        expected: String,
+    },
+
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    pub fn invalid(message: impl Into<String>, param: Option<&str>) -> Self {
+        Error::InvalidRequest {
+            message: message.into(),
+            param: param.map(str::to_owned),
+        }
+    }
+
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    pub fn protocol(deployment: &str, reason: impl Into<String>) -> Self {
+        Error::UpstreamProtocol {
+            deployment: deployment.to_owned(),
+            reason: reason.into(),
+        }
+    }
+
+    pub fn side(&self) -> Side {
+        match self {
+            Error::InvalidRequest { .. }
+            | Error::ModelNotFound { .. }
+            | Error::Unsupported { .. }
+            | Error::MissingKey
+            | Error::InvalidKey
+            | Error::PayloadTooLarge { .. }
+            | Error::Disabled { .. } => Side::Client,
+            Error::UpstreamStatus { .. }
+            | Error::UpstreamTimeout { .. }
+            | Error::UpstreamUnreachable { .. }
+            | Error::UpstreamProtocol { .. } => Side::Upstream,
+            Error::Config { .. } | Error::Io { .. } | Error::Internal(_) => Side::Gateway,
+        }
+    }
+
+    /// Whether another attempt (on this or another deployment) may succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::UpstreamStatus { status, .. } => *status == 429 || *status >= 500,
+            Error::UpstreamTimeout { .. } | Error::UpstreamUnreachable { .. } => true,
+            _ => false,
+        }
+    }
+}

@@ -1,0 +1,25 @@
+//! `meridian-node`: the `meridian` gateway node.
+//!
+//! Owns the configuration, the HTTP API (OpenAI- and Anthropic-compatible, health),
+//! authentication, routing, provider adapters, cost accounting and the wiring of
+//! one node. It is the code simulations run: every listener, the upstream client,
+//! the wall clock and the RNG are injected ([`node::Seams`], [`serve::serve`]), so
+//! nothing here may reach for a socket, `SystemTime` or a thread-local RNG.
+//!
+//! The request path reads top to bottom in [`pipeline`].
+
+pub mod api;
+pub mod auth;
+pub mod clock;
+pub mod config;
+pub mod error;
+pub mod node;
+pub mod pipeline;
+pub mod pricing;
+pub mod providers;
+pub mod router;
+pub mod secret;
+pub mod serve;
+pub mod sse;
+pub mod types;
+pub mod upstream;

@@ -1,0 +1,213 @@
+//! The `meridian` command: `serve` runs a node, `config check` validates a file.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use meridian_node::config::{self, Config, ProcessEnv};
+use meridian_node::node::{Node, Seams};
+use meridian_node::serve::{KeySource, resolve_master_key, serve};
+
+#[derive(Parser)]
+#[command(name = "meridian", version, about = "Multi-region LLM gateway, OpenAI- and Anthropic-compatible")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a gateway node. Without --config: a single-node region `local` with
+    /// built-in mock models.
+    Serve {
+        /// A LiteLLM-style config.yaml (with an optional `meridian:` section).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Where the node keeps its state [default: ./meridian-data].
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Address to listen on [default: 127.0.0.1].
+        #[arg(long)]
+        host: Option<IpAddr>,
+        /// Port to listen on [default: 4000].
+        #[arg(long)]
+        port: Option<u16>,
+    },
+    /// Work with configuration files.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate a config file and list every key Meridian ignores.
+    Check { file: PathBuf },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve { config, data_dir, host, port } => run_serve(config, data_dir, host, port),
+        Command::Config { command: ConfigCommand::Check { file } } => check(&file),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check(file: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let config = match config::load_file(file, &ProcessEnv, true) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("invalid: {e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let groups: std::collections::BTreeSet<_> = config.deployments.iter().map(|d| &d.model_group).collect();
+    println!(
+        "{}: valid — {} deployments in {} model groups",
+        file.display(),
+        config.deployments.len(),
+        groups.len()
+    );
+    if config.ignored.is_empty() {
+        println!("No ignored or unsupported keys.");
+    } else {
+        println!("{} keys are accepted but ignored:", config.ignored.len());
+        for item in &config.ignored {
+            println!("  {}: {}", item.path, item.reason);
+        }
+    }
+    for d in config.deployments.iter().filter(|d| d.price.is_none()) {
+        println!(
+            "  note: no price known for deployment `{}` ({}); set input_cost_per_token/output_cost_per_token",
+            d.id, d.upstream_model
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_serve(
+    file: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+    host: Option<IpAddr>,
+    port: Option<u16>,
+) -> anyhow::Result<ExitCode> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let mut config = match &file {
+        Some(path) => config::load_file(path, &ProcessEnv, false)?,
+        None => Config::embedded(&ProcessEnv),
+    };
+    if let Some(dir) = data_dir {
+        config.node.data_dir = dir;
+    }
+    config.node.listen = SocketAddr::new(
+        host.unwrap_or(config.node.listen.ip()),
+        port.unwrap_or(config.node.listen.port()),
+    );
+    if !config.ignored.is_empty() {
+        let list: Vec<String> = config.ignored.iter().map(|i| format!("{} ({})", i.path, i.reason)).collect();
+        tracing::warn!(count = list.len(), keys = %list.join("; "), "config keys accepted but ignored");
+    }
+    for d in config.deployments.iter().filter(|d| d.price.is_none()) {
+        tracing::warn!(deployment = %d.id, model = %d.upstream_model, "no price known; its calls cost 0");
+    }
+
+    let seams = Seams::production()?;
+    let (master_key, key_source) = resolve_master_key(&config, &seams.rng)?;
+    let listen = config.node.listen;
+    let banner = Banner {
+        listen,
+        node: config.node.node_id.clone(),
+        region: config.node.region.clone(),
+        data_dir: config.node.data_dir.clone(),
+        models: config.deployments.iter().map(|d| d.model_group.clone()).collect(),
+    };
+    let node = Node::new(config, &master_key, seams);
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("listening on {listen}"))?;
+        banner.print(&master_key, key_source);
+        serve(listener, node, shutdown_signal()).await?;
+        tracing::info!("stopped");
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+struct Banner {
+    listen: SocketAddr,
+    node: String,
+    region: String,
+    data_dir: PathBuf,
+    models: std::collections::BTreeSet<String>,
+}
+
+impl Banner {
+    /// Printed to stdout, not the log: it is the one place a generated master
+    /// key is shown.
+    fn print(&self, key: &meridian_node::secret::Secret, source: KeySource) {
+        let base = format!("http://{}", self.listen);
+        let shown_key = match source {
+            KeySource::Configured => "$MERIDIAN_MASTER_KEY".to_owned(),
+            KeySource::Stored | KeySource::Generated => key.expose().to_owned(),
+        };
+        let model = self.models.iter().next().map_or("MODEL", String::as_str);
+        println!("Meridian {} — node {}, region {}", env!("CARGO_PKG_VERSION"), self.node, self.region);
+        println!("  listening on {base}");
+        println!("  models: {}", self.models.iter().cloned().collect::<Vec<_>>().join(", "));
+        match source {
+            KeySource::Configured => println!("  master key: from the environment or config"),
+            KeySource::Stored => println!("  master key (kept in {}): {shown_key}", self.data_dir.display()),
+            KeySource::Generated => println!(
+                "  master key (generated now, kept in {}): {shown_key}",
+                self.data_dir.display()
+            ),
+        }
+        println!("Try it:");
+        println!(
+            "  curl {base}/v1/chat/completions -H 'Authorization: Bearer {shown_key}' -H 'Content-Type: application/json' \
+             -d '{{\"model\":\"{model}\",\"messages\":[{{\"role\":\"user\",\"content\":\"Hello\"}}]}}'"
+        );
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down");
+}
