@@ -1,0 +1,209 @@
+//! What reaches the upstream: for each provider, over real sockets, the exact
+//! path, query, headers and translated body the fake upstream received — and
+//! how many calls got there (none for a request the gateway refuses).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use meridian_loadtest::fake_upstream::{FakeUpstream, Recorded};
+use serde_json::{Value, json};
+use support::{MASTER_KEY, start_yaml};
+
+fn one(fake: &FakeUpstream) -> Recorded {
+    let mut reqs = fake.take_requests();
+    assert_eq!(reqs.len(), 1, "expected exactly one upstream call, got {reqs:#?}");
+    reqs.remove(0)
+}
+
+#[tokio::test]
+async fn openai_requests_are_forwarded_with_the_upstream_model_and_usage_requested() {
+    let fake = FakeUpstream::start(true).await.unwrap();
+    let gw = start_yaml(&format!(
+        "model_list:\n  - model_name: gpt\n    litellm_params: {{model: openai/gpt-4o-mini, api_base: {}/v1, api_key: sk-upstream}}\n  - model_name: embed\n    litellm_params: {{model: openai/text-embedding-3-small, api_base: {}/v1, api_key: sk-upstream}}\n  - model_name: instruct\n    litellm_params: {{model: text-completion-openai/gpt-3.5-turbo-instruct, api_base: {}/v1, api_key: sk-upstream}}\n",
+        fake.base_url(), fake.base_url(), fake.base_url()
+    ))
+    .await;
+
+    let body = json!({ "model": "gpt", "messages": [{ "role": "user", "content": "hi" }],
+                       "seed": 7, "logit_bias": { "50256": -100 }, "temperature": 0.2 });
+    assert_eq!(gw.post("/v1/chat/completions", body.clone()).await.status, 200);
+    let up = one(&fake);
+    assert_eq!((up.method.as_str(), up.path.as_str()), ("POST", "/v1/chat/completions"));
+    assert_eq!(up.headers.get("authorization").map(String::as_str), Some("Bearer sk-upstream"));
+    assert!(!up.headers.contains_key("x-api-key"), "the client's key must not be forwarded");
+    let mut expected = body.clone();
+    expected["model"] = json!("gpt-4o-mini");
+    assert_eq!(up.body, expected, "unknown parameters pass through untouched");
+
+    let mut stream = body.clone();
+    stream["stream"] = json!(true);
+    let reply = gw.post("/chat/completions", stream).await;
+    assert_eq!(reply.status, 200);
+    let up = one(&fake);
+    assert_eq!(up.body["stream"], true);
+    assert_eq!(up.body["stream_options"], json!({ "include_usage": true }), "usage is always requested upstream");
+
+    let r = gw.post("/v1/embeddings", json!({ "model": "embed", "input": ["a", "b"] })).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let up = one(&fake);
+    assert_eq!(up.path, "/v1/embeddings");
+    assert_eq!(up.body, json!({ "model": "text-embedding-3-small", "input": ["a", "b"] }));
+
+    let r = gw.post("/v1/completions", json!({ "model": "instruct", "prompt": "Say", "max_tokens": 5 })).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json()["choices"][0]["text"], "Hello from the fake upstream.");
+    let up = one(&fake);
+    assert_eq!(up.path, "/v1/completions");
+    assert_eq!(up.body, json!({ "model": "gpt-3.5-turbo-instruct", "prompt": "Say", "max_tokens": 5 }));
+
+    // Refused at the gateway: nothing reaches the upstream.
+    assert_eq!(gw.post_raw("/v1/chat/completions", body.to_string(), Some("sk-wrong")).await.status, 401);
+    assert_eq!(gw.post("/v1/chat/completions", json!({ "model": "nope", "messages": [] })).await.status, 400);
+    assert!(fake.take_requests().is_empty());
+}
+
+#[tokio::test]
+async fn azure_requests_use_deployment_urls_api_version_and_api_key() {
+    let fake = FakeUpstream::start(true).await.unwrap();
+    let gw = start_yaml(&format!(
+        "model_list:\n  - model_name: gpt\n    litellm_params:\n      model: azure/prod-gpt4o\n      api_base: {}/\n      api_key: sk-azure\n      api_version: \"2024-06-01\"\n    model_info: {{base_model: gpt-4o}}\n  - model_name: embed\n    litellm_params: {{model: azure/prod-embed, api_base: {}, api_key: sk-azure}}\n",
+        fake.base_url(), fake.base_url()
+    ))
+    .await;
+    let r = gw.post("/v1/chat/completions", json!({ "model": "gpt", "messages": [{ "role": "user", "content": "hi" }] })).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    // Priced as its base model: 12 × $2.5/M + 7 × $10/M.
+    assert_eq!(r.header("x-meridian-response-cost"), Some("0.0001"));
+    let up = one(&fake);
+    assert_eq!(up.path, "/openai/deployments/prod-gpt4o/chat/completions");
+    assert_eq!(up.query.as_deref(), Some("api-version=2024-06-01"));
+    assert_eq!(up.headers.get("api-key").map(String::as_str), Some("sk-azure"));
+    assert!(!up.headers.contains_key("authorization"));
+    assert_eq!(up.body["model"], "prod-gpt4o");
+
+    let r = gw
+        .post("/v1/chat/completions", json!({ "model": "gpt", "stream": true, "messages": [{ "role": "user", "content": "hi" }] }))
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(one(&fake).body["stream_options"]["include_usage"], true);
+
+    assert_eq!(gw.post("/v1/embeddings", json!({ "model": "embed", "input": "a" })).await.status, 200);
+    let up = one(&fake);
+    assert_eq!(up.path, "/openai/deployments/prod-embed/embeddings");
+    assert_eq!(up.query.as_deref(), Some("api-version=2024-10-21"), "the default API version");
+}
+
+#[tokio::test]
+async fn anthropic_requests_are_translated_to_the_messages_api() {
+    let fake = FakeUpstream::start(true).await.unwrap();
+    let gw = start_yaml(&format!(
+        "model_list:\n  - model_name: claude\n    litellm_params: {{model: anthropic/claude-3-5-sonnet-20241022, api_base: {}, api_key: sk-ant-upstream}}\n",
+        fake.base_url()
+    ))
+    .await;
+    let body = json!({
+        "model": "claude",
+        "messages": [
+            { "role": "system", "content": "You are terse." },
+            { "role": "user", "content": [
+                { "type": "text", "text": "What is in this image?" },
+                { "type": "image_url", "image_url": { "url": "data:image/png;base64,iVBORw0KGgo=" } } ] },
+            { "role": "assistant", "content": null, "tool_calls": [
+                { "id": "call_1", "type": "function", "function": { "name": "lookup", "arguments": "{\"q\":\"x\"}" } } ] },
+            { "role": "tool", "tool_call_id": "call_1", "content": "found it" }
+        ],
+        "tools": [{ "type": "function", "function": { "name": "lookup", "description": "Look up",
+                    "parameters": { "type": "object", "properties": { "q": { "type": "string" } } } } }],
+        "tool_choice": "required",
+        "stop": "END",
+        "temperature": 0.5,
+        "user": "customer-7"
+    });
+    let r = gw.post("/v1/chat/completions", body).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let up = one(&fake);
+    assert_eq!(up.path, "/v1/messages");
+    assert_eq!(up.headers.get("x-api-key").map(String::as_str), Some("sk-ant-upstream"));
+    assert_eq!(up.headers.get("anthropic-version").map(String::as_str), Some("2023-06-01"));
+    assert!(!up.headers.contains_key("authorization"));
+    let expected = json!({
+        "model": "claude-3-5-sonnet-20241022",
+        "system": "You are terse.",
+        "messages": [
+            { "role": "user", "content": [
+                { "type": "text", "text": "What is in this image?" },
+                { "type": "image", "source": { "type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo=" } } ] },
+            { "role": "assistant", "content": [
+                { "type": "tool_use", "id": "call_1", "name": "lookup", "input": { "q": "x" } } ] },
+            { "role": "user", "content": [
+                { "type": "tool_result", "tool_use_id": "call_1", "content": "found it" } ] }
+        ],
+        "tools": [{ "name": "lookup", "description": "Look up",
+                    "input_schema": { "type": "object", "properties": { "q": { "type": "string" } } } }],
+        "tool_choice": { "type": "any" },
+        "max_tokens": 4096,
+        "stop_sequences": ["END"],
+        "temperature": 0.5,
+        "metadata": { "user_id": "customer-7" }
+    });
+    assert_eq!(sorted(&up.body), sorted(&expected));
+    // The tool_use answer comes back as an OpenAI tool call.
+    let answer = r.json();
+    assert_eq!(answer.pointer("/choices/0/message/tool_calls/0/function/arguments"), Some(&json!("{\"city\":\"Paris\"}")));
+    assert_eq!(answer.pointer("/choices/0/message/content"), Some(&json!("Let me check.")));
+
+    let r = gw
+        .post("/v1/chat/completions", json!({ "model": "claude", "stream": true, "max_tokens": 50,
+                                               "messages": [{ "role": "user", "content": "hi" }] }))
+        .await;
+    assert_eq!(r.status, 200);
+    let up = one(&fake);
+    assert_eq!((up.body["stream"].as_bool(), up.body["max_tokens"].as_u64()), (Some(true), Some(50)));
+    // 12 input + 7 output tokens at claude-3-5-sonnet's built-in price.
+    assert!(r.text.contains(": x-meridian-response-cost=0.000141\n"), "{}", r.text);
+}
+
+#[tokio::test]
+async fn the_anthropic_endpoint_reaches_openai_upstreams_and_back() {
+    let fake = FakeUpstream::start(true).await.unwrap();
+    let gw = start_yaml(&format!(
+        "model_list:\n  - model_name: gpt\n    litellm_params: {{model: openai/gpt-4o, api_base: {}/v1}}\n",
+        fake.base_url()
+    ))
+    .await;
+    let r = gw
+        .client
+        .post(format!("{}/v1/messages", gw.base))
+        .header("x-api-key", MASTER_KEY)
+        .header("anthropic-version", "2023-06-01")
+        .body(
+            json!({ "model": "gpt", "max_tokens": 64, "system": "Be terse.",
+                    "messages": [{ "role": "user", "content": "hi" }] })
+            .to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let up = one(&fake);
+    assert_eq!(up.path, "/v1/chat/completions");
+    assert_eq!(
+        up.body,
+        json!({ "model": "gpt-4o", "messages": [
+            { "role": "system", "content": "Be terse." }, { "role": "user", "content": "hi" } ], "max_tokens": 64 })
+    );
+}
+
+/// Object keys sorted, so comparisons ignore key order but nothing else.
+fn sorted(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => {
+            let mut keys: Vec<_> = m.keys().collect();
+            keys.sort();
+            Value::Object(keys.into_iter().map(|k| (k.clone(), sorted(&m[k]))).collect())
+        }
+        Value::Array(a) => Value::Array(a.iter().map(sorted).collect()),
+        other => other.clone(),
+    }
+}
