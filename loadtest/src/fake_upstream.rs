@@ -31,7 +31,8 @@ const OPENAI_CHAT: &str = include_str!("../../fixtures/openai/chat.json");
 const OPENAI_CHAT_TOOL: &str = include_str!("../../fixtures/openai/chat_tool_call.json");
 const OPENAI_CHAT_STREAM: &str = include_str!("../../fixtures/openai/chat_stream.jsonl");
 const OPENAI_COMPLETION: &str = include_str!("../../fixtures/openai/completion.json");
-const OPENAI_COMPLETION_STREAM: &str = include_str!("../../fixtures/openai/completion_stream.jsonl");
+const OPENAI_COMPLETION_STREAM: &str =
+    include_str!("../../fixtures/openai/completion_stream.jsonl");
 const OPENAI_EMBEDDINGS: &str = include_str!("../../fixtures/openai/embeddings.json");
 const ANTHROPIC_MESSAGES: &str = include_str!("../../fixtures/anthropic/messages.json");
 const ANTHROPIC_TOOL_USE: &str = include_str!("../../fixtures/anthropic/messages_tool_use.json");
@@ -69,8 +70,13 @@ impl FakeUpstream {
 
     /// Serves on a listener the caller bound.
     pub fn serve(listener: TcpListener, record: bool) -> Self {
-        let addr = listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
-        let shared = Arc::new(Shared { record, recorded: Mutex::new(Vec::new()) });
+        let addr = listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
+        let shared = Arc::new(Shared {
+            record,
+            recorded: Mutex::new(Vec::new()),
+        });
         let app = router(shared.clone());
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
@@ -84,7 +90,13 @@ impl FakeUpstream {
 
     /// Every request received so far, in order, and forgets them.
     pub fn take_requests(&self) -> Vec<Recorded> {
-        std::mem::take(&mut *self.shared.recorded.lock().unwrap_or_else(|p| p.into_inner()))
+        std::mem::take(
+            &mut *self
+                .shared
+                .recorded
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        )
     }
 }
 
@@ -113,13 +125,20 @@ enum Api {
 async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().to_owned();
-    let bytes = axum::body::to_bytes(body, 64 * 1024 * 1024).await.unwrap_or_default();
+    let bytes = axum::body::to_bytes(body, 64 * 1024 * 1024)
+        .await
+        .unwrap_or_default();
     let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
     if shared.record {
         let headers = parts
             .headers
             .iter()
-            .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("<binary>").to_owned()))
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_owned(),
+                    v.to_str().unwrap_or("<binary>").to_owned(),
+                )
+            })
             .collect();
         let recorded = Recorded {
             method: parts.method.to_string(),
@@ -128,7 +147,11 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
             headers,
             body: body.clone(),
         };
-        shared.recorded.lock().unwrap_or_else(|p| p.into_inner()).push(recorded);
+        shared
+            .recorded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(recorded);
     }
     let api = if path.ends_with("/chat/completions") {
         Api::Chat
@@ -153,7 +176,12 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
         return error(api, code);
     }
     if model.contains("garbage") {
-        return (StatusCode::OK, [(header::CONTENT_TYPE, "text/html")], "<html>502 Bad Gateway</html>").into_response();
+        return (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "text/html")],
+            "<html>502 Bad Gateway</html>",
+        )
+            .into_response();
     }
     if model.contains("timeout") {
         tokio::time::sleep(Duration::from_secs(3600)).await;
@@ -162,15 +190,25 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
     let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
-    let include_usage = body.pointer("/stream_options/include_usage").and_then(Value::as_bool).unwrap_or(false);
-    let tools = body.get("tools").and_then(Value::as_array).is_some_and(|t| !t.is_empty());
+    let include_usage = body
+        .pointer("/stream_options/include_usage")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let tools = body
+        .get("tools")
+        .and_then(Value::as_array)
+        .is_some_and(|t| !t.is_empty());
     match (api, stream) {
         (Api::Chat, false) => json_body(if tools { OPENAI_CHAT_TOOL } else { OPENAI_CHAT }),
         (Api::Chat, true) => openai_sse(OPENAI_CHAT_STREAM, include_usage),
         (Api::Completion, false) => json_body(OPENAI_COMPLETION),
         (Api::Completion, true) => openai_sse(OPENAI_COMPLETION_STREAM, include_usage),
         (Api::Embeddings, _) => json_body(OPENAI_EMBEDDINGS),
-        (Api::Messages, false) => json_body(if tools { ANTHROPIC_TOOL_USE } else { ANTHROPIC_MESSAGES }),
+        (Api::Messages, false) => json_body(if tools {
+            ANTHROPIC_TOOL_USE
+        } else {
+            ANTHROPIC_MESSAGES
+        }),
         (Api::Messages, true) => anthropic_sse(),
     }
 }
@@ -178,32 +216,51 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
 fn after<'a>(model: &'a str, marker: &str) -> Option<&'a str> {
     let start = model.find(marker)? + marker.len();
     let rest = model.get(start..)?;
-    Some(rest.split(|c: char| !c.is_ascii_digit()).next().unwrap_or(rest))
+    Some(
+        rest.split(|c: char| !c.is_ascii_digit())
+            .next()
+            .unwrap_or(rest),
+    )
 }
 
 fn json_body(text: &'static str) -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], text.trim_end()).into_response()
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        text.trim_end(),
+    )
+        .into_response()
 }
 
 fn error(api: Api, code: u16) -> Response {
     let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let body = match api {
-        Api::Messages => json!({"type": "error", "error": {"type": "fake_error", "message": format!("fake upstream error {code}")}}),
-        _ => json!({"error": {"message": format!("fake upstream error {code}"), "type": "fake_error", "param": null, "code": format!("fake_{code}")}}),
+        Api::Messages => {
+            json!({"type": "error", "error": {"type": "fake_error", "message": format!("fake upstream error {code}")}})
+        }
+        _ => {
+            json!({"error": {"message": format!("fake upstream error {code}"), "type": "fake_error", "param": null, "code": format!("fake_{code}")}})
+        }
     };
     let mut response = (status, axum::Json(body)).into_response();
     if code == 429 {
-        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("7"));
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("7"));
     }
     response
 }
 
 fn sse(frames: Vec<String>) -> Response {
-    let stream = futures_util::stream::iter(frames.into_iter().map(|f| Ok::<_, Infallible>(Bytes::from(f))));
+    let stream = futures_util::stream::iter(
+        frames
+            .into_iter()
+            .map(|f| Ok::<_, Infallible>(Bytes::from(f))),
+    );
     let mut response = Response::new(Body::from_stream(stream));
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
     response
 }
 
@@ -211,8 +268,15 @@ fn sse(frames: Vec<String>) -> Response {
 /// only when asked for; then `[DONE]`.
 fn openai_sse(jsonl: &str, include_usage: bool) -> Response {
     let lines: Vec<&str> = jsonl.lines().filter(|l| !l.trim().is_empty()).collect();
-    let keep = if include_usage { lines.len() } else { lines.len().saturating_sub(1) };
-    let mut frames: Vec<String> = lines[..keep].iter().map(|l| format!("data: {l}\n\n")).collect();
+    let keep = if include_usage {
+        lines.len()
+    } else {
+        lines.len().saturating_sub(1)
+    };
+    let mut frames: Vec<String> = lines[..keep]
+        .iter()
+        .map(|l| format!("data: {l}\n\n"))
+        .collect();
     frames.push("data: [DONE]\n\n".into());
     sse(frames)
 }
@@ -222,7 +286,13 @@ fn anthropic_sse() -> Response {
         .lines()
         .filter(|l| !l.trim().is_empty())
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .map(|v| format!("event: {}\ndata: {}\n\n", v["event"].as_str().unwrap_or("message"), v["data"]))
+        .map(|v| {
+            format!(
+                "event: {}\ndata: {}\n\n",
+                v["event"].as_str().unwrap_or("message"),
+                v["data"]
+            )
+        })
         .collect();
     sse(frames)
 }

@@ -46,7 +46,12 @@ impl Authenticator {
 /// The key as OpenAI clients (`Authorization: Bearer`), Anthropic clients
 /// (`x-api-key`) and Azure clients (`api-key`) send it.
 fn presented_key(headers: &HeaderMap) -> Option<&str> {
-    let value = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+    let value = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
     if let Some(auth) = value("authorization") {
         let key = match auth.split_once(char::is_whitespace) {
             Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => rest.trim(),
@@ -57,7 +62,9 @@ fn presented_key(headers: &HeaderMap) -> Option<&str> {
             return Some(key);
         }
     }
-    value("x-api-key").or_else(|| value("api-key")).filter(|k| !k.is_empty())
+    value("x-api-key")
+        .or_else(|| value("api-key"))
+        .filter(|k| !k.is_empty())
 }
 
 #[cfg(test)]
@@ -73,11 +80,31 @@ mod tests {
     #[test]
     fn accepts_every_header_form_and_rejects_others() {
         let auth = Authenticator::new(&Secret::new("sk-master"));
-        assert_eq!(auth.authenticate(&headers("authorization", "Bearer sk-master")).unwrap(), Principal::Master);
-        assert_eq!(auth.authenticate(&headers("x-api-key", "sk-master")).unwrap(), Principal::Master);
-        assert_eq!(auth.authenticate(&headers("api-key", "sk-master")).unwrap(), Principal::Master);
-        assert!(matches!(auth.authenticate(&headers("authorization", "Bearer nope")), Err(Error::InvalidKey)));
-        assert!(matches!(auth.authenticate(&headers("authorization", "Bearer ")), Err(Error::MissingKey)));
-        assert!(matches!(auth.authenticate(&HeaderMap::new()), Err(Error::MissingKey)));
+        assert_eq!(
+            auth.authenticate(&headers("authorization", "Bearer sk-master"))
+                .unwrap(),
+            Principal::Master
+        );
+        assert_eq!(
+            auth.authenticate(&headers("x-api-key", "sk-master"))
+                .unwrap(),
+            Principal::Master
+        );
+        assert_eq!(
+            auth.authenticate(&headers("api-key", "sk-master")).unwrap(),
+            Principal::Master
+        );
+        assert!(matches!(
+            auth.authenticate(&headers("authorization", "Bearer nope")),
+            Err(Error::InvalidKey)
+        ));
+        assert!(matches!(
+            auth.authenticate(&headers("authorization", "Bearer ")),
+            Err(Error::MissingKey)
+        ));
+        assert!(matches!(
+            auth.authenticate(&HeaderMap::new()),
+            Err(Error::MissingKey)
+        ));
     }
 }

@@ -110,8 +110,14 @@ mod tests {
                 Duration::from_secs(100)
             }
         }
-        let ahead = SkewedClock { inner: Fixed, skew_ms: 1500 };
-        let behind = SkewedClock { inner: Fixed, skew_ms: -1500 };
+        let ahead = SkewedClock {
+            inner: Fixed,
+            skew_ms: 1500,
+        };
+        let behind = SkewedClock {
+            inner: Fixed,
+            skew_ms: -1500,
+        };
         assert_eq!(ahead.since_epoch(), Duration::from_millis(101_500));
         assert_eq!(behind.since_epoch(), Duration::from_millis(98_500));
     }

@@ -29,13 +29,20 @@ pub enum Error {
         param: Option<String>,
     },
 
-    #[error("Invalid model name passed in model={model}. Call `/v1/models` to view available models for your key.")]
+    #[error(
+        "Invalid model name passed in model={model}. Call `/v1/models` to view available models for your key."
+    )]
     ModelNotFound { model: String },
 
     #[error("model `{model}` does not support {operation}")]
-    Unsupported { model: String, operation: &'static str },
+    Unsupported {
+        model: String,
+        operation: &'static str,
+    },
 
-    #[error("No api key passed in. Send it as `Authorization: Bearer <key>` or `x-api-key: <key>`.")]
+    #[error(
+        "No api key passed in. Send it as `Authorization: Bearer <key>` or `x-api-key: <key>`."
+    )]
     MissingKey,
 
     #[error("Authentication Error, invalid api key.")]

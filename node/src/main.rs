@@ -11,7 +11,11 @@ use meridian_node::node::{Node, Seams};
 use meridian_node::serve::{KeySource, resolve_master_key, serve};
 
 #[derive(Parser)]
-#[command(name = "meridian", version, about = "Multi-region LLM gateway, OpenAI- and Anthropic-compatible")]
+#[command(
+    name = "meridian",
+    version,
+    about = "Multi-region LLM gateway, OpenAI- and Anthropic-compatible"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -51,8 +55,15 @@ enum ConfigCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve { config, data_dir, host, port } => run_serve(config, data_dir, host, port),
-        Command::Config { command: ConfigCommand::Check { file } } => check(&file),
+        Command::Serve {
+            config,
+            data_dir,
+            host,
+            port,
+        } => run_serve(config, data_dir, host, port),
+        Command::Config {
+            command: ConfigCommand::Check { file },
+        } => check(&file),
     };
     match result {
         Ok(code) => code,
@@ -71,7 +82,8 @@ fn check(file: &std::path::Path) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
     };
-    let groups: std::collections::BTreeSet<_> = config.deployments.iter().map(|d| &d.model_group).collect();
+    let groups: std::collections::BTreeSet<_> =
+        config.deployments.iter().map(|d| &d.model_group).collect();
     println!(
         "{}: valid — {} deployments in {} model groups",
         file.display(),
@@ -119,7 +131,11 @@ fn run_serve(
         port.unwrap_or(config.node.listen.port()),
     );
     if !config.ignored.is_empty() {
-        let list: Vec<String> = config.ignored.iter().map(|i| format!("{} ({})", i.path, i.reason)).collect();
+        let list: Vec<String> = config
+            .ignored
+            .iter()
+            .map(|i| format!("{} ({})", i.path, i.reason))
+            .collect();
         tracing::warn!(count = list.len(), keys = %list.join("; "), "config keys accepted but ignored");
     }
     for d in config.deployments.iter().filter(|d| d.price.is_none()) {
@@ -134,7 +150,11 @@ fn run_serve(
         node: config.node.node_id.clone(),
         region: config.node.region.clone(),
         data_dir: config.node.data_dir.clone(),
-        models: config.deployments.iter().map(|d| d.model_group.clone()).collect(),
+        models: config
+            .deployments
+            .iter()
+            .map(|d| d.model_group.clone())
+            .collect(),
     };
     let node = Node::new(config, &master_key, seams);
 
@@ -171,12 +191,23 @@ impl Banner {
             KeySource::Stored | KeySource::Generated => key.expose().to_owned(),
         };
         let model = self.models.iter().next().map_or("MODEL", String::as_str);
-        println!("Meridian {} — node {}, region {}", env!("CARGO_PKG_VERSION"), self.node, self.region);
+        println!(
+            "Meridian {} — node {}, region {}",
+            env!("CARGO_PKG_VERSION"),
+            self.node,
+            self.region
+        );
         println!("  listening on {base}");
-        println!("  models: {}", self.models.iter().cloned().collect::<Vec<_>>().join(", "));
+        println!(
+            "  models: {}",
+            self.models.iter().cloned().collect::<Vec<_>>().join(", ")
+        );
         match source {
             KeySource::Configured => println!("  master key: from the environment or config"),
-            KeySource::Stored => println!("  master key (kept in {}): {shown_key}", self.data_dir.display()),
+            KeySource::Stored => println!(
+                "  master key (kept in {}): {shown_key}",
+                self.data_dir.display()
+            ),
             KeySource::Generated => println!(
                 "  master key (generated now, kept in {}): {shown_key}",
                 self.data_dir.display()

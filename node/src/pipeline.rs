@@ -42,17 +42,26 @@ pub struct Called<T> {
 
 /// Route, then call. Routing comes first because the deployment decides the
 /// adapter, the URL, the timeouts and the price.
-pub async fn route_and_call<T, F>(node: &Node, ctx: &RequestCtx, model: &str, call: F) -> Result<Called<T>>
+pub async fn route_and_call<T, F>(
+    node: &Node,
+    ctx: &RequestCtx,
+    model: &str,
+    call: F,
+) -> Result<Called<T>>
 where
     F: for<'a> FnOnce(&'a dyn Provider, CallContext<'a>) -> BoxFuture<'a, Result<T>>,
 {
     if !ctx.principal.may_use_model(model) {
-        return Err(Error::ModelNotFound { model: model.to_owned() });
+        return Err(Error::ModelNotFound {
+            model: model.to_owned(),
+        });
     }
     let deployment = node
         .router
         .pick(model, &node.rng)
-        .ok_or_else(|| Error::ModelNotFound { model: model.to_owned() })?;
+        .ok_or_else(|| Error::ModelNotFound {
+            model: model.to_owned(),
+        })?;
     let cx = CallContext {
         deployment: &deployment,
         upstream: node.upstream.as_ref(),
@@ -62,7 +71,11 @@ where
     let result = call(node.providers.get(deployment.provider), cx).await;
     let upstream_time = started.elapsed();
     match result {
-        Ok(output) => Ok(Called { deployment, output, upstream_time }),
+        Ok(output) => Ok(Called {
+            deployment,
+            output,
+            upstream_time,
+        }),
         Err(e) => {
             tracing::warn!(
                 request_id = %ctx.request_id,
@@ -88,7 +101,12 @@ pub struct Settlement {
 
 impl Settlement {
     pub fn new(request_id: String, deployment: Arc<Deployment>) -> Self {
-        Self { request_id, deployment, usage: Usage::default(), settled: None }
+        Self {
+            request_id,
+            deployment,
+            usage: Usage::default(),
+            settled: None,
+        }
     }
 
     /// Records the latest usage report (providers send cumulative usage).

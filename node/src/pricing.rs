@@ -49,7 +49,9 @@ impl Price {
 
     pub fn cost(&self, usage: &Usage) -> Cost {
         let cached = usage.cached_tokens.min(usage.prompt_tokens);
-        let written = usage.cache_creation_tokens.min(usage.prompt_tokens - cached);
+        let written = usage
+            .cache_creation_tokens
+            .min(usage.prompt_tokens - cached);
         let plain = usage.prompt_tokens - cached - written;
         let total = plain as u128 * self.input as u128
             + cached as u128 * self.cache_read.unwrap_or(self.input) as u128
@@ -76,8 +78,16 @@ const fn p(input: u64, output: u64, cache_read: u64, cache_write: u64) -> Price 
     Price {
         input: per_m(input),
         output: per_m(output),
-        cache_read: if cache_read == 0 { None } else { Some(per_m(cache_read)) },
-        cache_write: if cache_write == 0 { None } else { Some(per_m(cache_write)) },
+        cache_read: if cache_read == 0 {
+            None
+        } else {
+            Some(per_m(cache_read))
+        },
+        cache_write: if cache_write == 0 {
+            None
+        } else {
+            Some(per_m(cache_write))
+        },
     }
 }
 
@@ -151,7 +161,10 @@ mod tests {
     fn dated_variants_and_longest_match() {
         assert_eq!(lookup("gpt-4o-2024-08-06"), lookup("gpt-4o"));
         assert_eq!(lookup("gpt-4o-mini-2024-07-18").unwrap().input, per_m(150));
-        assert_eq!(lookup("claude-3-5-sonnet-20241022").unwrap().output, per_m(15_000));
+        assert_eq!(
+            lookup("claude-3-5-sonnet-20241022").unwrap().output,
+            per_m(15_000)
+        );
         assert_eq!(lookup("openai/gpt-4.1-nano").unwrap().input, per_m(100));
         assert_eq!(lookup("gpt-4.5-preview"), None);
         assert_eq!(lookup("llama-unknown"), None);
@@ -161,12 +174,25 @@ mod tests {
     fn cost_is_exact_with_cache_tokens() {
         // gpt-4o: 1000 prompt tokens of which 400 cached, 100 completion tokens:
         // 600 × $2.5/M + 400 × $1.25/M + 100 × $10/M = $0.0015 + $0.0005 + $0.001
-        let usage = Usage { prompt_tokens: 1000, completion_tokens: 100, cached_tokens: 400, cache_creation_tokens: 0 };
+        let usage = Usage {
+            prompt_tokens: 1000,
+            completion_tokens: 100,
+            cached_tokens: 400,
+            cache_creation_tokens: 0,
+        };
         let cost = lookup("gpt-4o").unwrap().cost(&usage);
         assert_eq!(cost.to_string(), "0.003");
         // Anthropic cache writes are dearer than plain input.
-        let usage = Usage { prompt_tokens: 1000, completion_tokens: 0, cached_tokens: 0, cache_creation_tokens: 1000 };
-        assert_eq!(lookup("claude-3-haiku").unwrap().cost(&usage).to_string(), "0.0003");
+        let usage = Usage {
+            prompt_tokens: 1000,
+            completion_tokens: 0,
+            cached_tokens: 0,
+            cache_creation_tokens: 1000,
+        };
+        assert_eq!(
+            lookup("claude-3-haiku").unwrap().cost(&usage).to_string(),
+            "0.0003"
+        );
     }
 
     #[test]

@@ -18,7 +18,10 @@ impl ModelRouter {
     pub fn new(deployments: impl IntoIterator<Item = Deployment>) -> Self {
         let mut groups: BTreeMap<String, Vec<Arc<Deployment>>> = BTreeMap::new();
         for d in deployments {
-            groups.entry(d.model_group.clone()).or_default().push(Arc::new(d));
+            groups
+                .entry(d.model_group.clone())
+                .or_default()
+                .push(Arc::new(d));
         }
         Self { groups }
     }
@@ -59,12 +62,17 @@ mod tests {
         let router = ModelRouter::new(deployments);
         let draw = |seed| {
             let rng = SeededRng::from_seed(seed);
-            (0..32).map(|_| router.pick("mock-chat", &rng).unwrap().id.clone()).collect::<Vec<_>>()
+            (0..32)
+                .map(|_| router.pick("mock-chat", &rng).unwrap().id.clone())
+                .collect::<Vec<_>>()
         };
         let a = draw(1);
         assert_eq!(a, draw(1));
         assert!(a.iter().any(|id| id == "second") && a.iter().any(|id| id == "builtin-mock-chat"));
         assert!(router.pick("nope", &SeededRng::from_seed(1)).is_none());
-        assert_eq!(router.group_names().collect::<Vec<_>>(), vec!["mock-chat", "mock-embedding"]);
+        assert_eq!(
+            router.group_names().collect::<Vec<_>>(),
+            vec!["mock-chat", "mock-embedding"]
+        );
     }
 }

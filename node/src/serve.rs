@@ -30,10 +30,13 @@ pub fn resolve_master_key(config: &Config, rng: &SeededRng) -> Result<(Secret, K
         return Ok((key.clone(), KeySource::Configured));
     }
     let dir = &config.node.data_dir;
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating data directory {}", dir.display()), e))?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Error::io(format!("creating data directory {}", dir.display()), e))?;
     let path = dir.join(MASTER_KEY_FILE);
     match std::fs::read_to_string(&path) {
-        Ok(text) if !text.trim().is_empty() => return Ok((Secret::new(text.trim()), KeySource::Stored)),
+        Ok(text) if !text.trim().is_empty() => {
+            return Ok((Secret::new(text.trim()), KeySource::Stored));
+        }
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(Error::io(format!("reading {}", path.display()), e)),
@@ -58,7 +61,11 @@ fn write_private(path: &Path, text: &str) -> Result<()> {
 
 /// Serves the node's API on `listener` until `shutdown` completes, then lets
 /// in-flight requests finish.
-pub async fn serve<L>(listener: L, node: Arc<Node>, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()>
+pub async fn serve<L>(
+    listener: L,
+    node: Arc<Node>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()>
 where
     L: axum::serve::Listener,
     L::Addr: std::fmt::Debug,
@@ -96,10 +103,16 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(config.node.data_dir.join(MASTER_KEY_FILE)).unwrap().permissions().mode();
+            let mode = std::fs::metadata(config.node.data_dir.join(MASTER_KEY_FILE))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
         config.master_key = Some(Secret::new("sk-configured"));
-        assert_eq!(resolve_master_key(&config, &rng).unwrap().1, KeySource::Configured);
+        assert_eq!(
+            resolve_master_key(&config, &rng).unwrap().1,
+            KeySource::Configured
+        );
     }
 }

@@ -61,7 +61,8 @@ fn find_event_end(buf: &[u8]) -> Option<(usize, usize)> {
 }
 
 fn parse_event(raw: &[u8]) -> Result<Option<SseEvent>, String> {
-    let text = std::str::from_utf8(raw).map_err(|_| "server-sent event is not UTF-8".to_string())?;
+    let text =
+        std::str::from_utf8(raw).map_err(|_| "server-sent event is not UTF-8".to_string())?;
     let mut event = None;
     let mut data: Option<String> = None;
     for line in text.lines() {
@@ -117,12 +118,20 @@ mod tests {
     fn events_split_across_reads() {
         let mut d = SseDecoder::default();
         assert!(d.push(b"event: ping\nda").unwrap().is_empty());
-        let evs = d.push(b"ta: {\"a\":1}\n\ndata: x\r\n\r\n: comment\n\n").unwrap();
+        let evs = d
+            .push(b"ta: {\"a\":1}\n\ndata: x\r\n\r\n: comment\n\n")
+            .unwrap();
         assert_eq!(
             evs,
             vec![
-                SseEvent { event: Some("ping".into()), data: "{\"a\":1}".into() },
-                SseEvent { event: None, data: "x".into() },
+                SseEvent {
+                    event: Some("ping".into()),
+                    data: "{\"a\":1}".into()
+                },
+                SseEvent {
+                    event: None,
+                    data: "x".into()
+                },
             ]
         );
         assert_eq!(d.finish().unwrap(), None);
@@ -131,13 +140,19 @@ mod tests {
     #[test]
     fn multi_line_data_and_unterminated_tail() {
         let mut d = SseDecoder::default();
-        assert_eq!(d.push(b"data: a\ndata: b\n\ndata: tail").unwrap()[0].data, "a\nb");
+        assert_eq!(
+            d.push(b"data: a\ndata: b\n\ndata: tail").unwrap()[0].data,
+            "a\nb"
+        );
         assert_eq!(d.finish().unwrap().unwrap().data, "tail");
     }
 
     #[test]
     fn frames() {
         assert_eq!(&data_frame(b"{}")[..], b"data: {}\n\n");
-        assert_eq!(&named_frame("ping", b"{}")[..], b"event: ping\ndata: {}\n\n");
+        assert_eq!(
+            &named_frame("ping", b"{}")[..],
+            b"event: ping\ndata: {}\n\n"
+        );
     }
 }

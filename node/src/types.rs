@@ -256,7 +256,8 @@ impl Usage {
             "total_tokens": self.total_tokens(),
         });
         if self.cached_tokens > 0 {
-            usage["prompt_tokens_details"] = serde_json::json!({ "cached_tokens": self.cached_tokens });
+            usage["prompt_tokens_details"] =
+                serde_json::json!({ "cached_tokens": self.cached_tokens });
         }
         usage
     }
@@ -318,7 +319,10 @@ mod tests {
         });
         let req: ChatRequest = serde_json::from_value(body.clone()).unwrap();
         assert_eq!(req.extra.get("seed"), Some(&serde_json::json!(7)));
-        assert_eq!(req.messages[0].content.as_ref().unwrap().joined_text(), "hi");
+        assert_eq!(
+            req.messages[0].content.as_ref().unwrap().joined_text(),
+            "hi"
+        );
         assert_eq!(serde_json::to_value(&req).unwrap(), body);
     }
 

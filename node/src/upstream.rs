@@ -35,7 +35,10 @@ pub struct UpstreamResponse {
 /// Sends one HTTP request to a provider. Errors are transport failures (refused,
 /// reset, TLS, DNS) described for an operator; HTTP error statuses are responses.
 pub trait UpstreamClient: Send + Sync + 'static {
-    fn send(&self, req: UpstreamRequest) -> BoxFuture<'static, std::result::Result<UpstreamResponse, String>>;
+    fn send(
+        &self,
+        req: UpstreamRequest,
+    ) -> BoxFuture<'static, std::result::Result<UpstreamResponse, String>>;
 }
 
 /// Largest non-streaming upstream body we accept (a runaway or hostile upstream
@@ -63,7 +66,11 @@ pub async fn send(
 }
 
 /// Reads a whole (non-streaming) body, bounded in size and by `deadline`.
-pub async fn read_body(mut body: BodyStream, deployment: &str, deadline: Duration) -> Result<Bytes> {
+pub async fn read_body(
+    mut body: BodyStream,
+    deployment: &str,
+    deadline: Duration,
+) -> Result<Bytes> {
     let read = async {
         let mut buf = BytesMut::new();
         while let Some(chunk) = body.next().await {
@@ -91,26 +98,23 @@ pub async fn read_body(mut body: BodyStream, deployment: &str, deadline: Duratio
 /// Wraps a streaming body so that a silence longer than `idle` ends it with a
 /// timeout error instead of hanging the client forever.
 pub fn with_idle_timeout(body: BodyStream, deployment: String, idle: Duration) -> BodyStream {
-    Box::pin(futures_util::stream::unfold(
-        Some(body),
-        move |state| {
-            let deployment = deployment.clone();
-            async move {
-                let mut body = state?;
-                match tokio::time::timeout(idle, body.next()).await {
-                    Ok(Some(item)) => Some((item, Some(body))),
-                    Ok(None) => None,
-                    Err(_) => Some((
-                        Err(format!(
-                            "no data from `{deployment}` for {}s",
-                            idle.as_secs_f64()
-                        )),
-                        None,
+    Box::pin(futures_util::stream::unfold(Some(body), move |state| {
+        let deployment = deployment.clone();
+        async move {
+            let mut body = state?;
+            match tokio::time::timeout(idle, body.next()).await {
+                Ok(Some(item)) => Some((item, Some(body))),
+                Ok(None) => None,
+                Err(_) => Some((
+                    Err(format!(
+                        "no data from `{deployment}` for {}s",
+                        idle.as_secs_f64()
                     )),
-                }
+                    None,
+                )),
             }
-        },
-    ))
+        }
+    }))
 }
 
 /// The production client: one reqwest client (one connection pool) for all
@@ -138,7 +142,10 @@ impl HttpUpstream {
 }
 
 impl UpstreamClient for HttpUpstream {
-    fn send(&self, req: UpstreamRequest) -> BoxFuture<'static, std::result::Result<UpstreamResponse, String>> {
+    fn send(
+        &self,
+        req: UpstreamRequest,
+    ) -> BoxFuture<'static, std::result::Result<UpstreamResponse, String>> {
         let builder = self
             .client
             .request(req.method, &req.url)
@@ -152,7 +159,11 @@ impl UpstreamClient for HttpUpstream {
                 resp.bytes_stream()
                     .map(|r| r.map_err(describe_reqwest_error)),
             );
-            Ok(UpstreamResponse { status, headers, body })
+            Ok(UpstreamResponse {
+                status,
+                headers,
+                body,
+            })
         })
     }
 }
@@ -178,7 +189,9 @@ mod tests {
 
     fn body_of(chunks: Vec<&'static str>) -> BodyStream {
         Box::pin(futures_util::stream::iter(
-            chunks.into_iter().map(|c| Ok(Bytes::from_static(c.as_bytes()))),
+            chunks
+                .into_iter()
+                .map(|c| Ok(Bytes::from_static(c.as_bytes()))),
         ))
     }
 

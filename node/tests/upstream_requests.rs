@@ -12,7 +12,11 @@ use support::{MASTER_KEY, start_yaml};
 
 fn one(fake: &FakeUpstream) -> Recorded {
     let mut reqs = fake.take_requests();
-    assert_eq!(reqs.len(), 1, "expected exactly one upstream call, got {reqs:#?}");
+    assert_eq!(
+        reqs.len(),
+        1,
+        "expected exactly one upstream call, got {reqs:#?}"
+    );
     reqs.remove(0)
 }
 
@@ -27,14 +31,29 @@ async fn openai_requests_are_forwarded_with_the_upstream_model_and_usage_request
 
     let body = json!({ "model": "gpt", "messages": [{ "role": "user", "content": "hi" }],
                        "seed": 7, "logit_bias": { "50256": -100 }, "temperature": 0.2 });
-    assert_eq!(gw.post("/v1/chat/completions", body.clone()).await.status, 200);
+    assert_eq!(
+        gw.post("/v1/chat/completions", body.clone()).await.status,
+        200
+    );
     let up = one(&fake);
-    assert_eq!((up.method.as_str(), up.path.as_str()), ("POST", "/v1/chat/completions"));
-    assert_eq!(up.headers.get("authorization").map(String::as_str), Some("Bearer sk-upstream"));
-    assert!(!up.headers.contains_key("x-api-key"), "the client's key must not be forwarded");
+    assert_eq!(
+        (up.method.as_str(), up.path.as_str()),
+        ("POST", "/v1/chat/completions")
+    );
+    assert_eq!(
+        up.headers.get("authorization").map(String::as_str),
+        Some("Bearer sk-upstream")
+    );
+    assert!(
+        !up.headers.contains_key("x-api-key"),
+        "the client's key must not be forwarded"
+    );
     let mut expected = body.clone();
     expected["model"] = json!("gpt-4o-mini");
-    assert_eq!(up.body, expected, "unknown parameters pass through untouched");
+    assert_eq!(
+        up.body, expected,
+        "unknown parameters pass through untouched"
+    );
 
     let mut stream = body.clone();
     stream["stream"] = json!(true);
@@ -42,24 +61,60 @@ async fn openai_requests_are_forwarded_with_the_upstream_model_and_usage_request
     assert_eq!(reply.status, 200);
     let up = one(&fake);
     assert_eq!(up.body["stream"], true);
-    assert_eq!(up.body["stream_options"], json!({ "include_usage": true }), "usage is always requested upstream");
+    assert_eq!(
+        up.body["stream_options"],
+        json!({ "include_usage": true }),
+        "usage is always requested upstream"
+    );
 
-    let r = gw.post("/v1/embeddings", json!({ "model": "embed", "input": ["a", "b"] })).await;
+    let r = gw
+        .post(
+            "/v1/embeddings",
+            json!({ "model": "embed", "input": ["a", "b"] }),
+        )
+        .await;
     assert_eq!(r.status, 200, "{}", r.text);
     let up = one(&fake);
     assert_eq!(up.path, "/v1/embeddings");
-    assert_eq!(up.body, json!({ "model": "text-embedding-3-small", "input": ["a", "b"] }));
+    assert_eq!(
+        up.body,
+        json!({ "model": "text-embedding-3-small", "input": ["a", "b"] })
+    );
 
-    let r = gw.post("/v1/completions", json!({ "model": "instruct", "prompt": "Say", "max_tokens": 5 })).await;
+    let r = gw
+        .post(
+            "/v1/completions",
+            json!({ "model": "instruct", "prompt": "Say", "max_tokens": 5 }),
+        )
+        .await;
     assert_eq!(r.status, 200, "{}", r.text);
-    assert_eq!(r.json()["choices"][0]["text"], "Hello from the fake upstream.");
+    assert_eq!(
+        r.json()["choices"][0]["text"],
+        "Hello from the fake upstream."
+    );
     let up = one(&fake);
     assert_eq!(up.path, "/v1/completions");
-    assert_eq!(up.body, json!({ "model": "gpt-3.5-turbo-instruct", "prompt": "Say", "max_tokens": 5 }));
+    assert_eq!(
+        up.body,
+        json!({ "model": "gpt-3.5-turbo-instruct", "prompt": "Say", "max_tokens": 5 })
+    );
 
     // Refused at the gateway: nothing reaches the upstream.
-    assert_eq!(gw.post_raw("/v1/chat/completions", body.to_string(), Some("sk-wrong")).await.status, 401);
-    assert_eq!(gw.post("/v1/chat/completions", json!({ "model": "nope", "messages": [] })).await.status, 400);
+    assert_eq!(
+        gw.post_raw("/v1/chat/completions", body.to_string(), Some("sk-wrong"))
+            .await
+            .status,
+        401
+    );
+    assert_eq!(
+        gw.post(
+            "/v1/chat/completions",
+            json!({ "model": "nope", "messages": [] })
+        )
+        .await
+        .status,
+        400
+    );
     assert!(fake.take_requests().is_empty());
 }
 
@@ -71,14 +126,22 @@ async fn azure_requests_use_deployment_urls_api_version_and_api_key() {
         fake.base_url(), fake.base_url()
     ))
     .await;
-    let r = gw.post("/v1/chat/completions", json!({ "model": "gpt", "messages": [{ "role": "user", "content": "hi" }] })).await;
+    let r = gw
+        .post(
+            "/v1/chat/completions",
+            json!({ "model": "gpt", "messages": [{ "role": "user", "content": "hi" }] }),
+        )
+        .await;
     assert_eq!(r.status, 200, "{}", r.text);
     // Priced as its base model: 12 × $2.5/M + 7 × $10/M.
     assert_eq!(r.header("x-meridian-response-cost"), Some("0.0001"));
     let up = one(&fake);
     assert_eq!(up.path, "/openai/deployments/prod-gpt4o/chat/completions");
     assert_eq!(up.query.as_deref(), Some("api-version=2024-06-01"));
-    assert_eq!(up.headers.get("api-key").map(String::as_str), Some("sk-azure"));
+    assert_eq!(
+        up.headers.get("api-key").map(String::as_str),
+        Some("sk-azure")
+    );
     assert!(!up.headers.contains_key("authorization"));
     assert_eq!(up.body["model"], "prod-gpt4o");
 
@@ -88,10 +151,19 @@ async fn azure_requests_use_deployment_urls_api_version_and_api_key() {
     assert_eq!(r.status, 200);
     assert_eq!(one(&fake).body["stream_options"]["include_usage"], true);
 
-    assert_eq!(gw.post("/v1/embeddings", json!({ "model": "embed", "input": "a" })).await.status, 200);
+    assert_eq!(
+        gw.post("/v1/embeddings", json!({ "model": "embed", "input": "a" }))
+            .await
+            .status,
+        200
+    );
     let up = one(&fake);
     assert_eq!(up.path, "/openai/deployments/prod-embed/embeddings");
-    assert_eq!(up.query.as_deref(), Some("api-version=2024-10-21"), "the default API version");
+    assert_eq!(
+        up.query.as_deref(),
+        Some("api-version=2024-10-21"),
+        "the default API version"
+    );
 }
 
 #[tokio::test]
@@ -124,8 +196,14 @@ async fn anthropic_requests_are_translated_to_the_messages_api() {
     assert_eq!(r.status, 200, "{}", r.text);
     let up = one(&fake);
     assert_eq!(up.path, "/v1/messages");
-    assert_eq!(up.headers.get("x-api-key").map(String::as_str), Some("sk-ant-upstream"));
-    assert_eq!(up.headers.get("anthropic-version").map(String::as_str), Some("2023-06-01"));
+    assert_eq!(
+        up.headers.get("x-api-key").map(String::as_str),
+        Some("sk-ant-upstream")
+    );
+    assert_eq!(
+        up.headers.get("anthropic-version").map(String::as_str),
+        Some("2023-06-01")
+    );
     assert!(!up.headers.contains_key("authorization"));
     let expected = json!({
         "model": "claude-3-5-sonnet-20241022",
@@ -150,18 +228,34 @@ async fn anthropic_requests_are_translated_to_the_messages_api() {
     assert_eq!(sorted(&up.body), sorted(&expected));
     // The tool_use answer comes back as an OpenAI tool call.
     let answer = r.json();
-    assert_eq!(answer.pointer("/choices/0/message/tool_calls/0/function/arguments"), Some(&json!("{\"city\":\"Paris\"}")));
-    assert_eq!(answer.pointer("/choices/0/message/content"), Some(&json!("Let me check.")));
+    assert_eq!(
+        answer.pointer("/choices/0/message/tool_calls/0/function/arguments"),
+        Some(&json!("{\"city\":\"Paris\"}"))
+    );
+    assert_eq!(
+        answer.pointer("/choices/0/message/content"),
+        Some(&json!("Let me check."))
+    );
 
     let r = gw
-        .post("/v1/chat/completions", json!({ "model": "claude", "stream": true, "max_tokens": 50,
-                                               "messages": [{ "role": "user", "content": "hi" }] }))
+        .post(
+            "/v1/chat/completions",
+            json!({ "model": "claude", "stream": true, "max_tokens": 50,
+                                               "messages": [{ "role": "user", "content": "hi" }] }),
+        )
         .await;
     assert_eq!(r.status, 200);
     let up = one(&fake);
-    assert_eq!((up.body["stream"].as_bool(), up.body["max_tokens"].as_u64()), (Some(true), Some(50)));
+    assert_eq!(
+        (up.body["stream"].as_bool(), up.body["max_tokens"].as_u64()),
+        (Some(true), Some(50))
+    );
     // 12 input + 7 output tokens at claude-3-5-sonnet's built-in price.
-    assert!(r.text.contains(": x-meridian-response-cost=0.000141\n"), "{}", r.text);
+    assert!(
+        r.text.contains(": x-meridian-response-cost=0.000141\n"),
+        "{}",
+        r.text
+    );
 }
 
 #[tokio::test]
@@ -201,7 +295,11 @@ fn sorted(v: &Value) -> Value {
         Value::Object(m) => {
             let mut keys: Vec<_> = m.keys().collect();
             keys.sort();
-            Value::Object(keys.into_iter().map(|k| (k.clone(), sorted(&m[k]))).collect())
+            Value::Object(
+                keys.into_iter()
+                    .map(|k| (k.clone(), sorted(&m[k])))
+                    .collect(),
+            )
         }
         Value::Array(a) => Value::Array(a.iter().map(sorted).collect()),
         other => other.clone(),

@@ -16,7 +16,14 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port)).await?;
-    println!("fake upstream listening on http://{}", listener.local_addr()?);
-    axum::serve(listener, meridian_loadtest::fake_upstream::router_for_binary()).await?;
+    println!(
+        "fake upstream listening on http://{}",
+        listener.local_addr()?
+    );
+    axum::serve(
+        listener,
+        meridian_loadtest::fake_upstream::router_for_binary(),
+    )
+    .await?;
     Ok(())
 }

@@ -35,7 +35,11 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(error: Error, format: Format) -> Self {
-        Self { error, format, request_id: None }
+        Self {
+            error,
+            format,
+            request_id: None,
+        }
     }
 
     pub fn with_request_id(mut self, id: &str) -> Self {
@@ -68,7 +72,9 @@ fn classify(e: &Error) -> (StatusCode, &'static str) {
             (code, kind)
         }
         Error::UpstreamTimeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
-        Error::UpstreamUnreachable { .. } | Error::UpstreamProtocol { .. } => (StatusCode::BAD_GATEWAY, "api_error"),
+        Error::UpstreamUnreachable { .. } | Error::UpstreamProtocol { .. } => {
+            (StatusCode::BAD_GATEWAY, "api_error")
+        }
         Error::Config { .. } | Error::Io { .. } | Error::Internal(_) => {
             (StatusCode::INTERNAL_SERVER_ERROR, "internal_server_error")
         }
@@ -101,8 +107,16 @@ pub fn openai_body(e: &Error, request_id: Option<&str>) -> (StatusCode, serde_js
         e.to_string()
     };
     let (kind, param, code) = match e {
-        Error::InvalidRequest { param, .. } => (default_kind.to_owned(), param.clone(), status.as_u16().to_string()),
-        Error::ModelNotFound { .. } => (default_kind.to_owned(), Some("model".to_owned()), status.as_u16().to_string()),
+        Error::InvalidRequest { param, .. } => (
+            default_kind.to_owned(),
+            param.clone(),
+            status.as_u16().to_string(),
+        ),
+        Error::ModelNotFound { .. } => (
+            default_kind.to_owned(),
+            Some("model".to_owned()),
+            status.as_u16().to_string(),
+        ),
         Error::UpstreamStatus { kind, code, .. } => (
             kind.clone().unwrap_or_else(|| default_kind.to_owned()),
             None,
@@ -110,14 +124,19 @@ pub fn openai_body(e: &Error, request_id: Option<&str>) -> (StatusCode, serde_js
         ),
         _ => (default_kind.to_owned(), None, status.as_u16().to_string()),
     };
-    let body = json!({ "error": { "message": message, "type": kind, "param": param, "code": code } });
+    let body =
+        json!({ "error": { "message": message, "type": kind, "param": param, "code": code } });
     (status, body)
 }
 
 pub fn anthropic_body(e: &Error, request_id: Option<&str>) -> (StatusCode, serde_json::Value) {
     let (status, openai) = openai_body(e, request_id);
-    let message = openai.pointer("/error/message").cloned().unwrap_or_default();
-    let body = json!({ "type": "error", "error": { "type": anthropic_type(status), "message": message } });
+    let message = openai
+        .pointer("/error/message")
+        .cloned()
+        .unwrap_or_default();
+    let body =
+        json!({ "type": "error", "error": { "type": anthropic_type(status), "message": message } });
     (status, body)
 }
 
@@ -133,7 +152,11 @@ impl IntoResponse for ApiError {
         };
         let mut response = (status, axum::Json(body)).into_response();
         let headers = response.headers_mut();
-        if let Error::UpstreamStatus { retry_after: Some(secs), .. } = &self.error {
+        if let Error::UpstreamStatus {
+            retry_after: Some(secs),
+            ..
+        } = &self.error
+        {
             headers.insert(http::header::RETRY_AFTER, HeaderValue::from(*secs));
         }
         if let Some(Ok(v)) = id.map(HeaderValue::from_str) {
@@ -152,16 +175,34 @@ mod tests {
     fn statuses_and_shapes() {
         let (s, b) = openai_body(&Error::invalid("bad", Some("messages[0].role")), None);
         assert_eq!(s, 400);
-        assert_eq!(b, json!({"error": {"message": "bad", "type": "invalid_request_error", "param": "messages[0].role", "code": "400"}}));
+        assert_eq!(
+            b,
+            json!({"error": {"message": "bad", "type": "invalid_request_error", "param": "messages[0].role", "code": "400"}})
+        );
         assert_eq!(openai_body(&Error::InvalidKey, None).0, 401);
-        assert_eq!(openai_body(&Error::PayloadTooLarge { limit_bytes: 1 }, None).0, 413);
-        let timeout = Error::UpstreamTimeout { deployment: "d".into(), after: Duration::from_secs(1) };
+        assert_eq!(
+            openai_body(&Error::PayloadTooLarge { limit_bytes: 1 }, None).0,
+            413
+        );
+        let timeout = Error::UpstreamTimeout {
+            deployment: "d".into(),
+            after: Duration::from_secs(1),
+        };
         assert_eq!(openai_body(&timeout, None).0, 504);
         assert_eq!(openai_body(&Error::protocol("d", "junk"), None).0, 502);
-        let upstream = Error::UpstreamStatus { status: 429, message: "slow down".into(), kind: None, code: None, retry_after: None };
+        let upstream = Error::UpstreamStatus {
+            status: 429,
+            message: "slow down".into(),
+            kind: None,
+            code: None,
+            retry_after: None,
+        };
         let (s, b) = anthropic_body(&upstream, None);
         assert_eq!(s, 429);
-        assert_eq!(b, json!({"type": "error", "error": {"type": "rate_limit_error", "message": "slow down"}}));
+        assert_eq!(
+            b,
+            json!({"type": "error", "error": {"type": "rate_limit_error", "message": "slow down"}})
+        );
     }
 
     #[test]
@@ -169,6 +210,9 @@ mod tests {
         let e = Error::io("reading /etc/secret/path", std::io::Error::other("denied"));
         let (s, b) = openai_body(&e, Some("abc"));
         assert_eq!(s, 500);
-        assert_eq!(b["error"]["message"], "Internal server error (request id abc)");
+        assert_eq!(
+            b["error"]["message"],
+            "Internal server error (request id abc)"
+        );
     }
 }

@@ -38,7 +38,9 @@ impl<T: DeserializeOwned> FromRequest<Arc<Node>> for JsonBody<T> {
         let bytes = read_limited(req, node.max_request_bytes)
             .await
             .map_err(|e| ApiError::new(e, format))?;
-        parse_json(&bytes).map(JsonBody).map_err(|e| ApiError::new(e, format))
+        parse_json(&bytes)
+            .map(JsonBody)
+            .map_err(|e| ApiError::new(e, format))
     }
 }
 
@@ -52,16 +54,18 @@ async fn read_limited(req: Request, limit: usize) -> Result<Bytes, Error> {
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large);
     }
-    axum::body::to_bytes(req.into_body(), limit).await.map_err(|e| {
-        let over = std::error::Error::source(&e)
-            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
-            || e.to_string().contains("length limit");
-        if over {
-            too_large
-        } else {
-            Error::invalid(format!("Could not read the request body: {e}"), None)
-        }
-    })
+    axum::body::to_bytes(req.into_body(), limit)
+        .await
+        .map_err(|e| {
+            let over = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+                || e.to_string().contains("length limit");
+            if over {
+                too_large
+            } else {
+                Error::invalid(format!("Could not read the request body: {e}"), None)
+            }
+        })
 }
 
 /// Parses JSON; a wrong or missing field is reported by its path
@@ -77,7 +81,10 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
         let mut param = (path != ".").then_some(path);
         let text = inner.to_string();
         // serde reports a missing field at its parent's path; name the field.
-        if let Some(field) = text.strip_prefix("missing field `").and_then(|r| r.split('`').next()) {
+        if let Some(field) = text
+            .strip_prefix("missing field `")
+            .and_then(|r| r.split('`').next())
+        {
             param = Some(match param {
                 Some(parent) => format!("{parent}.{field}"),
                 None => field.to_owned(),
@@ -107,8 +114,12 @@ mod tests {
     #[test]
     fn errors_name_the_field() {
         assert_eq!(param_of(r#"{"messages":[]}"#).0.as_deref(), Some("model"));
-        assert_eq!(param_of(r#"{"model":5,"messages":[]}"#).0.as_deref(), Some("model"));
-        let (param, message) = param_of(r#"{"model":"m","messages":[{"role":"bot","content":"x"}]}"#);
+        assert_eq!(
+            param_of(r#"{"model":5,"messages":[]}"#).0.as_deref(),
+            Some("model")
+        );
+        let (param, message) =
+            param_of(r#"{"model":"m","messages":[{"role":"bot","content":"x"}]}"#);
         assert_eq!(param.as_deref(), Some("messages[0].role"));
         assert!(message.contains("unknown variant `bot`"), "{message}");
         let (param, message) = param_of("{not json");

@@ -29,7 +29,9 @@ pub async fn liveliness() -> Json<&'static str> {
 pub async fn readiness(State(node): State<Arc<Node>>) -> Response {
     // A metadata read of the data directory: cheap, and it fails when the volume
     // is gone or unmounted.
-    let storage_ok = std::fs::metadata(&node.data_dir).map(|m| m.is_dir()).unwrap_or(false);
+    let storage_ok = std::fs::metadata(&node.data_dir)
+        .map(|m| m.is_dir())
+        .unwrap_or(false);
     let status = if storage_ok { "healthy" } else { "unhealthy" };
     let body = json!({
         "status": status,
@@ -40,7 +42,11 @@ pub async fn readiness(State(node): State<Arc<Node>>) -> Response {
         "db": "not used",
         "version": env!("CARGO_PKG_VERSION"),
     });
-    let code = if storage_ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let code = if storage_ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (code, Json(body)).into_response()
 }
 
@@ -52,7 +58,11 @@ pub struct HealthQuery {
 
 /// `GET /health`: probes each deployment (optionally one group or one id) with a
 /// tiny real call, all at once, and lists which answered.
-pub async fn deep(State(node): State<Arc<Node>>, _auth: Auth, Query(q): Query<HealthQuery>) -> Json<Value> {
+pub async fn deep(
+    State(node): State<Arc<Node>>,
+    _auth: Auth,
+    Query(q): Query<HealthQuery>,
+) -> Json<Value> {
     let targets: Vec<Arc<Deployment>> = node
         .router
         .deployments()
@@ -86,38 +96,51 @@ pub async fn deep(State(node): State<Arc<Node>>, _auth: Auth, Query(q): Query<He
 }
 
 async fn probe(node: &Node, d: &Deployment) -> Result<(), String> {
-    let cx = CallContext { deployment: d, upstream: node.upstream.as_ref(), clock: node.clock.as_ref() };
+    let cx = CallContext {
+        deployment: d,
+        upstream: node.upstream.as_ref(),
+        clock: node.clock.as_ref(),
+    };
     let provider = node.providers.get(d.provider);
     let call = async {
         match d.mode {
             Mode::Chat => provider
-                .chat(cx, ChatRequest {
-                    model: d.model_group.clone(),
-                    messages: vec![ChatMessage::text(Role::User, "ping")],
-                    max_tokens: Some(1),
-                    ..ChatRequest::default()
-                })
+                .chat(
+                    cx,
+                    ChatRequest {
+                        model: d.model_group.clone(),
+                        messages: vec![ChatMessage::text(Role::User, "ping")],
+                        max_tokens: Some(1),
+                        ..ChatRequest::default()
+                    },
+                )
                 .await
                 .map(drop),
             Mode::Completion => provider
-                .completion(cx, CompletionRequest {
-                    model: d.model_group.clone(),
-                    prompt: Prompt::One("ping".into()),
-                    stream: None,
-                    stream_options: None,
-                    max_tokens: Some(1),
-                    user: None,
-                    extra: Default::default(),
-                })
+                .completion(
+                    cx,
+                    CompletionRequest {
+                        model: d.model_group.clone(),
+                        prompt: Prompt::One("ping".into()),
+                        stream: None,
+                        stream_options: None,
+                        max_tokens: Some(1),
+                        user: None,
+                        extra: Default::default(),
+                    },
+                )
                 .await
                 .map(drop),
             Mode::Embedding => provider
-                .embeddings(cx, EmbeddingsRequest {
-                    model: d.model_group.clone(),
-                    input: json!("ping"),
-                    user: None,
-                    extra: Default::default(),
-                })
+                .embeddings(
+                    cx,
+                    EmbeddingsRequest {
+                        model: d.model_group.clone(),
+                        input: json!("ping"),
+                        user: None,
+                        extra: Default::default(),
+                    },
+                )
                 .await
                 .map(drop),
         }
@@ -125,6 +148,9 @@ async fn probe(node: &Node, d: &Deployment) -> Result<(), String> {
     match tokio::time::timeout(d.timeout.min(PROBE_TIMEOUT), call).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!("no answer within {}s", d.timeout.min(PROBE_TIMEOUT).as_secs())),
+        Err(_) => Err(format!(
+            "no answer within {}s",
+            d.timeout.min(PROBE_TIMEOUT).as_secs()
+        )),
     }
 }

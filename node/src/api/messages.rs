@@ -36,16 +36,29 @@ pub async fn create(
         Outcome::Complete(done) => {
             let mut s = settlement(&ctx, &called.deployment);
             s.observe(done.usage);
-            let chat: serde_json::Value = serde_json::from_slice(&done.body)
-                .map_err(|e| fail(Error::protocol(&called.deployment.id, format!("response is not JSON: {e}"))))?;
+            let chat: serde_json::Value = serde_json::from_slice(&done.body).map_err(|e| {
+                fail(Error::protocol(
+                    &called.deployment.id,
+                    format!("response is not JSON: {e}"),
+                ))
+            })?;
             let message = chat_response_to_messages(&chat, &model)
                 .map_err(|reason| fail(Error::protocol(&called.deployment.id, reason)))?;
             json_response(Bytes::from(message.to_string()), s.finish())
         }
-        Outcome::Stream(chunks) => {
-            anthropic_stream(chunks, settlement(&ctx, &called.deployment), &model, ctx.request_id.clone())
-        }
+        Outcome::Stream(chunks) => anthropic_stream(
+            chunks,
+            settlement(&ctx, &called.deployment),
+            &model,
+            ctx.request_id.clone(),
+        ),
     };
-    meridian_headers(response.headers_mut(), &node, &ctx, &called.deployment, called.upstream_time);
+    meridian_headers(
+        response.headers_mut(),
+        &node,
+        &ctx,
+        &called.deployment,
+        called.upstream_time,
+    );
     Ok(response)
 }

@@ -23,7 +23,11 @@ use crate::node::Node;
 
 pub fn router(node: Arc<Node>) -> Router {
     let llm = |handler: MethodRouter<Arc<Node>>| {
-        if node.disable.llm_api { post(disabled_llm) } else { handler }
+        if node.disable.llm_api {
+            post(disabled_llm)
+        } else {
+            handler
+        }
     };
     Router::new()
         .route("/v1/chat/completions", llm(post(openai::chat)))
@@ -45,7 +49,10 @@ pub fn router(node: Arc<Node>) -> Router {
 }
 
 async fn disabled_llm(uri: Uri) -> ApiError {
-    ApiError::new(Error::Disabled { feature: "LLM API" }, Format::for_path(uri.path()))
+    ApiError::new(
+        Error::Disabled { feature: "LLM API" },
+        Format::for_path(uri.path()),
+    )
 }
 
 async fn not_found(uri: Uri) -> (http::StatusCode, axum::Json<serde_json::Value>) {

@@ -27,7 +27,11 @@ pub fn request_ctx(node: &Node, principal: Principal, headers: &HeaderMap) -> Re
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
         .map_or_else(|| node.request_id(), str::to_owned);
-    RequestCtx { request_id, principal, received }
+    RequestCtx {
+        request_id,
+        principal,
+        received,
+    }
 }
 
 pub async fn chat(
@@ -39,7 +43,10 @@ pub async fn chat(
     let ctx = request_ctx(&node, principal, &headers);
     let fail = |e| ApiError::new(e, Format::OpenAi).with_request_id(&ctx.request_id);
     if req.messages.is_empty() {
-        return Err(fail(crate::error::Error::invalid("`messages` must not be empty", Some("messages"))));
+        return Err(fail(crate::error::Error::invalid(
+            "`messages` must not be empty",
+            Some("messages"),
+        )));
     }
     let wants_usage = req.wants_stream_usage();
     let model = req.model.clone();
@@ -56,7 +63,11 @@ pub async fn completion(
     JsonBody(req): JsonBody<CompletionRequest>,
 ) -> Result<Response, ApiError> {
     let ctx = request_ctx(&node, principal, &headers);
-    let wants_usage = req.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false);
+    let wants_usage = req
+        .stream_options
+        .as_ref()
+        .and_then(|o| o.include_usage)
+        .unwrap_or(false);
     let model = req.model.clone();
     let called = pipeline::route_and_call(&node, &ctx, &model, |p, cx| p.completion(cx, req))
         .await
@@ -64,7 +75,12 @@ pub async fn completion(
     Ok(finish(&node, &ctx, called, wants_usage))
 }
 
-fn finish(node: &Node, ctx: &RequestCtx, called: pipeline::Called<Outcome>, wants_usage: bool) -> Response {
+fn finish(
+    node: &Node,
+    ctx: &RequestCtx,
+    called: pipeline::Called<Outcome>,
+    wants_usage: bool,
+) -> Response {
     let mut response = match called.output {
         Outcome::Complete(done) => {
             let mut s = settlement(ctx, &called.deployment);
@@ -78,7 +94,13 @@ fn finish(node: &Node, ctx: &RequestCtx, called: pipeline::Called<Outcome>, want
             ctx.request_id.clone(),
         ),
     };
-    meridian_headers(response.headers_mut(), node, ctx, &called.deployment, called.upstream_time);
+    meridian_headers(
+        response.headers_mut(),
+        node,
+        ctx,
+        &called.deployment,
+        called.upstream_time,
+    );
     response
 }
 
@@ -95,7 +117,13 @@ pub async fn embeddings(
         .map_err(|e| ApiError::new(e, Format::OpenAi).with_request_id(&ctx.request_id))?;
     let cost = cost_of(&called.deployment, &called.output.usage);
     let mut response = json_response(called.output.body, cost);
-    meridian_headers(response.headers_mut(), &node, &ctx, &called.deployment, called.upstream_time);
+    meridian_headers(
+        response.headers_mut(),
+        &node,
+        &ctx,
+        &called.deployment,
+        called.upstream_time,
+    );
     Ok(response)
 }
 

@@ -44,25 +44,36 @@ pub fn meridian_headers(
     put("x-meridian-model-group", &deployment.model_group);
     put("x-meridian-region", &node.region);
     put("x-meridian-node", &node.node_id);
-    put("x-meridian-overhead-duration-ms", &format!("{:.3}", overhead.as_secs_f64() * 1000.0));
+    put(
+        "x-meridian-overhead-duration-ms",
+        &format!("{:.3}", overhead.as_secs_f64() * 1000.0),
+    );
 }
 
 pub fn json_response(body: Bytes, cost: Cost) -> Response {
     let mut response = Response::new(Body::from(body));
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     if let Ok(v) = HeaderValue::from_str(&cost.to_string()) {
         headers.insert(COST_HEADER, v);
     }
     response
 }
 
-fn sse_response(frames: impl futures_util::Stream<Item = Frame<Bytes>> + Send + 'static) -> Response {
+fn sse_response(
+    frames: impl futures_util::Stream<Item = Frame<Bytes>> + Send + 'static,
+) -> Response {
     let body = Body::new(StreamBody::new(frames.map(Ok::<_, Infallible>)));
     let mut response = Response::new(body);
     *response.status_mut() = StatusCode::OK;
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     // The exact cost is known only at the end: it is sent as a trailer (to
     // clients that accept them) and, in OpenAI streams, as a final SSE comment.
@@ -85,7 +96,12 @@ enum Phase {
 
 /// An OpenAI-format stream: each chunk as `data:`, the usage chunk only if the
 /// client asked for it, then the cost and `[DONE]`.
-pub fn openai_stream(chunks: ChunkStream, settlement: Settlement, wants_usage: bool, request_id: String) -> Response {
+pub fn openai_stream(
+    chunks: ChunkStream,
+    settlement: Settlement,
+    wants_usage: bool,
+    request_id: String,
+) -> Response {
     struct S {
         chunks: ChunkStream,
         settlement: Settlement,
@@ -94,7 +110,14 @@ pub fn openai_stream(chunks: ChunkStream, settlement: Settlement, wants_usage: b
         phase: Phase,
         tail: Vec<Frame<Bytes>>,
     }
-    let state = S { chunks, settlement, wants_usage, request_id, phase: Phase::Chunks, tail: Vec::new() };
+    let state = S {
+        chunks,
+        settlement,
+        wants_usage,
+        request_id,
+        phase: Phase::Chunks,
+        tail: Vec::new(),
+    };
     let frames = futures_util::stream::unfold(state, |mut s| async move {
         loop {
             if let Some(frame) = s.tail.pop() {
@@ -118,7 +141,10 @@ pub fn openai_stream(chunks: ChunkStream, settlement: Settlement, wants_usage: b
                     let (_, body) = openai_body(&e, Some(&s.request_id));
                     s.phase = Phase::Done;
                     // Popped from the back: error event, then the trailer.
-                    s.tail = vec![cost_trailer(cost), Frame::data(sse::data_frame(body.to_string().as_bytes()))];
+                    s.tail = vec![
+                        cost_trailer(cost),
+                        Frame::data(sse::data_frame(body.to_string().as_bytes())),
+                    ];
                 }
                 None => {
                     let cost = s.settlement.finish();
@@ -137,7 +163,12 @@ pub fn openai_stream(chunks: ChunkStream, settlement: Settlement, wants_usage: b
 }
 
 /// An Anthropic-format stream, translated from OpenAI chunks as they arrive.
-pub fn anthropic_stream(chunks: ChunkStream, settlement: Settlement, model: &str, request_id: String) -> Response {
+pub fn anthropic_stream(
+    chunks: ChunkStream,
+    settlement: Settlement,
+    model: &str,
+    request_id: String,
+) -> Response {
     struct S {
         chunks: ChunkStream,
         settlement: Settlement,
@@ -147,7 +178,14 @@ pub fn anthropic_stream(chunks: ChunkStream, settlement: Settlement, model: &str
         tail: Vec<Frame<Bytes>>,
     }
     let events = ChunksToEvents::new(model, &format!("msg_{request_id}"));
-    let state = S { chunks, settlement, events, request_id, phase: Phase::Chunks, tail: Vec::new() };
+    let state = S {
+        chunks,
+        settlement,
+        events,
+        request_id,
+        phase: Phase::Chunks,
+        tail: Vec::new(),
+    };
     let named = |evs: Vec<(&'static str, serde_json::Value)>| -> Vec<Frame<Bytes>> {
         evs.into_iter()
             .map(|(name, data)| Frame::data(sse::named_frame(name, data.to_string().as_bytes())))
@@ -176,7 +214,10 @@ pub fn anthropic_stream(chunks: ChunkStream, settlement: Settlement, model: &str
                     let cost = s.settlement.finish();
                     let (_, body) = anthropic_body(&e, Some(&s.request_id));
                     s.phase = Phase::Done;
-                    s.tail = vec![cost_trailer(cost), Frame::data(sse::named_frame("error", body.to_string().as_bytes()))];
+                    s.tail = vec![
+                        cost_trailer(cost),
+                        Frame::data(sse::named_frame("error", body.to_string().as_bytes())),
+                    ];
                 }
                 None => {
                     let cost = s.settlement.finish();

@@ -104,7 +104,10 @@ impl Config {
 
     /// Settings the environment overrides whatever the file says.
     fn apply_env(&mut self, env: &dyn EnvSource) {
-        if let Some(key) = env.var("MERIDIAN_MASTER_KEY").or_else(|| env.var("LITELLM_MASTER_KEY")) {
+        if let Some(key) = env
+            .var("MERIDIAN_MASTER_KEY")
+            .or_else(|| env.var("LITELLM_MASTER_KEY"))
+        {
             self.master_key = Some(Secret::new(key));
         }
         let flag = |name: &str| env.var(name).is_some_and(|v| is_truthy(&v));
@@ -115,7 +118,10 @@ impl Config {
 }
 
 fn is_truthy(v: &str) -> bool {
-    matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on")
+    matches!(
+        v.trim().to_ascii_lowercase().as_str(),
+        "1" | "true" | "yes" | "on"
+    )
 }
 
 struct Parser<'a> {
@@ -149,7 +155,12 @@ impl Parser<'_> {
         let top = match doc {
             Value::Null => &empty,
             Value::Object(m) => m,
-            _ => return Err(self.err("(document)", "a mapping of sections (model_list, general_settings, ...)")),
+            _ => {
+                return Err(self.err(
+                    "(document)",
+                    "a mapping of sections (model_list, general_settings, ...)",
+                ));
+            }
         };
         if let Some(vars) = top.get("environment_variables") {
             self.environment_variables(vars)?;
@@ -219,7 +230,10 @@ impl Parser<'_> {
             );
             return Ok(None);
         }
-        Err(self.err(path, format!("environment variable {var} to be set (referenced as os.environ/{var})")))
+        Err(self.err(
+            path,
+            format!("environment variable {var} to be set (referenced as os.environ/{var})"),
+        ))
     }
 
     fn required_string(&mut self, value: Option<&Value>, path: &str) -> Result<String> {
@@ -296,12 +310,19 @@ impl Parser<'_> {
                         config.max_request_bytes = (mb * 1024.0 * 1024.0) as usize;
                     }
                 }
-                k if k.starts_with("database") || k == "store_model_in_db" || k == "allow_requests_on_db_unavailable" => {
-                    self.ignore(path, "Meridian keeps metadata on its own nodes; no external database is used")
+                k if k.starts_with("database")
+                    || k == "store_model_in_db"
+                    || k == "allow_requests_on_db_unavailable" =>
+                {
+                    self.ignore(
+                        path,
+                        "Meridian keeps metadata on its own nodes; no external database is used",
+                    )
                 }
-                k if k.contains("redis") => {
-                    self.ignore(path, "Meridian shares state between nodes itself; no Redis is used")
-                }
+                k if k.contains("redis") => self.ignore(
+                    path,
+                    "Meridian shares state between nodes itself; no Redis is used",
+                ),
                 _ => self.ignore(path, NOT_YET),
             }
         }
@@ -323,9 +344,10 @@ impl Parser<'_> {
                         defaults.stream_timeout = t;
                     }
                 }
-                k if k.starts_with("redis") => {
-                    self.ignore(path, "Meridian shares limits and cooldowns between nodes itself; no Redis is used")
-                }
+                k if k.starts_with("redis") => self.ignore(
+                    path,
+                    "Meridian shares limits and cooldowns between nodes itself; no Redis is used",
+                ),
                 _ => self.ignore(path, NOT_YET),
             }
         }
@@ -358,10 +380,15 @@ impl Parser<'_> {
             match key.as_str() {
                 "node_id" => config.node.node_id = self.required_string(Some(v), &path)?,
                 "region" => config.node.region = self.required_string(Some(v), &path)?,
-                "data_dir" => config.node.data_dir = PathBuf::from(self.required_string(Some(v), &path)?),
+                "data_dir" => {
+                    config.node.data_dir = PathBuf::from(self.required_string(Some(v), &path)?)
+                }
                 "host" => {
                     let s = self.required_string(Some(v), &path)?;
-                    host = Some(s.parse().map_err(|_| self.err(&path, "an IP address such as 0.0.0.0"))?);
+                    host = Some(
+                        s.parse()
+                            .map_err(|_| self.err(&path, "an IP address such as 0.0.0.0"))?,
+                    );
                 }
                 "port" => {
                     let n = self.integer(Some(v), &path)?;
@@ -370,11 +397,15 @@ impl Parser<'_> {
                             .ok_or_else(|| self.err(&path, "a port number (0-65535)"))?,
                     );
                 }
-                "disable_admin_endpoints" => config.disable.admin = self.boolean(Some(v), &path)?.unwrap_or(false),
+                "disable_admin_endpoints" => {
+                    config.disable.admin = self.boolean(Some(v), &path)?.unwrap_or(false)
+                }
                 "disable_llm_api_endpoints" => {
                     config.disable.llm_api = self.boolean(Some(v), &path)?.unwrap_or(false)
                 }
-                "disable_admin_ui" => config.disable.ui = self.boolean(Some(v), &path)?.unwrap_or(false),
+                "disable_admin_ui" => {
+                    config.disable.ui = self.boolean(Some(v), &path)?.unwrap_or(false)
+                }
                 _ => {
                     return Err(self.err(
                         &path,
@@ -384,8 +415,16 @@ impl Parser<'_> {
             }
         }
         for name in [&config.node.node_id, &config.node.region] {
-            if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-                return Err(self.err("meridian", format!("node_id and region made of letters, digits, '-' and '_'; got `{name}`")));
+            if !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return Err(self.err(
+                    "meridian",
+                    format!(
+                        "node_id and region made of letters, digits, '-' and '_'; got `{name}`"
+                    ),
+                ));
             }
         }
         config.node.listen = SocketAddr::new(
@@ -396,16 +435,22 @@ impl Parser<'_> {
     }
 
     fn model_list(&mut self, value: &Value, defaults: &Timeouts) -> Result<Vec<Deployment>> {
-        let list = value
-            .as_array()
-            .ok_or_else(|| self.err("model_list", format!("a list of models, found {}", kind(value))))?;
+        let list = value.as_array().ok_or_else(|| {
+            self.err(
+                "model_list",
+                format!("a list of models, found {}", kind(value)),
+            )
+        })?;
         let mut out: Vec<Deployment> = Vec::new();
         let mut ids = BTreeSet::new();
         for (i, entry) in list.iter().enumerate() {
             let path = format!("model_list[{i}]");
             if let Some(d) = self.deployment(entry, &path, defaults)? {
                 if !ids.insert(d.id.clone()) {
-                    return Err(self.err(&format!("{path}.model_info.id"), format!("a unique id; `{}` is used twice", d.id)));
+                    return Err(self.err(
+                        &format!("{path}.model_info.id"),
+                        format!("a unique id; `{}` is used twice", d.id),
+                    ));
                 }
                 out.push(d);
             }
@@ -413,9 +458,15 @@ impl Parser<'_> {
         Ok(out)
     }
 
-    fn deployment(&mut self, entry: &Value, path: &str, defaults: &Timeouts) -> Result<Option<Deployment>> {
+    fn deployment(
+        &mut self,
+        entry: &Value,
+        path: &str,
+        defaults: &Timeouts,
+    ) -> Result<Option<Deployment>> {
         let entry = self.mapping(entry, path)?.clone();
-        let model_group = self.required_string(entry.get("model_name"), &format!("{path}.model_name"))?;
+        let model_group =
+            self.required_string(entry.get("model_name"), &format!("{path}.model_name"))?;
         let params_path = format!("{path}.litellm_params");
         let params = match entry.get("litellm_params") {
             Some(v) => self.mapping(v, &params_path)?.clone(),
@@ -423,7 +474,10 @@ impl Parser<'_> {
         };
         for key in entry.keys() {
             if !matches!(key.as_str(), "model_name" | "litellm_params" | "model_info") {
-                self.ignore(format!("{path}.{key}"), "unknown key in a model_list entry; ignored");
+                self.ignore(
+                    format!("{path}.{key}"),
+                    "unknown key in a model_list entry; ignored",
+                );
             }
         }
         let model = self.required_string(params.get("model"), &format!("{params_path}.model"))?;
@@ -457,14 +511,18 @@ impl Parser<'_> {
                 "api_key" => api_key = self.string(Some(v), &p)?.map(Secret::new),
                 "api_version" => api_version = self.string(Some(v), &p)?,
                 "timeout" => timeout = self.seconds(Some(v), &p)?.unwrap_or(timeout),
-                "stream_timeout" => stream_timeout = self.seconds(Some(v), &p)?.unwrap_or(stream_timeout),
+                "stream_timeout" => {
+                    stream_timeout = self.seconds(Some(v), &p)?.unwrap_or(stream_timeout)
+                }
                 "rpm" => rpm = self.integer(Some(v), &p)?,
                 "tpm" => tpm = self.integer(Some(v), &p)?,
                 "weight" => weight = self.number(Some(v), &p)?,
                 "order" => {
                     order = match self.integer(Some(v), &p)? {
                         None => None,
-                        Some(n) => Some(u32::try_from(n).map_err(|_| self.err(&p, "a small whole number"))?),
+                        Some(n) => Some(
+                            u32::try_from(n).map_err(|_| self.err(&p, "a small whole number"))?,
+                        ),
                     }
                 }
                 "input_cost_per_token" => input_cost = self.number(Some(v), &p)?,
@@ -501,26 +559,45 @@ impl Parser<'_> {
             }
         }
 
-        let api_key = api_key.or_else(|| spec.key_env.and_then(|v| self.env.var(v)).map(Secret::new));
+        let api_key =
+            api_key.or_else(|| spec.key_env.and_then(|v| self.env.var(v)).map(Secret::new));
         let api_base = match (api_base, spec.default_base) {
             (Some(b), _) => b,
             (None, Some(b)) => b.to_owned(),
             (None, None) => match spec.kind {
                 ProviderKind::Azure => self.env.var("AZURE_API_BASE").ok_or_else(|| {
-                    self.err(&format!("{params_path}.api_base"), "the Azure resource URL, e.g. https://NAME.openai.azure.com")
+                    self.err(
+                        &format!("{params_path}.api_base"),
+                        "the Azure resource URL, e.g. https://NAME.openai.azure.com",
+                    )
                 })?,
-                _ => return Err(self.err(&format!("{params_path}.api_base"), format!("the server URL for provider `{prefix}`"))),
+                _ => {
+                    return Err(self.err(
+                        &format!("{params_path}.api_base"),
+                        format!("the server URL for provider `{prefix}`"),
+                    ));
+                }
             },
         };
         let mut api_base = api_base.trim_end_matches('/').to_owned();
         if spec.append_v1 && !api_base.ends_with("/v1") {
             api_base.push_str("/v1");
         }
-        if !(api_base.starts_with("http://") || api_base.starts_with("https://") || spec.kind == ProviderKind::Mock) {
-            return Err(self.err(&format!("{params_path}.api_base"), format!("an http:// or https:// URL, found `{api_base}`")));
+        if !(api_base.starts_with("http://")
+            || api_base.starts_with("https://")
+            || spec.kind == ProviderKind::Mock)
+        {
+            return Err(self.err(
+                &format!("{params_path}.api_base"),
+                format!("an http:// or https:// URL, found `{api_base}`"),
+            ));
         }
         if spec.kind == ProviderKind::Azure && api_version.is_none() {
-            api_version = Some(self.env.var("AZURE_API_VERSION").unwrap_or_else(|| AZURE_DEFAULT_API_VERSION.to_owned()));
+            api_version = Some(
+                self.env
+                    .var("AZURE_API_VERSION")
+                    .unwrap_or_else(|| AZURE_DEFAULT_API_VERSION.to_owned()),
+            );
         }
 
         let price = match (input_cost, output_cost) {
@@ -531,9 +608,22 @@ impl Parser<'_> {
                     Some(usd) => pricing::usd_to_pico(usd),
                     None => table.or(Some(0)),
                 };
-                match (pick(i, fallback.map(|p| p.input)), pick(o, fallback.map(|p| p.output))) {
-                    (Some(input), Some(output)) => Some(Price { input, output, cache_read: None, cache_write: None }),
-                    _ => return Err(self.err(&params_path, "input_cost_per_token and output_cost_per_token below $1000 per token")),
+                match (
+                    pick(i, fallback.map(|p| p.input)),
+                    pick(o, fallback.map(|p| p.output)),
+                ) {
+                    (Some(input), Some(output)) => Some(Price {
+                        input,
+                        output,
+                        cache_read: None,
+                        cache_write: None,
+                    }),
+                    _ => {
+                        return Err(self.err(
+                            &params_path,
+                            "input_cost_per_token and output_cost_per_token below $1000 per token",
+                        ));
+                    }
                 }
             }
         };
@@ -585,8 +675,7 @@ impl Parser<'_> {
 }
 
 const NOT_YET: &str = "not supported by Meridian yet; ignored";
-const MERIDIAN_KEYS: &str =
-    "node_id, region, host, port, data_dir, disable_admin_endpoints, disable_llm_api_endpoints, disable_admin_ui";
+const MERIDIAN_KEYS: &str = "node_id, region, host, port, data_dir, disable_admin_endpoints, disable_llm_api_endpoints, disable_admin_ui";
 const AZURE_DEFAULT_API_VERSION: &str = "2024-10-21";
 
 struct Timeouts {
@@ -625,14 +714,32 @@ fn provider_spec(prefix: &str) -> Option<ProviderSpec> {
             ..openai(Some("http://localhost:11434"), None)
         },
         "groq" => openai(Some("https://api.groq.com/openai/v1"), Some("GROQ_API_KEY")),
-        "together_ai" => openai(Some("https://api.together.xyz/v1"), Some("TOGETHERAI_API_KEY")),
-        "deepseek" => openai(Some("https://api.deepseek.com/v1"), Some("DEEPSEEK_API_KEY")),
+        "together_ai" => openai(
+            Some("https://api.together.xyz/v1"),
+            Some("TOGETHERAI_API_KEY"),
+        ),
+        "deepseek" => openai(
+            Some("https://api.deepseek.com/v1"),
+            Some("DEEPSEEK_API_KEY"),
+        ),
         "mistral" => openai(Some("https://api.mistral.ai/v1"), Some("MISTRAL_API_KEY")),
-        "fireworks_ai" => openai(Some("https://api.fireworks.ai/inference/v1"), Some("FIREWORKS_AI_API_KEY")),
-        "openrouter" => openai(Some("https://openrouter.ai/api/v1"), Some("OPENROUTER_API_KEY")),
+        "fireworks_ai" => openai(
+            Some("https://api.fireworks.ai/inference/v1"),
+            Some("FIREWORKS_AI_API_KEY"),
+        ),
+        "openrouter" => openai(
+            Some("https://openrouter.ai/api/v1"),
+            Some("OPENROUTER_API_KEY"),
+        ),
         "xai" => openai(Some("https://api.x.ai/v1"), Some("XAI_API_KEY")),
-        "deepinfra" => openai(Some("https://api.deepinfra.com/v1/openai"), Some("DEEPINFRA_API_KEY")),
-        "perplexity" => openai(Some("https://api.perplexity.ai"), Some("PERPLEXITYAI_API_KEY")),
+        "deepinfra" => openai(
+            Some("https://api.deepinfra.com/v1/openai"),
+            Some("DEEPINFRA_API_KEY"),
+        ),
+        "perplexity" => openai(
+            Some("https://api.perplexity.ai"),
+            Some("PERPLEXITYAI_API_KEY"),
+        ),
         "azure" => ProviderSpec {
             kind: ProviderKind::Azure,
             default_base: None,
@@ -674,7 +781,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     fn parse(text: &str, e: &[(&str, &str)]) -> Result<Config> {
@@ -717,17 +827,30 @@ general_settings:
   master_key: sk-1234
   database_url: postgres://x
 "#;
-        let c = parse(text, &[("OPENAI_KEY", "sk-openai"), ("ANTHROPIC_API_KEY", "sk-ant")]).unwrap();
+        let c = parse(
+            text,
+            &[("OPENAI_KEY", "sk-openai"), ("ANTHROPIC_API_KEY", "sk-ant")],
+        )
+        .unwrap();
         assert_eq!(c.master_key.as_ref().unwrap().expose(), "sk-1234");
         assert_eq!(c.deployments.len(), 4);
         let d = &c.deployments[0];
-        assert_eq!((d.id.as_str(), d.provider, d.upstream_model.as_str()), ("dep-1", ProviderKind::OpenAi, "gpt-4o"));
+        assert_eq!(
+            (d.id.as_str(), d.provider, d.upstream_model.as_str()),
+            ("dep-1", ProviderKind::OpenAi, "gpt-4o")
+        );
         assert_eq!(d.api_key.as_ref().unwrap().expose(), "sk-openai");
         assert_eq!((d.rpm, d.timeout), (Some(60), Duration::from_secs(30)));
-        assert_eq!(c.deployments[1].api_key.as_ref().unwrap().expose(), "sk-ant");
+        assert_eq!(
+            c.deployments[1].api_key.as_ref().unwrap().expose(),
+            "sk-ant"
+        );
         assert_eq!(c.deployments[1].api_base, "https://api.anthropic.com");
         let az = &c.deployments[2];
-        assert_eq!((az.api_base.as_str(), az.api_version.as_deref()), ("https://res.openai.azure.com", Some("2024-06-01")));
+        assert_eq!(
+            (az.api_base.as_str(), az.api_version.as_deref()),
+            ("https://res.openai.azure.com", Some("2024-06-01"))
+        );
         assert_eq!(az.price, pricing::lookup("gpt-4o-mini"));
         assert_eq!(c.deployments[3].api_base, "http://localhost:11434/v1");
         let paths: Vec<&str> = c.ignored.iter().map(|i| i.path.as_str()).collect();
@@ -747,15 +870,32 @@ general_settings:
     fn errors_name_file_path_and_expectation() {
         let e = parse("model_list:\n  - model_name: x\n    litellm_params:\n      model: openai/x\n      rpm: lots\n", &[])
             .unwrap_err();
-        assert_eq!(e.to_string(), "config.yaml: `model_list[0].litellm_params.rpm`: a non-negative number");
+        assert_eq!(
+            e.to_string(),
+            "config.yaml: `model_list[0].litellm_params.rpm`: a non-negative number"
+        );
         let e = parse("model_list:\n  - model_name: x\n    litellm_params:\n      model: openai/x\n      api_key: os.environ/NOPE\n", &[])
             .unwrap_err();
-        assert!(e.to_string().contains("`model_list[0].litellm_params.api_key`: environment variable NOPE"));
+        assert!(
+            e.to_string()
+                .contains("`model_list[0].litellm_params.api_key`: environment variable NOPE")
+        );
         let e = parse("meridian:\n  regoin: eu\n", &[]).unwrap_err();
-        assert!(e.to_string().starts_with("config.yaml: `meridian.regoin`: one of the keys"));
+        assert!(
+            e.to_string()
+                .starts_with("config.yaml: `meridian.regoin`: one of the keys")
+        );
         let e = parse("model_list: {}\n", &[]).unwrap_err();
-        assert_eq!(e.to_string(), "config.yaml: `model_list`: a list of models, found a mapping");
-        assert!(parse("model_list: [\n", &[]).unwrap_err().to_string().contains("valid YAML"));
+        assert_eq!(
+            e.to_string(),
+            "config.yaml: `model_list`: a list of models, found a mapping"
+        );
+        assert!(
+            parse("model_list: [\n", &[])
+                .unwrap_err()
+                .to_string()
+                .contains("valid YAML")
+        );
     }
 
     #[test]
@@ -769,7 +909,14 @@ general_settings:
     #[test]
     fn meridian_section_and_env_overrides() {
         let text = "meridian:\n  node_id: eu-1\n  region: eu-west\n  host: 0.0.0.0\n  port: 8080\n  data_dir: /var/lib/meridian\ngeneral_settings:\n  master_key: from-file\nenvironment_variables:\n  X: y\n";
-        let c = parse(text, &[("LITELLM_MASTER_KEY", "from-env"), ("DISABLE_ADMIN_ENDPOINTS", "True")]).unwrap();
+        let c = parse(
+            text,
+            &[
+                ("LITELLM_MASTER_KEY", "from-env"),
+                ("DISABLE_ADMIN_ENDPOINTS", "True"),
+            ],
+        )
+        .unwrap();
         assert_eq!(c.node.node_id, "eu-1");
         assert_eq!(c.node.listen, "0.0.0.0:8080".parse().unwrap());
         assert_eq!(c.master_key.unwrap().expose(), "from-env");
@@ -784,6 +931,11 @@ general_settings:
         assert_eq!(a.deployments[0].id, b.deployments[0].id);
         assert_eq!(a.deployments[0].id.len(), 32);
         let twice = "model_list:\n  - model_name: a\n    litellm_params: {model: mock/chat}\n    model_info: {id: x}\n  - model_name: b\n    litellm_params: {model: mock/chat}\n    model_info: {id: x}\n";
-        assert!(parse(twice, &[]).unwrap_err().to_string().contains("`model_list[1].model_info.id`: a unique id"));
+        assert!(
+            parse(twice, &[])
+                .unwrap_err()
+                .to_string()
+                .contains("`model_list[1].model_info.id`: a unique id")
+        );
     }
 }

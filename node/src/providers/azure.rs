@@ -15,15 +15,47 @@ pub struct Azure;
 
 impl Provider for Azure {
     fn chat<'a>(&'a self, cx: CallContext<'a>, req: ChatRequest) -> BoxFuture<'a, Result<Outcome>> {
-        Box::pin(async move { chat(cx, req, url(cx.deployment, "chat/completions"), headers(cx.deployment)?).await })
+        Box::pin(async move {
+            chat(
+                cx,
+                req,
+                url(cx.deployment, "chat/completions"),
+                headers(cx.deployment)?,
+            )
+            .await
+        })
     }
 
-    fn completion<'a>(&'a self, cx: CallContext<'a>, req: CompletionRequest) -> BoxFuture<'a, Result<Outcome>> {
-        Box::pin(async move { completion(cx, req, url(cx.deployment, "completions"), headers(cx.deployment)?).await })
+    fn completion<'a>(
+        &'a self,
+        cx: CallContext<'a>,
+        req: CompletionRequest,
+    ) -> BoxFuture<'a, Result<Outcome>> {
+        Box::pin(async move {
+            completion(
+                cx,
+                req,
+                url(cx.deployment, "completions"),
+                headers(cx.deployment)?,
+            )
+            .await
+        })
     }
 
-    fn embeddings<'a>(&'a self, cx: CallContext<'a>, req: EmbeddingsRequest) -> BoxFuture<'a, Result<Completed>> {
-        Box::pin(async move { embeddings(cx, req, url(cx.deployment, "embeddings"), headers(cx.deployment)?).await })
+    fn embeddings<'a>(
+        &'a self,
+        cx: CallContext<'a>,
+        req: EmbeddingsRequest,
+    ) -> BoxFuture<'a, Result<Completed>> {
+        Box::pin(async move {
+            embeddings(
+                cx,
+                req,
+                url(cx.deployment, "embeddings"),
+                headers(cx.deployment)?,
+            )
+            .await
+        })
     }
 }
 

@@ -41,16 +41,26 @@ enum Behaviour {
 
 fn behaviour(d: &Deployment) -> Behaviour {
     let name = d.upstream_model.as_str();
-    if let Some(code) = name.strip_prefix("error-").and_then(|c| c.parse::<u16>().ok()) {
+    if let Some(code) = name
+        .strip_prefix("error-")
+        .and_then(|c| c.parse::<u16>().ok())
+    {
         return Behaviour::Fail(code);
     }
-    if let Some(ms) = name.strip_prefix("slow-").and_then(|c| c.parse::<u64>().ok()) {
-        return Behaviour::Answer { latency: Duration::from_millis(ms) };
+    if let Some(ms) = name
+        .strip_prefix("slow-")
+        .and_then(|c| c.parse::<u64>().ok())
+    {
+        return Behaviour::Answer {
+            latency: Duration::from_millis(ms),
+        };
     }
     match name {
         "timeout" => Behaviour::Hang,
         "garbage" => Behaviour::Garbage,
-        _ => Behaviour::Answer { latency: Duration::ZERO },
+        _ => Behaviour::Answer {
+            latency: Duration::ZERO,
+        },
     }
 }
 
@@ -64,16 +74,29 @@ async fn act(d: &Deployment, stream: bool) -> Result<()> {
         }
         Behaviour::Answer { .. } | Behaviour::Hang => {
             tokio::time::sleep(timeout).await;
-            Err(Error::UpstreamTimeout { deployment: d.id.clone(), after: timeout })
+            Err(Error::UpstreamTimeout {
+                deployment: d.id.clone(),
+                after: timeout,
+            })
         }
         Behaviour::Fail(status) => Err(Error::UpstreamStatus {
             status,
             message: format!("Mock error {status} from deployment {}", d.id),
-            kind: Some(if status == 429 { "rate_limit_error" } else { "mock_error" }.into()),
+            kind: Some(
+                if status == 429 {
+                    "rate_limit_error"
+                } else {
+                    "mock_error"
+                }
+                .into(),
+            ),
             code: Some(status.to_string()),
             retry_after: (status == 429).then_some(1),
         }),
-        Behaviour::Garbage => Err(Error::protocol(&d.id, "response is not the expected JSON: expected value at line 1 column 1")),
+        Behaviour::Garbage => Err(Error::protocol(
+            &d.id,
+            "response is not the expected JSON: expected value at line 1 column 1",
+        )),
     }
 }
 
@@ -104,20 +127,35 @@ fn answer(req: &ChatRequest) -> Answer {
             .and_then(|c| c.pointer("/function/name"))
             .and_then(|n| n.as_str());
         let name = named
-            .or_else(|| req.tools.as_ref().and_then(|t| t.first()).map(|t| t.function.name.as_str()))
+            .or_else(|| {
+                req.tools
+                    .as_ref()
+                    .and_then(|t| t.first())
+                    .map(|t| t.function.name.as_str())
+            })
             .unwrap_or("tool")
             .to_owned();
-        let said = last.and_then(|m| m.content.as_ref()).map(|c| c.joined_text()).unwrap_or_default();
+        let said = last
+            .and_then(|m| m.content.as_ref())
+            .map(|c| c.joined_text())
+            .unwrap_or_default();
         let arguments = json!({ "input": said }).to_string();
         let completion_tokens = estimate_tokens(&arguments) + 5;
         return Answer {
             text: None,
             tool_call: Some((name, arguments)),
             finish_reason: "tool_calls",
-            usage: Usage { prompt_tokens, completion_tokens, ..Usage::default() },
+            usage: Usage {
+                prompt_tokens,
+                completion_tokens,
+                ..Usage::default()
+            },
         };
     }
-    let said = last.and_then(|m| m.content.as_ref()).map(|c| c.joined_text()).unwrap_or_default();
+    let said = last
+        .and_then(|m| m.content.as_ref())
+        .map(|c| c.joined_text())
+        .unwrap_or_default();
     let said: String = said.chars().take(200).collect();
     let full = match last.map(|m| m.role) {
         Some(Role::Tool) => format!("The tool answered: {said}"),
@@ -128,7 +166,11 @@ fn answer(req: &ChatRequest) -> Answer {
         text: Some(text),
         tool_call: None,
         finish_reason,
-        usage: Usage { prompt_tokens, completion_tokens, ..Usage::default() },
+        usage: Usage {
+            prompt_tokens,
+            completion_tokens,
+            ..Usage::default()
+        },
     }
 }
 
@@ -141,7 +183,10 @@ fn truncate_words(text: &str, limit: Option<u32>) -> (String, u64, &'static str)
 }
 
 fn id_for(kind: &str, seed: &str) -> String {
-    format!("{kind}-mock-{}", hex::encode(&Sha256::digest(seed.as_bytes())[..12]))
+    format!(
+        "{kind}-mock-{}",
+        hex::encode(&Sha256::digest(seed.as_bytes())[..12])
+    )
 }
 
 fn to_bytes(v: &Value) -> Bytes {
@@ -154,7 +199,10 @@ impl Provider for Mock {
             let d = cx.deployment;
             act(d, req.is_stream()).await?;
             let a = answer(&req);
-            let id = id_for("chatcmpl", &serde_json::to_string(&req.messages).unwrap_or_default());
+            let id = id_for(
+                "chatcmpl",
+                &serde_json::to_string(&req.messages).unwrap_or_default(),
+            );
             let created = cx.clock.unix_secs();
             let model = d.upstream_model.as_str();
             let tool_calls = a.tool_call.as_ref().map(|(name, args)| {
@@ -171,7 +219,10 @@ impl Provider for Mock {
                     "choices": [{ "index": 0, "message": message, "logprobs": null, "finish_reason": a.finish_reason }],
                     "usage": a.usage.to_openai_json(),
                 });
-                return Ok(Outcome::Complete(Completed { body: to_bytes(&body), usage: a.usage }));
+                return Ok(Outcome::Complete(Completed {
+                    body: to_bytes(&body),
+                    usage: a.usage,
+                }));
             }
             let chunk = |delta: Value, finish: Option<&str>| Chunk {
                 json: to_bytes(&json!({
@@ -184,7 +235,11 @@ impl Provider for Mock {
             let mut chunks = vec![chunk(json!({ "role": "assistant", "content": "" }), None)];
             if let Some(text) = &a.text {
                 for (i, word) in text.split(' ').enumerate() {
-                    let piece = if i == 0 { word.to_owned() } else { format!(" {word}") };
+                    let piece = if i == 0 {
+                        word.to_owned()
+                    } else {
+                        format!(" {word}")
+                    };
                     chunks.push(chunk(json!({ "content": piece }), None));
                 }
             }
@@ -204,11 +259,17 @@ impl Provider for Mock {
                 usage: Some(a.usage),
                 usage_only: true,
             });
-            Ok(Outcome::Stream(Box::pin(futures_util::stream::iter(chunks.into_iter().map(Ok)))))
+            Ok(Outcome::Stream(Box::pin(futures_util::stream::iter(
+                chunks.into_iter().map(Ok),
+            ))))
         })
     }
 
-    fn completion<'a>(&'a self, cx: CallContext<'a>, req: CompletionRequest) -> BoxFuture<'a, Result<Outcome>> {
+    fn completion<'a>(
+        &'a self,
+        cx: CallContext<'a>,
+        req: CompletionRequest,
+    ) -> BoxFuture<'a, Result<Outcome>> {
         Box::pin(async move {
             let d = cx.deployment;
             let stream = req.stream.unwrap_or(false);
@@ -217,9 +278,15 @@ impl Provider for Mock {
                 Prompt::One(p) => p.clone(),
                 Prompt::Many(ps) => ps.join("\n"),
             };
-            let (text, completion_tokens, finish) =
-                truncate_words(&format!("This is Meridian's mock completion of: {prompt}"), req.max_tokens);
-            let usage = Usage { prompt_tokens: estimate_tokens(&prompt), completion_tokens, ..Usage::default() };
+            let (text, completion_tokens, finish) = truncate_words(
+                &format!("This is Meridian's mock completion of: {prompt}"),
+                req.max_tokens,
+            );
+            let usage = Usage {
+                prompt_tokens: estimate_tokens(&prompt),
+                completion_tokens,
+                ..Usage::default()
+            };
             let id = id_for("cmpl", &prompt);
             let created = cx.clock.unix_secs();
             let model = d.upstream_model.as_str();
@@ -232,38 +299,67 @@ impl Provider for Mock {
             if !stream {
                 let mut full = body(&text, Some(finish));
                 full["usage"] = usage.to_openai_json();
-                return Ok(Outcome::Complete(Completed { body: to_bytes(&full), usage }));
+                return Ok(Outcome::Complete(Completed {
+                    body: to_bytes(&full),
+                    usage,
+                }));
             }
             let mut chunks: Vec<Chunk> = text
                 .split(' ')
                 .enumerate()
                 .map(|(i, w)| Chunk {
-                    json: to_bytes(&body(&if i == 0 { w.to_owned() } else { format!(" {w}") }, None)),
+                    json: to_bytes(&body(
+                        &if i == 0 {
+                            w.to_owned()
+                        } else {
+                            format!(" {w}")
+                        },
+                        None,
+                    )),
                     usage: None,
                     usage_only: false,
                 })
                 .collect();
-            chunks.push(Chunk { json: to_bytes(&body("", Some(finish))), usage: None, usage_only: false });
+            chunks.push(Chunk {
+                json: to_bytes(&body("", Some(finish))),
+                usage: None,
+                usage_only: false,
+            });
             let mut last = body("", None);
             last["choices"] = json!([]);
             last["usage"] = usage.to_openai_json();
-            chunks.push(Chunk { json: to_bytes(&last), usage: Some(usage), usage_only: true });
-            Ok(Outcome::Stream(Box::pin(futures_util::stream::iter(chunks.into_iter().map(Ok)))))
+            chunks.push(Chunk {
+                json: to_bytes(&last),
+                usage: Some(usage),
+                usage_only: true,
+            });
+            Ok(Outcome::Stream(Box::pin(futures_util::stream::iter(
+                chunks.into_iter().map(Ok),
+            ))))
         })
     }
 
-    fn embeddings<'a>(&'a self, cx: CallContext<'a>, req: EmbeddingsRequest) -> BoxFuture<'a, Result<Completed>> {
+    fn embeddings<'a>(
+        &'a self,
+        cx: CallContext<'a>,
+        req: EmbeddingsRequest,
+    ) -> BoxFuture<'a, Result<Completed>> {
         Box::pin(async move {
             let d = cx.deployment;
             act(d, false).await?;
             let inputs: Vec<String> = match &req.input {
                 Value::String(s) => vec![s.clone()],
-                Value::Array(items) if items.iter().all(Value::is_string) => {
-                    items.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect()
-                }
+                Value::Array(items) if items.iter().all(Value::is_string) => items
+                    .iter()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect(),
                 // Token arrays: one array of ints, or a list of them.
-                Value::Array(items) if items.iter().all(Value::is_number) => vec![req.input.to_string()],
-                Value::Array(items) if items.iter().all(Value::is_array) => items.iter().map(Value::to_string).collect(),
+                Value::Array(items) if items.iter().all(Value::is_number) => {
+                    vec![req.input.to_string()]
+                }
+                Value::Array(items) if items.iter().all(Value::is_array) => {
+                    items.iter().map(Value::to_string).collect()
+                }
                 _ => {
                     return Err(Error::invalid(
                         "`input` must be a string, a list of strings, or token arrays",
@@ -287,12 +383,18 @@ impl Provider for Mock {
                 })
                 .collect();
             let prompt_tokens: u64 = inputs.iter().map(|t| estimate_tokens(t)).sum();
-            let usage = Usage { prompt_tokens, ..Usage::default() };
+            let usage = Usage {
+                prompt_tokens,
+                ..Usage::default()
+            };
             let body = json!({
                 "object": "list", "data": data, "model": d.upstream_model,
                 "usage": { "prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens },
             });
-            Ok(Completed { body: to_bytes(&body), usage })
+            Ok(Completed {
+                body: to_bytes(&body),
+                usage,
+            })
         })
     }
 }
@@ -300,8 +402,17 @@ impl Provider for Mock {
 /// A unit vector from the text's hash: equal texts embed equally.
 fn embed(text: &str) -> Vec<f32> {
     let hash = Sha256::digest(text.as_bytes());
-    let raw: Vec<f32> = hash.iter().take(EMBEDDING_DIMS).map(|b| *b as f32 - 127.5).collect();
-    let norm = raw.iter().map(|x| x * x).sum::<f32>().sqrt().max(f32::EPSILON);
+    let raw: Vec<f32> = hash
+        .iter()
+        .take(EMBEDDING_DIMS)
+        .map(|b| *b as f32 - 127.5)
+        .collect();
+    let norm = raw
+        .iter()
+        .map(|x| x * x)
+        .sum::<f32>()
+        .sqrt()
+        .max(f32::EPSILON);
     raw.into_iter().map(|x| x / norm).collect()
 }
 
@@ -321,12 +432,18 @@ mod tests {
     #[test]
     fn answers_are_deterministic_and_respect_max_tokens() {
         let a = answer(&req("hello there"));
-        assert_eq!(a.text.as_deref(), Some("Hi! This is Meridian's mock model. You said: hello there"));
+        assert_eq!(
+            a.text.as_deref(),
+            Some("Hi! This is Meridian's mock model. You said: hello there")
+        );
         assert_eq!((a.usage.completion_tokens, a.finish_reason), (10, "stop"));
         let mut short = req("hello");
         short.max_tokens = Some(3);
         let a = answer(&short);
-        assert_eq!((a.text.as_deref(), a.finish_reason), (Some("Hi! This is"), "length"));
+        assert_eq!(
+            (a.text.as_deref(), a.finish_reason),
+            (Some("Hi! This is"), "length")
+        );
     }
 
     #[test]

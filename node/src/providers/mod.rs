@@ -63,11 +63,24 @@ pub enum Outcome {
 pub trait Provider: Send + Sync + 'static {
     fn chat<'a>(&'a self, cx: CallContext<'a>, req: ChatRequest) -> BoxFuture<'a, Result<Outcome>>;
 
-    fn completion<'a>(&'a self, cx: CallContext<'a>, _req: CompletionRequest) -> BoxFuture<'a, Result<Outcome>> {
-        Box::pin(async move { Err(unsupported(cx.deployment, "text completions (/v1/completions)")) })
+    fn completion<'a>(
+        &'a self,
+        cx: CallContext<'a>,
+        _req: CompletionRequest,
+    ) -> BoxFuture<'a, Result<Outcome>> {
+        Box::pin(async move {
+            Err(unsupported(
+                cx.deployment,
+                "text completions (/v1/completions)",
+            ))
+        })
     }
 
-    fn embeddings<'a>(&'a self, cx: CallContext<'a>, _req: EmbeddingsRequest) -> BoxFuture<'a, Result<Completed>> {
+    fn embeddings<'a>(
+        &'a self,
+        cx: CallContext<'a>,
+        _req: EmbeddingsRequest,
+    ) -> BoxFuture<'a, Result<Completed>> {
         Box::pin(async move { Err(unsupported(cx.deployment, "embeddings")) })
     }
 }
@@ -115,7 +128,11 @@ impl Providers {
 pub fn upstream_error(status: http::StatusCode, headers: &HeaderMap, body: &[u8]) -> Error {
     let parsed: Option<serde_json::Value> = serde_json::from_slice(body).ok();
     let err = parsed.as_ref().and_then(|v| v.get("error"));
-    let text = |k: &str| err.and_then(|e| e.get(k)).and_then(|v| v.as_str()).map(str::to_owned);
+    let text = |k: &str| {
+        err.and_then(|e| e.get(k))
+            .and_then(|v| v.as_str())
+            .map(str::to_owned)
+    };
     let message = text("message")
         .or_else(|| err.and_then(|e| e.as_str()).map(str::to_owned))
         .unwrap_or_else(|| {
@@ -157,17 +174,34 @@ mod tests {
     #[test]
     fn upstream_errors_keep_the_providers_message() {
         let mut headers = HeaderMap::new();
-        headers.insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("2.5"));
+        headers.insert(
+            http::header::RETRY_AFTER,
+            http::HeaderValue::from_static("2.5"),
+        );
         let openai = br#"{"error":{"message":"Rate limit reached","type":"requests","code":"rate_limit_exceeded"}}"#;
         match upstream_error(http::StatusCode::TOO_MANY_REQUESTS, &headers, openai) {
-            Error::UpstreamStatus { status, message, kind, code, retry_after } => {
+            Error::UpstreamStatus {
+                status,
+                message,
+                kind,
+                code,
+                retry_after,
+            } => {
                 assert_eq!((status, message.as_str()), (429, "Rate limit reached"));
-                assert_eq!((kind.as_deref(), code.as_deref(), retry_after), (Some("requests"), Some("rate_limit_exceeded"), Some(3)));
+                assert_eq!(
+                    (kind.as_deref(), code.as_deref(), retry_after),
+                    (Some("requests"), Some("rate_limit_exceeded"), Some(3))
+                );
             }
             other => panic!("unexpected {other:?}"),
         }
-        let anthropic = br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#;
-        let e = upstream_error(http::StatusCode::from_u16(529).unwrap(), &HeaderMap::new(), anthropic);
+        let anthropic =
+            br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#;
+        let e = upstream_error(
+            http::StatusCode::from_u16(529).unwrap(),
+            &HeaderMap::new(),
+            anthropic,
+        );
         assert_eq!(e.to_string(), "Overloaded");
         let e = upstream_error(http::StatusCode::BAD_GATEWAY, &HeaderMap::new(), b"");
         assert_eq!(e.to_string(), "upstream returned HTTP 502");

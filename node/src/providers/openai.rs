@@ -12,7 +12,10 @@ use super::stream::{Mapped, sse_chunks};
 use super::{CallContext, Chunk, Completed, Outcome, Provider, upstream_error};
 use crate::config::Deployment;
 use crate::error::{Error, Result};
-use crate::types::{ChatRequest, CompletionRequest, EmbeddingsRequest, OpenAiUsage, StreamOptions, Usage, UsageProbe};
+use crate::types::{
+    ChatRequest, CompletionRequest, EmbeddingsRequest, OpenAiUsage, StreamOptions, Usage,
+    UsageProbe,
+};
 use crate::upstream::{self, UpstreamRequest};
 
 pub struct OpenAi;
@@ -25,14 +28,22 @@ impl Provider for OpenAi {
         })
     }
 
-    fn completion<'a>(&'a self, cx: CallContext<'a>, req: CompletionRequest) -> BoxFuture<'a, Result<Outcome>> {
+    fn completion<'a>(
+        &'a self,
+        cx: CallContext<'a>,
+        req: CompletionRequest,
+    ) -> BoxFuture<'a, Result<Outcome>> {
         Box::pin(async move {
             let url = format!("{}/completions", cx.deployment.api_base);
             completion(cx, req, url, bearer_headers(cx.deployment)?).await
         })
     }
 
-    fn embeddings<'a>(&'a self, cx: CallContext<'a>, req: EmbeddingsRequest) -> BoxFuture<'a, Result<Completed>> {
+    fn embeddings<'a>(
+        &'a self,
+        cx: CallContext<'a>,
+        req: EmbeddingsRequest,
+    ) -> BoxFuture<'a, Result<Completed>> {
         Box::pin(async move {
             let url = format!("{}/embeddings", cx.deployment.api_base);
             embeddings(cx, req, url, bearer_headers(cx.deployment)?).await
@@ -43,36 +54,51 @@ impl Provider for OpenAi {
 fn bearer_headers(d: &Deployment) -> Result<HeaderMap> {
     let mut headers = json_headers();
     if let Some(key) = &d.api_key {
-        headers.insert(header::AUTHORIZATION, secret_header(&format!("Bearer {}", key.expose()))?);
+        headers.insert(
+            header::AUTHORIZATION,
+            secret_header(&format!("Bearer {}", key.expose()))?,
+        );
     }
     Ok(headers)
 }
 
 pub(super) fn json_headers() -> HeaderMap {
     let mut headers = HeaderMap::new();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     headers
 }
 
 /// A header value carrying a credential: marked sensitive so it never appears
 /// in debug output.
 pub(super) fn secret_header(value: &str) -> Result<HeaderValue> {
-    let mut v = HeaderValue::from_str(value)
-        .map_err(|_| Error::Internal("an api_key contains characters not allowed in a header".into()))?;
+    let mut v = HeaderValue::from_str(value).map_err(|_| {
+        Error::Internal("an api_key contains characters not allowed in a header".into())
+    })?;
     v.set_sensitive(true);
     Ok(v)
 }
 
 /// The chat call shared by OpenAI and Azure (which differ only in URL and auth).
-pub(super) async fn chat(cx: CallContext<'_>, mut req: ChatRequest, url: String, headers: HeaderMap) -> Result<Outcome> {
+pub(super) async fn chat(
+    cx: CallContext<'_>,
+    mut req: ChatRequest,
+    url: String,
+    headers: HeaderMap,
+) -> Result<Outcome> {
     let stream = req.is_stream();
     req.model = cx.deployment.upstream_model.clone();
     if stream {
         // Always ask for usage: the gateway prices every stream exactly, and
         // strips the usage chunk again for clients that did not ask for it.
-        req.stream_options.get_or_insert_with(StreamOptions::default).include_usage = Some(true);
+        req.stream_options
+            .get_or_insert_with(StreamOptions::default)
+            .include_usage = Some(true);
     }
-    let body = serde_json::to_vec(&req).map_err(|e| Error::Internal(format!("encoding request: {e}")))?;
+    let body =
+        serde_json::to_vec(&req).map_err(|e| Error::Internal(format!("encoding request: {e}")))?;
     send(cx, url, headers, body.into(), stream).await
 }
 
@@ -85,9 +111,12 @@ pub(super) async fn completion(
     let stream = req.stream.unwrap_or(false);
     req.model = cx.deployment.upstream_model.clone();
     if stream {
-        req.stream_options.get_or_insert_with(StreamOptions::default).include_usage = Some(true);
+        req.stream_options
+            .get_or_insert_with(StreamOptions::default)
+            .include_usage = Some(true);
     }
-    let body = serde_json::to_vec(&req).map_err(|e| Error::Internal(format!("encoding request: {e}")))?;
+    let body =
+        serde_json::to_vec(&req).map_err(|e| Error::Internal(format!("encoding request: {e}")))?;
     send(cx, url, headers, body.into(), stream).await
 }
 
@@ -98,14 +127,21 @@ pub(super) async fn embeddings(
     headers: HeaderMap,
 ) -> Result<Completed> {
     req.model = cx.deployment.upstream_model.clone();
-    let body = serde_json::to_vec(&req).map_err(|e| Error::Internal(format!("encoding request: {e}")))?;
+    let body =
+        serde_json::to_vec(&req).map_err(|e| Error::Internal(format!("encoding request: {e}")))?;
     match send(cx, url, headers, body.into(), false).await? {
         Outcome::Complete(c) => Ok(c),
         Outcome::Stream(_) => Err(Error::Internal("embeddings never stream".into())),
     }
 }
 
-async fn send(cx: CallContext<'_>, url: String, headers: HeaderMap, body: Bytes, stream: bool) -> Result<Outcome> {
+async fn send(
+    cx: CallContext<'_>,
+    url: String,
+    headers: HeaderMap,
+    body: Bytes,
+    stream: bool,
+) -> Result<Outcome> {
     let d = cx.deployment;
     let deadline = if stream { d.stream_timeout } else { d.timeout };
     let req = UpstreamRequest {
@@ -121,32 +157,48 @@ async fn send(cx: CallContext<'_>, url: String, headers: HeaderMap, body: Bytes,
     }
     if !stream {
         let body = upstream::read_body(resp.body, &d.id, d.timeout).await?;
-        let probe: UsageProbe = serde_json::from_slice(&body)
-            .map_err(|e| Error::protocol(&d.id, format!("response is not the expected JSON: {e}")))?;
+        let probe: UsageProbe = serde_json::from_slice(&body).map_err(|e| {
+            Error::protocol(&d.id, format!("response is not the expected JSON: {e}"))
+        })?;
         let usage = probe.usage.map(Usage::from).unwrap_or_default();
         return Ok(Outcome::Complete(Completed { body, usage }));
     }
     let body = upstream::with_idle_timeout(resp.body, d.id.clone(), d.stream_timeout);
     let deployment = d.id.clone();
-    Ok(Outcome::Stream(sse_chunks(body, d.id.clone(), move |event| {
-        let data = event.data.trim();
-        if data == "[DONE]" {
-            return Ok(Mapped::End(Vec::new()));
-        }
-        let probe: ChunkProbe = serde_json::from_str(data)
-            .map_err(|e| Error::protocol(&deployment, format!("stream chunk is not JSON: {e}")))?;
-        if let Some(err) = probe.error {
-            let message = err.get("message").and_then(|m| m.as_str()).unwrap_or("stream error").to_owned();
-            return Err(Error::UpstreamStatus { status: 500, message, kind: None, code: None, retry_after: None });
-        }
-        let usage = probe.usage.map(Usage::from);
-        let usage_only = usage.is_some() && probe.choices.is_some_and(|c| c.is_empty());
-        Ok(Mapped::Chunks(vec![Chunk {
-            json: Bytes::copy_from_slice(data.as_bytes()),
-            usage,
-            usage_only,
-        }]))
-    })))
+    Ok(Outcome::Stream(sse_chunks(
+        body,
+        d.id.clone(),
+        move |event| {
+            let data = event.data.trim();
+            if data == "[DONE]" {
+                return Ok(Mapped::End(Vec::new()));
+            }
+            let probe: ChunkProbe = serde_json::from_str(data).map_err(|e| {
+                Error::protocol(&deployment, format!("stream chunk is not JSON: {e}"))
+            })?;
+            if let Some(err) = probe.error {
+                let message = err
+                    .get("message")
+                    .and_then(|m| m.as_str())
+                    .unwrap_or("stream error")
+                    .to_owned();
+                return Err(Error::UpstreamStatus {
+                    status: 500,
+                    message,
+                    kind: None,
+                    code: None,
+                    retry_after: None,
+                });
+            }
+            let usage = probe.usage.map(Usage::from);
+            let usage_only = usage.is_some() && probe.choices.is_some_and(|c| c.is_empty());
+            Ok(Mapped::Chunks(vec![Chunk {
+                json: Bytes::copy_from_slice(data.as_bytes()),
+                usage,
+                usage_only,
+            }]))
+        },
+    )))
 }
 
 /// Reads what the gateway needs from a stream chunk and skips the rest.

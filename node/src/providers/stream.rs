@@ -53,7 +53,10 @@ where
                 Some(Err(reason)) => {
                     s.finished = true;
                     return Some((
-                        Err(Error::UpstreamUnreachable { deployment: s.deployment.clone(), reason }),
+                        Err(Error::UpstreamUnreachable {
+                            deployment: s.deployment.clone(),
+                            reason,
+                        }),
                         s,
                     ));
                 }

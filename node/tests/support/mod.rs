@@ -37,7 +37,9 @@ pub async fn start(mut config: Config) -> Gateway {
         rng: SeededRng::from_seed(42),
     };
     let node = Node::new(config, &Secret::new(MASTER_KEY), seams);
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+        .await
+        .unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
@@ -47,7 +49,12 @@ pub async fn start(mut config: Config) -> Gateway {
         .await
         .unwrap();
     });
-    Gateway { base, client: reqwest::Client::new(), _data: data, _shutdown: tx }
+    Gateway {
+        base,
+        client: reqwest::Client::new(),
+        _data: data,
+        _shutdown: tx,
+    }
 }
 
 pub struct Reply {
@@ -70,7 +77,12 @@ impl Reply {
     pub fn data_lines(&self) -> Vec<String> {
         self.text
             .split("\n\n")
-            .filter_map(|frame| frame.lines().find_map(|l| l.strip_prefix("data: ")).map(str::to_owned))
+            .filter_map(|frame| {
+                frame
+                    .lines()
+                    .find_map(|l| l.strip_prefix("data: "))
+                    .map(str::to_owned)
+            })
             .collect()
     }
 
@@ -89,7 +101,8 @@ impl Reply {
 
 impl Gateway {
     pub async fn post(&self, path: &str, body: Value) -> Reply {
-        self.post_raw(path, body.to_string(), Some(MASTER_KEY)).await
+        self.post_raw(path, body.to_string(), Some(MASTER_KEY))
+            .await
     }
 
     pub async fn post_raw(&self, path: &str, body: String, key: Option<&str>) -> Reply {
@@ -117,20 +130,35 @@ async fn reply(resp: reqwest::Response) -> Reply {
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
     let text = resp.text().await.unwrap();
-    Reply { status, headers, text }
+    Reply {
+        status,
+        headers,
+        text,
+    }
 }
 
 /// Concatenated `delta.content` of OpenAI chat chunks.
 pub fn streamed_text(chunks: &[Value]) -> String {
     chunks
         .iter()
-        .filter_map(|c| c.pointer("/choices/0/delta/content").and_then(Value::as_str))
+        .filter_map(|c| {
+            c.pointer("/choices/0/delta/content")
+                .and_then(Value::as_str)
+        })
         .collect()
 }
 
 /// The `data:` payloads before `[DONE]`, parsed; panics if `[DONE]` is missing.
 pub fn openai_chunks(reply: &Reply) -> Vec<Value> {
     let lines = reply.data_lines();
-    assert_eq!(lines.last().map(String::as_str), Some("[DONE]"), "stream must end with [DONE]: {}", reply.text);
-    lines[..lines.len() - 1].iter().map(|l| serde_json::from_str(l).unwrap()).collect()
+    assert_eq!(
+        lines.last().map(String::as_str),
+        Some("[DONE]"),
+        "stream must end with [DONE]: {}",
+        reply.text
+    );
+    lines[..lines.len() - 1]
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
