@@ -1,1 +1,34 @@
+//! `meridian-sim`: deterministic simulations of Meridian clusters under turmoil.
+//!
+//! Owns the adapters that plug the real node code into turmoil's simulated
+//! network (listeners today; inter-node transports and a simulated upstream
+//! client as they arrive), the worlds (regions, partitions, crashes, clock skew),
+//! the invariant checkers and the seed sweeps. It must not re-implement node
+//! logic: every host runs `meridian_node` as production does, through its seams.
 
+use std::future::Future;
+use std::net::SocketAddr;
+
+/// axum's listener seam over turmoil's simulated TCP.
+pub struct SimListener(pub turmoil::net::TcpListener);
+
+impl axum::serve::Listener for SimListener {
+    type Io = turmoil::net::TcpStream;
+    type Addr = SocketAddr;
+
+    fn accept(&mut self) -> impl Future<Output = (Self::Io, Self::Addr)> + Send {
+        async move {
+            loop {
+                // A failed accept in the simulator is transient (a host being
+                // torn down); keep serving, as axum's own TCP listener does.
+                if let Ok(conn) = self.0.accept().await {
+                    return conn;
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.0.local_addr()
+    }
+}

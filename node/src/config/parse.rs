@@ -600,10 +600,15 @@ impl Parser<'_> {
             );
         }
 
+        // The built-in mock models are priced as `mock` whatever their name.
+        let table_price = match spec.kind {
+            ProviderKind::Mock => pricing::lookup("mock"),
+            _ => pricing::lookup(base_model.as_deref().unwrap_or(&upstream_model)),
+        };
         let price = match (input_cost, output_cost) {
-            (None, None) => pricing::lookup(base_model.as_deref().unwrap_or(&upstream_model)),
+            (None, None) => table_price,
             (i, o) => {
-                let fallback = pricing::lookup(base_model.as_deref().unwrap_or(&upstream_model));
+                let fallback = table_price;
                 let pick = |set: Option<f64>, table: Option<u64>| match set {
                     Some(usd) => pricing::usd_to_pico(usd),
                     None => table.or(Some(0)),
