@@ -98,6 +98,15 @@ fn check(file: &std::path::Path) -> anyhow::Result<ExitCode> {
             println!("  {}: {}", item.path, item.reason);
         }
     }
+    if !config.unset_env.is_empty() {
+        println!(
+            "{} environment variables are not set here:",
+            config.unset_env.len()
+        );
+        for item in &config.unset_env {
+            println!("  {}: {}", item.path, item.reason);
+        }
+    }
     for d in config.deployments.iter().filter(|d| d.price.is_none()) {
         println!(
             "  note: no price known for deployment `{}` ({}); set input_cost_per_token/output_cost_per_token",
@@ -166,6 +175,10 @@ fn run_serve(
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("listening on {listen}"))?;
+        let banner = Banner {
+            listen: listener.local_addr().unwrap_or(listen),
+            ..banner
+        };
         banner.print(&master_key, key_source);
         serve(listener, node, shutdown_signal()).await?;
         tracing::info!("stopped");

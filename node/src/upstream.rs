@@ -124,11 +124,15 @@ pub struct HttpUpstream {
     client: reqwest::Client,
 }
 
+/// reqwest is built without a bundled TLS crypto provider; ring is ours. Call
+/// before building any reqwest client; a second call is harmless.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 impl HttpUpstream {
     pub fn new() -> Result<Self> {
-        // reqwest is built without a bundled crypto provider; ring is ours. A
-        // second install (tests build several nodes) is harmless.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        install_crypto_provider();
         let client = reqwest::Client::builder()
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(512)

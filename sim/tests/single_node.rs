@@ -33,7 +33,10 @@ impl Clock for SimClock {
 struct NoUpstream;
 
 impl UpstreamClient for NoUpstream {
-    fn send(&self, _: UpstreamRequest) -> futures_util::future::BoxFuture<'static, Result<UpstreamResponse, String>> {
+    fn send(
+        &self,
+        _: UpstreamRequest,
+    ) -> futures_util::future::BoxFuture<'static, Result<UpstreamResponse, String>> {
         Box::pin(async { Err("no upstream in this world".to_owned()) })
     }
 }
@@ -48,7 +51,11 @@ fn run(seed: u64) -> (u16, String, serde_json::Value) {
     sim.host("gateway", move || async move {
         let mut config = Config::embedded(&BTreeMap::<String, String>::new());
         config.node.data_dir = "/nonexistent-in-sim".into();
-        let seams = Seams { upstream: Arc::new(NoUpstream), clock: Arc::new(SimClock), rng: SeededRng::from_seed(seed) };
+        let seams = Seams {
+            upstream: Arc::new(NoUpstream),
+            clock: Arc::new(SimClock),
+            rng: SeededRng::from_seed(seed),
+        };
         let node = Node::new(config, &Secret::new(KEY), seams);
         let listener = SimListener(turmoil::net::TcpListener::bind("0.0.0.0:4000").await?);
         meridian_node::serve::serve(listener, node, std::future::pending()).await?;
@@ -58,7 +65,8 @@ fn run(seed: u64) -> (u16, String, serde_json::Value) {
     let out = seen.clone();
     sim.client("client", async move {
         let stream = turmoil::net::TcpStream::connect("gateway:4000").await?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(conn);
         let body = r#"{"model":"mock-chat","messages":[{"role":"user","content":"hello sim"}]}"#;
         let req = http::Request::post("http://gateway/v1/chat/completions")
@@ -80,7 +88,10 @@ fn run(seed: u64) -> (u16, String, serde_json::Value) {
 fn a_node_serves_inside_the_simulation() {
     let (status, _, body) = run(7);
     assert_eq!(status, 200, "{body}");
-    assert_eq!(body["choices"][0]["message"]["content"], "Hi! This is Meridian's mock model. You said: hello sim");
+    assert_eq!(
+        body["choices"][0]["message"]["content"],
+        "Hi! This is Meridian's mock model. You said: hello sim"
+    );
     // `created` comes from the injected clock: the simulation's epoch.
     assert_eq!(body["created"], 1_800_000_000u64);
 }

@@ -34,6 +34,9 @@ pub struct Config {
     pub disable: Disabled,
     /// Keys present in the file that Meridian accepts but does not act on.
     pub ignored: Vec<Ignored>,
+    /// `os.environ/` references whose variable is not set (check mode only;
+    /// `serve` fails on them instead).
+    pub unset_env: Vec<Ignored>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -59,6 +59,7 @@ pub fn parse_str(text: &str, file: &str, env: &dyn EnvSource, check: bool) -> Re
         overlay: BTreeMap::new(),
         check,
         ignored: Vec::new(),
+        unset_env: Vec::new(),
     };
     p.config(&doc)
 }
@@ -97,6 +98,7 @@ impl Config {
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             disable: Disabled::default(),
             ignored: Vec::new(),
+            unset_env: Vec::new(),
         };
         config.apply_env(env);
         config
@@ -117,6 +119,11 @@ impl Config {
     }
 }
 
+/// An `os.environ/` reference left in place by check mode.
+fn is_unresolved(v: &str) -> bool {
+    v.starts_with("os.environ/")
+}
+
 fn is_truthy(v: &str) -> bool {
     matches!(
         v.trim().to_ascii_lowercase().as_str(),
@@ -132,6 +139,7 @@ struct Parser<'a> {
     overlay: BTreeMap<String, String>,
     check: bool,
     ignored: Vec<Ignored>,
+    unset_env: Vec<Ignored>,
 }
 
 impl Parser<'_> {
@@ -173,10 +181,13 @@ impl Parser<'_> {
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             disable: Disabled::default(),
             ignored: Vec::new(),
+            unset_env: Vec::new(),
         };
         let mut defaults = Timeouts {
             timeout: DEFAULT_TIMEOUT,
             stream_timeout: DEFAULT_TIMEOUT,
+            request_timeout: None,
+            router_timeout: false,
         };
         // Settings first: deployment defaults depend on them.
         for (key, value) in top {
@@ -198,6 +209,7 @@ impl Parser<'_> {
         }
         config.apply_env(self.env);
         config.ignored = std::mem::take(&mut self.ignored);
+        config.unset_env = std::mem::take(&mut self.unset_env);
         Ok(config)
     }
 
@@ -224,11 +236,15 @@ impl Parser<'_> {
             return Ok(Some(v));
         }
         if self.check {
-            self.ignore(
-                path.to_owned(),
-                format!("environment variable {var} is not set here; `serve` fails unless it is"),
-            );
-            return Ok(None);
+            self.unset_env.push(Ignored {
+                path: path.to_owned(),
+                reason: format!(
+                    "environment variable {var} is not set here; `serve` fails unless it is"
+                ),
+            });
+            // Keep the reference itself, so required fields stay present and
+            // the rest of the file is still checked.
+            return Ok(Some(raw.clone()));
         }
         Err(self.err(
             path,
@@ -249,6 +265,7 @@ impl Parser<'_> {
             None | Some(Value::Null) => return Ok(None),
             Some(Value::Number(n)) => n.as_f64(),
             Some(Value::String(_)) => match self.string(value, path)? {
+                Some(s) if is_unresolved(&s) => return Ok(None),
                 None => return Ok(None),
                 Some(s) => s.trim().parse::<f64>().ok(),
             },
@@ -281,6 +298,7 @@ impl Parser<'_> {
             None | Some(Value::Null) => Ok(None),
             Some(Value::Bool(b)) => Ok(Some(*b)),
             Some(Value::String(_)) => match self.string(value, path)? {
+                Some(s) if is_unresolved(&s) => Ok(None),
                 None => Ok(None),
                 Some(s) => Ok(Some(is_truthy(&s))),
             },
@@ -337,6 +355,7 @@ impl Parser<'_> {
                 "timeout" => {
                     if let Some(t) = self.seconds(Some(v), &path)? {
                         defaults.timeout = t;
+                        defaults.router_timeout = true;
                     }
                 }
                 "stream_timeout" => {
@@ -361,7 +380,7 @@ impl Parser<'_> {
             match key.as_str() {
                 "request_timeout" => {
                     if let Some(t) = self.seconds(Some(v), &path)? {
-                        defaults.timeout = t;
+                        defaults.request_timeout = Some(t);
                     }
                 }
                 _ => self.ignore(path, NOT_YET),
@@ -497,7 +516,7 @@ impl Parser<'_> {
         let mut api_base = None;
         let mut api_key = None;
         let mut api_version = None;
-        let mut timeout = defaults.timeout;
+        let mut timeout = defaults.timeout();
         let mut stream_timeout = defaults.stream_timeout;
         let (mut rpm, mut tpm, mut weight, mut order) = (None, None, None, None);
         let (mut input_cost, mut output_cost) = (None, None);
@@ -583,10 +602,8 @@ impl Parser<'_> {
         if spec.append_v1 && !api_base.ends_with("/v1") {
             api_base.push_str("/v1");
         }
-        if !(api_base.starts_with("http://")
-            || api_base.starts_with("https://")
-            || spec.kind == ProviderKind::Mock)
-        {
+        let url_ok = api_base.starts_with("http://") || api_base.starts_with("https://");
+        if !(url_ok || spec.kind == ProviderKind::Mock || is_unresolved(&api_base)) {
             return Err(self.err(
                 &format!("{params_path}.api_base"),
                 format!("an http:// or https:// URL, found `{api_base}`"),
@@ -683,9 +700,24 @@ const NOT_YET: &str = "not supported by Meridian yet; ignored";
 const MERIDIAN_KEYS: &str = "node_id, region, host, port, data_dir, disable_admin_endpoints, disable_llm_api_endpoints, disable_admin_ui";
 const AZURE_DEFAULT_API_VERSION: &str = "2024-10-21";
 
+/// Deployment timeout defaults. `router_settings.timeout` wins over
+/// `litellm_settings.request_timeout`, whatever their order in the file, as in
+/// LiteLLM's router.
 struct Timeouts {
     timeout: Duration,
     stream_timeout: Duration,
+    request_timeout: Option<Duration>,
+    router_timeout: bool,
+}
+
+impl Timeouts {
+    fn timeout(&self) -> Duration {
+        if self.router_timeout {
+            self.timeout
+        } else {
+            self.request_timeout.unwrap_or(self.timeout)
+        }
+    }
 }
 
 struct ProviderSpec {
@@ -907,8 +939,71 @@ general_settings:
     fn check_mode_reports_unset_variables() {
         let text = "model_list:\n  - model_name: x\n    litellm_params:\n      model: openai/x\n      api_key: os.environ/NOPE\n";
         let c = parse_str(text, "c.yaml", &env(&[]), true).unwrap();
-        assert_eq!(c.ignored[0].path, "model_list[0].litellm_params.api_key");
-        assert!(c.ignored[0].reason.contains("NOPE is not set"));
+        assert!(c.ignored.is_empty());
+        assert_eq!(c.unset_env[0].path, "model_list[0].litellm_params.api_key");
+        assert!(c.unset_env[0].reason.contains("NOPE is not set"));
+    }
+
+    #[test]
+    fn a_production_litellm_config_loads_and_reports_what_it_ignores() {
+        let text = include_str!("../../../fixtures/litellm/production_config.yaml");
+        let c = parse_str(text, "production_config.yaml", &env(&[]), true).unwrap();
+        let groups: BTreeSet<&str> = c
+            .deployments
+            .iter()
+            .map(|d| d.model_group.as_str())
+            .collect();
+        assert_eq!(
+            groups.into_iter().collect::<Vec<_>>(),
+            vec![
+                "claude-sonnet",
+                "gpt-4o",
+                "gpt-4o-mini",
+                "llama-3.3-70b",
+                "qwen-local",
+                "text-embedding-3-small"
+            ]
+        );
+        let reason = |path: &str| {
+            c.ignored
+                .iter()
+                .find(|i| i.path == path)
+                .map(|i| i.reason.clone())
+        };
+        assert!(
+            reason("model_list[4].litellm_params.model")
+                .unwrap()
+                .contains("`bedrock` is not supported")
+        );
+        assert!(
+            reason("model_list[8].model_info.mode")
+                .unwrap()
+                .contains("image_generation")
+        );
+        assert!(
+            reason("router_settings.redis_host")
+                .unwrap()
+                .contains("no Redis")
+        );
+        assert!(
+            reason("general_settings.database_url")
+                .unwrap()
+                .contains("no external database")
+        );
+        assert!(reason("litellm_settings.callbacks").is_some());
+        assert_eq!(c.max_request_bytes, 16 * 1024 * 1024);
+        assert_eq!(c.unset_env.len(), 8, "{:#?}", c.unset_env);
+        let local = c
+            .deployments
+            .iter()
+            .find(|d| d.model_group == "qwen-local")
+            .unwrap();
+        assert_eq!(local.price.unwrap().input, 100_000);
+        assert_eq!(
+            local.timeout,
+            Duration::from_secs(120),
+            "router_settings.timeout is the default"
+        );
     }
 
     #[test]

@@ -1,0 +1,162 @@
+//! The `meridian` binary as a user runs it: `config check`, and `serve` on the
+//! embedded default (generated master key, printed once with a curl line, kept
+//! across restarts).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+const BIN: &str = env!("CARGO_BIN_EXE_meridian");
+
+fn fixture(path: &str) -> String {
+    format!("{}/../fixtures/{path}", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn meridian() -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.env_remove("MERIDIAN_MASTER_KEY")
+        .env_remove("LITELLM_MASTER_KEY")
+        .env("RUST_LOG", "warn");
+    cmd
+}
+
+#[test]
+fn config_check_lists_what_a_production_litellm_config_leaves_out() {
+    let out = meridian()
+        .args([
+            "config",
+            "check",
+            &fixture("litellm/production_config.yaml"),
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("valid — 7 deployments in 6 model groups"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("25 keys are accepted but ignored:"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(
+            "  model_list[4].litellm_params.model: provider `bedrock` is not supported yet"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("  router_settings.redis_host: "),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("8 environment variables are not set here:"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn config_errors_name_the_file_and_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.yaml");
+    std::fs::write(&file, "meridian:\n  node_id: n1\n  regoin: eu-west\n").unwrap();
+    let out = meridian()
+        .args(["config", "check", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with(&format!(
+            "invalid: {}: `meridian.regoin`: one of the keys",
+            file.display()
+        )),
+        "{stderr}"
+    );
+    let out = meridian()
+        .args(["serve", "--config", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("`meridian.regoin`"));
+}
+
+/// Kills the server when the test ends, passed or not.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `serve` and reads its banner: (server, base URL, key line, curl line).
+fn start(data_dir: &std::path::Path) -> (Running, String, String, String) {
+    let mut child = meridian()
+        .args([
+            "serve",
+            "--port",
+            "0",
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let child = Running(child);
+    let mut lines = BufReader::new(stdout).lines();
+    let (mut base, mut key_line) = (String::new(), String::new());
+    loop {
+        let line = lines.next().expect("banner ends with a curl line").unwrap();
+        if let Some(url) = line.trim().strip_prefix("listening on ") {
+            base = url.to_owned();
+        }
+        if line.contains("master key") {
+            key_line = line.clone();
+        }
+        if line.trim_start().starts_with("curl ") {
+            return (child, base, key_line, line);
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_embedded_default_generates_prints_and_keeps_its_master_key() {
+    let dir = tempfile::tempdir().unwrap();
+    meridian_node::upstream::install_crypto_provider();
+    let (server, base, key_line, curl) = start(&dir.path().join("data"));
+    let key = key_line.rsplit(": ").next().unwrap().to_owned();
+    assert!(key_line.contains("generated now"), "{key_line}");
+    assert!(key.starts_with("sk-"), "{key_line}");
+    assert!(
+        curl.contains(&format!("{base}/v1/chat/completions")) && curl.contains(&key),
+        "{curl}"
+    );
+
+    let reply = reqwest::Client::new()
+        .post(format!("{base}/v1/chat/completions"))
+        .bearer_auth(&key)
+        .header("content-type", "application/json")
+        .body(r#"{"model":"mock-chat","messages":[{"role":"user","content":"Hello"}]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), 200);
+    assert_eq!(reply.headers()["x-meridian-region"], "local");
+    drop(server);
+
+    let (_again, _, key_line, _) = start(&dir.path().join("data"));
+    assert!(
+        key_line.contains("kept in") && !key_line.contains("generated"),
+        "{key_line}"
+    );
+    assert_eq!(key_line.rsplit(": ").next().unwrap(), key);
+}

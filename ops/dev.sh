@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Meridian's developer entry points (the README's two commands, and CI's).
+#
+#   ops/dev.sh run [serve flags]   build and start the gateway on its embedded default
+#   ops/dev.sh test                every test tier: unit, router, integration,
+#                                  simulation (cargo), then the official-SDK tier
+#   ops/dev.sh lint                cargo fmt --check and clippy -D warnings
+#
+# Needs only the Rust toolchain; anything else (Python's venv, ...) is installed
+# with apt-get when missing. CARGO_TARGET_DIR is honoured.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+VENV=${MERIDIAN_VENV:-$HOME/.cache/meridian/venv}
+
+log() { printf '\n== %s\n' "$*" >&2; }
+
+# apt-get install the named packages that are not installed yet.
+apt_install() {
+  local missing=()
+  for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  command -v apt-get >/dev/null || { echo "missing system packages: ${missing[*]} (no apt-get here)" >&2; exit 1; }
+  log "installing ${missing[*]}"
+  local sudo=""; [ "$(id -u)" -ne 0 ] && sudo=sudo
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+ensure_build_deps() {
+  command -v cargo >/dev/null || { echo "cargo not found: install the Rust toolchain (rustup) first" >&2; exit 1; }
+  command -v cc >/dev/null || apt_install gcc libc6-dev
+}
+
+ensure_python() {
+  if ! command -v python3 >/dev/null || ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
+    apt_install python3 python3-venv
+  fi
+  if [ ! -x "$VENV/bin/python" ]; then
+    log "creating the SDK test environment in $VENV"
+    mkdir -p "$(dirname "$VENV")"
+    python3 -m venv "$VENV"
+  fi
+  local req=node/tests/sdk/requirements.txt stamp="$VENV/.requirements"
+  if ! cmp -s "$req" "$stamp"; then
+    "$VENV/bin/pip" install -q --disable-pip-version-check -r "$req"
+    cp "$req" "$stamp"
+  fi
+}
+
+cmd_run() {
+  ensure_build_deps
+  cargo build -p meridian-node --bin meridian
+  exec "$TARGET/debug/meridian" serve "$@"
+}
+
+cmd_test() {
+  ensure_build_deps
+  log "building (one profile: tests, binaries and the SDK tier share it)"
+  cargo build --workspace --all-targets
+  log "unit, router, integration and simulation tiers"
+  if cargo nextest --version >/dev/null 2>&1; then
+    cargo nextest run --workspace --profile ci
+  else
+    cargo test --workspace
+  fi
+  log "real-client tier: official openai and anthropic SDKs against a running gateway"
+  ensure_python
+  MERIDIAN_BIN="$TARGET/debug/meridian" FAKE_UPSTREAM_BIN="$TARGET/debug/fake-upstream" \
+    "$VENV/bin/python" -m pytest -q -p no:cacheprovider node/tests/sdk
+}
+
+cmd_lint() {
+  ensure_build_deps
+  cargo fmt --all -- --check
+  cargo clippy --workspace --all-targets -- -D warnings
+}
+
+case "${1:-}" in
+  run) shift; cmd_run "$@" ;;
+  test) shift; cmd_test "$@" ;;
+  lint) shift; cmd_lint "$@" ;;
+  *) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+esac
