@@ -6,7 +6,6 @@
 //! the invariant checkers and the seed sweeps. It must not re-implement node
 //! logic: every host runs `meridian_node` as production does, through its seams.
 
-use std::future::Future;
 use std::net::SocketAddr;
 
 /// axum's listener seam over turmoil's simulated TCP.
@@ -16,14 +15,12 @@ impl axum::serve::Listener for SimListener {
     type Io = turmoil::net::TcpStream;
     type Addr = SocketAddr;
 
-    fn accept(&mut self) -> impl Future<Output = (Self::Io, Self::Addr)> + Send {
-        async move {
-            loop {
-                // A failed accept in the simulator is transient (a host being
-                // torn down); keep serving, as axum's own TCP listener does.
-                if let Ok(conn) = self.0.accept().await {
-                    return conn;
-                }
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            // A failed accept in the simulator is transient (a host being torn
+            // down); keep serving, as axum's own TCP listener does.
+            if let Ok(conn) = self.0.accept().await {
+                return conn;
             }
         }
     }
