@@ -8,6 +8,7 @@
 //! | `garbage`       | HTTP 200 with a body that is not JSON                   |
 //! | `timeout`       | never answers                                           |
 //! | `slow-<ms>`     | answers after `<ms>` milliseconds                       |
+//! | `gated`         | streams its first two events, then waits for [`FakeUpstream::open_gate`] |
 //! | anything else   | the fixture answer (a tool call when `tools` are sent)  |
 //!
 //! With recording on, every request (method, path, query, headers, JSON body) is
@@ -53,6 +54,8 @@ pub struct Recorded {
 struct Shared {
     record: bool,
     recorded: Mutex<Vec<Recorded>>,
+    /// Holds `gated` streams mid-way until a test opens it.
+    gate: tokio::sync::Notify,
 }
 
 pub struct FakeUpstream {
@@ -75,7 +78,7 @@ impl FakeUpstream {
             .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
         let shared = Arc::new(Shared {
             record,
-            recorded: Mutex::new(Vec::new()),
+            ..Shared::default()
         });
         let app = router(shared.clone());
         let task = tokio::spawn(async move {
@@ -86,6 +89,11 @@ impl FakeUpstream {
 
     pub fn base_url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// Lets one held `gated` stream continue.
+    pub fn open_gate(&self) {
+        self.shared.gate.notify_one();
     }
 
     /// Every request received so far, in order, and forgets them.
@@ -198,18 +206,21 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
         .get("tools")
         .and_then(Value::as_array)
         .is_some_and(|t| !t.is_empty());
+    let gate = model.contains("gated").then_some(shared);
     match (api, stream) {
         (Api::Chat, false) => json_body(if tools { OPENAI_CHAT_TOOL } else { OPENAI_CHAT }),
-        (Api::Chat, true) => openai_sse(OPENAI_CHAT_STREAM, include_usage),
+        (Api::Chat, true) => sse(openai_frames(OPENAI_CHAT_STREAM, include_usage), gate),
         (Api::Completion, false) => json_body(OPENAI_COMPLETION),
-        (Api::Completion, true) => openai_sse(OPENAI_COMPLETION_STREAM, include_usage),
+        (Api::Completion, true) => {
+            sse(openai_frames(OPENAI_COMPLETION_STREAM, include_usage), gate)
+        }
         (Api::Embeddings, _) => json_body(OPENAI_EMBEDDINGS),
         (Api::Messages, false) => json_body(if tools {
             ANTHROPIC_TOOL_USE
         } else {
             ANTHROPIC_MESSAGES
         }),
-        (Api::Messages, true) => anthropic_sse(),
+        (Api::Messages, true) => sse(anthropic_frames(), gate),
     }
 }
 
@@ -250,11 +261,21 @@ fn error(api: Api, code: u16) -> Response {
     response
 }
 
-fn sse(frames: Vec<String>) -> Response {
-    let stream = futures_util::stream::iter(
-        frames
-            .into_iter()
-            .map(|f| Ok::<_, Infallible>(Bytes::from(f))),
+/// Events sent before a `gated` stream waits.
+const GATED_AFTER: usize = 2;
+
+fn sse(frames: Vec<String>, gate: Option<Arc<Shared>>) -> Response {
+    let stream = futures_util::stream::unfold(
+        (frames.into_iter().enumerate(), gate),
+        |(mut it, gate)| async move {
+            let (i, frame) = it.next()?;
+            if i == GATED_AFTER {
+                if let Some(shared) = &gate {
+                    shared.gate.notified().await;
+                }
+            }
+            Some((Ok::<_, Infallible>(Bytes::from(frame)), (it, gate)))
+        },
     );
     let mut response = Response::new(Body::from_stream(stream));
     response.headers_mut().insert(
@@ -266,7 +287,7 @@ fn sse(frames: Vec<String>) -> Response {
 
 /// OpenAI's streaming: chunks as `data:` lines; the usage chunk (the last line)
 /// only when asked for; then `[DONE]`.
-fn openai_sse(jsonl: &str, include_usage: bool) -> Response {
+fn openai_frames(jsonl: &str, include_usage: bool) -> Vec<String> {
     let lines: Vec<&str> = jsonl.lines().filter(|l| !l.trim().is_empty()).collect();
     let keep = if include_usage {
         lines.len()
@@ -278,11 +299,11 @@ fn openai_sse(jsonl: &str, include_usage: bool) -> Response {
         .map(|l| format!("data: {l}\n\n"))
         .collect();
     frames.push("data: [DONE]\n\n".into());
-    sse(frames)
+    frames
 }
 
-fn anthropic_sse() -> Response {
-    let frames = ANTHROPIC_STREAM
+fn anthropic_frames() -> Vec<String> {
+    ANTHROPIC_STREAM
         .lines()
         .filter(|l| !l.trim().is_empty())
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
@@ -293,6 +314,5 @@ fn anthropic_sse() -> Response {
                 v["data"]
             )
         })
-        .collect();
-    sse(frames)
+        .collect()
 }

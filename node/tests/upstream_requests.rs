@@ -289,6 +289,59 @@ async fn the_anthropic_endpoint_reaches_openai_upstreams_and_back() {
     );
 }
 
+/// The gateway relays each event as it arrives: with the upstream holding its
+/// stream half-way, the client already has the first events. A gateway that
+/// buffered the stream would hand over nothing until the upstream finished.
+#[tokio::test]
+async fn streams_are_relayed_chunk_by_chunk_not_buffered() {
+    let fake = FakeUpstream::start(false).await.unwrap();
+    let gw = start_yaml(&format!(
+        "model_list:\n  - model_name: gpt\n    litellm_params: {{model: openai/gpt-gated, api_base: {}/v1}}\n  - model_name: claude\n    litellm_params: {{model: anthropic/claude-gated, api_base: {}}}\n",
+        fake.base_url(),
+        fake.base_url()
+    ))
+    .await;
+    for (path, model, first) in [
+        ("/v1/chat/completions", "gpt", "\"role\":\"assistant\""),
+        ("/v1/chat/completions", "claude", "\"role\":\"assistant\""),
+        ("/v1/messages", "gpt", "event: message_start"),
+    ] {
+        let body = json!({ "model": model, "stream": true, "max_tokens": 20, "messages": [{ "role": "user", "content": "hi" }] });
+        let mut resp = gw
+            .client
+            .post(format!("{}{path}", gw.base))
+            .bearer_auth(MASTER_KEY)
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let mut seen = String::new();
+        while !seen.contains(first) {
+            let chunk = tokio::time::timeout(std::time::Duration::from_secs(10), resp.chunk())
+                .await
+                .unwrap_or_else(|_| {
+                    panic!("{path} {model}: nothing relayed while the upstream holds its stream")
+                })
+                .unwrap()
+                .expect("stream open");
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+        }
+        assert!(
+            !seen.contains("[DONE]") && !seen.contains("message_stop"),
+            "{path} {model}: ended early: {seen}"
+        );
+        fake.open_gate();
+        while let Some(chunk) = resp.chunk().await.unwrap() {
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+        }
+        assert!(
+            seen.contains("data: [DONE]") || seen.contains("event: message_stop"),
+            "{path} {model}: {seen}"
+        );
+    }
+}
+
 /// Object keys sorted, so comparisons ignore key order but nothing else.
 fn sorted(v: &Value) -> Value {
     match v {
