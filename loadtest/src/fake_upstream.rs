@@ -269,10 +269,10 @@ fn sse(frames: Vec<String>, gate: Option<Arc<Shared>>) -> Response {
         (frames.into_iter().enumerate(), gate),
         |(mut it, gate)| async move {
             let (i, frame) = it.next()?;
-            if i == GATED_AFTER {
-                if let Some(shared) = &gate {
-                    shared.gate.notified().await;
-                }
+            if i == GATED_AFTER
+                && let Some(shared) = &gate
+            {
+                shared.gate.notified().await;
             }
             Some((Ok::<_, Infallible>(Bytes::from(frame)), (it, gate)))
         },

@@ -12,6 +12,48 @@ use super::error_response::{ApiError, Format};
 use crate::auth::Principal;
 use crate::error::Error;
 use crate::node::Node;
+use crate::pipeline::RequestCtx;
+
+/// When the request reached the gateway, stamped by the outermost layer so the
+/// overhead header counts body reading and parsing too.
+#[derive(Clone, Copy)]
+pub struct Received(pub tokio::time::Instant);
+
+pub async fn stamp_arrival(
+    mut req: Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    req.extensions_mut()
+        .insert(Received(tokio::time::Instant::now()));
+    next.run(req).await
+}
+
+/// An authenticated LLM request's context: caller, request id (the caller's
+/// `x-request-id` if it sent a sane one, else a fresh one) and arrival time.
+pub struct Ctx(pub RequestCtx);
+
+impl FromRequestParts<Arc<Node>> for Ctx {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, node: &Arc<Node>) -> Result<Self, ApiError> {
+        let received = parts
+            .extensions
+            .get::<Received>()
+            .map_or_else(tokio::time::Instant::now, |r| r.0);
+        let Auth(principal) = Auth::from_request_parts(parts, node).await?;
+        let request_id = parts
+            .headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+            .map_or_else(|| node.request_id(), str::to_owned);
+        Ok(Ctx(RequestCtx {
+            request_id,
+            principal,
+            received,
+        }))
+    }
+}
 
 /// The authenticated caller.
 pub struct Auth(pub Principal);

@@ -7,12 +7,10 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::response::Response;
 use bytes::Bytes;
-use http::HeaderMap;
 
 use super::error_response::{ApiError, Format};
-use super::extract::{Auth, JsonBody};
+use super::extract::{Ctx, JsonBody};
 use super::messages_translate::{chat_response_to_messages, messages_to_chat};
-use super::openai::request_ctx;
 use super::respond::{anthropic_stream, json_response, meridian_headers, settlement};
 use crate::error::Error;
 use crate::node::Node;
@@ -21,11 +19,9 @@ use crate::providers::Outcome;
 
 pub async fn create(
     State(node): State<Arc<Node>>,
-    Auth(principal): Auth,
-    headers: HeaderMap,
+    Ctx(ctx): Ctx,
     JsonBody(body): JsonBody<serde_json::Value>,
 ) -> Result<Response, ApiError> {
-    let ctx = request_ctx(&node, principal, &headers);
     let fail = |e| ApiError::new(e, Format::Anthropic).with_request_id(&ctx.request_id);
     let req = messages_to_chat(body).map_err(fail)?;
     let model = req.model.clone();

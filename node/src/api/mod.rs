@@ -45,6 +45,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/health/readiness", get(health::readiness))
         .route("/health", get(health::deep))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn(extract::stamp_arrival))
         .with_state(node)
 }
 

@@ -6,41 +6,21 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use http::HeaderMap;
 use serde_json::json;
 
 use super::error_response::{ApiError, Format};
-use super::extract::{Auth, JsonBody};
+use super::extract::{Auth, Ctx, JsonBody};
 use super::respond::{json_response, meridian_headers, openai_stream, settlement};
-use crate::auth::Principal;
 use crate::node::Node;
 use crate::pipeline::{self, RequestCtx, cost_of};
 use crate::providers::Outcome;
 use crate::types::{ChatRequest, CompletionRequest, EmbeddingsRequest};
 
-/// Starts a request: its id (the caller's `x-request-id` if it sent a sane one)
-/// and its clock.
-pub fn request_ctx(node: &Node, principal: Principal, headers: &HeaderMap) -> RequestCtx {
-    let received = tokio::time::Instant::now();
-    let request_id = headers
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
-        .map_or_else(|| node.request_id(), str::to_owned);
-    RequestCtx {
-        request_id,
-        principal,
-        received,
-    }
-}
-
 pub async fn chat(
     State(node): State<Arc<Node>>,
-    Auth(principal): Auth,
-    headers: HeaderMap,
+    Ctx(ctx): Ctx,
     JsonBody(req): JsonBody<ChatRequest>,
 ) -> Result<Response, ApiError> {
-    let ctx = request_ctx(&node, principal, &headers);
     let fail = |e| ApiError::new(e, Format::OpenAi).with_request_id(&ctx.request_id);
     if req.messages.is_empty() {
         return Err(fail(crate::error::Error::invalid(
@@ -58,11 +38,9 @@ pub async fn chat(
 
 pub async fn completion(
     State(node): State<Arc<Node>>,
-    Auth(principal): Auth,
-    headers: HeaderMap,
+    Ctx(ctx): Ctx,
     JsonBody(req): JsonBody<CompletionRequest>,
 ) -> Result<Response, ApiError> {
-    let ctx = request_ctx(&node, principal, &headers);
     let wants_usage = req
         .stream_options
         .as_ref()
@@ -106,11 +84,9 @@ fn finish(
 
 pub async fn embeddings(
     State(node): State<Arc<Node>>,
-    Auth(principal): Auth,
-    headers: HeaderMap,
+    Ctx(ctx): Ctx,
     JsonBody(req): JsonBody<EmbeddingsRequest>,
 ) -> Result<Response, ApiError> {
-    let ctx = request_ctx(&node, principal, &headers);
     let model = req.model.clone();
     let called = pipeline::route_and_call(&node, &ctx, &model, |p, cx| p.embeddings(cx, req))
         .await
