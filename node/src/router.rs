@@ -44,18 +44,12 @@ impl ModelRouter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Config, EnvSource};
-
-    struct NoEnv;
-    impl EnvSource for NoEnv {
-        fn var(&self, _: &str) -> Option<String> {
-            None
-        }
-    }
+    use crate::config::Config;
 
     #[test]
     fn picks_only_from_the_group_and_replays_by_seed() {
-        let mut deployments = Config::embedded(&NoEnv).deployments;
+        let mut deployments =
+            Config::embedded(&std::collections::BTreeMap::<String, String>::new()).deployments;
         let mut second = deployments[0].clone();
         second.id = "second".into();
         deployments.push(second);

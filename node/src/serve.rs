@@ -80,19 +80,11 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::EnvSource;
-
-    struct NoEnv;
-    impl EnvSource for NoEnv {
-        fn var(&self, _: &str) -> Option<String> {
-            None
-        }
-    }
 
     #[test]
     fn generated_key_is_kept_and_reused() {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = Config::embedded(&NoEnv);
+        let mut config = Config::embedded(&std::collections::BTreeMap::<String, String>::new());
         config.node.data_dir = dir.path().join("data");
         let rng = SeededRng::from_seed(3);
         let (first, source) = resolve_master_key(&config, &rng).unwrap();

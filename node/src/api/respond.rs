@@ -17,10 +17,11 @@ use http_body_util::StreamBody;
 use super::error_response::{anthropic_body, openai_body};
 use super::messages_translate::ChunksToEvents;
 use crate::config::Deployment;
+use crate::error::Error;
 use crate::node::Node;
 use crate::pipeline::{RequestCtx, Settlement};
 use crate::pricing::Cost;
-use crate::providers::ChunkStream;
+use crate::providers::{Chunk, ChunkStream};
 use crate::sse;
 
 pub const COST_HEADER: &str = "x-meridian-response-cost";
@@ -89,147 +90,150 @@ fn cost_trailer(cost: Cost) -> Frame<Bytes> {
     Frame::trailers(trailers)
 }
 
-enum Phase {
-    Chunks,
-    Done,
+/// How one client-facing stream format writes its events. The relay below
+/// drives it; the encoders only say what bytes each step produces.
+trait Encoder: Send + 'static {
+    /// Frames for one upstream chunk (possibly none).
+    fn chunk(&mut self, chunk: &Chunk) -> Vec<Bytes>;
+    /// Frames for a failure after the stream started; the stream ends after them.
+    fn error(&mut self, e: &Error) -> Vec<Bytes>;
+    /// Frames that close a finished stream.
+    fn end(&mut self, cost: Cost) -> Vec<Bytes>;
 }
 
-/// An OpenAI-format stream: each chunk as `data:`, the usage chunk only if the
-/// client asked for it, then the cost and `[DONE]`.
+/// Relays provider chunks to the client as they arrive, observing usage on the
+/// way and settling exactly once at the end (or, through the settlement's
+/// `Drop`, when the client goes away). The cost trailer is the last frame.
+fn relay(chunks: ChunkStream, settlement: Settlement, encoder: impl Encoder) -> Response {
+    struct State<E> {
+        chunks: ChunkStream,
+        settlement: Settlement,
+        encoder: E,
+        /// Frames to send before reading on, in order.
+        pending: std::collections::VecDeque<Frame<Bytes>>,
+        done: bool,
+    }
+    let state = State {
+        chunks,
+        settlement,
+        encoder,
+        pending: Default::default(),
+        done: false,
+    };
+    let frames = futures_util::stream::unfold(state, |mut s| async move {
+        loop {
+            if let Some(frame) = s.pending.pop_front() {
+                return Some((frame, s));
+            }
+            if s.done {
+                return None;
+            }
+            let (frames, cost) = match s.chunks.next().await {
+                Some(Ok(chunk)) => {
+                    if let Some(usage) = chunk.usage {
+                        s.settlement.observe(usage);
+                    }
+                    (s.encoder.chunk(&chunk), None)
+                }
+                Some(Err(e)) => (s.encoder.error(&e), Some(s.settlement.finish())),
+                None => {
+                    let cost = s.settlement.finish();
+                    (s.encoder.end(cost), Some(cost))
+                }
+            };
+            s.pending.extend(frames.into_iter().map(Frame::data));
+            if let Some(cost) = cost {
+                s.done = true;
+                s.pending.push_back(cost_trailer(cost));
+            }
+        }
+    });
+    sse_response(frames)
+}
+
+/// OpenAI's format: each chunk as `data:`, the usage chunk only if the client
+/// asked for it, then the cost as an SSE comment and `[DONE]`.
+struct OpenAiEncoder {
+    wants_usage: bool,
+    request_id: String,
+}
+
+impl Encoder for OpenAiEncoder {
+    fn chunk(&mut self, chunk: &Chunk) -> Vec<Bytes> {
+        if chunk.usage_only && !self.wants_usage {
+            return Vec::new();
+        }
+        vec![sse::data_frame(&chunk.json)]
+    }
+
+    fn error(&mut self, e: &Error) -> Vec<Bytes> {
+        let (_, body) = openai_body(e, Some(&self.request_id));
+        vec![sse::data_frame(body.to_string().as_bytes())]
+    }
+
+    fn end(&mut self, cost: Cost) -> Vec<Bytes> {
+        vec![
+            Bytes::from(format!(": {COST_HEADER}={cost}\n\n")),
+            Bytes::from_static(sse::DONE_FRAME),
+        ]
+    }
+}
+
+/// Anthropic's format, translated from OpenAI chunks as they arrive.
+struct AnthropicEncoder {
+    events: ChunksToEvents,
+    request_id: String,
+}
+
+fn named_frames(events: Vec<(&'static str, serde_json::Value)>) -> Vec<Bytes> {
+    events
+        .into_iter()
+        .map(|(name, data)| sse::named_frame(name, data.to_string().as_bytes()))
+        .collect()
+}
+
+impl Encoder for AnthropicEncoder {
+    fn chunk(&mut self, chunk: &Chunk) -> Vec<Bytes> {
+        match serde_json::from_slice::<serde_json::Value>(&chunk.json) {
+            Ok(value) => named_frames(self.events.on_chunk(&value)),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    fn error(&mut self, e: &Error) -> Vec<Bytes> {
+        let (_, body) = anthropic_body(e, Some(&self.request_id));
+        vec![sse::named_frame("error", body.to_string().as_bytes())]
+    }
+
+    fn end(&mut self, _cost: Cost) -> Vec<Bytes> {
+        named_frames(self.events.finish())
+    }
+}
+
 pub fn openai_stream(
     chunks: ChunkStream,
     settlement: Settlement,
     wants_usage: bool,
     request_id: String,
 ) -> Response {
-    struct S {
-        chunks: ChunkStream,
-        settlement: Settlement,
-        wants_usage: bool,
-        request_id: String,
-        phase: Phase,
-        tail: Vec<Frame<Bytes>>,
-    }
-    let state = S {
+    relay(
         chunks,
         settlement,
-        wants_usage,
-        request_id,
-        phase: Phase::Chunks,
-        tail: Vec::new(),
-    };
-    let frames = futures_util::stream::unfold(state, |mut s| async move {
-        loop {
-            if let Some(frame) = s.tail.pop() {
-                return Some((frame, s));
-            }
-            if let Phase::Done = s.phase {
-                return None;
-            }
-            match s.chunks.next().await {
-                Some(Ok(chunk)) => {
-                    if let Some(usage) = chunk.usage {
-                        s.settlement.observe(usage);
-                    }
-                    if chunk.usage_only && !s.wants_usage {
-                        continue;
-                    }
-                    return Some((Frame::data(sse::data_frame(&chunk.json)), s));
-                }
-                Some(Err(e)) => {
-                    let cost = s.settlement.finish();
-                    let (_, body) = openai_body(&e, Some(&s.request_id));
-                    s.phase = Phase::Done;
-                    // Popped from the back: error event, then the trailer.
-                    s.tail = vec![
-                        cost_trailer(cost),
-                        Frame::data(sse::data_frame(body.to_string().as_bytes())),
-                    ];
-                }
-                None => {
-                    let cost = s.settlement.finish();
-                    s.phase = Phase::Done;
-                    let comment = Bytes::from(format!(": {COST_HEADER}={cost}\n\n"));
-                    s.tail = vec![
-                        cost_trailer(cost),
-                        Frame::data(Bytes::from_static(sse::DONE_FRAME)),
-                        Frame::data(comment),
-                    ];
-                }
-            }
-        }
-    });
-    sse_response(frames)
+        OpenAiEncoder {
+            wants_usage,
+            request_id,
+        },
+    )
 }
 
-/// An Anthropic-format stream, translated from OpenAI chunks as they arrive.
 pub fn anthropic_stream(
     chunks: ChunkStream,
     settlement: Settlement,
     model: &str,
     request_id: String,
 ) -> Response {
-    struct S {
-        chunks: ChunkStream,
-        settlement: Settlement,
-        events: ChunksToEvents,
-        request_id: String,
-        phase: Phase,
-        tail: Vec<Frame<Bytes>>,
-    }
     let events = ChunksToEvents::new(model, &format!("msg_{request_id}"));
-    let state = S {
-        chunks,
-        settlement,
-        events,
-        request_id,
-        phase: Phase::Chunks,
-        tail: Vec::new(),
-    };
-    let named = |evs: Vec<(&'static str, serde_json::Value)>| -> Vec<Frame<Bytes>> {
-        evs.into_iter()
-            .map(|(name, data)| Frame::data(sse::named_frame(name, data.to_string().as_bytes())))
-            .rev()
-            .collect()
-    };
-    let frames = futures_util::stream::unfold(state, move |mut s| async move {
-        loop {
-            if let Some(frame) = s.tail.pop() {
-                return Some((frame, s));
-            }
-            if let Phase::Done = s.phase {
-                return None;
-            }
-            match s.chunks.next().await {
-                Some(Ok(chunk)) => {
-                    if let Some(usage) = chunk.usage {
-                        s.settlement.observe(usage);
-                    }
-                    let Ok(value) = serde_json::from_slice::<serde_json::Value>(&chunk.json) else {
-                        continue;
-                    };
-                    s.tail = named(s.events.on_chunk(&value));
-                }
-                Some(Err(e)) => {
-                    let cost = s.settlement.finish();
-                    let (_, body) = anthropic_body(&e, Some(&s.request_id));
-                    s.phase = Phase::Done;
-                    s.tail = vec![
-                        cost_trailer(cost),
-                        Frame::data(sse::named_frame("error", body.to_string().as_bytes())),
-                    ];
-                }
-                None => {
-                    let cost = s.settlement.finish();
-                    s.phase = Phase::Done;
-                    let mut tail = named(s.events.finish());
-                    tail.insert(0, cost_trailer(cost));
-                    s.tail = tail;
-                }
-            }
-        }
-    });
-    sse_response(frames)
+    relay(chunks, settlement, AnthropicEncoder { events, request_id })
 }
 
 /// The settlement for a call, shared by the stream bodies.

@@ -88,8 +88,8 @@ pub(super) async fn chat(
     url: String,
     headers: HeaderMap,
 ) -> Result<Outcome> {
-    let stream = req.is_stream();
     req.model = cx.deployment.upstream_model.clone();
+    let stream = req.is_stream();
     if stream {
         // Always ask for usage: the gateway prices every stream exactly, and
         // strips the usage chunk again for clients that did not ask for it.
@@ -97,9 +97,7 @@ pub(super) async fn chat(
             .get_or_insert_with(StreamOptions::default)
             .include_usage = Some(true);
     }
-    let body =
-        serde_json::to_vec(&req).map_err(|e| Error::Internal(format!("encoding request: {e}")))?;
-    send(cx, url, headers, body.into(), stream).await
+    send(cx, url, headers, encode(&req)?, stream).await
 }
 
 pub(super) async fn completion(
@@ -108,16 +106,20 @@ pub(super) async fn completion(
     url: String,
     headers: HeaderMap,
 ) -> Result<Outcome> {
-    let stream = req.stream.unwrap_or(false);
     req.model = cx.deployment.upstream_model.clone();
+    let stream = req.stream.unwrap_or(false);
     if stream {
         req.stream_options
             .get_or_insert_with(StreamOptions::default)
             .include_usage = Some(true);
     }
-    let body =
-        serde_json::to_vec(&req).map_err(|e| Error::Internal(format!("encoding request: {e}")))?;
-    send(cx, url, headers, body.into(), stream).await
+    send(cx, url, headers, encode(&req)?, stream).await
+}
+
+fn encode(body: &impl serde::Serialize) -> Result<Bytes> {
+    serde_json::to_vec(body)
+        .map(Bytes::from)
+        .map_err(|e| Error::Internal(format!("encoding request: {e}")))
 }
 
 pub(super) async fn embeddings(
