@@ -5,8 +5,11 @@
 //! commands (keys, teams, users, customers, budgets, region-scoped models) and Raft
 //! RPC over tonic. It must not know about HTTP or counters.
 //!
-//! Today a node runs as a single-node region whose metadata comes from its config
-//! file; this crate names the region identity that the rest of the node uses.
+//! Layout: [`metadata`] is the pure core (records, commands, deterministic
+//! apply); the Raft storage, state machine and network wrap it.
+
+pub mod metadata;
+pub mod raft;
 
 use std::fmt;
 

@@ -1,0 +1,10 @@
+//! Region metadata: records, the commands that change them, and the applied
+//! state. Pure data and logic; Raft and storage live around it.
+
+pub mod command;
+pub mod records;
+pub mod state;
+
+pub use command::{Command, Kind, Outcome, Proposal, Refusal};
+pub use records::*;
+pub use state::{Change, MetadataState, id_field, token_bytes};

@@ -1,0 +1,289 @@
+//! The Raft state machine: applies committed proposals to the region's
+//! [`MetadataState`] and keeps it durable in [`Cf::State`] — each entry's record
+//! changes and the applied-log marker in one atomic batch, so after a crash the
+//! state and the marker agree and Raft re-applies exactly what is missing.
+//!
+//! Readers (authentication, admin reads) share the state through
+//! [`SharedState`]; an applied change is visible to them immediately.
+
+use std::io;
+use std::sync::{Arc, RwLock};
+
+use futures_util::TryStreamExt;
+use meridian_storage::{Cf, Durability, Store, WriteBatch};
+use openraft::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
+use openraft::storage::{EntryResponder, RaftStateMachine};
+use openraft::{EntryPayload, RaftSnapshotBuilder};
+use serde::{Deserialize, Serialize};
+
+use super::{TypeConfig, io_error};
+use crate::metadata::{Change, Kind, MetadataState, Outcome};
+
+/// The applied metadata, shared between the state machine and its readers.
+pub type SharedState = Arc<RwLock<MetadataState>>;
+
+const APPLIED: &[u8] = b"_applied";
+const MEMBERSHIP: &[u8] = b"_membership";
+const CURRENT_SNAPSHOT: &[u8] = b"current";
+
+/// A snapshot's bytes: every record plus where the log stood.
+#[derive(Serialize, Deserialize)]
+struct SnapshotBody {
+    records: Vec<(Kind, String, String)>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredSnapshot {
+    meta: SnapshotMetaOf<TypeConfig>,
+    data: Vec<u8>,
+}
+
+#[derive(Clone)]
+pub struct StateMachine {
+    store: Arc<dyn Store>,
+    state: SharedState,
+    applied: Arc<RwLock<(Option<LogIdOf<TypeConfig>>, StoredMembershipOf<TypeConfig>)>>,
+}
+
+fn record_key(kind: Kind, id: &str) -> Vec<u8> {
+    let mut k = kind.prefix().as_bytes().to_vec();
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+fn write_lock<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|p| p.into_inner())
+}
+
+fn read_lock<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|p| p.into_inner())
+}
+
+impl StateMachine {
+    /// Opens the state machine on `store`, loading what was applied before.
+    pub fn open(store: Arc<dyn Store>) -> io::Result<Self> {
+        let mut state = MetadataState::default();
+        for kind in Kind::ALL {
+            let prefix = kind.prefix().as_bytes();
+            let mut end = prefix.to_vec();
+            if let Some(last) = end.last_mut() {
+                *last += 1;
+            }
+            for (key, value) in store
+                .range(Cf::State, prefix, Some(&end), usize::MAX)
+                .map_err(io_error)?
+            {
+                let id = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
+                state.load(kind, &id, &value).map_err(io_error)?;
+            }
+        }
+        let read = |key: &[u8]| -> io::Result<Option<Vec<u8>>> {
+            store.get(Cf::State, key).map_err(io_error)
+        };
+        let applied = match read(APPLIED)? {
+            Some(b) => serde_json::from_slice(&b).map_err(io_error)?,
+            None => None,
+        };
+        let membership = match read(MEMBERSHIP)? {
+            Some(b) => serde_json::from_slice(&b).map_err(io_error)?,
+            None => StoredMembershipOf::<TypeConfig>::default(),
+        };
+        Ok(Self {
+            store,
+            state: Arc::new(RwLock::new(state)),
+            applied: Arc::new(RwLock::new((applied, membership))),
+        })
+    }
+
+    pub fn shared_state(&self) -> SharedState {
+        self.state.clone()
+    }
+
+    fn persist(
+        &self,
+        changes: Vec<Change>,
+        applied: &Option<LogIdOf<TypeConfig>>,
+        membership: Option<&StoredMembershipOf<TypeConfig>>,
+    ) -> io::Result<()> {
+        let mut batch = WriteBatch::default();
+        for change in changes {
+            match change {
+                Change::Put { kind, id, json } => batch.put(Cf::State, record_key(kind, &id), json),
+                Change::Delete { kind, id } => batch.delete(Cf::State, record_key(kind, &id)),
+            };
+        }
+        batch.put(
+            Cf::State,
+            APPLIED,
+            serde_json::to_vec(applied).map_err(io_error)?,
+        );
+        if let Some(m) = membership {
+            batch.put(
+                Cf::State,
+                MEMBERSHIP,
+                serde_json::to_vec(m).map_err(io_error)?,
+            );
+        }
+        self.store.write(batch, Durability::Power).map_err(io_error)
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    type SnapshotData = Vec<u8>;
+
+    async fn build_snapshot(&mut self) -> io::Result<SnapshotOf<TypeConfig, Vec<u8>>> {
+        // Hold the state's read lock while reading the applied marker, so the
+        // records and the marker describe the same instant.
+        let (records, (last_log_id, last_membership)) = {
+            let state = read_lock(&self.state);
+            let applied = read_lock(&self.applied).clone();
+            (state.records(), applied)
+        };
+        let body = SnapshotBody {
+            records: records
+                .into_iter()
+                .map(|(k, id, json)| (k, id, String::from_utf8_lossy(&json).into_owned()))
+                .collect(),
+        };
+        let data = serde_json::to_vec(&body).map_err(io_error)?;
+        let meta = SnapshotMetaOf::<TypeConfig> {
+            last_log_id,
+            last_membership,
+        };
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            data: data.clone(),
+        };
+        let mut batch = WriteBatch::default();
+        batch.put(
+            Cf::Snapshot,
+            CURRENT_SNAPSHOT,
+            serde_json::to_vec(&stored).map_err(io_error)?,
+        );
+        self.store
+            .write(batch, Durability::Power)
+            .map_err(io_error)?;
+        Ok(SnapshotOf::<TypeConfig, Vec<u8>> {
+            meta,
+            snapshot: data,
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotData = Vec<u8>;
+    type SnapshotBuilder = StateMachine;
+
+    async fn applied_state(
+        &mut self,
+    ) -> io::Result<(Option<LogIdOf<TypeConfig>>, StoredMembershipOf<TypeConfig>)> {
+        Ok(read_lock(&self.applied).clone())
+    }
+
+    async fn apply<S>(&mut self, mut entries: S) -> io::Result<()>
+    where
+        S: futures_util::Stream<Item = io::Result<EntryResponder<TypeConfig>>> + Unpin + Send,
+    {
+        while let Some((entry, responder)) = entries.try_next().await? {
+            let log_id = Some(entry.log_id);
+            let (outcome, changes, membership) = match &entry.payload {
+                EntryPayload::Blank => (
+                    Outcome::Done {
+                        records: vec![],
+                        missing: vec![],
+                    },
+                    vec![],
+                    None,
+                ),
+                EntryPayload::Normal(proposal) => {
+                    let (outcome, changes) = write_lock(&self.state).apply(proposal);
+                    (outcome, changes, None)
+                }
+                EntryPayload::Membership(m) => (
+                    Outcome::Done {
+                        records: vec![],
+                        missing: vec![],
+                    },
+                    vec![],
+                    Some(StoredMembershipOf::<TypeConfig>::new(log_id, m.clone())),
+                ),
+            };
+            self.persist(changes, &log_id, membership.as_ref())?;
+            {
+                let mut applied = write_lock(&self.applied);
+                applied.0 = log_id;
+                if let Some(m) = membership {
+                    applied.1 = m;
+                }
+            }
+            if let Some(responder) = responder {
+                responder.send(outcome);
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMetaOf<TypeConfig>,
+        snapshot: Vec<u8>,
+    ) -> io::Result<()> {
+        let body: SnapshotBody = serde_json::from_slice(&snapshot).map_err(io_error)?;
+        let mut state = MetadataState::default();
+        let mut batch = WriteBatch::default();
+        // Replace, not merge: everything the snapshot does not name is gone.
+        batch.delete_range(Cf::State, Vec::new(), vec![0xff]);
+        for (kind, id, json) in &body.records {
+            state.load(*kind, id, json.as_bytes()).map_err(io_error)?;
+            batch.put(Cf::State, record_key(*kind, id), json.as_bytes().to_vec());
+        }
+        batch.put(
+            Cf::State,
+            APPLIED,
+            serde_json::to_vec(&meta.last_log_id).map_err(io_error)?,
+        );
+        batch.put(
+            Cf::State,
+            MEMBERSHIP,
+            serde_json::to_vec(&meta.last_membership).map_err(io_error)?,
+        );
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            data: snapshot,
+        };
+        batch.put(
+            Cf::Snapshot,
+            CURRENT_SNAPSHOT,
+            serde_json::to_vec(&stored).map_err(io_error)?,
+        );
+        self.store
+            .write(batch, Durability::Power)
+            .map_err(io_error)?;
+        *write_lock(&self.state) = state;
+        *write_lock(&self.applied) = (meta.last_log_id, meta.last_membership.clone());
+        Ok(())
+    }
+
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> io::Result<Option<SnapshotOf<TypeConfig, Vec<u8>>>> {
+        match self
+            .store
+            .get(Cf::Snapshot, CURRENT_SNAPSHOT)
+            .map_err(io_error)?
+        {
+            None => Ok(None),
+            Some(bytes) => {
+                let stored: StoredSnapshot = serde_json::from_slice(&bytes).map_err(io_error)?;
+                Ok(Some(SnapshotOf::<TypeConfig, Vec<u8>> {
+                    meta: stored.meta,
+                    snapshot: stored.data,
+                }))
+            }
+        }
+    }
+}

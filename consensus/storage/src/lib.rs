@@ -1,0 +1,189 @@
+//! `meridian-storage`: a node's local, ordered key-value storage.
+//!
+//! One database per node, split into column families ([`Cf`]). Everything above
+//! this crate talks to the [`Store`] trait; RocksDB is named only in `rocks.rs`
+//! (feature `rocksdb`), and [`MemStore`] is its in-memory twin, used by unit
+//! tests and by simulations (which must not run RocksDB's threads). This crate
+//! holds no product policy: keys and values are bytes.
+
+mod mem;
+#[cfg(feature = "rocksdb")]
+mod rocks;
+
+pub use mem::MemStore;
+#[cfg(feature = "rocksdb")]
+pub use rocks::RocksStore;
+
+/// Column families. Each owner keeps its own keyspace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Cf {
+    /// Raft log entries, keyed by big-endian index.
+    RaftLog,
+    /// Raft vote, committed and purged markers.
+    RaftMeta,
+    /// The Raft state machine: metadata records and the last-applied marker.
+    State,
+    /// The latest built or installed snapshot.
+    Snapshot,
+    /// Spend and rate counters (own slots durably, remote slots lazily).
+    Counters,
+    /// Per-request rows kept for a retention period.
+    SpendLog,
+}
+
+impl Cf {
+    pub const ALL: [Cf; 6] = [
+        Cf::RaftLog,
+        Cf::RaftMeta,
+        Cf::State,
+        Cf::Snapshot,
+        Cf::Counters,
+        Cf::SpendLog,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Cf::RaftLog => "raft_log",
+            Cf::RaftMeta => "raft_meta",
+            Cf::State => "state",
+            Cf::Snapshot => "snapshot",
+            Cf::Counters => "counters",
+            Cf::SpendLog => "spend_log",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("storage engine: {0}")]
+    Engine(String),
+    #[error("opening storage at {path}: {reason}")]
+    Open { path: String, reason: String },
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// One change in a [`WriteBatch`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    Put(Cf, Vec<u8>, Vec<u8>),
+    Delete(Cf, Vec<u8>),
+    /// Deletes keys in `[from, to)`.
+    DeleteRange(Cf, Vec<u8>, Vec<u8>),
+}
+
+/// Changes applied atomically: all or none survive a crash.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WriteBatch {
+    pub ops: Vec<Op>,
+}
+
+impl WriteBatch {
+    pub fn put(&mut self, cf: Cf, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> &mut Self {
+        self.ops.push(Op::Put(cf, key.into(), value.into()));
+        self
+    }
+
+    pub fn delete(&mut self, cf: Cf, key: impl Into<Vec<u8>>) -> &mut Self {
+        self.ops.push(Op::Delete(cf, key.into()));
+        self
+    }
+
+    pub fn delete_range(
+        &mut self,
+        cf: Cf,
+        from: impl Into<Vec<u8>>,
+        to: impl Into<Vec<u8>>,
+    ) -> &mut Self {
+        self.ops.push(Op::DeleteRange(cf, from.into(), to.into()));
+        self
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+}
+
+/// How durable a write must be before it returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// In the write-ahead log: survives the process being killed (SIGKILL),
+    /// not necessarily a power loss.
+    Process,
+    /// fsync'ed: survives a power loss.
+    Power,
+}
+
+/// An ordered key-value store with atomic batches.
+pub trait Store: Send + Sync + 'static {
+    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>>;
+
+    fn write(&self, batch: WriteBatch, durability: Durability) -> Result<()>;
+
+    /// Entries with `from <= key < to` (`to = None`: to the end), in key order,
+    /// at most `limit` of them.
+    fn range(
+        &self,
+        cf: Cf,
+        from: &[u8],
+        to: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
+
+    /// The entry with the greatest key in `[from, to)`.
+    fn last(&self, cf: Cf, from: &[u8], to: Option<&[u8]>) -> Result<Option<(Vec<u8>, Vec<u8>)>>;
+}
+
+#[cfg(test)]
+pub(crate) mod conformance {
+    //! Checks both engines must pass, so the twin stays a twin.
+
+    use super::*;
+
+    pub fn run(store: &dyn Store) {
+        let mut b = WriteBatch::default();
+        b.put(Cf::RaftLog, [0, 1], b"a".to_vec())
+            .put(Cf::RaftLog, [0, 2], b"b".to_vec())
+            .put(Cf::RaftLog, [0, 3], b"c".to_vec())
+            .put(Cf::State, [0, 2], b"other-cf".to_vec());
+        store.write(b, Durability::Process).unwrap();
+        assert_eq!(
+            store.get(Cf::RaftLog, &[0, 2]).unwrap(),
+            Some(b"b".to_vec())
+        );
+        assert_eq!(store.get(Cf::Snapshot, &[0, 2]).unwrap(), None);
+        let all = store.range(Cf::RaftLog, &[], None, usize::MAX).unwrap();
+        assert_eq!(
+            all.iter().map(|(k, _)| k[1]).collect::<Vec<_>>(),
+            vec![1, 2, 3]
+        );
+        let some = store
+            .range(Cf::RaftLog, &[0, 2], Some(&[0, 3]), 10)
+            .unwrap();
+        assert_eq!(some, vec![(vec![0, 2], b"b".to_vec())]);
+        assert_eq!(store.range(Cf::RaftLog, &[], None, 2).unwrap().len(), 2);
+        assert_eq!(
+            store.last(Cf::RaftLog, &[], None).unwrap().unwrap().0,
+            vec![0, 3]
+        );
+        assert_eq!(
+            store
+                .last(Cf::RaftLog, &[0, 0], Some(&[0, 3]))
+                .unwrap()
+                .unwrap()
+                .0,
+            vec![0, 2]
+        );
+        assert_eq!(store.last(Cf::RaftLog, &[0, 4], None).unwrap(), None);
+
+        let mut b = WriteBatch::default();
+        b.delete_range(Cf::RaftLog, [0, 1], [0, 3])
+            .delete(Cf::State, [0, 2]);
+        store.write(b, Durability::Power).unwrap();
+        assert_eq!(
+            store.range(Cf::RaftLog, &[], None, usize::MAX).unwrap(),
+            vec![(vec![0, 3], b"c".to_vec())]
+        );
+        assert_eq!(store.get(Cf::State, &[0, 2]).unwrap(), None);
+    }
+}
