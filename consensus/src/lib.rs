@@ -10,6 +10,31 @@
 
 pub mod metadata;
 pub mod raft;
+pub mod region;
+pub mod transport;
+
+pub use region::{Region, RegionConfig, RegionStatus};
+
+/// The crate's one error type.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("storage: {0}")]
+    Storage(String),
+    #[error("invalid Raft configuration: {0}")]
+    Config(String),
+    #[error("no leader elected within {0:?}")]
+    NoLeader(std::time::Duration),
+    #[error("the write's outcome is unknown (leadership changed while it was in flight); check and retry")]
+    Uncertain,
+    #[error("this node is not the leader")]
+    NotLeader { leader: Option<String> },
+    #[error("membership change failed: {0}")]
+    Membership(String),
+    #[error("peer unreachable: {0}")]
+    Unreachable(String),
+    #[error("Raft stopped: {0}")]
+    Fatal(String),
+}
 
 use std::fmt;
 

@@ -1,0 +1,293 @@
+//! A region's Raft group as the rest of the node sees it: propose a command
+//! (forwarded to the leader when this node is not it), read the applied state,
+//! make a read linearizable, change membership, report status, and serve the
+//! peers' RPCs.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use meridian_storage::Store;
+use openraft::async_runtime::WatchReceiver;
+use openraft::errors::{ClientWriteError, InitializeError, RaftError};
+use openraft::raft::linearizable_read::ReadLogId;
+use openraft::{ChangeMembers, Raft, ReadPolicy, ServerState};
+use serde::{Deserialize, Serialize};
+
+use crate::Error;
+use crate::metadata::{Command, MetadataState, Outcome, Proposal};
+use crate::raft::state_machine::SharedState;
+use crate::raft::{LogStore, Member, Runtime, StateMachine, TypeConfig};
+use crate::transport::{Network, RpcKind, SnapshotMessage, Transport, call};
+
+/// How long a proposal may wait for a leader (an election takes ~1 s).
+const PROPOSE_DEADLINE: Duration = Duration::from_secs(10);
+const RPC_DEADLINE: Duration = Duration::from_secs(5);
+
+#[derive(Clone, Debug)]
+pub struct RegionConfig {
+    pub node_id: u64,
+    /// The voters a fresh region starts with (from config). The one with the
+    /// lowest id bootstraps the region, once; the others wait to hear from it.
+    pub initial_members: BTreeMap<u64, Member>,
+    /// Seeds the election-timeout RNG (simulations replay it).
+    pub seed: u64,
+    pub heartbeat: Duration,
+    pub election_timeout: (Duration, Duration),
+    /// Entries since the last snapshot before a new one is built.
+    pub snapshot_every: u64,
+}
+
+impl RegionConfig {
+    pub fn single(node_id: u64, member: Member) -> Self {
+        Self {
+            node_id,
+            initial_members: BTreeMap::from([(node_id, member)]),
+            seed: node_id,
+            heartbeat: Duration::from_millis(100),
+            election_timeout: (Duration::from_millis(400), Duration::from_millis(800)),
+            snapshot_every: 5000,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Region {
+    raft: Raft<TypeConfig, StateMachine>,
+    state: SharedState,
+    transport: Arc<dyn Transport>,
+    node_id: u64,
+}
+
+/// One member's place in the region, for `/cluster/status`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MemberStatus {
+    pub node_id: u64,
+    pub raft_addr: String,
+    pub api_url: String,
+    pub voter: bool,
+    /// Entries the member is behind the leader (leader's view; `None` elsewhere).
+    pub lag: Option<u64>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RegionStatus {
+    pub node_id: u64,
+    pub state: String,
+    pub leader: Option<u64>,
+    pub term: u64,
+    pub last_log_index: Option<u64>,
+    pub applied_index: Option<u64>,
+    pub members: Vec<MemberStatus>,
+}
+
+fn fatal(e: impl std::fmt::Display) -> Error {
+    Error::Fatal(e.to_string())
+}
+
+impl Region {
+    pub async fn start(config: RegionConfig, store: Arc<dyn Store>, transport: Arc<dyn Transport>) -> Result<Self, Error> {
+        let sm = StateMachine::open(store.clone()).map_err(|e| Error::Storage(e.to_string()))?;
+        let state = sm.shared_state();
+        let raft_config = openraft::Config {
+            heartbeat_interval: config.heartbeat.as_millis() as u64,
+            election_timeout_min: config.election_timeout.0.as_millis() as u64,
+            election_timeout_max: config.election_timeout.1.as_millis() as u64,
+            install_snapshot_timeout: 30_000,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_every),
+            max_in_snapshot_log_to_keep: 100,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| Error::Config(e.to_string()))?;
+        let network = Network { transport: transport.clone() };
+        let raft = Runtime::scope(
+            config.seed,
+            Raft::new(config.node_id, Arc::new(raft_config), network, LogStore::new(store), sm),
+        )
+        .await
+        .map_err(fatal)?;
+        let region = Self { raft, state, transport, node_id: config.node_id };
+        let first = config.initial_members.keys().next().copied();
+        if first == Some(config.node_id) && !region.raft.is_initialized().await.map_err(fatal)? {
+            match region.raft.initialize(config.initial_members.clone()).await {
+                Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
+                Err(e) => return Err(Error::Config(format!("bootstrapping the region: {e}"))),
+            }
+        }
+        Ok(region)
+    }
+
+    pub fn node_id(&self) -> u64 {
+        self.node_id
+    }
+
+    /// The applied metadata. Reads are local: they may trail the leader by the
+    /// replication delay (use [`Region::linearizable`] first when that matters).
+    pub fn read<T>(&self, f: impl FnOnce(&MetadataState) -> T) -> T {
+        f(&self.state.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Proposes a command and waits until it is applied on the leader; the
+    /// outcome is the state machine's answer.
+    pub async fn propose(&self, command: Command, at_ms: u64) -> Result<Outcome, Error> {
+        let proposal = Proposal { at_ms, command };
+        let deadline = tokio::time::Instant::now() + PROPOSE_DEADLINE;
+        loop {
+            let leader = match self.raft.client_write(proposal.clone()).await {
+                Ok(written) => return Ok(written.data),
+                Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_))) => {
+                    // Appended, then overwritten by a new leader: it may or may
+                    // not have been committed. Retrying could apply it twice.
+                    return Err(Error::Uncertain);
+                }
+                Err(e) => match e.forward_to_leader() {
+                    Some(forward) => forward.leader_node.clone(),
+                    None => return Err(fatal(e)),
+                },
+            };
+            if let Some(leader) = leader {
+                match call::<_, Outcome>(self.transport.as_ref(), &leader, RpcKind::Forward, &proposal, RPC_DEADLINE).await {
+                    Ok(outcome) => return Ok(outcome),
+                    Err(e) => tracing::debug!(error = %e, "forwarding to the leader failed; retrying"),
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::NoLeader(PROPOSE_DEADLINE));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until this node has applied everything committed when the call
+    /// began (a read-index read, on any node).
+    pub async fn linearizable(&self) -> Result<(), Error> {
+        let index = match self.raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
+            Ok(_) => return Ok(()),
+            Err(e) => match e.forward_to_leader().and_then(|f| f.leader_node.clone()) {
+                Some(leader) => {
+                    call::<_, u64>(self.transport.as_ref(), &leader, RpcKind::ReadIndex, &(), RPC_DEADLINE)
+                        .await
+                        .map_err(|e| Error::Unreachable(e.to_string()))?
+                }
+                None => return Err(Error::NoLeader(Duration::ZERO)),
+            },
+        };
+        self.raft
+            .wait(Some(RPC_DEADLINE))
+            .applied_index_at_least(Some(index), "read index")
+            .await
+            .map(drop)
+            .map_err(|e| Error::Unreachable(e.to_string()))
+    }
+
+    /// Adds a node: as a learner (it catches up), then as a voter.
+    pub async fn add_node(&self, node_id: u64, member: Member) -> Result<(), Error> {
+        self.raft.add_learner(node_id, member, true).await.map_err(|e| self.membership_error(e))?;
+        self.raft
+            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([node_id])), false)
+            .await
+            .map_err(|e| self.membership_error(e))?;
+        Ok(())
+    }
+
+    pub async fn remove_node(&self, node_id: u64) -> Result<(), Error> {
+        self.raft
+            .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([node_id])), false)
+            .await
+            .map_err(|e| self.membership_error(e))?;
+        self.raft
+            .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([node_id])), false)
+            .await
+            .map_err(|e| self.membership_error(e))?;
+        Ok(())
+    }
+
+    fn membership_error(&self, e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> Error {
+        match e.forward_to_leader() {
+            Some(f) => Error::NotLeader { leader: f.leader_node.clone().map(|m| m.api_url) },
+            None => Error::Membership(e.to_string()),
+        }
+    }
+
+    pub fn status(&self) -> RegionStatus {
+        let m = self.raft.metrics().borrow_watched().clone();
+        let last = m.last_log_index;
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        let members = membership
+            .nodes()
+            .map(|(id, member)| MemberStatus {
+                node_id: *id,
+                raft_addr: member.raft_addr.clone(),
+                api_url: member.api_url.clone(),
+                voter: voters.contains(id),
+                lag: m.replication.as_ref().and_then(|r| r.get(id)).map(|matched| {
+                    // Entries held, as a count (indexes start at 0).
+                    let have = matched.as_ref().map_or(0, |l| l.index + 1);
+                    last.map_or(0, |l| l + 1).saturating_sub(have)
+                }),
+            })
+            .collect();
+        RegionStatus {
+            node_id: self.node_id,
+            state: match m.state {
+                ServerState::Leader => "leader",
+                ServerState::Follower => "follower",
+                ServerState::Candidate => "candidate",
+                ServerState::Learner => "learner",
+                ServerState::Shutdown => "shutdown",
+            }
+            .to_owned(),
+            leader: m.current_leader,
+            term: m.current_term,
+            last_log_index: last,
+            applied_index: m.last_applied.map(|l| l.index),
+            members,
+        }
+    }
+
+    /// Serves one peer RPC; the reply is JSON of `Result<_, String>`.
+    pub async fn handle(&self, kind: RpcKind, payload: &[u8]) -> Vec<u8> {
+        fn reply<T: Serialize>(r: Result<T, String>) -> Vec<u8> {
+            serde_json::to_vec(&r).unwrap_or_else(|e| format!("{{\"Err\":\"encoding reply: {e}\"}}").into_bytes())
+        }
+        fn parse<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<T, String> {
+            serde_json::from_slice(payload).map_err(|e| format!("bad request: {e}"))
+        }
+        match kind {
+            RpcKind::AppendEntries => reply(match parse(payload) {
+                Ok(rpc) => self.raft.append_entries(rpc).await.map_err(|e| e.to_string()),
+                Err(e) => Err(e),
+            }),
+            RpcKind::Vote => reply(match parse(payload) {
+                Ok(rpc) => self.raft.vote(rpc).await.map_err(|e| e.to_string()),
+                Err(e) => Err(e),
+            }),
+            RpcKind::Snapshot => reply(match parse::<SnapshotMessage>(payload) {
+                Ok(m) => {
+                    let snapshot = openraft::alias::SnapshotOf::<TypeConfig, Vec<u8>> { meta: m.meta, snapshot: m.data };
+                    self.raft.install_full_snapshot(m.vote, snapshot).await.map_err(|e| e.to_string())
+                }
+                Err(e) => Err(e),
+            }),
+            RpcKind::Forward => reply(match parse::<Proposal>(payload) {
+                // Only the leader writes; a stale forward is refused, and the
+                // sender retries with the leader it learns next.
+                Ok(p) => self.raft.client_write(p).await.map(|w| w.data).map_err(|e| e.to_string()),
+                Err(e) => Err(e),
+            }),
+            RpcKind::ReadIndex => reply(
+                self.raft
+                    .ensure_linearizable(ReadPolicy::ReadIndex)
+                    .await
+                    .map(|read: ReadLogId<TypeConfig>| read.index())
+                    .map_err(|e| e.to_string()),
+            ),
+        }
+    }
+
+    pub async fn shutdown(&self) {
+        let _ = self.raft.shutdown().await;
+    }
+}

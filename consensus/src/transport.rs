@@ -1,0 +1,151 @@
+//! How a region's nodes talk: the [`Transport`] seam (tonic in production, the
+//! simulated network under turmoil) and openraft's network traits on top of it.
+//! Every call carries a deadline: a simulated or partitioned link may swallow
+//! a reply without closing the connection.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use openraft::alias::{SnapshotMetaOf, SnapshotOf, VoteOf};
+use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::raft::{Member, TypeConfig};
+
+/// The calls between nodes of a region.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RpcKind {
+    AppendEntries,
+    Vote,
+    /// A whole snapshot in one message.
+    Snapshot,
+    /// A proposal sent to the leader by a follower.
+    Forward,
+    /// Ask the leader for a read index (linearizable reads on followers).
+    ReadIndex,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TransportError {
+    #[error("unreachable: {0}")]
+    Unreachable(String),
+    #[error("no reply within {0:?}")]
+    Timeout(Duration),
+    /// The peer answered with an error.
+    #[error("peer failed: {0}")]
+    Remote(String),
+}
+
+/// Sends one request to a member and returns its reply; the payload is JSON.
+pub trait Transport: Send + Sync + 'static {
+    fn call(
+        &self,
+        target: &Member,
+        kind: RpcKind,
+        payload: Vec<u8>,
+        deadline: Duration,
+    ) -> BoxFuture<'static, Result<Vec<u8>, TransportError>>;
+}
+
+/// Calls `kind` on `target` with a typed request and reply.
+pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
+    transport: &dyn Transport,
+    target: &Member,
+    kind: RpcKind,
+    request: &Req,
+    deadline: Duration,
+) -> Result<Resp, TransportError> {
+    let payload = serde_json::to_vec(request).map_err(|e| TransportError::Remote(format!("encoding: {e}")))?;
+    let call = transport.call(target, kind, payload, deadline);
+    let bytes = match tokio::time::timeout(deadline, call).await {
+        Ok(result) => result?,
+        Err(_) => return Err(TransportError::Timeout(deadline)),
+    };
+    let reply: Result<Resp, String> =
+        serde_json::from_slice(&bytes).map_err(|e| TransportError::Remote(format!("decoding reply: {e}")))?;
+    reply.map_err(TransportError::Remote)
+}
+
+/// A snapshot on the wire.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct SnapshotMessage {
+    pub vote: VoteOf<TypeConfig>,
+    pub meta: SnapshotMetaOf<TypeConfig>,
+    pub data: Vec<u8>,
+}
+
+/// openraft's view of the network: one [`Peer`] per target.
+#[derive(Clone)]
+pub struct Network {
+    pub transport: Arc<dyn Transport>,
+}
+
+pub struct Peer {
+    transport: Arc<dyn Transport>,
+    target: Member,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = Peer;
+
+    async fn new_client(&mut self, _target: u64, node: &Member) -> Peer {
+        Peer { transport: self.transport.clone(), target: node.clone() }
+    }
+}
+
+fn rpc_error(e: TransportError) -> RPCError<TypeConfig> {
+    match e {
+        TransportError::Remote(msg) => RPCError::Network(NetworkError::from_string(msg)),
+        other => RPCError::Unreachable(Unreachable::from_string(other.to_string())),
+    }
+}
+
+impl RaftNetworkV2<TypeConfig> for Peer {
+    type SnapshotData = Vec<u8>;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        call(self.transport.as_ref(), &self.target, RpcKind::AppendEntries, &rpc, option.soft_ttl())
+            .await
+            .map_err(rpc_error)
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        call(self.transport.as_ref(), &self.target, RpcKind::Vote, &rpc, option.soft_ttl())
+            .await
+            .map_err(rpc_error)
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: VoteOf<TypeConfig>,
+        snapshot: SnapshotOf<TypeConfig, Vec<u8>>,
+        cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let message = SnapshotMessage { vote, meta: snapshot.meta, data: snapshot.snapshot };
+        // openraft does not bound a snapshot transfer itself.
+        let deadline = option.hard_ttl().max(SNAPSHOT_DEADLINE_FLOOR);
+        let send = call(self.transport.as_ref(), &self.target, RpcKind::Snapshot, &message, deadline);
+        tokio::select! {
+            closed = cancel => Err(StreamingError::Closed(closed)),
+            reply = send => reply.map_err(|e| StreamingError::from(rpc_error(e))),
+        }
+    }
+}
+
+/// A snapshot of a large region takes longer than a heartbeat to ship.
+const SNAPSHOT_DEADLINE_FLOOR: Duration = Duration::from_secs(30);
