@@ -149,3 +149,13 @@ impl RaftNetworkV2<TypeConfig> for Peer {
 
 /// A snapshot of a large region takes longer than a heartbeat to ship.
 const SNAPSHOT_DEADLINE_FLOOR: Duration = Duration::from_secs(30);
+
+/// The transport of a region of one: there is nobody to call.
+pub struct NoPeers;
+
+impl Transport for NoPeers {
+    fn call(&self, target: &Member, _: RpcKind, _: Vec<u8>, _: Duration) -> BoxFuture<'static, Result<Vec<u8>, TransportError>> {
+        let addr = target.raft_addr.clone();
+        Box::pin(async move { Err(TransportError::Unreachable(format!("{addr}: this node has no peers"))) })
+    }
+}

@@ -1,24 +1,157 @@
-//! Authentication: who is calling. Keys are compared by SHA-256, never in clear.
-//! Today the only credential is the master key; virtual keys join from the
-//! region's replicated metadata (an in-memory index, no I/O per request).
+//! Authentication: who is calling, from the in-memory applied metadata — no I/O
+//! per request. Keys are compared by SHA-256, never in clear. A key that is
+//! blocked, deleted or expired is refused on this node as soon as that change
+//! is applied here.
+
+use std::sync::Arc;
 
 use http::HeaderMap;
+use meridian_consensus::Region;
+use meridian_consensus::metadata::{
+    KeyRecord, KeyType, MetadataState, TeamRecord, TeamRole, UserRole,
+};
 
 use crate::error::{Error, Result};
 use crate::secret::Secret;
 
 /// The authenticated caller.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Principal {
     /// Holder of the master key: may use every model and every endpoint.
     Master,
+    /// A virtual key, with what it inherits at the time of the request.
+    Key(Arc<Caller>),
+}
+
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub key: Arc<KeyRecord>,
+    pub team: Option<Arc<TeamRecord>>,
+    /// The role of the key's user (`None`: the key has no user, or the user
+    /// record is gone).
+    pub role: Option<UserRole>,
 }
 
 impl Principal {
-    pub fn may_use_model(&self, _group: &str) -> bool {
+    /// Proxy admins (and the master key) may do everything.
+    pub fn is_admin(&self) -> bool {
         match self {
             Principal::Master => true,
+            Principal::Key(c) => c.role == Some(UserRole::ProxyAdmin),
         }
+    }
+
+    /// Admins and admin viewers may read everything.
+    pub fn may_read_all(&self) -> bool {
+        self.is_admin()
+            || matches!(self, Principal::Key(c) if c.role == Some(UserRole::ProxyAdminViewer))
+    }
+
+    pub fn caller(&self) -> Option<&Caller> {
+        match self {
+            Principal::Master => None,
+            Principal::Key(c) => Some(c),
+        }
+    }
+
+    /// The caller's own user id, if its key belongs to a user.
+    pub fn user_id(&self) -> Option<&str> {
+        self.caller().and_then(|c| c.key.user_id.as_deref())
+    }
+
+    /// Whether the caller administers team `team_id`.
+    pub fn is_team_admin(&self, team_id: &str) -> bool {
+        match self.caller() {
+            None => true,
+            Some(c) => c.key.user_id.as_ref().is_some_and(|u| {
+                c.team.as_ref().is_some_and(|t| {
+                    t.team_id == team_id && t.members.get(u) == Some(&TeamRole::Admin)
+                })
+            }),
+        }
+    }
+
+    /// Whether the caller may call model group `group`: the key's own list
+    /// (empty = any), within its team's list (empty = any).
+    pub fn may_use_model(&self, group: &str) -> bool {
+        match self {
+            Principal::Master => true,
+            Principal::Key(c) => {
+                allows(&c.key.models, group)
+                    && c.team.as_ref().is_none_or(|t| allows(&t.models, group))
+            }
+        }
+    }
+
+    /// The models the caller may use, said for a 403 message.
+    pub fn allowed_models(&self) -> Vec<String> {
+        match self {
+            Principal::Master => Vec::new(),
+            Principal::Key(c) if !c.key.models.is_empty() => c.key.models.clone(),
+            Principal::Key(c) => c
+                .team
+                .as_ref()
+                .map(|t| t.models.clone())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Whether the key's `allowed_routes` / `key_type` admit `path`.
+    pub fn may_call_route(&self, path: &str) -> bool {
+        let Principal::Key(c) = self else { return true };
+        let mut routes: Vec<&str> = c.key.allowed_routes.iter().map(String::as_str).collect();
+        match c.key.key_type {
+            Some(KeyType::LlmApi) => routes.push("llm_api_routes"),
+            Some(KeyType::Management) => routes.push("management_routes"),
+            Some(KeyType::ReadOnly) => routes.push("info_routes"),
+            Some(KeyType::Default) | None => {}
+        }
+        routes.is_empty() || routes.iter().any(|r| route_matches(r, path))
+    }
+}
+
+fn allows(list: &[String], group: &str) -> bool {
+    list.is_empty()
+        || list
+            .iter()
+            .any(|m| m == group || m == "*" || m == "all-proxy-models")
+}
+
+/// A route pattern: a LiteLLM route group, an exact path, or a `prefix*`.
+fn route_matches(pattern: &str, path: &str) -> bool {
+    let path = path
+        .strip_prefix("/v1")
+        .filter(|p| p.starts_with('/'))
+        .unwrap_or(path);
+    match pattern {
+        "llm_api_routes" => [
+            "/chat/completions",
+            "/completions",
+            "/embeddings",
+            "/messages",
+            "/models",
+        ]
+        .contains(&path),
+        "info_routes" => path.ends_with("/info") || path.ends_with("/list") || path == "/models",
+        "management_routes" => [
+            "/key/",
+            "/team/",
+            "/user/",
+            "/customer/",
+            "/budget/",
+            "/model/",
+        ]
+        .iter()
+        .any(|p| path.starts_with(p)),
+        p => match p.strip_suffix('*') {
+            Some(prefix) => path.starts_with(prefix.strip_prefix("/v1").unwrap_or(prefix)),
+            None => {
+                path == p
+                    .strip_prefix("/v1")
+                    .filter(|x| x.starts_with('/'))
+                    .unwrap_or(p)
+            }
+        },
     }
 }
 
@@ -33,14 +166,50 @@ impl Authenticator {
         }
     }
 
-    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Principal> {
+    /// Resolves the caller. `now` is this node's wall clock, for expiry.
+    pub fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        region: &Region,
+        now: u64,
+    ) -> Result<Principal> {
         let key = presented_key(headers).ok_or(Error::MissingKey)?;
-        if Secret::new(key).sha256() == self.master_hash {
-            Ok(Principal::Master)
-        } else {
-            Err(Error::InvalidKey)
+        let hash = Secret::new(key).sha256();
+        if hash == self.master_hash {
+            return Ok(Principal::Master);
         }
+        region.read(|state| resolve(state, &hash, now))
     }
+}
+
+fn resolve(state: &MetadataState, hash: &[u8; 32], now: u64) -> Result<Principal> {
+    let key = state.key_by_hash(hash).ok_or(Error::InvalidKey)?.clone();
+    if key.blocked {
+        return Err(Error::KeyRefused("this key is blocked".into()));
+    }
+    if key.expires.is_some_and(|t| t <= now) {
+        return Err(Error::KeyRefused("this key has expired".into()));
+    }
+    let team = match &key.team_id {
+        None => None,
+        Some(id) => {
+            let team = state.team(id).ok_or_else(|| {
+                Error::KeyRefused(format!("this key's team `{id}` no longer exists"))
+            })?;
+            if team.blocked {
+                return Err(Error::KeyRefused(format!(
+                    "this key's team `{id}` is blocked"
+                )));
+            }
+            Some(team.clone())
+        }
+    };
+    let role = key
+        .user_id
+        .as_ref()
+        .and_then(|u| state.user(u))
+        .map(|u| u.user_role);
+    Ok(Principal::Key(Arc::new(Caller { key, team, role })))
 }
 
 /// The key as OpenAI clients (`Authorization: Bearer`), Anthropic clients
@@ -78,33 +247,29 @@ mod tests {
     }
 
     #[test]
-    fn accepts_every_header_form_and_rejects_others() {
-        let auth = Authenticator::new(&Secret::new("sk-master"));
+    fn presented_key_forms() {
         assert_eq!(
-            auth.authenticate(&headers("authorization", "Bearer sk-master"))
-                .unwrap(),
-            Principal::Master
+            presented_key(&headers("authorization", "Bearer sk-1")),
+            Some("sk-1")
         );
         assert_eq!(
-            auth.authenticate(&headers("x-api-key", "sk-master"))
-                .unwrap(),
-            Principal::Master
+            presented_key(&headers("authorization", "bearer  sk-1 ")),
+            Some("sk-1")
         );
-        assert_eq!(
-            auth.authenticate(&headers("api-key", "sk-master")).unwrap(),
-            Principal::Master
-        );
-        assert!(matches!(
-            auth.authenticate(&headers("authorization", "Bearer nope")),
-            Err(Error::InvalidKey)
-        ));
-        assert!(matches!(
-            auth.authenticate(&headers("authorization", "Bearer ")),
-            Err(Error::MissingKey)
-        ));
-        assert!(matches!(
-            auth.authenticate(&HeaderMap::new()),
-            Err(Error::MissingKey)
-        ));
+        assert_eq!(presented_key(&headers("x-api-key", "sk-2")), Some("sk-2"));
+        assert_eq!(presented_key(&headers("api-key", "sk-3")), Some("sk-3"));
+        assert_eq!(presented_key(&headers("authorization", "Bearer ")), None);
+        assert_eq!(presented_key(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn routes() {
+        assert!(route_matches("llm_api_routes", "/v1/chat/completions"));
+        assert!(!route_matches("llm_api_routes", "/key/generate"));
+        assert!(route_matches("management_routes", "/key/generate"));
+        assert!(route_matches("info_routes", "/key/info"));
+        assert!(route_matches("/key/*", "/key/list"));
+        assert!(route_matches("/chat/completions", "/v1/chat/completions"));
+        assert!(!route_matches("/chat/completions", "/v1/embeddings"));
     }
 }

@@ -48,6 +48,28 @@ pub enum Error {
     #[error("Authentication Error, invalid api key.")]
     InvalidKey,
 
+    /// A known key that may not be used now (blocked, expired, team blocked).
+    #[error("Authentication Error: {0}.")]
+    KeyRefused(String),
+
+    /// Authenticated, but not allowed; the message says what was missing.
+    #[error("{0}")]
+    Forbidden(String),
+
+    #[error("key not allowed to access model `{model}`; this key can use: {allowed}")]
+    ModelNotAllowed { model: String, allowed: String },
+
+    #[error("{0}")]
+    NotFound(String),
+
+    /// The change conflicts with the current state (it already exists, ...).
+    #[error("{0}")]
+    Conflict(String),
+
+    /// The region's replicated metadata could not be read or written.
+    #[error("{0}")]
+    Consensus(#[from] meridian_consensus::Error),
+
     #[error("Request body is larger than the limit of {limit_bytes} bytes.")]
     PayloadTooLarge { limit_bytes: usize },
 
@@ -125,13 +147,20 @@ impl Error {
             | Error::Unsupported { .. }
             | Error::MissingKey
             | Error::InvalidKey
+            | Error::KeyRefused(_)
+            | Error::Forbidden(_)
+            | Error::ModelNotAllowed { .. }
+            | Error::NotFound(_)
+            | Error::Conflict(_)
             | Error::PayloadTooLarge { .. }
             | Error::Disabled { .. } => Side::Client,
             Error::UpstreamStatus { .. }
             | Error::UpstreamTimeout { .. }
             | Error::UpstreamUnreachable { .. }
             | Error::UpstreamProtocol { .. } => Side::Upstream,
-            Error::Config { .. } | Error::Io { .. } | Error::Internal(_) => Side::Gateway,
+            Error::Config { .. } | Error::Io { .. } | Error::Internal(_) | Error::Consensus(_) => {
+                Side::Gateway
+            }
         }
     }
 

@@ -165,7 +165,7 @@ fn run_serve(
             .map(|d| d.model_group.clone())
             .collect(),
     };
-    let node = Node::new(config, &master_key, seams);
+    let data_dir = config.node.data_dir.clone();
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -175,12 +175,19 @@ fn run_serve(
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("listening on {listen}"))?;
+        let bound = listener.local_addr().unwrap_or(listen);
+        let store = meridian_node::cluster::open_store(&data_dir)?;
+        let region =
+            meridian_node::cluster::single_node_region(store, format!("http://{bound}")).await?;
+        let node = Node::new(config, &master_key, seams, region);
+        let metadata = node.metadata.clone();
         let banner = Banner {
-            listen: listener.local_addr().unwrap_or(listen),
+            listen: bound,
             ..banner
         };
         banner.print(&master_key, key_source);
         serve(listener, node, shutdown_signal()).await?;
+        metadata.shutdown().await;
         tracing::info!("stopped");
         Ok(ExitCode::SUCCESS)
     })

@@ -5,6 +5,8 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use meridian_consensus::Region;
+
 use crate::auth::Authenticator;
 use crate::clock::{Clock, SeededRng, SystemClock};
 use crate::config::{Config, Disabled};
@@ -34,6 +36,8 @@ impl Seams {
 
 pub struct Node {
     pub node_id: String,
+    /// The region's replicated metadata (keys, teams, users, ...).
+    pub metadata: Region,
     pub region: String,
     pub data_dir: PathBuf,
     pub router: ModelRouter,
@@ -48,9 +52,10 @@ pub struct Node {
 
 impl Node {
     /// `master_key` is the resolved key (config, environment or generated).
-    pub fn new(config: Config, master_key: &Secret, seams: Seams) -> Arc<Self> {
+    pub fn new(config: Config, master_key: &Secret, seams: Seams, region: Region) -> Arc<Self> {
         Arc::new(Self {
             node_id: config.node.node_id,
+            metadata: region,
             region: config.node.region,
             data_dir: config.node.data_dir,
             router: ModelRouter::new(config.deployments),
@@ -62,6 +67,11 @@ impl Node {
             clock: seams.clock,
             rng: seams.rng,
         })
+    }
+
+    /// Unix milliseconds on this node's clock (stamped on metadata changes).
+    pub fn now_ms(&self) -> u64 {
+        self.clock.since_epoch().as_millis() as u64
     }
 
     /// A fresh request id (32 hex digits) from the node's RNG.

@@ -52,8 +52,9 @@ where
     F: for<'a> FnOnce(&'a dyn Provider, CallContext<'a>) -> BoxFuture<'a, Result<T>>,
 {
     if !ctx.principal.may_use_model(model) {
-        return Err(Error::ModelNotFound {
+        return Err(Error::ModelNotAllowed {
             model: model.to_owned(),
+            allowed: ctx.principal.allowed_models().join(", "),
         });
     }
     let deployment = node

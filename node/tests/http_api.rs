@@ -19,14 +19,18 @@ use tower::ServiceExt;
 
 const KEY: &str = "sk-router-tier";
 
-fn node_with(mut config: Config, data_dir: &std::path::Path) -> Arc<Node> {
+async fn node_with(mut config: Config, data_dir: &std::path::Path) -> Arc<Node> {
     config.node.data_dir = data_dir.to_path_buf();
     let seams = Seams {
         upstream: Arc::new(HttpUpstream::new().unwrap()),
         clock: Arc::new(SystemClock),
         rng: SeededRng::from_seed(1),
     };
-    Node::new(config, &Secret::new(KEY), seams)
+    let store: Arc<dyn meridian_storage::Store> = Arc::new(meridian_storage::MemStore::new());
+    let region = meridian_node::cluster::single_node_region(store, "http://test".into())
+        .await
+        .unwrap();
+    Node::new(config, &Secret::new(KEY), seams, region)
 }
 
 fn yaml(text: &str) -> Config {
@@ -91,7 +95,7 @@ fn assert_openai_error(r: &Reply, status: u16, kind: &str) {
 #[tokio::test]
 async fn keys_are_required_and_checked() {
     let dir = tempfile::tempdir().unwrap();
-    let node = node_with(yaml(MOCKS), dir.path());
+    let node = node_with(yaml(MOCKS), dir.path()).await;
     let chat = json!({ "model": "mock-chat", "messages": [{ "role": "user", "content": "hi" }] })
         .to_string();
 
@@ -140,7 +144,7 @@ async fn keys_are_required_and_checked() {
 #[tokio::test]
 async fn bad_requests_name_the_field() {
     let dir = tempfile::tempdir().unwrap();
-    let node = node_with(yaml(MOCKS), dir.path());
+    let node = node_with(yaml(MOCKS), dir.path()).await;
     let r = call(
         &node,
         post(
@@ -243,7 +247,8 @@ async fn bodies_over_the_limit_are_refused() {
             "{MOCKS}general_settings:\n  max_request_size_mb: 0.001\n"
         )),
         dir.path(),
-    );
+    )
+    .await;
     let big = json!({ "model": "mock-chat", "messages": [{ "role": "user", "content": "x".repeat(2000) }] }).to_string();
     let r = call(&node, post("/v1/chat/completions", Some(KEY), big.clone())).await;
     assert_openai_error(&r, 413, "invalid_request_error");
@@ -259,7 +264,7 @@ async fn bodies_over_the_limit_are_refused() {
 #[tokio::test]
 async fn models_health_and_headers() {
     let dir = tempfile::tempdir().unwrap();
-    let node = node_with(yaml(MOCKS), dir.path());
+    let node = node_with(yaml(MOCKS), dir.path()).await;
     let r = call(&node, get("/v1/models", Some(KEY))).await;
     assert_eq!(r.status, 200);
     let ids: Vec<&str> = r.body["data"]
@@ -335,7 +340,8 @@ async fn the_llm_api_can_be_disabled() {
             "{MOCKS}meridian:\n  disable_llm_api_endpoints: true\n"
         )),
         dir.path(),
-    );
+    )
+    .await;
     let chat = json!({ "model": "mock-chat", "messages": [{ "role": "user", "content": "hi" }] })
         .to_string();
     let r = call(&node, post("/v1/chat/completions", Some(KEY), chat)).await;
@@ -349,7 +355,8 @@ async fn embedded_default_serves_its_mock_models() {
     let node = node_with(
         Config::embedded(&BTreeMap::<String, String>::new()),
         dir.path(),
-    );
+    )
+    .await;
     let r = call(
         &node,
         post(

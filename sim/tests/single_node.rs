@@ -56,7 +56,10 @@ fn run(seed: u64) -> (u16, String, serde_json::Value) {
             clock: Arc::new(SimClock),
             rng: SeededRng::from_seed(seed),
         };
-        let node = Node::new(config, &Secret::new(KEY), seams);
+        let store: Arc<dyn meridian_storage::Store> = Arc::new(meridian_storage::MemStore::new());
+        let region =
+            meridian_node::cluster::single_node_region(store, "http://gateway:4000".into()).await?;
+        let node = Node::new(config, &Secret::new(KEY), seams, region);
         let listener = SimListener(turmoil::net::TcpListener::bind("0.0.0.0:4000").await?);
         meridian_node::serve::serve(listener, node, std::future::pending()).await?;
         Ok(())

@@ -54,7 +54,20 @@ fn classify(e: &Error) -> (StatusCode, &'static str) {
         Error::InvalidRequest { .. } | Error::ModelNotFound { .. } | Error::Unsupported { .. } => {
             (StatusCode::BAD_REQUEST, "invalid_request_error")
         }
-        Error::MissingKey | Error::InvalidKey => (StatusCode::UNAUTHORIZED, "auth_error"),
+        Error::MissingKey | Error::InvalidKey | Error::KeyRefused(_) => {
+            (StatusCode::UNAUTHORIZED, "auth_error")
+        }
+        Error::Forbidden(_) | Error::ModelNotAllowed { .. } => {
+            (StatusCode::FORBIDDEN, "permission_error")
+        }
+        Error::NotFound(_) => (StatusCode::NOT_FOUND, "not_found_error"),
+        Error::Conflict(_) => (StatusCode::BAD_REQUEST, "invalid_request_error"),
+        Error::Consensus(
+            meridian_consensus::Error::NoLeader(_)
+            | meridian_consensus::Error::Uncertain
+            | meridian_consensus::Error::Unreachable(_)
+            | meridian_consensus::Error::NotLeader { .. },
+        ) => (StatusCode::SERVICE_UNAVAILABLE, "service_unavailable"),
         Error::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error"),
         Error::Disabled { .. } => (StatusCode::FORBIDDEN, "permission_error"),
         Error::UpstreamStatus { status, .. } => {
@@ -75,7 +88,7 @@ fn classify(e: &Error) -> (StatusCode, &'static str) {
         Error::UpstreamUnreachable { .. } | Error::UpstreamProtocol { .. } => {
             (StatusCode::BAD_GATEWAY, "api_error")
         }
-        Error::Config { .. } | Error::Io { .. } | Error::Internal(_) => {
+        Error::Config { .. } | Error::Io { .. } | Error::Internal(_) | Error::Consensus(_) => {
             (StatusCode::INTERNAL_SERVER_ERROR, "internal_server_error")
         }
     }
@@ -98,14 +111,15 @@ fn anthropic_type(status: StatusCode) -> &'static str {
 /// error events.
 pub fn openai_body(e: &Error, request_id: Option<&str>) -> (StatusCode, serde_json::Value) {
     let (status, default_kind) = classify(e);
-    let message = if status.is_server_error() && e.side() == crate::error::Side::Gateway {
-        match request_id {
-            Some(id) => format!("Internal server error (request id {id})"),
-            None => "Internal server error".to_owned(),
-        }
-    } else {
-        e.to_string()
-    };
+    let message =
+        if status == StatusCode::INTERNAL_SERVER_ERROR && e.side() == crate::error::Side::Gateway {
+            match request_id {
+                Some(id) => format!("Internal server error (request id {id})"),
+                None => "Internal server error".to_owned(),
+            }
+        } else {
+            e.to_string()
+        };
     let (kind, param, code) = match e {
         Error::InvalidRequest { param, .. } => (
             default_kind.to_owned(),
@@ -138,6 +152,13 @@ pub fn anthropic_body(e: &Error, request_id: Option<&str>) -> (StatusCode, serde
     let body =
         json!({ "type": "error", "error": { "type": anthropic_type(status), "message": message } });
     (status, body)
+}
+
+/// Admin and other OpenAI-format routes use `?` on crate errors.
+impl From<Error> for ApiError {
+    fn from(error: Error) -> Self {
+        ApiError::new(error, Format::OpenAi)
+    }
 }
 
 impl IntoResponse for ApiError {

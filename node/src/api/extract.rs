@@ -62,10 +62,18 @@ impl FromRequestParts<Arc<Node>> for Auth {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, node: &Arc<Node>) -> Result<Self, ApiError> {
-        node.auth
-            .authenticate(&parts.headers)
-            .map(Auth)
-            .map_err(|e| ApiError::new(e, Format::for_path(parts.uri.path())))
+        let path = parts.uri.path();
+        let fail = |e| ApiError::new(e, Format::for_path(path));
+        let principal = node
+            .auth
+            .authenticate(&parts.headers, &node.metadata, node.clock.unix_secs())
+            .map_err(fail)?;
+        if !principal.may_call_route(path) {
+            return Err(fail(Error::Forbidden(format!(
+                "this key may not call {path}: it is limited by its allowed_routes or key_type"
+            ))));
+        }
+        Ok(Auth(principal))
     }
 }
 

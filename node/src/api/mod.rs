@@ -1,8 +1,9 @@
 //! The HTTP surface, built in one place: which paths exist, in which format they
 //! answer, and which halves of the API this node serves.
 
+mod admin;
 mod error_response;
-mod extract;
+pub(crate) mod extract;
 mod health;
 mod messages;
 pub mod messages_translate;
@@ -29,7 +30,18 @@ pub fn router(node: Arc<Node>) -> Router {
             handler
         }
     };
+    let admin = if node.disable.admin {
+        // The paths stay known, so callers learn the endpoint is off here.
+        admin::routes().route_layer(axum::middleware::from_fn(
+            |_req: axum::extract::Request, _next: axum::middleware::Next| async {
+                axum::response::IntoResponse::into_response(disabled_admin())
+            },
+        ))
+    } else {
+        admin::routes()
+    };
     Router::new()
+        .merge(admin)
         .route("/v1/chat/completions", llm(post(openai::chat)))
         .route("/chat/completions", llm(post(openai::chat)))
         .route("/v1/completions", llm(post(openai::completion)))
@@ -54,6 +66,10 @@ async fn disabled_llm(uri: Uri) -> ApiError {
         Error::Disabled { feature: "LLM API" },
         Format::for_path(uri.path()),
     )
+}
+
+fn disabled_admin() -> ApiError {
+    ApiError::new(Error::Disabled { feature: "admin" }, Format::OpenAi)
 }
 
 async fn not_found(uri: Uri) -> (http::StatusCode, axum::Json<serde_json::Value>) {

@@ -36,7 +36,11 @@ pub async fn start(mut config: Config) -> Gateway {
         clock: Arc::new(SystemClock),
         rng: SeededRng::from_seed(42),
     };
-    let node = Node::new(config, &Secret::new(MASTER_KEY), seams);
+    let store: Arc<dyn meridian_storage::Store> = Arc::new(meridian_storage::MemStore::new());
+    let region = meridian_node::cluster::single_node_region(store, "http://test".into())
+        .await
+        .unwrap();
+    let node = Node::new(config, &Secret::new(MASTER_KEY), seams, region);
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
         .await
         .unwrap();

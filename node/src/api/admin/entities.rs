@@ -1,0 +1,838 @@
+//! `/team/*`, `/user/*`, `/customer/*`, `/budget/*` and `/cluster/status`.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Query, State};
+use meridian_consensus::metadata::{
+    BudgetRecord, Command, CustomerRecord, KeyRecord, Kind, TeamRecord, TeamRole, UserRecord,
+};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value, json};
+
+use super::{
+    Consistency, id_list, object, propose, require, require_admin, require_reader, split_fields,
+    string_field, valid_budget_duration, validate,
+};
+use crate::api::ApiError;
+use crate::api::extract::{Auth, JsonBody};
+use crate::auth::Principal;
+use crate::error::{Error, Result};
+use crate::node::Node;
+
+type Reply = std::result::Result<Json<Value>, ApiError>;
+
+const LIMITS: &[&str] = &[
+    "max_budget",
+    "budget_duration",
+    "rpm_limit",
+    "tpm_limit",
+    "max_parallel_requests",
+    "enforcement",
+];
+const TEAM_FIELDS: &[&str] = &[
+    "team_id",
+    "team_alias",
+    "models",
+    "budget_id",
+    "blocked",
+    "metadata",
+    "tags",
+    "members_with_roles",
+];
+const TEAM_IGNORED: &[&str] = &[
+    "organization_id",
+    "model_aliases",
+    "guardrails",
+    "team_member_budget",
+    "object_permission",
+    "admins",
+    "members",
+    "team_member_permissions",
+];
+const USER_FIELDS: &[&str] = &[
+    "user_id",
+    "user_email",
+    "user_alias",
+    "user_role",
+    "models",
+    "budget_id",
+    "metadata",
+    "teams",
+    "auto_create_key",
+    "key_alias",
+];
+const USER_IGNORED: &[&str] = &[
+    "send_invite_email",
+    "organization_id",
+    "spend",
+    "sso_user_id",
+    "object_permission",
+    "prompts",
+];
+const CUSTOMER_FIELDS: &[&str] = &[
+    "user_id",
+    "alias",
+    "budget_id",
+    "allowed_model_region",
+    "blocked",
+    "metadata",
+];
+const CUSTOMER_IGNORED: &[&str] = &["default_model", "spend"];
+const BUDGET_FIELDS: &[&str] = &["budget_id", "soft_budget", "model_max_budget"];
+const BUDGET_IGNORED: &[&str] = &["budget_reset_at", "spend"];
+
+fn fields_with_limits(known: &[&'static str]) -> Vec<&'static str> {
+    [known, LIMITS].concat()
+}
+
+fn check_limits(fields: &Map<String, Value>) -> Result<()> {
+    if let Some(d) = fields.get("budget_duration").and_then(Value::as_str)
+        && !valid_budget_duration(d)
+    {
+        return Err(Error::invalid(
+            format!("budget_duration `{d}` is not a period like 30s, 30m, 30h, 30d or 1mo"),
+            Some("budget_duration"),
+        ));
+    }
+    Ok(())
+}
+
+/// Creates a `kind` record from checked fields (timestamps come from the
+/// proposal).
+async fn create<T: DeserializeOwned>(
+    node: &Node,
+    kind: Kind,
+    mut fields: Map<String, Value>,
+    ignored: Vec<String>,
+) -> Result<Value> {
+    fields.insert("created_at".into(), json!(0));
+    fields.insert("updated_at".into(), json!(0));
+    validate::<T>(&fields)?;
+    let mut out = propose(
+        node,
+        Command::Create {
+            kind,
+            record: Value::Object(fields),
+        },
+    )
+    .await?
+    .into_iter()
+    .next()
+    .unwrap_or(Value::Null);
+    if !ignored.is_empty() {
+        out["ignored_fields"] = json!(ignored);
+    }
+    Ok(out)
+}
+
+/// Updates fields of an existing record, checked against what it would become.
+async fn patch<T: DeserializeOwned>(
+    node: &Node,
+    kind: Kind,
+    id: &str,
+    patch: Map<String, Value>,
+) -> Result<Value> {
+    let current = node
+        .metadata
+        .read(|s| s.get_json(kind, id))
+        .ok_or_else(|| Error::NotFound(format!("{} `{id}` does not exist", kind.noun())))?;
+    let mut merged = match current {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    };
+    merged.extend(patch.clone());
+    validate::<T>(&merged)?;
+    let records = propose(
+        node,
+        Command::Update {
+            kind,
+            id: id.to_owned(),
+            patch,
+        },
+    )
+    .await?;
+    Ok(records.into_iter().next().unwrap_or(Value::Null))
+}
+
+fn team_admin_or_admin(node: &Node, p: &Principal, team_id: &str) -> Result<()> {
+    let ok = p.is_admin()
+        || p.user_id().is_some_and(|u| {
+            node.metadata.read(|s| {
+                s.team(team_id)
+                    .is_some_and(|t| t.members.get(u) == Some(&TeamRole::Admin))
+            })
+        });
+    require(ok, || {
+        format!(
+            "this needs the proxy_admin role or admin of team `{team_id}`; {}",
+            super::describe(p)
+        )
+    })
+}
+
+fn new_id(node: &Node) -> String {
+    node.rng.hex(16)
+}
+
+// ----- teams -----
+
+fn members_from(value: &Value) -> Result<Map<String, Value>> {
+    let items = value.as_array().ok_or_else(|| {
+        Error::invalid(
+            "`members_with_roles` must be a list of {role, user_id}",
+            Some("members_with_roles"),
+        )
+    })?;
+    let mut members = Map::new();
+    for (i, m) in items.iter().enumerate() {
+        let (user, role) = member(m, &format!("members_with_roles[{i}]"))?;
+        members.insert(user, json!(role));
+    }
+    Ok(members)
+}
+
+/// `{ "user_id": .., "role": "admin" | "user" }`
+fn member(m: &Value, path: &str) -> Result<(String, TeamRole)> {
+    let user = m
+        .get("user_id")
+        .and_then(Value::as_str)
+        .filter(|u| !u.is_empty())
+        .ok_or_else(|| {
+            Error::invalid(
+                format!("`{path}.user_id` is required"),
+                Some(&format!("{path}.user_id")),
+            )
+        })?;
+    let role = match m.get("role").and_then(Value::as_str) {
+        None | Some("user") => TeamRole::User,
+        Some("admin") => TeamRole::Admin,
+        Some(other) => {
+            return Err(Error::invalid(
+                format!("`{path}.role` must be `admin` or `user`, not `{other}`"),
+                Some(&format!("{path}.role")),
+            ));
+        }
+    };
+    Ok((user.to_owned(), role))
+}
+
+pub async fn team_new(
+    State(node): State<Arc<Node>>,
+    Auth(p): Auth,
+    JsonBody(body): JsonBody<Value>,
+) -> Reply {
+    require_admin(&p, "creating a team")?;
+    let body = object(body)?;
+    let (mut fields, ignored) =
+        split_fields(&body, &fields_with_limits(TEAM_FIELDS), TEAM_IGNORED)?;
+    check_limits(&fields)?;
+    if let Some(m) = fields.remove("members_with_roles") {
+        fields.insert("members".into(), Value::Object(members_from(&m)?));
+    }
+    if !fields.contains_key("team_id") {
+        fields.insert("team_id".into(), json!(new_id(&node)));
+    }
+    Ok(Json(
+        create::<TeamRecord>(&node, Kind::Team, fields, ignored).await?,
+    ))
+}
+
+pub async fn team_update(
+    State(node): State<Arc<Node>>,
+    Auth(p): Auth,
+    JsonBody(body): JsonBody<Value>,
+) -> Reply {
+    let body = object(body)?;
+    let team_id = string_field(&body, "team_id")?;
+    team_admin_or_admin(&node, &p, &team_id)?;
+    let (mut fields, _) = split_fields(&body, &fields_with_limits(TEAM_FIELDS), TEAM_IGNORED)?;
+    check_limits(&fields)?;
+    fields.remove("team_id");
+    if fields.remove("members_with_roles").is_some() {
+        return Err(Error::invalid(
+            "change members with /team/member_add and /team/member_delete",
+            Some("members_with_roles"),
+        )
+        .into());
+    }
+    Ok(Json(
+        patch::<TeamRecord>(&node, Kind::Team, &team_id, fields).await?,
+    ))
+}
+
+pub async fn team_delete(
+    State(node): State<Arc<Node>>,
+    Auth(p): Auth,
+    JsonBody(body): JsonBody<Value>,
+) -> Reply {
+    require_admin(&p, "deleting teams")?;
+    let ids = id_list(&object(body)?, "team_ids")?;
+    propose(
+        &node,
+        Command::Delete {
+            kind: Kind::Team,
+            ids: ids.clone(),
+        },
+    )
+    .await?;
+    Ok(Json(json!({ "deleted_teams": ids })))
+}
+
+#[derive(Deserialize)]
+pub struct TeamQuery {
+    team_id: Option<String>,
+    #[serde(flatten)]
+    consistency: Consistency,
+}
+
+pub async fn team_info(
+    State(node): State<Arc<Node>>,
+    Auth(p): Auth,
+    Query(q): Query<TeamQuery>,
+) -> Reply {
+    q.consistency.wait(&node).await?;
+    let team_id = q
+        .team_id
+        .ok_or_else(|| Error::invalid("`team_id` is required", Some("team_id")))?;
+    let (team, keys) = node.metadata.read(|s| {
+        let team = s.team(&team_id).cloned();
+        let keys: Vec<Value> = s
+            .keys()
+            .into_iter()
+            .filter(|k| k.team_id.as_deref() == Some(team_id.as_str()))
+            .map(|k| json!({ "token": k.token, "key_name": k.key_name, "key_alias": k.key_alias, "user_id": k.user_id }))
+            .collect();
+        (team, keys)
+    });
+    let team = team.ok_or_else(|| Error::NotFound(format!("team `{team_id}` does not exist")))?;
+    let member = p.user_id().is_some_and(|u| team.members.contains_key(u));
+    require(p.may_read_all() || member, || {
+        format!(
+            "team `{team_id}` is visible to its members and admins; {}",
+            super::describe(&p)
+        )
+    })?;
+    Ok(Json(
+        json!({ "team_id": team_id, "team_info": &*team, "keys": keys }),
+    ))
+}
+
+pub async fn team_list(
+    State(node): State<Arc<Node>>,
+    Auth(p): Auth,
+    Query(c): Query<Consistency>,
+) -> Reply {
+    c.wait(&node).await?;
+    let teams: Vec<Value> = node.metadata.read(|s| {
+        s.teams()
+            .filter(|t| p.may_read_all() || p.user_id().is_some_and(|u| t.members.contains_key(u)))
+            .map(|t| serde_json::to_value(&**t).unwrap_or(Value::Null))
+            .collect()
+    });
+    Ok(Json(Value::Array(teams)))
+}
+
+pub async fn team_member_add(
+    State(node): State<Arc<Node>>,
+    Auth(p): Auth,
+    JsonBody(body): JsonBody<Value>,
+) -> Reply {
+    let body = object(body)?;
+    let team_id = string_field(&body, "team_id")?;
+    team_admin_or_admin(&node, &p, &team_id)?;
+    let members = match body.get("member") {
+        Some(Value::Array(items)) => items
+            .iter()
+            .enumerate()
+            .map(|(i, m)| member(m, &format!("member[{i}]")))
+            .collect::<Result<Vec<_>>>()?,
+        Some(m @ Value::Object(_)) => vec![member(m, "member")?],
+        _ => {
+            return Err(Error::invalid(
+                "`member` must be {role, user_id} or a list of them",
+                Some("member"),
+            )
+            .into());
+        }
+    };
+    let mut last = Value::Null;
+    for (user_id, role) in members {
+        let records = propose(
+            &node,
+            Command::AddMember {
+                team_id: team_id.clone(),
+                user_id,
+                role,
+            },
+        )
+        .await?;
+        last = records.into_iter().next().unwrap_or(Value::Null);
+    }
+    Ok(Json(last))
+}
+
+pub async fn team_member_delete(
+    State(node): State<Arc<Node>>,
+    Auth(p): Auth,
+    JsonBody(body): JsonBody<Value>,
+) -> Reply {
+    let body = object(body)?;
+    let team_id = string_field(&body, "team_id")?;
+    team_admin_or_admin(&node, &p, &team_id)?;
+    let user_id = string_field(&body, "user_id")?;
+    let records = propose(&node, Command::RemoveMember { team_id, user_id }).await?;
+    Ok(Json(records.into_iter().next().unwrap_or(Value::Null)))
+}
+
+pub async fn team_block(
+    State(node): State<Arc<Node>>,
+    Auth(p): Auth,
+    JsonBody(body): JsonBody<Value>,
+) -> Reply {
+    set_flag(&node, &p, body, Kind::Team, "team_id", "blocked", true).await
+}
+
+pub async fn team_unblock(
+    State(node): State<Arc<Node>>,
+    Auth(p): Auth,
+    JsonBody(body): JsonBody<Value>,
+) -> Reply {
+    set_flag(&node, &p, body, Kind::Team, "team_id", "blocked", false).await
+}
+
+async fn set_flag(
+    node: &Node,
+    p: &Principal,
+    body: Value,
+    kind: Kind,
+    id_field: &str,
+    flag: &str,
+    value: bool,
+) -> Reply {
+    require_admin(p, &format!("changing `{flag}` of a {}", kind.noun()))?;
+    let id = string_field(&object(body)?, id_field)?;
+    let mut fields = Map::new();
+    fields.insert(flag.into(), json!(value));
+    let records = propose(
+        node,
+        Command::Update {
+            kind,
+            id,
+            patch: fields,
+        },
+    )
+    .await?;
+    Ok(Json(records.into_iter().next().unwrap_or(Value::Null)))
+}
+
+// ----- users -----
+
+pub async fn user_new(
+    State(node): State<Arc<Node>>,
+    Auth(p): Auth,
+    JsonBody(body): JsonBody<Value>,
+) -> Reply {
+    require_admin(&p, "creating a user")?;
+    let body = object(body)?;
+    let (mut fields, ignored) =
+        split_fields(&body, &fields_with_limits(USER_FIELDS), USER_IGNORED)?;
+    check_limits(&fields)?;
+    let teams = match fields.remove("teams") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(_) => id_list(&body, "teams")?,
+    };
+    let auto_key = match fields.remove("auto_create_key") {
+        None | Some(Value::Null) => true,
+        Some(Value::Bool(b)) => b,
+        Some(_) => {
+            return Err(Error::invalid(
+                "`auto_create_key` must be true or false",
+                Some("auto_create_key"),
+            )
+            .into());
+        }
+    };
+    let key_alias = fields.remove("key_alias");
+    for t in &teams {
+        if node.metadata.read(|s| s.team(t).is_none()) {
+            return Err(Error::invalid(format!("team `{t}` does not exist"), Some("teams")).into());
+        }
+    }
+    if !fields.contains_key("user_id") {
+        fields.insert("user_id".into(), json!(new_id(&node)));
+    }
+    let user_id = fields
+        .get("user_id")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let mut out = create::<UserRecord>(&node, Kind::User, fields, ignored).await?;
+    for team_id in teams {
+        propose(
+            &node,
+            Command::AddMember {
+                team_id,
+                user_id: user_id.clone(),
+                role: TeamRole::User,
+            },
+        )
+        .await?;
+    }
+    if auto_key {
+        let key = format!("sk-{}", node.rng.hex(16));
+        let mut record = Map::new();
+        record.insert(
+            "token".into(),
+            json!(hex::encode(crate::secret::Secret::new(&key).sha256())),
+        );
+        record.insert(
+            "key_name".into(),
+            json!(format!("sk-...{}", &key[key.len().saturating_sub(4)..])),
+        );
+        record.insert("user_id".into(), json!(user_id));
+        record.insert(
+            "models".into(),
+            out.get("models").cloned().unwrap_or(json!([])),
+        );
+        record.insert(
+            "created_by".into(),
+            json!(p.user_id().unwrap_or("master_key")),
+        );
+        if let Some(alias) = key_alias {
+            record.insert("key_alias".into(), alias);
+        }
+        create::<KeyRecord>(&node, Kind::Key, record, Vec::new()).await?;
+        out["key"] = json!(key);
+    }
+    Ok(Json(out))
+}
+
+pub async fn user_update(
+    State(node): State<Arc<Node>>,
+    Auth(p): Auth,
+    JsonBody(body): JsonBody<Value>,
+) -> Reply {
+    require_admin(&p, "updating a user")?;
+    let body = object(body)?;
+    let user_id = string_field(&body, "user_id")?;
+    let (mut fields, _) = split_fields(&body, &fields_with_limits(USER_FIELDS), USER_IGNORED)?;
+    check_limits(&fields)?;
+    for f in ["user_id", "teams", "auto_create_key", "key_alias"] {
+        fields.remove(f);
+    }
+    Ok(Json(
+        patch::<UserRecord>(&node, Kind::User, &user_id, fields).await?,
+    ))
+}
+
+pub async fn user_delete(
+    State(node): State<Arc<Node>>,
+    Auth(p): Auth,
+    JsonBody(body): JsonBody<Value>,
+) -> Reply {
+    require_admin(&p, "deleting users")?;
+    let ids = id_list(&object(body)?, "user_ids")?;
+    propose(
+        &node,
+        Command::Delete {
+            kind: Kind::User,
+            ids: ids.clone(),
+        },
+    )
+    .await?;
+    Ok(Json(json!({ "deleted_users": ids })))
+}
+
+#[derive(Deserialize)]
+pub struct UserQuery {
+    user_id: Option<String>,
+    #[serde(flatten)]
+    consistency: Consistency,
+}
+
+pub async fn user_info(
+    State(node): State<Arc<Node>>,
+    Auth(p): Auth,
+    Query(q): Query<UserQuery>,
+) -> Reply {
+    q.consistency.wait(&node).await?;
+    let user_id = match (q.user_id, p.user_id()) {
+        (Some(u), _) => u,
+        (None, Some(me)) => me.to_owned(),
+        (None, None) => return Err(Error::invalid("`user_id` is required", Some("user_id")).into()),
+    };
+    require(
+        p.may_read_all() || p.user_id() == Some(user_id.as_str()),
+        || {
+            format!(
+                "user `{user_id}` is visible to itself and admins; {}",
+                super::describe(&p)
+            )
+        },
+    )?;
+    let found = node.metadata.read(|s| {
+        s.user(&user_id).cloned().map(|user| {
+            let keys: Vec<Value> = s
+                .keys()
+                .into_iter()
+                .filter(|k| k.user_id.as_deref() == Some(user_id.as_str()))
+                .map(|k| json!({ "token": k.token, "key_name": k.key_name, "key_alias": k.key_alias, "team_id": k.team_id }))
+                .collect();
+            let teams: Vec<Value> = s
+                .teams()
+                .filter(|t| t.members.contains_key(&user_id))
+                .map(|t| json!({ "team_id": t.team_id, "team_alias": t.team_alias, "role": t.members.get(&user_id) }))
+                .collect();
+            (user, keys, teams)
+        })
+    });
+    let (user, keys, teams) =
+        found.ok_or_else(|| Error::NotFound(format!("user `{user_id}` does not exist")))?;
+    Ok(Json(
+        json!({ "user_id": user_id, "user_info": &*user, "keys": keys, "teams": teams }),
+    ))
+}
+
+#[derive(Deserialize)]
+pub struct PageQuery {
+    page: Option<usize>,
+    page_size: Option<usize>,
+    #[serde(flatten)]
+    consistency: Consistency,
+}
+
+pub async fn user_list(
+    State(node): State<Arc<Node>>,
+    Auth(p): Auth,
+    Query(q): Query<PageQuery>,
+) -> Reply {
+    require_reader(&p, "listing users")?;
+    q.consistency.wait(&node).await?;
+    let size = q.page_size.unwrap_or(25).clamp(1, 100);
+    let page = q.page.unwrap_or(1).max(1);
+    let (total, users) = node.metadata.read(|s| {
+        let all: Vec<Value> = s
+            .users()
+            .map(|u| serde_json::to_value(&**u).unwrap_or(Value::Null))
+            .collect();
+        (
+            all.len(),
+            all.into_iter()
+                .skip((page - 1) * size)
+                .take(size)
+                .collect::<Vec<_>>(),
+        )
+    });
+    Ok(Json(
+        json!({ "users": users, "total": total, "page": page, "page_size": size, "total_pages": total.div_ceil(size) }),
+    ))
+}
+
+// ----- customers -----
+
+pub async fn customer_new(
+    State(node): State<Arc<Node>>,
+    Auth(p): Auth,
+    JsonBody(body): JsonBody<Value>,
+) -> Reply {
+    require_admin(&p, "creating a customer")?;
+    let body = object(body)?;
+    string_field(&body, "user_id")?;
+    let (fields, ignored) = split_fields(
+        &body,
+        &fields_with_limits(CUSTOMER_FIELDS),
+        CUSTOMER_IGNORED,
+    )?;
+    check_limits(&fields)?;
+    Ok(Json(
+        create::<CustomerRecord>(&node, Kind::Customer, fields, ignored).await?,
+    ))
+}
+
+pub async fn customer_update(
+    State(node): State<Arc<Node>>,
+    Auth(p): Auth,
+    JsonBody(body): JsonBody<Value>,
+) -> Reply {
+    require_admin(&p, "updating a customer")?;
+    let body = object(body)?;
+    let id = string_field(&body, "user_id")?;
+    let (mut fields, _) = split_fields(
+        &body,
+        &fields_with_limits(CUSTOMER_FIELDS),
+        CUSTOMER_IGNORED,
+    )?;
+    check_limits(&fields)?;
+    fields.remove("user_id");
+    Ok(Json(
+        patch::<CustomerRecord>(&node, Kind::Customer, &id, fields).await?,
+    ))
+}
+
+pub async fn customer_delete(
+    State(node): State<Arc<Node>>,
+    Auth(p): Auth,
+    JsonBody(body): JsonBody<Value>,
+) -> Reply {
+    require_admin(&p, "deleting customers")?;
+    let ids = id_list(&object(body)?, "user_ids")?;
+    propose(
+        &node,
+        Command::Delete {
+            kind: Kind::Customer,
+            ids: ids.clone(),
+        },
+    )
+    .await?;
+    Ok(Json(json!({ "deleted_customers": ids })))
+}
+
+#[derive(Deserialize)]
+pub struct CustomerQuery {
+    end_user_id: Option<String>,
+    #[serde(flatten)]
+    consistency: Consistency,
+}
+
+pub async fn customer_info(
+    State(node): State<Arc<Node>>,
+    Auth(p): Auth,
+    Query(q): Query<CustomerQuery>,
+) -> Reply {
+    require_reader(&p, "reading customers")?;
+    q.consistency.wait(&node).await?;
+    let id = q
+        .end_user_id
+        .ok_or_else(|| Error::invalid("`end_user_id` is required", Some("end_user_id")))?;
+    let customer = node
+        .metadata
+        .read(|s| s.customer(&id).cloned())
+        .ok_or_else(|| Error::NotFound(format!("customer `{id}` does not exist")))?;
+    Ok(Json(
+        serde_json::to_value(&*customer).unwrap_or(Value::Null),
+    ))
+}
+
+pub async fn customer_block(
+    State(node): State<Arc<Node>>,
+    Auth(p): Auth,
+    JsonBody(body): JsonBody<Value>,
+) -> Reply {
+    customers_blocked(&node, &p, body, true).await
+}
+
+pub async fn customer_unblock(
+    State(node): State<Arc<Node>>,
+    Auth(p): Auth,
+    JsonBody(body): JsonBody<Value>,
+) -> Reply {
+    customers_blocked(&node, &p, body, false).await
+}
+
+async fn customers_blocked(node: &Node, p: &Principal, body: Value, blocked: bool) -> Reply {
+    require_admin(p, "blocking customers")?;
+    let ids = id_list(&object(body)?, "user_ids")?;
+    let mut out = Vec::new();
+    for id in ids {
+        let mut fields = Map::new();
+        fields.insert("blocked".into(), json!(blocked));
+        out.extend(
+            propose(
+                node,
+                Command::Update {
+                    kind: Kind::Customer,
+                    id,
+                    patch: fields,
+                },
+            )
+            .await?,
+        );
+    }
+    Ok(Json(json!({ "blocked": blocked, "customers": out })))
+}
+
+// ----- budgets -----
+
+pub async fn budget_new(
+    State(node): State<Arc<Node>>,
+    Auth(p): Auth,
+    JsonBody(body): JsonBody<Value>,
+) -> Reply {
+    require_admin(&p, "creating a budget")?;
+    let body = object(body)?;
+    let (mut fields, ignored) =
+        split_fields(&body, &fields_with_limits(BUDGET_FIELDS), BUDGET_IGNORED)?;
+    check_limits(&fields)?;
+    if !fields.contains_key("budget_id") {
+        fields.insert("budget_id".into(), json!(new_id(&node)));
+    }
+    Ok(Json(
+        create::<BudgetRecord>(&node, Kind::Budget, fields, ignored).await?,
+    ))
+}
+
+pub async fn budget_update(
+    State(node): State<Arc<Node>>,
+    Auth(p): Auth,
+    JsonBody(body): JsonBody<Value>,
+) -> Reply {
+    require_admin(&p, "updating a budget")?;
+    let body = object(body)?;
+    let id = string_field(&body, "budget_id")?;
+    let (mut fields, _) = split_fields(&body, &fields_with_limits(BUDGET_FIELDS), BUDGET_IGNORED)?;
+    check_limits(&fields)?;
+    fields.remove("budget_id");
+    Ok(Json(
+        patch::<BudgetRecord>(&node, Kind::Budget, &id, fields).await?,
+    ))
+}
+
+pub async fn budget_delete(
+    State(node): State<Arc<Node>>,
+    Auth(p): Auth,
+    JsonBody(body): JsonBody<Value>,
+) -> Reply {
+    require_admin(&p, "deleting a budget")?;
+    let body = object(body)?;
+    let id = string_field(&body, "id").or_else(|_| string_field(&body, "budget_id"))?;
+    propose(
+        &node,
+        Command::Delete {
+            kind: Kind::Budget,
+            ids: vec![id.clone()],
+        },
+    )
+    .await?;
+    Ok(Json(json!({ "deleted_budgets": [id] })))
+}
+
+pub async fn budget_info(
+    State(node): State<Arc<Node>>,
+    Auth(p): Auth,
+    JsonBody(body): JsonBody<Value>,
+) -> Reply {
+    require_reader(&p, "reading budgets")?;
+    let ids = id_list(&object(body)?, "budgets")?;
+    let found: Vec<Value> = node.metadata.read(|s| {
+        ids.iter()
+            .filter_map(|id| {
+                s.budget(id)
+                    .map(|b| serde_json::to_value(&**b).unwrap_or(Value::Null))
+            })
+            .collect()
+    });
+    Ok(Json(Value::Array(found)))
+}
+
+// ----- cluster -----
+
+pub async fn cluster_status(State(node): State<Arc<Node>>, Auth(p): Auth) -> Reply {
+    require_reader(&p, "reading cluster status")?;
+    let status = node.metadata.status();
+    let mut out = serde_json::to_value(&status).unwrap_or(Value::Null);
+    out["region"] = json!(node.region);
+    out["node"] = json!(node.node_id);
+    Ok(Json(out))
+}

@@ -1,0 +1,597 @@
+//! `/key/*`: virtual keys. A key is shown in clear once, when generated or
+//! regenerated; after that only its SHA-256 (`token`) and `key_name`
+//! (`sk-...abcd`) exist anywhere.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use meridian_consensus::metadata::{Command, KeyRecord, Kind, MetadataState, TeamRole};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use super::{
+    Consistency, duration_secs, object, propose, require, rfc3339, split_fields,
+    valid_budget_duration, validate,
+};
+use crate::api::ApiError;
+use crate::api::extract::{Auth, JsonBody};
+use crate::auth::Principal;
+use crate::error::{Error, Result};
+use crate::node::Node;
+use crate::secret::Secret;
+
+/// Body fields that become the key's settings.
+const FIELDS: &[&str] = &[
+    "key_alias",
+    "models",
+    "max_budget",
+    "budget_duration",
+    "rpm_limit",
+    "tpm_limit",
+    "max_parallel_requests",
+    "model_rpm_limit",
+    "model_tpm_limit",
+    "model_max_budget",
+    "team_id",
+    "user_id",
+    "budget_id",
+    "metadata",
+    "tags",
+    "blocked",
+    "allowed_routes",
+    "key_type",
+    "enforcement",
+];
+/// LiteLLM fields accepted and not acted on (named back in `ignored_fields`).
+const IGNORED: &[&str] = &[
+    "spend",
+    "soft_budget",
+    "aliases",
+    "config",
+    "permissions",
+    "guardrails",
+    "send_invite_email",
+    "object_permission",
+    "prompts",
+    "enforced_params",
+    "allowed_cache_controls",
+    "organization_id",
+    "rpm_limit_type",
+    "tpm_limit_type",
+    "auto_rotate",
+    "rotation_interval",
+];
+
+/// A key as the caller gives it: in clear (`sk-...`) or as its token.
+fn token_of(key: &str) -> String {
+    let is_token = key.len() == 64
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    if is_token {
+        key.to_owned()
+    } else {
+        hex::encode(Secret::new(key).sha256())
+    }
+}
+
+fn key_name(key: &str) -> String {
+    let tail: String = key
+        .chars()
+        .rev()
+        .take(4)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    format!("sk-...{tail}")
+}
+
+/// A record as the API shows it: `expires` as a date, like LiteLLM.
+fn present(mut record: Value) -> Value {
+    if let Some(secs) = record.get("expires").and_then(Value::as_u64) {
+        record["expires"] = json!(rfc3339(secs));
+    } else if let Some(obj) = record.as_object_mut() {
+        obj.insert("expires".into(), Value::Null);
+    }
+    record
+}
+
+/// Whether `p` administers team `team_id` (a team member with role admin).
+fn administers(state: &MetadataState, p: &Principal, team_id: &str) -> bool {
+    p.is_admin()
+        || p.user_id().is_some_and(|u| {
+            state
+                .team(team_id)
+                .is_some_and(|t| t.members.get(u) == Some(&TeamRole::Admin))
+        })
+}
+
+fn is_member(state: &MetadataState, user: &str, team_id: &str) -> bool {
+    state
+        .team(team_id)
+        .is_some_and(|t| t.members.contains_key(user))
+}
+
+/// May `p` manage (update, delete, block, regenerate) this key?
+fn may_manage(state: &MetadataState, p: &Principal, key: &KeyRecord) -> bool {
+    if p.is_admin() {
+        return true;
+    }
+    if key
+        .team_id
+        .as_deref()
+        .is_some_and(|t| administers(state, p, t))
+    {
+        return true;
+    }
+    p.caller()
+        .is_some_and(|c| c.role == Some(meridian_consensus::metadata::UserRole::InternalUser))
+        && p.user_id().is_some()
+        && key.user_id.as_deref() == p.user_id()
+}
+
+/// May `p` see this key?
+fn may_see(state: &MetadataState, p: &Principal, key: &KeyRecord) -> bool {
+    p.may_read_all()
+        || may_manage(state, p, key)
+        || (p.user_id().is_some() && key.user_id.as_deref() == p.user_id())
+        || p.caller().is_some_and(|c| c.key.token == key.token)
+}
+
+fn forbidden_key(p: &Principal) -> Error {
+    Error::Forbidden(format!(
+        "managing this key needs the proxy_admin role, admin of the key's team, or being the key's own internal_user; {}",
+        super::describe(p)
+    ))
+}
+
+fn existing(node: &Node, token: &str) -> Result<Arc<KeyRecord>> {
+    node.metadata
+        .read(|s| s.key(token).cloned())
+        .ok_or_else(|| Error::NotFound("key not found".into()))
+}
+
+/// Fields that are settings checked for shape and meaning.
+fn check_settings(fields: &Map<String, Value>) -> Result<()> {
+    if let Some(d) = fields.get("budget_duration").and_then(Value::as_str)
+        && !valid_budget_duration(d)
+    {
+        return Err(Error::invalid(
+            format!("budget_duration `{d}` is not a period like 30s, 30m, 30h, 30d or 1mo"),
+            Some("budget_duration"),
+        ));
+    }
+    Ok(())
+}
+
+fn expires_from(node: &Node, body: &Map<String, Value>) -> Result<Option<Value>> {
+    match body.get("duration") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(d)) => match duration_secs(d) {
+            Some(secs) if secs > 0 => Ok(Some(json!(node.clock.unix_secs() + secs))),
+            _ => Err(Error::invalid(
+                format!("duration `{d}` is not a period like 30s, 30m, 30h or 30d"),
+                Some("duration"),
+            )),
+        },
+        Some(_) => Err(Error::invalid(
+            "`duration` must be a string like \"30d\"",
+            Some("duration"),
+        )),
+    }
+}
+
+pub async fn generate(
+    State(node): State<Arc<Node>>,
+    Auth(p): Auth,
+    JsonBody(body): JsonBody<Value>,
+) -> Result<Json<Value>, ApiError> {
+    let body = object(body)?;
+    let (mut fields, ignored) =
+        split_fields(&body, &[FIELDS, &["key", "duration"]].concat(), IGNORED)?;
+    fields.remove("key");
+    fields.remove("duration");
+    check_settings(&fields)?;
+    // Who may create this key, and for whom.
+    let team_id = fields
+        .get("team_id")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    if !p.is_admin() {
+        let me = p.user_id().map(str::to_owned);
+        let role = p.caller().and_then(|c| c.role);
+        let viewer = matches!(
+            role,
+            Some(
+                meridian_consensus::metadata::UserRole::ProxyAdminViewer
+                    | meridian_consensus::metadata::UserRole::InternalUserViewer
+            )
+        );
+        require(!viewer && me.is_some(), || {
+            format!(
+                "generating keys needs the proxy_admin or internal_user role; {}",
+                super::describe(&p)
+            )
+        })?;
+        let me = me.unwrap_or_default();
+        let owner = fields
+            .get("user_id")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        let team_admin = team_id
+            .as_deref()
+            .is_some_and(|t| node.metadata.read(|s| administers(s, &p, t)));
+        if !team_admin {
+            require(owner.as_deref().is_none_or(|o| o == me), || {
+                format!(
+                    "only admins and team admins may create keys for other users; you are `{me}`"
+                )
+            })?;
+            if let Some(t) = &team_id {
+                require(node.metadata.read(|s| is_member(s, &me, t)), || {
+                    format!("you are not a member of team `{t}`")
+                })?;
+            }
+            fields.insert("user_id".into(), json!(me));
+        }
+    }
+    if let Some(t) = &team_id
+        && node.metadata.read(|s| s.team(t).is_none())
+    {
+        return Err(Error::invalid(format!("team `{t}` does not exist"), Some("team_id")).into());
+    }
+    let key = match body.get("key") {
+        None | Some(Value::Null) => format!("sk-{}", node.rng.hex(16)),
+        Some(Value::String(k)) if k.starts_with("sk-") && k.len() >= 8 => k.clone(),
+        Some(_) => {
+            return Err(Error::invalid(
+                "a custom `key` must be a string starting with `sk-`, at least 8 characters",
+                Some("key"),
+            )
+            .into());
+        }
+    };
+    if let Some(expires) = expires_from(&node, &body)? {
+        fields.insert("expires".into(), expires);
+    }
+    let token = hex::encode(Secret::new(&key).sha256());
+    fields.insert("token".into(), json!(token));
+    fields.insert("key_name".into(), json!(key_name(&key)));
+    fields.insert(
+        "created_by".into(),
+        json!(p.user_id().unwrap_or("master_key")),
+    );
+    fields.insert("created_at".into(), json!(0));
+    fields.insert("updated_at".into(), json!(0));
+    validate::<KeyRecord>(&fields)?;
+    let records = propose(
+        &node,
+        Command::Create {
+            kind: Kind::Key,
+            record: Value::Object(fields),
+        },
+    )
+    .await?;
+    let mut out = present(records.into_iter().next().unwrap_or(Value::Null));
+    out["key"] = json!(key);
+    if !ignored.is_empty() {
+        out["ignored_fields"] = json!(ignored);
+    }
+    Ok(Json(out))
+}
+
+pub async fn update(
+    State(node): State<Arc<Node>>,
+    Auth(p): Auth,
+    JsonBody(body): JsonBody<Value>,
+) -> Result<Json<Value>, ApiError> {
+    let body = object(body)?;
+    let key = super::string_field(&body, "key")?;
+    let (mut patch, ignored) =
+        split_fields(&body, &[FIELDS, &["key", "duration"]].concat(), IGNORED)?;
+    patch.remove("key");
+    patch.remove("duration");
+    check_settings(&patch)?;
+    let token = token_of(&key);
+    let current = existing(&node, &token)?;
+    require(node.metadata.read(|s| may_manage(s, &p, &current)), || {
+        forbidden_key(&p).to_string()
+    })?;
+    if !p.is_admin() && patch.contains_key("team_id") {
+        let t = patch
+            .get("team_id")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        require(node.metadata.read(|s| administers(s, &p, &t)), || {
+            format!("moving a key to team `{t}` needs admin rights on that team")
+        })?;
+    }
+    if let Some(expires) = expires_from(&node, &body)? {
+        patch.insert("expires".into(), expires);
+    }
+    // The patched record must still be a valid key.
+    let mut merged = match serde_json::to_value(&*current) {
+        Ok(Value::Object(m)) => m,
+        _ => Map::new(),
+    };
+    merged.extend(patch.clone());
+    validate::<KeyRecord>(&merged)?;
+    let records = propose(
+        &node,
+        Command::Update {
+            kind: Kind::Key,
+            id: token,
+            patch,
+        },
+    )
+    .await?;
+    let mut out = present(records.into_iter().next().unwrap_or(Value::Null));
+    if !ignored.is_empty() {
+        out["ignored_fields"] = json!(ignored);
+    }
+    Ok(Json(out))
+}
+
+pub async fn delete(
+    State(node): State<Arc<Node>>,
+    Auth(p): Auth,
+    JsonBody(body): JsonBody<Value>,
+) -> Result<Json<Value>, ApiError> {
+    let body = object(body)?;
+    let (given, tokens): (Vec<String>, Vec<String>) = if body.contains_key("keys") {
+        let keys = super::id_list(&body, "keys")?;
+        let tokens = keys.iter().map(|k| token_of(k)).collect();
+        (keys, tokens)
+    } else if body.contains_key("key_aliases") {
+        let aliases = super::id_list(&body, "key_aliases")?;
+        let tokens = node.metadata.read(|s| {
+            s.keys()
+                .into_iter()
+                .filter(|k| k.key_alias.as_ref().is_some_and(|a| aliases.contains(a)))
+                .map(|k| k.token.clone())
+                .collect::<Vec<_>>()
+        });
+        (aliases, tokens)
+    } else {
+        return Err(Error::invalid(
+            "give `keys` (keys or tokens) or `key_aliases`",
+            Some("keys"),
+        )
+        .into());
+    };
+    for token in &tokens {
+        let record = existing(&node, token)?;
+        require(node.metadata.read(|s| may_manage(s, &p, &record)), || {
+            forbidden_key(&p).to_string()
+        })?;
+    }
+    if tokens.is_empty() {
+        return Err(Error::NotFound("no key matches".into()).into());
+    }
+    propose(
+        &node,
+        Command::Delete {
+            kind: Kind::Key,
+            ids: tokens,
+        },
+    )
+    .await?;
+    Ok(Json(json!({ "deleted_keys": given })))
+}
+
+#[derive(Deserialize)]
+pub struct InfoQuery {
+    key: Option<String>,
+    #[serde(flatten)]
+    consistency: Consistency,
+}
+
+pub async fn info(
+    State(node): State<Arc<Node>>,
+    Auth(p): Auth,
+    Query(q): Query<InfoQuery>,
+) -> Result<Json<Value>, ApiError> {
+    q.consistency.wait(&node).await?;
+    let token = match (&q.key, p.caller()) {
+        (Some(k), _) => token_of(k),
+        (None, Some(c)) => c.key.token.clone(),
+        (None, None) => {
+            return Err(
+                Error::invalid("`key` is required with the master key", Some("key")).into(),
+            );
+        }
+    };
+    let record = existing(&node, &token)?;
+    require(node.metadata.read(|s| may_see(s, &p, &record)), || {
+        forbidden_key(&p).to_string()
+    })?;
+    let info = present(serde_json::to_value(&*record).unwrap_or(Value::Null));
+    Ok(Json(json!({ "key": token, "info": info })))
+}
+
+#[derive(Deserialize)]
+pub struct ListQuery {
+    page: Option<usize>,
+    size: Option<usize>,
+    user_id: Option<String>,
+    team_id: Option<String>,
+    key_alias: Option<String>,
+    return_full_object: Option<bool>,
+    #[serde(flatten)]
+    consistency: Consistency,
+}
+
+pub async fn list(
+    State(node): State<Arc<Node>>,
+    Auth(p): Auth,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    q.consistency.wait(&node).await?;
+    let size = q.size.unwrap_or(10).clamp(1, 100);
+    let page = q.page.unwrap_or(1).max(1);
+    let (total, items) = node.metadata.read(|s| {
+        let visible: Vec<Arc<KeyRecord>> = s
+            .keys()
+            .into_iter()
+            .filter(|k| may_see(s, &p, k))
+            .filter(|k| {
+                q.user_id
+                    .as_ref()
+                    .is_none_or(|u| k.user_id.as_ref() == Some(u))
+            })
+            .filter(|k| {
+                q.team_id
+                    .as_ref()
+                    .is_none_or(|t| k.team_id.as_ref() == Some(t))
+            })
+            .filter(|k| {
+                q.key_alias
+                    .as_ref()
+                    .is_none_or(|a| k.key_alias.as_ref() == Some(a))
+            })
+            .cloned()
+            .collect();
+        let total = visible.len();
+        let items: Vec<Value> = visible
+            .into_iter()
+            .skip((page - 1) * size)
+            .take(size)
+            .map(|k| {
+                if q.return_full_object.unwrap_or(false) {
+                    present(serde_json::to_value(&*k).unwrap_or(Value::Null))
+                } else {
+                    json!(k.token)
+                }
+            })
+            .collect();
+        (total, items)
+    });
+    Ok(Json(json!({
+        "keys": items,
+        "total_count": total,
+        "current_page": page,
+        "total_pages": total.div_ceil(size),
+    })))
+}
+
+pub async fn regenerate(
+    State(node): State<Arc<Node>>,
+    Auth(p): Auth,
+    JsonBody(body): JsonBody<Value>,
+) -> Result<Json<Value>, ApiError> {
+    let body = object(body)?;
+    let key = super::string_field(&body, "key")?;
+    let new_key = match body.get("new_key") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(k)) if k.starts_with("sk-") && k.len() >= 8 => Some(k.clone()),
+        Some(_) => {
+            return Err(Error::invalid(
+                "`new_key` must start with `sk-`, at least 8 characters",
+                Some("new_key"),
+            )
+            .into());
+        }
+    };
+    regenerate_key(&node, &p, &key, new_key)
+        .await
+        .map(Json)
+        .map_err(ApiError::from)
+}
+
+pub async fn regenerate_path(
+    State(node): State<Arc<Node>>,
+    Auth(p): Auth,
+    Path(key): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    regenerate_key(&node, &p, &key, None)
+        .await
+        .map(Json)
+        .map_err(ApiError::from)
+}
+
+async fn regenerate_key(
+    node: &Node,
+    p: &Principal,
+    key: &str,
+    new_key: Option<String>,
+) -> Result<Value> {
+    let old_token = token_of(key);
+    let record = existing(node, &old_token)?;
+    require(node.metadata.read(|s| may_manage(s, p, &record)), || {
+        forbidden_key(p).to_string()
+    })?;
+    let new_key = new_key.unwrap_or_else(|| format!("sk-{}", node.rng.hex(16)));
+    let command = Command::Regenerate {
+        old_token,
+        new_token: hex::encode(Secret::new(&new_key).sha256()),
+        key_name: key_name(&new_key),
+    };
+    let records = propose(node, command).await?;
+    let mut out = present(records.into_iter().next().unwrap_or(Value::Null));
+    out["key"] = json!(new_key);
+    Ok(out)
+}
+
+pub async fn block(
+    State(node): State<Arc<Node>>,
+    Auth(p): Auth,
+    JsonBody(body): JsonBody<Value>,
+) -> Result<Json<Value>, ApiError> {
+    set_blocked(&node, &p, body, true)
+        .await
+        .map(Json)
+        .map_err(ApiError::from)
+}
+
+pub async fn unblock(
+    State(node): State<Arc<Node>>,
+    Auth(p): Auth,
+    JsonBody(body): JsonBody<Value>,
+) -> Result<Json<Value>, ApiError> {
+    set_blocked(&node, &p, body, false)
+        .await
+        .map(Json)
+        .map_err(ApiError::from)
+}
+
+async fn set_blocked(node: &Node, p: &Principal, body: Value, blocked: bool) -> Result<Value> {
+    let body = object(body)?;
+    let token = token_of(&super::string_field(&body, "key")?);
+    let record = existing(node, &token)?;
+    require(node.metadata.read(|s| may_manage(s, p, &record)), || {
+        forbidden_key(p).to_string()
+    })?;
+    let mut patch = Map::new();
+    patch.insert("blocked".into(), json!(blocked));
+    let records = propose(
+        node,
+        Command::Update {
+            kind: Kind::Key,
+            id: token,
+            patch,
+        },
+    )
+    .await?;
+    Ok(present(records.into_iter().next().unwrap_or(Value::Null)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_and_names() {
+        let t = token_of("sk-abc");
+        assert_eq!(t.len(), 64);
+        assert_eq!(token_of(&t), t, "a token is taken as is");
+        assert_eq!(key_name("sk-0123456789"), "sk-...6789");
+        assert_eq!(
+            present(json!({ "expires": 0 }))["expires"],
+            "1970-01-01T00:00:00Z"
+        );
+        assert_eq!(present(json!({}))["expires"], Value::Null);
+    }
+}

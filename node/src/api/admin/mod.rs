@@ -1,0 +1,308 @@
+//! The admin API on every node, with LiteLLM's paths and bodies. Writes are
+//! Raft proposals (forwarded to the leader by the region); reads come from this
+//! node's applied state, or after a read-index barrier with
+//! `?consistency=linearizable`.
+//!
+//! Roles: the master key and `proxy_admin` may do everything;
+//! `proxy_admin_viewer` reads everything; a team's admin manages that team's
+//! keys and members; an `internal_user` manages their own keys. Everything
+//! else is 403 with a message saying what was missing.
+
+mod entities;
+mod keys;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use crate::auth::Principal;
+use crate::error::{Error, Result};
+use crate::node::Node;
+use meridian_consensus::metadata::{Command, Outcome, Refusal};
+
+pub fn routes() -> Router<Arc<Node>> {
+    Router::new()
+        .route("/key/generate", post(keys::generate))
+        .route("/key/update", post(keys::update))
+        .route("/key/delete", post(keys::delete))
+        .route("/key/info", get(keys::info))
+        .route("/key/list", get(keys::list))
+        .route("/key/regenerate", post(keys::regenerate))
+        .route("/key/{key}/regenerate", post(keys::regenerate_path))
+        .route("/key/block", post(keys::block))
+        .route("/key/unblock", post(keys::unblock))
+        .route("/team/new", post(entities::team_new))
+        .route("/team/update", post(entities::team_update))
+        .route("/team/delete", post(entities::team_delete))
+        .route("/team/info", get(entities::team_info))
+        .route("/team/list", get(entities::team_list))
+        .route("/team/member_add", post(entities::team_member_add))
+        .route("/team/member_delete", post(entities::team_member_delete))
+        .route("/team/block", post(entities::team_block))
+        .route("/team/unblock", post(entities::team_unblock))
+        .route("/user/new", post(entities::user_new))
+        .route("/user/update", post(entities::user_update))
+        .route("/user/delete", post(entities::user_delete))
+        .route("/user/info", get(entities::user_info))
+        .route("/user/list", get(entities::user_list))
+        .route("/customer/new", post(entities::customer_new))
+        .route("/customer/update", post(entities::customer_update))
+        .route("/customer/delete", post(entities::customer_delete))
+        .route("/customer/info", get(entities::customer_info))
+        .route("/customer/block", post(entities::customer_block))
+        .route("/customer/unblock", post(entities::customer_unblock))
+        .route("/budget/new", post(entities::budget_new))
+        .route("/budget/update", post(entities::budget_update))
+        .route("/budget/delete", post(entities::budget_delete))
+        .route("/budget/info", post(entities::budget_info))
+        .route("/cluster/status", get(entities::cluster_status))
+}
+
+/// `?consistency=linearizable` on reads.
+#[derive(Debug, Default, Deserialize)]
+pub struct Consistency {
+    #[serde(default)]
+    consistency: Option<String>,
+}
+
+impl Consistency {
+    /// Waits for a read-index barrier when the caller asked for one.
+    pub async fn wait(&self, node: &Node) -> Result<()> {
+        match self.consistency.as_deref() {
+            None | Some("local") => Ok(()),
+            Some("linearizable") => Ok(node.metadata.linearizable().await?),
+            Some(other) => Err(Error::invalid(
+                format!("consistency must be `local` or `linearizable`, not `{other}`"),
+                Some("consistency"),
+            )),
+        }
+    }
+}
+
+/// Proposes `command` and turns the state machine's refusal into an error.
+pub async fn propose(node: &Node, command: Command) -> Result<Vec<Value>> {
+    match node.metadata.propose(command, node.now_ms()).await? {
+        Outcome::Done { records, .. } => Ok(records),
+        Outcome::Refused {
+            reason: Refusal::NotFound,
+            message,
+        } => Err(Error::NotFound(message)),
+        Outcome::Refused {
+            reason: Refusal::AlreadyExists,
+            message,
+        } => Err(Error::Conflict(message)),
+        Outcome::Refused {
+            reason: Refusal::Invalid,
+            message,
+        } => Err(Error::invalid(message, None)),
+    }
+}
+
+pub fn require(allowed: bool, what: impl FnOnce() -> String) -> Result<()> {
+    if allowed {
+        Ok(())
+    } else {
+        Err(Error::Forbidden(what()))
+    }
+}
+
+/// The caller must be an admin (master key or `proxy_admin`).
+pub fn require_admin(p: &Principal, action: &str) -> Result<()> {
+    require(p.is_admin(), || {
+        format!(
+            "{action} requires the master key or the proxy_admin role; {}",
+            describe(p)
+        )
+    })
+}
+
+/// The caller must be able to read everything (admin or `proxy_admin_viewer`).
+pub fn require_reader(p: &Principal, action: &str) -> Result<()> {
+    require(p.may_read_all(), || {
+        format!(
+            "{action} requires the proxy_admin or proxy_admin_viewer role; {}",
+            describe(p)
+        )
+    })
+}
+
+/// "your key's role is X" for 403 messages.
+pub fn describe(p: &Principal) -> String {
+    match p.caller() {
+        None => "the master key may do this".to_owned(),
+        Some(c) => match (&c.key.user_id, c.role) {
+            (None, _) => "your key belongs to no user".to_owned(),
+            (Some(u), Some(role)) => format!(
+                "your key's user `{u}` has role {}",
+                serde_json::to_string(&role)
+                    .unwrap_or_default()
+                    .trim_matches('"')
+            ),
+            (Some(u), None) => format!("your key's user `{u}` does not exist"),
+        },
+    }
+}
+
+/// A JSON body that must be an object.
+pub fn object(body: Value) -> Result<Map<String, Value>> {
+    match body {
+        Value::Object(m) => Ok(m),
+        _ => Err(Error::invalid(
+            "the request body must be a JSON object",
+            None,
+        )),
+    }
+}
+
+/// A required string field.
+pub fn string_field(body: &Map<String, Value>, field: &str) -> Result<String> {
+    match body.get(field) {
+        Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
+        Some(Value::String(_)) | None | Some(Value::Null) => Err(Error::invalid(
+            format!("`{field}` is required"),
+            Some(field),
+        )),
+        Some(_) => Err(Error::invalid(
+            format!("`{field}` must be a string"),
+            Some(field),
+        )),
+    }
+}
+
+/// A list of ids: `field` as a list of strings.
+pub fn id_list(body: &Map<String, Value>, field: &str) -> Result<Vec<String>> {
+    match body.get(field) {
+        Some(Value::Array(items)) if !items.is_empty() => items
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                v.as_str().map(str::to_owned).ok_or_else(|| {
+                    Error::invalid(
+                        format!("`{field}[{i}]` must be a string"),
+                        Some(&format!("{field}[{i}]")),
+                    )
+                })
+            })
+            .collect(),
+        Some(_) => Err(Error::invalid(
+            format!("`{field}` must be a non-empty list of strings"),
+            Some(field),
+        )),
+        None => Err(Error::invalid(
+            format!("`{field}` is required"),
+            Some(field),
+        )),
+    }
+}
+
+/// Checks the body's fields: `known` become part of the record; `ignored` are
+/// LiteLLM fields Meridian accepts and does not act on (returned to the caller
+/// by name); anything else is a 400 naming the field.
+pub fn split_fields(
+    body: &Map<String, Value>,
+    known: &[&str],
+    ignored: &[&str],
+) -> Result<(Map<String, Value>, Vec<String>)> {
+    let mut fields = Map::new();
+    let mut skipped = Vec::new();
+    for (k, v) in body {
+        if known.contains(&k.as_str()) {
+            fields.insert(k.clone(), v.clone());
+        } else if ignored.contains(&k.as_str()) {
+            skipped.push(k.clone());
+        } else {
+            return Err(Error::invalid(format!("unknown field `{k}`"), Some(k)));
+        }
+    }
+    Ok((fields, skipped))
+}
+
+/// Checks that `fields` make a valid record of type `T` (so a typo'd type is a
+/// 400 naming the field, before anything is proposed).
+pub fn validate<T: serde::de::DeserializeOwned>(record: &Map<String, Value>) -> Result<()> {
+    let value = Value::Object(record.clone());
+    serde_path_to_error::deserialize::<_, T>(value)
+        .map(drop)
+        .map_err(|e| {
+            let path = e.path().to_string();
+            let param = (path != ".").then_some(path);
+            let message = match &param {
+                Some(p) => format!("`{p}`: {}", e.inner()),
+                None => e.inner().to_string(),
+            };
+            Error::InvalidRequest { message, param }
+        })
+}
+
+/// `30s`, `30m`, `30h`, `30d`, `2w` → seconds.
+pub fn duration_secs(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit())?;
+    let (n, unit) = text.split_at(split);
+    let n: u64 = n.parse().ok()?;
+    let unit = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
+        _ => return None,
+    };
+    n.checked_mul(unit)
+}
+
+/// A `budget_duration`: a fixed period or `Nmo` (calendar months).
+pub fn valid_budget_duration(text: &str) -> bool {
+    duration_secs(text).is_some_and(|s| s > 0)
+        || text
+            .strip_suffix("mo")
+            .is_some_and(|n| n.parse::<u32>().is_ok_and(|n| n > 0))
+}
+
+/// Unix seconds → RFC 3339 (UTC), as LiteLLM shows `expires`.
+pub fn rfc3339(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil-from-days (proleptic Gregorian), after H. Hinnant.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_dates() {
+        assert_eq!(duration_secs("30s"), Some(30));
+        assert_eq!(duration_secs("2h"), Some(7200));
+        assert_eq!(duration_secs("30d"), Some(2_592_000));
+        assert_eq!(duration_secs("1mo"), None);
+        assert_eq!(duration_secs("d"), None);
+        assert!(
+            valid_budget_duration("1mo")
+                && valid_budget_duration("30d")
+                && !valid_budget_duration("0d")
+        );
+        assert!(!valid_budget_duration("monthly"));
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_795_320_997), "2026-11-22T04:16:37Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+    }
+}
