@@ -304,12 +304,15 @@ impl MetadataState {
         self.store(kind, id, Value::Object(record), changes)
     }
 
-    /// Parses `json` as `kind`'s record and installs it.
+    /// Parses `json` as `kind`'s record and installs it. What is stored and
+    /// returned is the record re-serialized, so defaults are explicit and every
+    /// replica holds the same bytes.
     fn store(&mut self, kind: Kind, id: &str, json: Value, changes: &mut Vec<Change>) -> Outcome {
-        fn parse<T: DeserializeOwned>(json: &Value) -> Result<Arc<T>, Outcome> {
-            serde_json::from_value(json.clone())
-                .map(Arc::new)
-                .map_err(|e| Outcome::refused(Refusal::Invalid, e.to_string()))
+        fn parse<T: DeserializeOwned + Serialize>(json: Value) -> Result<(Arc<T>, Value), Outcome> {
+            let record: T = serde_json::from_value(json)
+                .map_err(|e| Outcome::refused(Refusal::Invalid, e.to_string()))?;
+            let canonical = to_json(&record);
+            Ok((Arc::new(record), canonical))
         }
         let result = match kind {
             Kind::Key => match token_bytes(id) {
@@ -317,29 +320,35 @@ impl MetadataState {
                     Refusal::Invalid,
                     "a key's token must be hex SHA-256",
                 )),
-                Some(hash) => parse(&json).map(|r| {
+                Some(hash) => parse(json).map(|(r, j)| {
                     self.keys.insert(hash, r);
+                    j
                 }),
             },
-            Kind::Team => parse(&json).map(|r| {
+            Kind::Team => parse(json).map(|(r, j)| {
                 self.teams.insert(id.to_owned(), r);
+                j
             }),
-            Kind::User => parse(&json).map(|r| {
+            Kind::User => parse(json).map(|(r, j)| {
                 self.users.insert(id.to_owned(), r);
+                j
             }),
-            Kind::Customer => parse(&json).map(|r| {
+            Kind::Customer => parse(json).map(|(r, j)| {
                 self.customers.insert(id.to_owned(), r);
+                j
             }),
-            Kind::Budget => parse(&json).map(|r| {
+            Kind::Budget => parse(json).map(|(r, j)| {
                 self.budgets.insert(id.to_owned(), r);
+                j
             }),
-            Kind::Model => parse(&json).map(|r| {
+            Kind::Model => parse(json).map(|(r, j)| {
                 self.models.insert(id.to_owned(), r);
+                j
             }),
         };
         match result {
             Err(refused) => refused,
-            Ok(()) => {
+            Ok(json) => {
                 changes.push(Change::Put {
                     kind,
                     id: id.to_owned(),
@@ -547,7 +556,7 @@ mod tests {
 
     #[test]
     fn team_members_and_determinism() {
-        let commands = vec![
+        let commands = [
             at(
                 1_000,
                 Command::Create {

@@ -22,6 +22,9 @@ use crate::metadata::{Change, Kind, MetadataState, Outcome};
 /// The applied metadata, shared between the state machine and its readers.
 pub type SharedState = Arc<RwLock<MetadataState>>;
 
+/// The last applied log id and the membership as of it.
+type Applied = (Option<LogIdOf<TypeConfig>>, StoredMembershipOf<TypeConfig>);
+
 const APPLIED: &[u8] = b"_applied";
 const MEMBERSHIP: &[u8] = b"_membership";
 const CURRENT_SNAPSHOT: &[u8] = b"current";
@@ -42,7 +45,7 @@ struct StoredSnapshot {
 pub struct StateMachine {
     store: Arc<dyn Store>,
     state: SharedState,
-    applied: Arc<RwLock<(Option<LogIdOf<TypeConfig>>, StoredMembershipOf<TypeConfig>)>>,
+    applied: Arc<RwLock<Applied>>,
 }
 
 fn record_key(kind: Kind, id: &str) -> Vec<u8> {

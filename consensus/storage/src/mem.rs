@@ -7,9 +7,12 @@ use std::sync::Mutex;
 
 use crate::{Cf, Durability, Op, Result, Store, WriteBatch};
 
+/// One column family: ordered keys to values.
+type Family = BTreeMap<Vec<u8>, Vec<u8>>;
+
 #[derive(Default)]
 pub struct MemStore {
-    cfs: Mutex<BTreeMap<Cf, BTreeMap<Vec<u8>, Vec<u8>>>>,
+    cfs: Mutex<BTreeMap<Cf, Family>>,
 }
 
 impl MemStore {
@@ -17,7 +20,7 @@ impl MemStore {
         Self::default()
     }
 
-    fn with<T>(&self, f: impl FnOnce(&mut BTreeMap<Cf, BTreeMap<Vec<u8>, Vec<u8>>>) -> T) -> T {
+    fn with<T>(&self, f: impl FnOnce(&mut BTreeMap<Cf, Family>) -> T) -> T {
         f(&mut self.cfs.lock().unwrap_or_else(|p| p.into_inner()))
     }
 }

@@ -223,7 +223,26 @@ pub fn split_fields(
 /// Checks that `fields` make a valid record of type `T` (so a typo'd type is a
 /// 400 naming the field, before anything is proposed).
 pub fn validate<T: serde::de::DeserializeOwned>(record: &Map<String, Value>) -> Result<()> {
-    let value = Value::Object(record.clone());
+    // Limits are flattened into every record, which hides their path from
+    // serde; check them on their own first so errors still name the field.
+    const LIMIT_FIELDS: &[&str] = &[
+        "max_budget",
+        "budget_duration",
+        "rpm_limit",
+        "tpm_limit",
+        "max_parallel_requests",
+        "enforcement",
+    ];
+    let limits: Map<String, Value> = record
+        .iter()
+        .filter(|(k, _)| LIMIT_FIELDS.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    check::<meridian_consensus::metadata::Limits>(Value::Object(limits))?;
+    check::<T>(Value::Object(record.clone()))
+}
+
+fn check<T: serde::de::DeserializeOwned>(value: Value) -> Result<()> {
     serde_path_to_error::deserialize::<_, T>(value)
         .map(drop)
         .map_err(|e| {

@@ -1,0 +1,533 @@
+//! The admin API in-process on a one-node region (router tier): keys, teams,
+//! users, customers and budgets with LiteLLM's paths and bodies; roles; and the
+//! LLM path authenticating the keys it creates.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::body::Body;
+use http::Request;
+use meridian_node::clock::{SeededRng, SystemClock};
+use meridian_node::config;
+use meridian_node::node::{Node, Seams};
+use meridian_node::secret::Secret;
+use meridian_node::upstream::HttpUpstream;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+const MASTER: &str = "sk-admin-tier-master";
+const MOCKS: &str = "model_list:\n  - model_name: gpt\n    litellm_params: {model: mock/chat}\n  - model_name: claude\n    litellm_params: {model: mock/chat}\n";
+
+async fn node(extra: &str) -> Arc<Node> {
+    let env = BTreeMap::<String, String>::new();
+    let config = config::parse_str(&format!("{MOCKS}{extra}"), "t.yaml", &env, false).unwrap();
+    let seams = Seams {
+        upstream: Arc::new(HttpUpstream::new().unwrap()),
+        clock: Arc::new(SystemClock),
+        rng: SeededRng::from_seed(5),
+    };
+    let store: Arc<dyn meridian_storage::Store> = Arc::new(meridian_storage::MemStore::new());
+    let region = meridian_node::cluster::single_node_region(store, "http://test".into())
+        .await
+        .unwrap();
+    Node::new(config, &Secret::new(MASTER), seams, region)
+}
+
+async fn call(
+    node: &Arc<Node>,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("content-type", "application/json");
+    if let Some(k) = key {
+        req = req.header("authorization", format!("Bearer {k}"));
+    }
+    let req = req
+        .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
+        .unwrap();
+    let resp = meridian_node::api::router(node.clone())
+        .oneshot(req)
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+async fn post(node: &Arc<Node>, path: &str, key: &str, body: Value) -> (u16, Value) {
+    call(node, "POST", path, Some(key), Some(body)).await
+}
+
+async fn get(node: &Arc<Node>, path: &str, key: &str) -> (u16, Value) {
+    call(node, "GET", path, Some(key), None).await
+}
+
+async fn chat(node: &Arc<Node>, key: &str, model: &str) -> (u16, Value) {
+    post(
+        node,
+        "/v1/chat/completions",
+        key,
+        json!({ "model": model, "messages": [{ "role": "user", "content": "hi" }] }),
+    )
+    .await
+}
+
+fn ok(reply: (u16, Value)) -> Value {
+    assert_eq!(reply.0, 200, "{}", reply.1);
+    reply.1
+}
+
+#[tokio::test]
+async fn generated_keys_authenticate_and_follow_their_settings() {
+    let n = node("").await;
+    let created = ok(post(
+        &n,
+        "/key/generate",
+        MASTER,
+        json!({ "models": ["gpt"], "key_alias": "ci", "metadata": { "env": "test" } }),
+    )
+    .await);
+    let key = created["key"].as_str().unwrap().to_owned();
+    assert!(key.starts_with("sk-"));
+    assert_eq!(
+        created["key_name"],
+        format!("sk-...{}", &key[key.len() - 4..])
+    );
+    assert_eq!(created["token"].as_str().unwrap().len(), 64);
+    assert_eq!(created["expires"], Value::Null);
+
+    assert_eq!(chat(&n, &key, "gpt").await.0, 200);
+    let (status, body) = chat(&n, &key, "claude").await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["error"]["type"], "permission_error");
+    assert!(body["error"]["message"].as_str().unwrap().contains("gpt"));
+    let models = ok(get(&n, "/v1/models", &key).await);
+    assert_eq!(
+        models["data"].as_array().unwrap().len(),
+        1,
+        "only the key's models are listed"
+    );
+
+    // Block → refused at once; unblock → back.
+    ok(post(&n, "/key/block", MASTER, json!({ "key": key })).await);
+    let (status, body) = chat(&n, &key, "gpt").await;
+    assert_eq!(status, 401);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("blocked")
+    );
+    ok(post(&n, "/key/unblock", MASTER, json!({ "key": key })).await);
+    assert_eq!(chat(&n, &key, "gpt").await.0, 200);
+
+    // Update, info (by key or by token), list.
+    ok(post(
+        &n,
+        "/key/update",
+        MASTER,
+        json!({ "key": key, "models": ["gpt", "claude"], "rpm_limit": 10 }),
+    )
+    .await);
+    assert_eq!(chat(&n, &key, "claude").await.0, 200);
+    let info = ok(get(&n, &format!("/key/info?key={key}"), MASTER).await);
+    assert_eq!(info["info"]["rpm_limit"], 10);
+    assert_eq!(info["info"]["key_alias"], "ci");
+    let token = info["key"].as_str().unwrap().to_owned();
+    assert_eq!(
+        ok(get(
+            &n,
+            &format!("/key/info?key={token}&consistency=linearizable"),
+            MASTER
+        )
+        .await)["key"],
+        token
+    );
+    assert_eq!(
+        ok(get(&n, "/key/info", &key).await)["key"],
+        token,
+        "a key may read itself"
+    );
+    let list = ok(get(&n, "/key/list?key_alias=ci", MASTER).await);
+    assert_eq!(
+        (list["keys"].clone(), list["total_count"].clone()),
+        (json!([token]), json!(1))
+    );
+
+    // Regenerate: the old secret stops working, the new one works.
+    let regenerated = ok(post(&n, "/key/regenerate", MASTER, json!({ "key": key })).await);
+    let new_key = regenerated["key"].as_str().unwrap().to_owned();
+    assert_eq!(chat(&n, &key, "gpt").await.0, 401);
+    assert_eq!(chat(&n, &new_key, "gpt").await.0, 200);
+    assert_eq!(regenerated["key_alias"], "ci", "settings are kept");
+
+    // Delete → invalid.
+    let deleted = ok(post(&n, "/key/delete", MASTER, json!({ "key_aliases": ["ci"] })).await);
+    assert_eq!(deleted["deleted_keys"], json!(["ci"]));
+    assert_eq!(chat(&n, &new_key, "gpt").await.0, 401);
+    assert_eq!(
+        get(&n, &format!("/key/info?key={new_key}"), MASTER).await.0,
+        404
+    );
+}
+
+#[tokio::test]
+async fn expired_keys_are_refused() {
+    let n = node("").await;
+    let key = ok(post(&n, "/key/generate", MASTER, json!({ "duration": "1s" })).await)["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(chat(&n, &key, "gpt").await.0, 200);
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    let (status, body) = chat(&n, &key, "gpt").await;
+    assert_eq!(status, 401, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("expired")
+    );
+}
+
+#[tokio::test]
+async fn admin_calls_need_a_valid_key_and_the_right_role() {
+    let n = node("").await;
+    assert_eq!(
+        call(&n, "POST", "/key/generate", None, Some(json!({})))
+            .await
+            .0,
+        401
+    );
+    assert_eq!(
+        post(&n, "/key/generate", "sk-wrong", json!({})).await.0,
+        401
+    );
+
+    // A user with the default role gets a key with /user/new.
+    let alice = ok(post(
+        &n,
+        "/user/new",
+        MASTER,
+        json!({ "user_id": "alice", "user_email": "a@example.com" }),
+    )
+    .await);
+    let alice_key = alice["key"].as_str().unwrap().to_owned();
+    assert_eq!(alice["user_role"], "internal_user");
+    let bob_key = ok(post(&n, "/user/new", MASTER, json!({ "user_id": "bob" })).await)["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // Internal users manage their own keys only.
+    let own = ok(post(
+        &n,
+        "/key/generate",
+        &alice_key,
+        json!({ "models": ["gpt"] }),
+    )
+    .await);
+    assert_eq!(own["user_id"], "alice");
+    let (status, body) = post(&n, "/key/generate", &alice_key, json!({ "user_id": "bob" })).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("only admins and team admins")
+    );
+    let (status, body) = get(&n, &format!("/key/info?key={bob_key}"), &alice_key).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("user `alice` has role internal_user")
+    );
+    let (status, body) = post(&n, "/team/new", &alice_key, json!({ "team_alias": "x" })).await;
+    assert_eq!(status, 403);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("requires the master key or the proxy_admin role")
+    );
+    assert_eq!(get(&n, "/user/list", &alice_key).await.0, 403);
+    assert_eq!(
+        get(&n, "/user/info", &alice_key).await.0,
+        200,
+        "a user may read itself"
+    );
+    let mine = ok(get(&n, "/key/list", &alice_key).await);
+    assert_eq!(
+        mine["total_count"], 2,
+        "alice sees her two keys only: {mine}"
+    );
+
+    // Viewers read, never write; proxy admins do everything.
+    let viewer = ok(post(
+        &n,
+        "/user/new",
+        MASTER,
+        json!({ "user_id": "v", "user_role": "proxy_admin_viewer" }),
+    )
+    .await)["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(get(&n, "/user/list", &viewer).await.0, 200);
+    assert_eq!(get(&n, "/key/list", &viewer).await.1["total_count"], 4);
+    assert_eq!(post(&n, "/key/generate", &viewer, json!({})).await.0, 403);
+    let admin = ok(post(
+        &n,
+        "/user/new",
+        MASTER,
+        json!({ "user_id": "root", "user_role": "proxy_admin" }),
+    )
+    .await)["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    ok(post(&n, "/team/new", &admin, json!({ "team_id": "t1" })).await);
+    ok(post(&n, "/key/block", &admin, json!({ "key": bob_key })).await);
+}
+
+#[tokio::test]
+async fn team_admins_manage_their_team() {
+    let n = node("").await;
+    let lead = ok(post(&n, "/user/new", MASTER, json!({ "user_id": "lead" })).await)["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let dev = ok(post(&n, "/user/new", MASTER, json!({ "user_id": "dev" })).await)["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    ok(post(&n, "/team/new", MASTER, json!({ "team_id": "ml", "models": ["gpt"], "members_with_roles": [{ "role": "admin", "user_id": "lead" }] })).await);
+    ok(post(
+        &n,
+        "/team/member_add",
+        &lead,
+        json!({ "team_id": "ml", "member": { "role": "user", "user_id": "dev" } }),
+    )
+    .await);
+    assert_eq!(
+        post(
+            &n,
+            "/team/member_add",
+            &dev,
+            json!({ "team_id": "ml", "member": { "user_id": "x" } })
+        )
+        .await
+        .0,
+        403
+    );
+
+    // The team admin creates a team key for a member; team models bound it.
+    let team_key = ok(post(
+        &n,
+        "/key/generate",
+        &lead,
+        json!({ "team_id": "ml", "user_id": "dev" }),
+    )
+    .await)["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(chat(&n, &team_key, "gpt").await.0, 200);
+    assert_eq!(
+        chat(&n, &team_key, "claude").await.0,
+        403,
+        "the team's model list applies to its keys"
+    );
+    assert_eq!(
+        post(&n, "/key/generate", &dev, json!({ "team_id": "nope" }))
+            .await
+            .0,
+        403
+    );
+
+    let info = ok(get(&n, "/team/info?team_id=ml", &dev).await);
+    assert_eq!(
+        info["team_info"]["members"],
+        json!({ "lead": "admin", "dev": "user" })
+    );
+    assert_eq!(info["keys"].as_array().unwrap().len(), 1);
+
+    // Blocking the team refuses its keys.
+    ok(post(&n, "/team/block", MASTER, json!({ "team_id": "ml" })).await);
+    let (status, body) = chat(&n, &team_key, "gpt").await;
+    assert_eq!(status, 401);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("team `ml` is blocked")
+    );
+    ok(post(&n, "/team/unblock", MASTER, json!({ "team_id": "ml" })).await);
+    ok(post(
+        &n,
+        "/team/member_delete",
+        &lead,
+        json!({ "team_id": "ml", "user_id": "dev" }),
+    )
+    .await);
+    assert_eq!(
+        ok(get(&n, "/team/list", MASTER).await)
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    ok(post(&n, "/team/delete", MASTER, json!({ "team_ids": ["ml"] })).await);
+    assert_eq!(
+        chat(&n, &team_key, "gpt").await.0,
+        401,
+        "a key whose team is gone is refused"
+    );
+}
+
+#[tokio::test]
+async fn customers_budgets_and_status() {
+    let n = node("").await;
+    ok(post(&n, "/budget/new", MASTER, json!({ "budget_id": "small", "max_budget": 5.0, "budget_duration": "1mo", "rpm_limit": 60 })).await);
+    assert_eq!(
+        ok(post(&n, "/budget/info", MASTER, json!({ "budgets": ["small"] })).await)[0]["max_budget"],
+        5.0
+    );
+    ok(post(
+        &n,
+        "/budget/update",
+        MASTER,
+        json!({ "budget_id": "small", "max_budget": 7.5 }),
+    )
+    .await);
+    ok(post(
+        &n,
+        "/customer/new",
+        MASTER,
+        json!({ "user_id": "acme", "budget_id": "small", "alias": "ACME" }),
+    )
+    .await);
+    ok(post(
+        &n,
+        "/customer/block",
+        MASTER,
+        json!({ "user_ids": ["acme"] }),
+    )
+    .await);
+    let c = ok(get(&n, "/customer/info?end_user_id=acme", MASTER).await);
+    assert_eq!(
+        (c["blocked"].as_bool(), c["alias"].as_str()),
+        (Some(true), Some("ACME"))
+    );
+    ok(post(
+        &n,
+        "/customer/delete",
+        MASTER,
+        json!({ "user_ids": ["acme"] }),
+    )
+    .await);
+    assert_eq!(
+        get(&n, "/customer/info?end_user_id=acme", MASTER).await.0,
+        404
+    );
+    ok(post(&n, "/budget/delete", MASTER, json!({ "id": "small" })).await);
+
+    let status = ok(get(&n, "/cluster/status", MASTER).await);
+    assert_eq!(
+        (status["state"].as_str(), status["leader"].as_u64()),
+        (Some("leader"), Some(1))
+    );
+    assert_eq!(status["members"].as_array().unwrap().len(), 1);
+    assert_eq!(status["region"], "local");
+}
+
+#[tokio::test]
+async fn malformed_admin_bodies_name_the_field() {
+    let n = node("").await;
+    let cases = [
+        ("/key/generate", json!({ "rpm_limit": "ten" }), "rpm_limit"),
+        ("/key/generate", json!({ "models": "gpt" }), "models"),
+        ("/key/generate", json!({ "colour": "red" }), "colour"),
+        (
+            "/key/generate",
+            json!({ "duration": "forever" }),
+            "duration",
+        ),
+        (
+            "/key/generate",
+            json!({ "budget_duration": "monthly" }),
+            "budget_duration",
+        ),
+        ("/key/generate", json!({ "team_id": "ghost" }), "team_id"),
+        (
+            "/key/generate",
+            json!({ "enforcement": "sometimes" }),
+            "enforcement",
+        ),
+        (
+            "/team/new",
+            json!({ "members_with_roles": [{ "role": "owner", "user_id": "a" }] }),
+            "members_with_roles[0].role",
+        ),
+        (
+            "/user/new",
+            json!({ "user_role": "superuser" }),
+            "user_role",
+        ),
+        ("/team/delete", json!({ "team_ids": "t1" }), "team_ids"),
+        ("/key/update", json!({ "rpm_limit": 3 }), "key"),
+        ("/customer/new", json!({ "alias": "x" }), "user_id"),
+    ];
+    for (path, body, param) in cases {
+        let (status, reply) = post(&n, path, MASTER, body.clone()).await;
+        assert_eq!(status, 400, "{path} {body}: {reply}");
+        assert_eq!(reply["error"]["param"], param, "{path} {body}: {reply}");
+        assert_eq!(reply["error"]["type"], "invalid_request_error");
+    }
+    let (status, reply) = call(&n, "POST", "/key/generate", Some(MASTER), None).await;
+    assert_eq!(status, 400, "{reply}");
+    // Nothing was created by any of them.
+    assert_eq!(ok(get(&n, "/key/list", MASTER).await)["total_count"], 0);
+    assert_eq!(
+        post(&n, "/team/new", MASTER, json!({ "team_id": "dup" }))
+            .await
+            .0,
+        200
+    );
+    let (status, reply) = post(&n, "/team/new", MASTER, json!({ "team_id": "dup" })).await;
+    assert_eq!(status, 400, "{reply}");
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("already exists")
+    );
+}
+
+#[tokio::test]
+async fn the_admin_api_can_be_disabled() {
+    let n = node("meridian:\n  disable_admin_endpoints: true\n").await;
+    let (status, body) = post(&n, "/key/generate", MASTER, json!({})).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("admin endpoints are disabled")
+    );
+    assert_eq!(chat(&n, MASTER, "gpt").await.0, 200, "the LLM API stays up");
+}
