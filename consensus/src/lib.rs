@@ -8,11 +8,13 @@
 //! Layout: [`metadata`] is the pure core (records, commands, deterministic
 //! apply); the Raft storage, state machine and network wrap it.
 
+pub mod grpc;
 pub mod metadata;
 pub mod raft;
 pub mod region;
 pub mod transport;
 
+pub use grpc::GrpcTransport;
 pub use region::{Region, RegionConfig, RegionStatus};
 
 /// The crate's one error type.
@@ -24,7 +26,9 @@ pub enum Error {
     Config(String),
     #[error("no leader elected within {0:?}")]
     NoLeader(std::time::Duration),
-    #[error("the write's outcome is unknown (leadership changed while it was in flight); check and retry")]
+    #[error(
+        "the write's outcome is unknown (leadership changed while it was in flight); check and retry"
+    )]
     Uncertain,
     #[error("this node is not the leader")]
     NotLeader { leader: Option<String> },
@@ -32,6 +36,9 @@ pub enum Error {
     Membership(String),
     #[error("peer unreachable: {0}")]
     Unreachable(String),
+    /// The inter-node listener stopped with an error.
+    #[error("serving peers: {0}")]
+    Serve(String),
     #[error("Raft stopped: {0}")]
     Fatal(String),
 }

@@ -86,7 +86,11 @@ fn fatal(e: impl std::fmt::Display) -> Error {
 }
 
 impl Region {
-    pub async fn start(config: RegionConfig, store: Arc<dyn Store>, transport: Arc<dyn Transport>) -> Result<Self, Error> {
+    pub async fn start(
+        config: RegionConfig,
+        store: Arc<dyn Store>,
+        transport: Arc<dyn Transport>,
+    ) -> Result<Self, Error> {
         let sm = StateMachine::open(store.clone()).map_err(|e| Error::Storage(e.to_string()))?;
         let state = sm.shared_state();
         let raft_config = openraft::Config {
@@ -100,14 +104,27 @@ impl Region {
         }
         .validate()
         .map_err(|e| Error::Config(e.to_string()))?;
-        let network = Network { transport: transport.clone() };
+        let network = Network {
+            transport: transport.clone(),
+        };
         let raft = Runtime::scope(
             config.seed,
-            Raft::new(config.node_id, Arc::new(raft_config), network, LogStore::new(store), sm),
+            Raft::new(
+                config.node_id,
+                Arc::new(raft_config),
+                network,
+                LogStore::new(store),
+                sm,
+            ),
         )
         .await
         .map_err(fatal)?;
-        let region = Self { raft, state, transport, node_id: config.node_id };
+        let region = Self {
+            raft,
+            state,
+            transport,
+            node_id: config.node_id,
+        };
         let first = config.initial_members.keys().next().copied();
         if first == Some(config.node_id) && !region.raft.is_initialized().await.map_err(fatal)? {
             match region.raft.initialize(config.initial_members.clone()).await {
@@ -147,9 +164,19 @@ impl Region {
                 },
             };
             if let Some(leader) = leader {
-                match call::<_, Outcome>(self.transport.as_ref(), &leader, RpcKind::Forward, &proposal, RPC_DEADLINE).await {
+                match call::<_, Outcome>(
+                    self.transport.as_ref(),
+                    &leader,
+                    RpcKind::Forward,
+                    &proposal,
+                    RPC_DEADLINE,
+                )
+                .await
+                {
                     Ok(outcome) => return Ok(outcome),
-                    Err(e) => tracing::debug!(error = %e, "forwarding to the leader failed; retrying"),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "forwarding to the leader failed; retrying")
+                    }
                 }
             }
             if tokio::time::Instant::now() >= deadline {
@@ -165,11 +192,15 @@ impl Region {
         let index = match self.raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
             Ok(_) => return Ok(()),
             Err(e) => match e.forward_to_leader().and_then(|f| f.leader_node.clone()) {
-                Some(leader) => {
-                    call::<_, u64>(self.transport.as_ref(), &leader, RpcKind::ReadIndex, &(), RPC_DEADLINE)
-                        .await
-                        .map_err(|e| Error::Unreachable(e.to_string()))?
-                }
+                Some(leader) => call::<_, u64>(
+                    self.transport.as_ref(),
+                    &leader,
+                    RpcKind::ReadIndex,
+                    &(),
+                    RPC_DEADLINE,
+                )
+                .await
+                .map_err(|e| Error::Unreachable(e.to_string()))?,
                 None => return Err(Error::NoLeader(Duration::ZERO)),
             },
         };
@@ -183,7 +214,10 @@ impl Region {
 
     /// Adds a node: as a learner (it catches up), then as a voter.
     pub async fn add_node(&self, node_id: u64, member: Member) -> Result<(), Error> {
-        self.raft.add_learner(node_id, member, true).await.map_err(|e| self.membership_error(e))?;
+        self.raft
+            .add_learner(node_id, member, true)
+            .await
+            .map_err(|e| self.membership_error(e))?;
         self.raft
             .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([node_id])), false)
             .await
@@ -193,7 +227,10 @@ impl Region {
 
     pub async fn remove_node(&self, node_id: u64) -> Result<(), Error> {
         self.raft
-            .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([node_id])), false)
+            .change_membership(
+                ChangeMembers::RemoveVoters(BTreeSet::from([node_id])),
+                false,
+            )
             .await
             .map_err(|e| self.membership_error(e))?;
         self.raft
@@ -205,7 +242,9 @@ impl Region {
 
     fn membership_error(&self, e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> Error {
         match e.forward_to_leader() {
-            Some(f) => Error::NotLeader { leader: f.leader_node.clone().map(|m| m.api_url) },
+            Some(f) => Error::NotLeader {
+                leader: f.leader_node.clone().map(|m| m.api_url),
+            },
             None => Error::Membership(e.to_string()),
         }
     }
@@ -222,11 +261,15 @@ impl Region {
                 raft_addr: member.raft_addr.clone(),
                 api_url: member.api_url.clone(),
                 voter: voters.contains(id),
-                lag: m.replication.as_ref().and_then(|r| r.get(id)).map(|matched| {
-                    // Entries held, as a count (indexes start at 0).
-                    let have = matched.as_ref().map_or(0, |l| l.index + 1);
-                    last.map_or(0, |l| l + 1).saturating_sub(have)
-                }),
+                lag: m
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(id))
+                    .map(|matched| {
+                        // Entries held, as a count (indexes start at 0).
+                        let have = matched.as_ref().map_or(0, |l| l.index + 1);
+                        last.map_or(0, |l| l + 1).saturating_sub(have)
+                    }),
             })
             .collect();
         RegionStatus {
@@ -250,14 +293,19 @@ impl Region {
     /// Serves one peer RPC; the reply is JSON of `Result<_, String>`.
     pub async fn handle(&self, kind: RpcKind, payload: &[u8]) -> Vec<u8> {
         fn reply<T: Serialize>(r: Result<T, String>) -> Vec<u8> {
-            serde_json::to_vec(&r).unwrap_or_else(|e| format!("{{\"Err\":\"encoding reply: {e}\"}}").into_bytes())
+            serde_json::to_vec(&r)
+                .unwrap_or_else(|e| format!("{{\"Err\":\"encoding reply: {e}\"}}").into_bytes())
         }
         fn parse<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<T, String> {
             serde_json::from_slice(payload).map_err(|e| format!("bad request: {e}"))
         }
         match kind {
             RpcKind::AppendEntries => reply(match parse(payload) {
-                Ok(rpc) => self.raft.append_entries(rpc).await.map_err(|e| e.to_string()),
+                Ok(rpc) => self
+                    .raft
+                    .append_entries(rpc)
+                    .await
+                    .map_err(|e| e.to_string()),
                 Err(e) => Err(e),
             }),
             RpcKind::Vote => reply(match parse(payload) {
@@ -266,15 +314,26 @@ impl Region {
             }),
             RpcKind::Snapshot => reply(match parse::<SnapshotMessage>(payload) {
                 Ok(m) => {
-                    let snapshot = openraft::alias::SnapshotOf::<TypeConfig, Vec<u8>> { meta: m.meta, snapshot: m.data };
-                    self.raft.install_full_snapshot(m.vote, snapshot).await.map_err(|e| e.to_string())
+                    let snapshot = openraft::alias::SnapshotOf::<TypeConfig, Vec<u8>> {
+                        meta: m.meta,
+                        snapshot: m.data,
+                    };
+                    self.raft
+                        .install_full_snapshot(m.vote, snapshot)
+                        .await
+                        .map_err(|e| e.to_string())
                 }
                 Err(e) => Err(e),
             }),
             RpcKind::Forward => reply(match parse::<Proposal>(payload) {
                 // Only the leader writes; a stale forward is refused, and the
                 // sender retries with the leader it learns next.
-                Ok(p) => self.raft.client_write(p).await.map(|w| w.data).map_err(|e| e.to_string()),
+                Ok(p) => self
+                    .raft
+                    .client_write(p)
+                    .await
+                    .map(|w| w.data)
+                    .map_err(|e| e.to_string()),
                 Err(e) => Err(e),
             }),
             RpcKind::ReadIndex => reply(

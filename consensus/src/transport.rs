@@ -11,7 +11,9 @@ use futures_util::future::BoxFuture;
 use openraft::alias::{SnapshotMetaOf, SnapshotOf, VoteOf};
 use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
-use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -61,14 +63,15 @@ pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
     request: &Req,
     deadline: Duration,
 ) -> Result<Resp, TransportError> {
-    let payload = serde_json::to_vec(request).map_err(|e| TransportError::Remote(format!("encoding: {e}")))?;
+    let payload = serde_json::to_vec(request)
+        .map_err(|e| TransportError::Remote(format!("encoding: {e}")))?;
     let call = transport.call(target, kind, payload, deadline);
     let bytes = match tokio::time::timeout(deadline, call).await {
         Ok(result) => result?,
         Err(_) => return Err(TransportError::Timeout(deadline)),
     };
-    let reply: Result<Resp, String> =
-        serde_json::from_slice(&bytes).map_err(|e| TransportError::Remote(format!("decoding reply: {e}")))?;
+    let reply: Result<Resp, String> = serde_json::from_slice(&bytes)
+        .map_err(|e| TransportError::Remote(format!("decoding reply: {e}")))?;
     reply.map_err(TransportError::Remote)
 }
 
@@ -95,7 +98,10 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Peer;
 
     async fn new_client(&mut self, _target: u64, node: &Member) -> Peer {
-        Peer { transport: self.transport.clone(), target: node.clone() }
+        Peer {
+            transport: self.transport.clone(),
+            target: node.clone(),
+        }
     }
 }
 
@@ -114,9 +120,15 @@ impl RaftNetworkV2<TypeConfig> for Peer {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        call(self.transport.as_ref(), &self.target, RpcKind::AppendEntries, &rpc, option.soft_ttl())
-            .await
-            .map_err(rpc_error)
+        call(
+            self.transport.as_ref(),
+            &self.target,
+            RpcKind::AppendEntries,
+            &rpc,
+            option.soft_ttl(),
+        )
+        .await
+        .map_err(rpc_error)
     }
 
     async fn vote(
@@ -124,9 +136,15 @@ impl RaftNetworkV2<TypeConfig> for Peer {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        call(self.transport.as_ref(), &self.target, RpcKind::Vote, &rpc, option.soft_ttl())
-            .await
-            .map_err(rpc_error)
+        call(
+            self.transport.as_ref(),
+            &self.target,
+            RpcKind::Vote,
+            &rpc,
+            option.soft_ttl(),
+        )
+        .await
+        .map_err(rpc_error)
     }
 
     async fn full_snapshot(
@@ -136,10 +154,20 @@ impl RaftNetworkV2<TypeConfig> for Peer {
         cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
         option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
-        let message = SnapshotMessage { vote, meta: snapshot.meta, data: snapshot.snapshot };
+        let message = SnapshotMessage {
+            vote,
+            meta: snapshot.meta,
+            data: snapshot.snapshot,
+        };
         // openraft does not bound a snapshot transfer itself.
         let deadline = option.hard_ttl().max(SNAPSHOT_DEADLINE_FLOOR);
-        let send = call(self.transport.as_ref(), &self.target, RpcKind::Snapshot, &message, deadline);
+        let send = call(
+            self.transport.as_ref(),
+            &self.target,
+            RpcKind::Snapshot,
+            &message,
+            deadline,
+        );
         tokio::select! {
             closed = cancel => Err(StreamingError::Closed(closed)),
             reply = send => reply.map_err(|e| StreamingError::from(rpc_error(e))),
@@ -154,8 +182,18 @@ const SNAPSHOT_DEADLINE_FLOOR: Duration = Duration::from_secs(30);
 pub struct NoPeers;
 
 impl Transport for NoPeers {
-    fn call(&self, target: &Member, _: RpcKind, _: Vec<u8>, _: Duration) -> BoxFuture<'static, Result<Vec<u8>, TransportError>> {
+    fn call(
+        &self,
+        target: &Member,
+        _: RpcKind,
+        _: Vec<u8>,
+        _: Duration,
+    ) -> BoxFuture<'static, Result<Vec<u8>, TransportError>> {
         let addr = target.raft_addr.clone();
-        Box::pin(async move { Err(TransportError::Unreachable(format!("{addr}: this node has no peers"))) })
+        Box::pin(async move {
+            Err(TransportError::Unreachable(format!(
+                "{addr}: this node has no peers"
+            )))
+        })
     }
 }

@@ -45,6 +45,7 @@ pub struct NodeSettings {
     pub region: String,
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
+    pub cluster: ClusterSettings,
 }
 
 impl Default for NodeSettings {
@@ -54,8 +55,46 @@ impl Default for NodeSettings {
             region: "local".into(),
             listen: SocketAddr::from(([127, 0, 0, 1], 4000)),
             data_dir: PathBuf::from("./meridian-data"),
+            cluster: ClusterSettings::default(),
         }
     }
+}
+
+/// This node's place in its region's Raft group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterSettings {
+    /// This node's Raft id: unique in the region, never reused.
+    pub raft_id: u64,
+    /// Where peers reach this node (inter-node gRPC). `None`: a region of one
+    /// that no other node can join.
+    pub listen: Option<SocketAddr>,
+    /// This node's HTTP API as peers and clients should reach it; default
+    /// `http://<listen address>`.
+    pub advertise_url: Option<String>,
+    /// The region's initial voters (this node included). Empty: this node alone.
+    pub peers: Vec<Peer>,
+    /// Shared by the region's nodes; inter-node calls without it are refused.
+    pub secret: Option<Secret>,
+}
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        Self {
+            raft_id: 1,
+            listen: None,
+            advertise_url: None,
+            peers: Vec::new(),
+            secret: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub raft_id: u64,
+    /// `host:port` of its inter-node listener.
+    pub cluster_addr: String,
+    pub api_url: String,
 }
 
 /// Halves of the API this node does not serve (LiteLLM's control/data-plane

@@ -112,6 +112,9 @@ impl Config {
         {
             self.master_key = Some(Secret::new(key));
         }
+        if let Some(secret) = env.var("MERIDIAN_CLUSTER_SECRET") {
+            self.node.cluster.secret = Some(Secret::new(secret));
+        }
         let flag = |name: &str| env.var(name).is_some_and(|v| is_truthy(&v));
         self.disable.admin |= flag("DISABLE_ADMIN_ENDPOINTS");
         self.disable.llm_api |= flag("DISABLE_LLM_API_ENDPOINTS") || flag("DISABLE_LLM_ENDPOINTS");
@@ -425,6 +428,36 @@ impl Parser<'_> {
                 "disable_admin_ui" => {
                     config.disable.ui = self.boolean(Some(v), &path)?.unwrap_or(false)
                 }
+                "raft_id" => {
+                    config.node.cluster.raft_id = match self.integer(Some(v), &path)? {
+                        Some(n) if n > 0 => n,
+                        _ => {
+                            return Err(
+                                self.err(&path, "a positive whole number, unique in the region")
+                            );
+                        }
+                    }
+                }
+                "cluster_listen" => {
+                    let s = self.required_string(Some(v), &path)?;
+                    config.node.cluster.listen = Some(
+                        s.parse()
+                            .map_err(|_| self.err(&path, "an address such as 0.0.0.0:7000"))?,
+                    );
+                }
+                "advertise_url" => {
+                    let url = self.required_string(Some(v), &path)?;
+                    if !(url.starts_with("http://") || url.starts_with("https://")) {
+                        return Err(
+                            self.err(&path, format!("an http:// or https:// URL, found `{url}`"))
+                        );
+                    }
+                    config.node.cluster.advertise_url = Some(url.trim_end_matches('/').to_owned());
+                }
+                "cluster_secret" => {
+                    config.node.cluster.secret = self.string(Some(v), &path)?.map(Secret::new)
+                }
+                "peers" => config.node.cluster.peers = self.peers(v, &path)?,
                 _ => {
                     return Err(self.err(
                         &path,
@@ -450,7 +483,65 @@ impl Parser<'_> {
             host.unwrap_or(config.node.listen.ip()),
             port.unwrap_or(config.node.listen.port()),
         );
+        let cluster = &config.node.cluster;
+        if !cluster.peers.is_empty() {
+            if !cluster.peers.iter().any(|p| p.raft_id == cluster.raft_id) {
+                return Err(self.err(
+                    "meridian.peers",
+                    format!(
+                        "a list that includes this node (raft_id {})",
+                        cluster.raft_id
+                    ),
+                ));
+            }
+            if cluster.listen.is_none() {
+                return Err(self.err(
+                    "meridian.cluster_listen",
+                    "an address for peers to reach this node",
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// `peers: [{raft_id, cluster_addr, api_url}, ...]`
+    fn peers(&mut self, value: &Value, path: &str) -> Result<Vec<super::Peer>> {
+        let items = value
+            .as_array()
+            .ok_or_else(|| self.err(path, format!("a list of peers, found {}", kind(value))))?
+            .clone();
+        let mut peers: Vec<super::Peer> = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let p = format!("{path}[{i}]");
+            let map = self.mapping(item, &p)?.clone();
+            for key in map.keys() {
+                if !matches!(key.as_str(), "raft_id" | "cluster_addr" | "api_url") {
+                    return Err(self.err(
+                        &format!("{p}.{key}"),
+                        "one of raft_id, cluster_addr, api_url",
+                    ));
+                }
+            }
+            let raft_id = match self.integer(map.get("raft_id"), &format!("{p}.raft_id"))? {
+                Some(n) if n > 0 => n,
+                _ => return Err(self.err(&format!("{p}.raft_id"), "a positive whole number")),
+            };
+            if peers.iter().any(|q| q.raft_id == raft_id) {
+                return Err(self.err(
+                    &format!("{p}.raft_id"),
+                    format!("a unique id; {raft_id} is used twice"),
+                ));
+            }
+            let cluster_addr =
+                self.required_string(map.get("cluster_addr"), &format!("{p}.cluster_addr"))?;
+            let api_url = self.required_string(map.get("api_url"), &format!("{p}.api_url"))?;
+            peers.push(super::Peer {
+                raft_id,
+                cluster_addr,
+                api_url: api_url.trim_end_matches('/').to_owned(),
+            });
+        }
+        Ok(peers)
     }
 
     fn model_list(&mut self, value: &Value, defaults: &Timeouts) -> Result<Vec<Deployment>> {
@@ -697,7 +788,7 @@ impl Parser<'_> {
 }
 
 const NOT_YET: &str = "not supported by Meridian yet; ignored";
-const MERIDIAN_KEYS: &str = "node_id, region, host, port, data_dir, disable_admin_endpoints, disable_llm_api_endpoints, disable_admin_ui";
+const MERIDIAN_KEYS: &str = "node_id, region, host, port, data_dir, raft_id, cluster_listen, advertise_url, cluster_secret, peers, disable_admin_endpoints, disable_llm_api_endpoints, disable_admin_ui";
 const AZURE_DEFAULT_API_VERSION: &str = "2024-10-21";
 
 /// Deployment timeout defaults. `router_settings.timeout` wins over
