@@ -18,7 +18,9 @@ use crate::Error;
 use crate::metadata::{Command, MetadataState, Outcome, Proposal};
 use crate::raft::state_machine::SharedState;
 use crate::raft::{LogStore, Member, Runtime, StateMachine, TypeConfig};
-use crate::transport::{Network, RpcKind, SnapshotMessage, Transport, call};
+use crate::transport::{
+    ForwardReply, Network, RpcKind, SnapshotMessage, Transport, TransportError, call,
+};
 
 /// How long a proposal may wait for a leader (an election takes ~1 s).
 const PROPOSE_DEADLINE: Duration = Duration::from_secs(10);
@@ -151,7 +153,7 @@ impl Region {
         let proposal = Proposal { at_ms, command };
         let deadline = tokio::time::Instant::now() + PROPOSE_DEADLINE;
         loop {
-            let leader = match self.raft.client_write(proposal.clone()).await {
+            let mut leader = match self.raft.client_write(proposal.clone()).await {
                 Ok(written) => return Ok(written.data),
                 Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_))) => {
                     // Appended, then overwritten by a new leader: it may or may
@@ -163,17 +165,31 @@ impl Region {
                     None => return Err(fatal(e)),
                 },
             };
-            if let Some(leader) = leader {
-                match call::<_, Outcome>(
+            // Follow "not leader" answers; stop at anything that may have
+            // written, so a command is never applied twice.
+            while let Some(target) = leader.take() {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                let sent = call::<_, ForwardReply>(
                     self.transport.as_ref(),
-                    &leader,
+                    &target,
                     RpcKind::Forward,
                     &proposal,
-                    RPC_DEADLINE,
-                )
-                .await
-                {
-                    Ok(outcome) => return Ok(outcome),
+                    left.min(RPC_DEADLINE),
+                );
+                match sent.await {
+                    Ok(ForwardReply::Applied(outcome)) => return Ok(outcome),
+                    Ok(ForwardReply::NotLeader { leader: next }) => {
+                        leader = next.filter(|n| *n != target)
+                    }
+                    Ok(ForwardReply::Uncertain) | Err(TransportError::Timeout(_)) => {
+                        return Err(Error::Uncertain);
+                    }
+                    Ok(ForwardReply::Failed(message)) => return Err(Error::Fatal(message)),
+                    // Refused before anything was written (unreachable, wrong
+                    // secret, wrong region): safe to try again below.
                     Err(e) => {
                         tracing::debug!(error = %e, "forwarding to the leader failed; retrying")
                     }
@@ -316,7 +332,7 @@ impl Region {
                 Ok(m) => {
                     let snapshot = openraft::alias::SnapshotOf::<TypeConfig, Vec<u8>> {
                         meta: m.meta,
-                        snapshot: m.data,
+                        snapshot: m.data.into_bytes(),
                     };
                     self.raft
                         .install_full_snapshot(m.vote, snapshot)
@@ -325,17 +341,26 @@ impl Region {
                 }
                 Err(e) => Err(e),
             }),
-            RpcKind::Forward => reply(match parse::<Proposal>(payload) {
-                // Only the leader writes; a stale forward is refused, and the
-                // sender retries with the leader it learns next.
-                Ok(p) => self
-                    .raft
-                    .client_write(p)
-                    .await
-                    .map(|w| w.data)
-                    .map_err(|e| e.to_string()),
-                Err(e) => Err(e),
-            }),
+            RpcKind::Forward => {
+                let answer = match parse::<Proposal>(payload) {
+                    Err(e) => ForwardReply::Failed(e),
+                    // Only the leader writes; a stale forward is refused and the
+                    // sender retries with the leader named here.
+                    Ok(p) => match self.raft.client_write(p).await {
+                        Ok(written) => ForwardReply::Applied(written.data),
+                        Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_))) => {
+                            ForwardReply::Uncertain
+                        }
+                        Err(e) => match e.forward_to_leader() {
+                            Some(f) => ForwardReply::NotLeader {
+                                leader: f.leader_node.clone(),
+                            },
+                            None => ForwardReply::Failed(e.to_string()),
+                        },
+                    },
+                };
+                reply::<ForwardReply>(Ok(answer))
+            }
             RpcKind::ReadIndex => reply(
                 self.raft
                     .ensure_linearizable(ReadPolicy::ReadIndex)

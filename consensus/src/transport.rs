@@ -75,12 +75,28 @@ pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
     reply.map_err(TransportError::Remote)
 }
 
-/// A snapshot on the wire.
+/// A snapshot on the wire. The state machine's snapshot is JSON text; it
+/// travels as a string (a byte array would be a JSON list of numbers, several
+/// times larger).
 #[derive(Serialize, Deserialize)]
 pub(crate) struct SnapshotMessage {
     pub vote: VoteOf<TypeConfig>,
     pub meta: SnapshotMetaOf<TypeConfig>,
-    pub data: Vec<u8>,
+    pub data: String,
+}
+
+/// The leader's answer to a forwarded proposal.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum ForwardReply {
+    Applied(crate::metadata::Outcome),
+    /// Not the leader (any more): nothing was written; try `leader`.
+    NotLeader {
+        leader: Option<Member>,
+    },
+    /// Written, then possibly discarded by a leader change: unknown outcome.
+    Uncertain,
+    Failed(String),
 }
 
 /// openraft's view of the network: one [`Peer`] per target.
@@ -154,10 +170,15 @@ impl RaftNetworkV2<TypeConfig> for Peer {
         cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
         option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let data = String::from_utf8(snapshot.snapshot).map_err(|e| {
+            StreamingError::from(rpc_error(TransportError::Remote(format!(
+                "snapshot is not text: {e}"
+            ))))
+        })?;
         let message = SnapshotMessage {
             vote,
             meta: snapshot.meta,
-            data: snapshot.snapshot,
+            data,
         };
         // openraft does not bound a snapshot transfer itself.
         let deadline = option.hard_ttl().max(SNAPSHOT_DEADLINE_FLOOR);
