@@ -1,15 +1,25 @@
-//! The region this node belongs to. Today every node is a region of one; the
-//! Raft group across several nodes (named in config, over gRPC) builds on the
-//! same [`Region`].
+//! The region this node belongs to: a Raft group of the nodes named in
+//! `meridian.peers`, reached over gRPC on `meridian.cluster_listen`; or, when
+//! no cluster listener is configured, a region of one.
+//!
+//! A fresh region bootstraps exactly once: only the peer with the lowest
+//! `raft_id` initializes it, and only if its own log is empty. A node joining
+//! an existing region lists the current members and itself (so it is never the
+//! lowest) and is then added with `meridian cluster add-node`.
 
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
+use meridian_consensus::grpc::{GrpcTransport, raft_service, serve};
 use meridian_consensus::raft::Member;
 use meridian_consensus::transport::NoPeers;
 use meridian_consensus::{Region, RegionConfig};
 use meridian_storage::Store;
 
-use crate::error::Result;
+use crate::config::NodeSettings;
+use crate::error::{Error, Result};
 
 /// Starts (or restarts from `store`) a region whose only member is this node.
 pub async fn single_node_region(store: Arc<dyn Store>, api_url: String) -> Result<Region> {
@@ -21,11 +31,77 @@ pub async fn single_node_region(store: Arc<dyn Store>, api_url: String) -> Resul
     Ok(region)
 }
 
+/// Joins (or forms) this node's region as configured and serves its peers
+/// until `shutdown` resolves. `api_addr` is where this node's HTTP API listens.
+pub async fn start_region(
+    settings: &NodeSettings,
+    store: Arc<dyn Store>,
+    api_addr: SocketAddr,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<Region> {
+    let cluster = &settings.cluster;
+    let api_url = cluster
+        .advertise_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{api_addr}"));
+    let Some(listen) = cluster.listen else {
+        return single_node_region(store, api_url).await;
+    };
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| Error::io(format!("listening for peers on {listen}"), e))?;
+    let own_addr = match cluster.peers.iter().find(|p| p.raft_id == cluster.raft_id) {
+        Some(me) => me.cluster_addr.clone(),
+        None => listener
+            .local_addr()
+            .map_err(|e| Error::io("reading the peer listener's address", e))?
+            .to_string(),
+    };
+    let mut members: BTreeMap<u64, Member> = cluster
+        .peers
+        .iter()
+        .map(|p| {
+            (
+                p.raft_id,
+                Member {
+                    raft_addr: p.cluster_addr.clone(),
+                    api_url: p.api_url.clone(),
+                },
+            )
+        })
+        .collect();
+    members.insert(
+        cluster.raft_id,
+        Member {
+            raft_addr: own_addr,
+            api_url,
+        },
+    );
+    let secret = cluster.secret.as_ref().map(|s| s.expose().to_owned());
+    let transport = GrpcTransport::new(settings.region.clone(), secret.clone())?;
+    let config = RegionConfig {
+        node_id: cluster.raft_id,
+        initial_members: members,
+        seed: cluster.raft_id,
+        heartbeat: Duration::from_millis(100),
+        election_timeout: (Duration::from_millis(500), Duration::from_millis(1000)),
+        snapshot_every: 5000,
+    };
+    let region = Region::start(config, store, Arc::new(transport)).await?;
+    let service = raft_service(region.clone(), secret, settings.region.clone());
+    tokio::spawn(async move {
+        if let Err(e) = serve(listener, service, shutdown).await {
+            tracing::error!(error = %e, "the peer listener stopped");
+        }
+    });
+    Ok(region)
+}
+
 /// Opens the node's database in its data directory.
 #[cfg(feature = "rocksdb")]
 pub fn open_store(data_dir: &std::path::Path) -> Result<Arc<dyn Store>> {
     let path = data_dir.join("db");
     let store = meridian_storage::RocksStore::open(&path)
-        .map_err(|e| crate::error::Error::Internal(format!("opening {}: {e}", path.display())))?;
+        .map_err(|e| Error::Internal(format!("opening {}: {e}", path.display())))?;
     Ok(Arc::new(store))
 }

@@ -177,8 +177,11 @@ fn run_serve(
             .with_context(|| format!("listening on {listen}"))?;
         let bound = listener.local_addr().unwrap_or(listen);
         let store = meridian_node::cluster::open_store(&data_dir)?;
-        let region =
-            meridian_node::cluster::single_node_region(store, format!("http://{bound}")).await?;
+        let (stop_peers, peers_stopped) = tokio::sync::oneshot::channel::<()>();
+        let region = meridian_node::cluster::start_region(&config.node, store, bound, async {
+            let _ = peers_stopped.await;
+        })
+        .await?;
         let node = Node::new(config, &master_key, seams, region);
         let metadata = node.metadata.clone();
         let banner = Banner {
@@ -187,6 +190,7 @@ fn run_serve(
         };
         banner.print(&master_key, key_source);
         serve(listener, node, shutdown_signal()).await?;
+        let _ = stop_peers.send(());
         metadata.shutdown().await;
         tracing::info!("stopped");
         Ok(ExitCode::SUCCESS)
