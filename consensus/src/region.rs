@@ -80,6 +80,10 @@ pub struct RegionStatus {
     pub term: u64,
     pub last_log_index: Option<u64>,
     pub applied_index: Option<u64>,
+    /// Index of the latest snapshot this node holds (built or installed).
+    pub snapshot_index: Option<u64>,
+    /// Entries before this index have been purged from the log.
+    pub purged_index: Option<u64>,
     pub members: Vec<MemberStatus>,
 }
 
@@ -101,7 +105,7 @@ impl Region {
             election_timeout_max: config.election_timeout.1.as_millis() as u64,
             install_snapshot_timeout: 30_000,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_every),
-            max_in_snapshot_log_to_keep: 100,
+            max_in_snapshot_log_to_keep: config.snapshot_every.min(100),
             ..Default::default()
         }
         .validate()
@@ -302,6 +306,8 @@ impl Region {
             term: m.current_term,
             last_log_index: last,
             applied_index: m.last_applied.map(|l| l.index),
+            snapshot_index: m.snapshot.map(|l| l.index),
+            purged_index: m.purged.map(|l| l.index),
             members,
         }
     }

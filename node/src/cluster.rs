@@ -85,7 +85,7 @@ pub async fn start_region(
         seed: cluster.raft_id,
         heartbeat: Duration::from_millis(100),
         election_timeout: (Duration::from_millis(500), Duration::from_millis(1000)),
-        snapshot_every: 5000,
+        snapshot_every: cluster.snapshot_every,
     };
     let region = Region::start(config, store, Arc::new(transport)).await?;
     let service = raft_service(region.clone(), secret, settings.region.clone());

@@ -44,6 +44,42 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Inspect and change a region's membership through any of its nodes
+    /// (the master key comes from MERIDIAN_MASTER_KEY or LITELLM_MASTER_KEY).
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Members, leader, term, applied index and each member's lag.
+    Status {
+        /// Base URL of any node of the region, e.g. http://127.0.0.1:4000.
+        #[arg(long)]
+        url: String,
+    },
+    /// Add a node (it starts with `peers` naming the region, then is added here).
+    AddNode {
+        #[arg(long)]
+        url: String,
+        #[arg(long)]
+        raft_id: u64,
+        /// The new node's inter-node address (its `cluster_listen`).
+        #[arg(long)]
+        cluster_addr: String,
+        /// The new node's HTTP API URL.
+        #[arg(long)]
+        api_url: String,
+    },
+    /// Remove a node from the region.
+    RemoveNode {
+        #[arg(long)]
+        url: String,
+        #[arg(long)]
+        raft_id: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -64,6 +100,7 @@ fn main() -> ExitCode {
         Command::Config {
             command: ConfigCommand::Check { file },
         } => check(&file),
+        Command::Cluster { command } => cluster(command),
     };
     match result {
         Ok(code) => code,
@@ -72,6 +109,69 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn cluster(command: ClusterCommand) -> anyhow::Result<ExitCode> {
+    let key = std::env::var("MERIDIAN_MASTER_KEY")
+        .or_else(|_| std::env::var("LITELLM_MASTER_KEY"))
+        .context("set MERIDIAN_MASTER_KEY to the region's master key")?;
+    let (method, url, body) = match &command {
+        ClusterCommand::Status { url } => (
+            "GET",
+            format!("{}/cluster/status", url.trim_end_matches('/')),
+            None,
+        ),
+        ClusterCommand::AddNode {
+            url,
+            raft_id,
+            cluster_addr,
+            api_url,
+        } => (
+            "POST",
+            format!("{}/cluster/add_node", url.trim_end_matches('/')),
+            Some(
+                serde_json::json!({ "raft_id": raft_id, "cluster_addr": cluster_addr, "api_url": api_url }),
+            ),
+        ),
+        ClusterCommand::RemoveNode { url, raft_id } => (
+            "POST",
+            format!("{}/cluster/remove_node", url.trim_end_matches('/')),
+            Some(serde_json::json!({ "raft_id": raft_id })),
+        ),
+    };
+    meridian_node::upstream::install_crypto_provider();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let client = reqwest::Client::new();
+        let mut request = match method {
+            "GET" => client.get(&url),
+            _ => client.post(&url),
+        }
+        .bearer_auth(&key)
+        .timeout(std::time::Duration::from_secs(120));
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/json")
+                .body(body.to_string());
+        }
+        let response = request
+            .send()
+            .await
+            .with_context(|| format!("calling {url}"))?;
+        let status = response.status();
+        let text = response.text().await?;
+        let pretty = serde_json::from_str::<serde_json::Value>(&text)
+            .and_then(|v| serde_json::to_string_pretty(&v))
+            .unwrap_or(text);
+        println!("{pretty}");
+        Ok(if status.is_success() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        })
+    })
 }
 
 fn check(file: &std::path::Path) -> anyhow::Result<ExitCode> {

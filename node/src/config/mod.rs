@@ -75,6 +75,8 @@ pub struct ClusterSettings {
     pub peers: Vec<Peer>,
     /// Shared by the region's nodes; inter-node calls without it are refused.
     pub secret: Option<Secret>,
+    /// Raft log entries between snapshots (older entries are then purged).
+    pub snapshot_every: u64,
 }
 
 impl Default for ClusterSettings {
@@ -85,6 +87,7 @@ impl Default for ClusterSettings {
             advertise_url: None,
             peers: Vec::new(),
             secret: None,
+            snapshot_every: 5000,
         }
     }
 }

@@ -458,6 +458,14 @@ impl Parser<'_> {
                     config.node.cluster.secret = self.string(Some(v), &path)?.map(Secret::new)
                 }
                 "peers" => config.node.cluster.peers = self.peers(v, &path)?,
+                "raft_snapshot_every" => {
+                    config.node.cluster.snapshot_every = match self.integer(Some(v), &path)? {
+                        Some(n) if n >= 2 => n,
+                        _ => {
+                            return Err(self.err(&path, "a whole number of log entries, at least 2"));
+                        }
+                    }
+                }
                 _ => {
                     return Err(self.err(
                         &path,
@@ -788,7 +796,7 @@ impl Parser<'_> {
 }
 
 const NOT_YET: &str = "not supported by Meridian yet; ignored";
-const MERIDIAN_KEYS: &str = "node_id, region, host, port, data_dir, raft_id, cluster_listen, advertise_url, cluster_secret, peers, disable_admin_endpoints, disable_llm_api_endpoints, disable_admin_ui";
+const MERIDIAN_KEYS: &str = "node_id, region, host, port, data_dir, raft_id, cluster_listen, advertise_url, cluster_secret, peers, raft_snapshot_every, disable_admin_endpoints, disable_llm_api_endpoints, disable_admin_ui";
 const AZURE_DEFAULT_API_VERSION: &str = "2024-10-21";
 
 /// Deployment timeout defaults. `router_settings.timeout` wins over

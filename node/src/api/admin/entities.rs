@@ -836,3 +836,96 @@ pub async fn cluster_status(State(node): State<Arc<Node>>, Auth(p): Auth) -> Rep
     out["node"] = json!(node.node_id);
     Ok(Json(out))
 }
+
+/// `POST /cluster/add_node {raft_id, cluster_addr, api_url}`: the node joins
+/// as a learner, catches up, then becomes a voter.
+pub async fn cluster_add_node(
+    State(node): State<Arc<Node>>,
+    Auth(p): Auth,
+    headers: http::HeaderMap,
+    JsonBody(body): JsonBody<Value>,
+) -> std::result::Result<axum::response::Response, ApiError> {
+    require_admin(&p, "adding a node")?;
+    let fields = object(body.clone())?;
+    let raft_id = positive_id(&fields)?;
+    let member = meridian_consensus::raft::Member {
+        raft_addr: string_field(&fields, "cluster_addr")?,
+        api_url: string_field(&fields, "api_url")?
+            .trim_end_matches('/')
+            .to_owned(),
+    };
+    let result = node.metadata.add_node(raft_id, member).await;
+    membership_reply(&node, result, "/cluster/add_node", &headers, body).await
+}
+
+/// `POST /cluster/remove_node {raft_id}`.
+pub async fn cluster_remove_node(
+    State(node): State<Arc<Node>>,
+    Auth(p): Auth,
+    headers: http::HeaderMap,
+    JsonBody(body): JsonBody<Value>,
+) -> std::result::Result<axum::response::Response, ApiError> {
+    require_admin(&p, "removing a node")?;
+    let raft_id = positive_id(&object(body.clone())?)?;
+    let result = node.metadata.remove_node(raft_id).await;
+    membership_reply(&node, result, "/cluster/remove_node", &headers, body).await
+}
+
+fn positive_id(fields: &Map<String, Value>) -> Result<u64> {
+    fields
+        .get("raft_id")
+        .and_then(Value::as_u64)
+        .filter(|n| *n > 0)
+        .ok_or_else(|| Error::invalid("`raft_id` must be a positive whole number", Some("raft_id")))
+}
+
+/// Membership changes run on the leader; elsewhere the request is passed to
+/// the leader's API, once, with the caller's credentials.
+async fn membership_reply(
+    node: &Node,
+    result: std::result::Result<(), meridian_consensus::Error>,
+    path: &str,
+    headers: &http::HeaderMap,
+    body: Value,
+) -> std::result::Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    let leader = match result {
+        Ok(()) => return Ok(Json(json!({ "status": node.metadata.status() })).into_response()),
+        Err(meridian_consensus::Error::NotLeader { leader: Some(url) })
+            if !headers.contains_key(FORWARDED) =>
+        {
+            url
+        }
+        Err(e) => return Err(Error::from(e).into()),
+    };
+    let mut forward = http::HeaderMap::new();
+    forward.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    forward.insert(FORWARDED, http::HeaderValue::from_static("1"));
+    if let Some(auth) = headers.get(http::header::AUTHORIZATION) {
+        forward.insert(http::header::AUTHORIZATION, auth.clone());
+    }
+    let request = crate::upstream::UpstreamRequest {
+        method: http::Method::POST,
+        url: format!("{leader}{path}"),
+        headers: forward,
+        body: bytes::Bytes::from(body.to_string()),
+    };
+    let deadline = std::time::Duration::from_secs(60);
+    let resp =
+        crate::upstream::send(node.upstream.as_ref(), request, "region leader", deadline).await?;
+    let bytes = crate::upstream::read_body(resp.body, "region leader", deadline).await?;
+    let mut out = axum::response::Response::new(axum::body::Body::from(bytes));
+    *out.status_mut() = resp.status;
+    out.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    Ok(out)
+}
+
+/// Marks a request already passed on to the leader, so it is never passed on
+/// twice.
+const FORWARDED: &str = "x-meridian-forwarded";

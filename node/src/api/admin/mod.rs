@@ -59,6 +59,8 @@ pub fn routes() -> Router<Arc<Node>> {
         .route("/budget/delete", post(entities::budget_delete))
         .route("/budget/info", post(entities::budget_info))
         .route("/cluster/status", get(entities::cluster_status))
+        .route("/cluster/add_node", post(entities::cluster_add_node))
+        .route("/cluster/remove_node", post(entities::cluster_remove_node))
 }
 
 /// `?consistency=linearizable` on reads.
