@@ -462,7 +462,9 @@ impl Parser<'_> {
                     config.node.cluster.snapshot_every = match self.integer(Some(v), &path)? {
                         Some(n) if n >= 2 => n,
                         _ => {
-                            return Err(self.err(&path, "a whole number of log entries, at least 2"));
+                            return Err(
+                                self.err(&path, "a whole number of log entries, at least 2")
+                            );
                         }
                     }
                 }
