@@ -32,7 +32,8 @@ use tonic::transport::{Channel, Endpoint, Server};
 use tonic::{Code, Request, Response, Status};
 use tower::ServiceExt;
 use wire::raft_client::RaftClient;
-use wire::raft_server::{Raft as RaftRpc, RaftServer};
+use wire::raft_server::Raft as RaftRpc;
+pub use wire::raft_server::RaftServer;
 
 use crate::Error;
 use crate::raft::Member;

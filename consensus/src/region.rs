@@ -157,7 +157,13 @@ impl Region {
         let proposal = Proposal { at_ms, command };
         let deadline = tokio::time::Instant::now() + PROPOSE_DEADLINE;
         loop {
-            let mut leader = match self.raft.client_write(proposal.clone()).await {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            // A leader that lost its quorum after appending keeps the write
+            // pending; bound the wait, and say the outcome is unknown.
+            let written = tokio::time::timeout(left, self.raft.client_write(proposal.clone()))
+                .await
+                .map_err(|_| Error::Uncertain)?;
+            let mut leader = match written {
                 Ok(written) => return Ok(written.data),
                 Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_))) => {
                     // Appended, then overwritten by a new leader: it may or may
