@@ -20,6 +20,18 @@ use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 
 const SECRET: &str = "sim-secret";
+
+/// A failed check ends the world with an error naming the violation (a
+/// panic inside a simulated host would only report the host's death).
+macro_rules! check {
+    ($cond:expr, $($msg:tt)+) => {
+        if !$cond {
+            return Err(format!($($msg)+).into());
+        }
+    };
+}
+
+type Checked<T> = Result<T, Box<dyn std::error::Error>>;
 const NODES: [u64; 3] = [1, 2, 3];
 
 type Reply = oneshot::Sender<Result<Outcome, Error>>;
@@ -70,13 +82,13 @@ async fn propose(reg: &Shared, id: u64, command: Command) -> Result<Outcome, Err
 struct LeadersByTerm(BTreeMap<u64, u64>);
 
 impl LeadersByTerm {
-    fn observe(&mut self, reg: &Shared) {
+    fn observe(&mut self, reg: &Shared) -> Checked<()> {
         let regions: Vec<Region> = reg.lock().unwrap().regions.values().cloned().collect();
         for r in regions {
             let s = r.status();
             if s.state == "leader" {
                 let previous = self.0.insert(s.term, s.node_id);
-                assert!(
+                check!(
                     previous.is_none_or(|p| p == s.node_id),
                     "two leaders in term {}: {previous:?} and {}",
                     s.term,
@@ -84,12 +96,13 @@ impl LeadersByTerm {
                 );
             }
         }
+        Ok(())
     }
 }
 
-async fn wait_leader(reg: &Shared, among: &[u64], safety: &mut LeadersByTerm) -> u64 {
+async fn wait_leader(reg: &Shared, among: &[u64], safety: &mut LeadersByTerm) -> Checked<u64> {
     for _ in 0..200 {
-        safety.observe(reg);
+        safety.observe(reg)?;
         let found = {
             let r = reg.lock().unwrap();
             among.iter().copied().find(|id| {
@@ -99,11 +112,11 @@ async fn wait_leader(reg: &Shared, among: &[u64], safety: &mut LeadersByTerm) ->
             })
         };
         if let Some(id) = found {
-            return id;
+            return Ok(id);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("no leader among {among:?} within 10 s");
+    Err(format!("no leader among {among:?} within 10 s").into())
 }
 
 fn holds(reg: &Shared, id: u64, n: u8) -> bool {
@@ -114,7 +127,7 @@ fn holds(reg: &Shared, id: u64, n: u8) -> bool {
 /// Runs the scenario; returns the sequence of leaders seen (for replay checks).
 /// `split_brain` is the deliberately broken variant: node 1 is misconfigured
 /// as a region of its own, which the checkers must catch.
-fn run(seed: u64, split_brain: bool) -> Vec<u64> {
+fn run(seed: u64, split_brain: bool) -> Checked<Vec<u64>> {
     let mut sim = turmoil::Builder::new()
         .rng_seed(seed)
         .epoch(UNIX_EPOCH + Duration::from_secs(1_800_000_000))
@@ -182,12 +195,13 @@ fn run(seed: u64, split_brain: bool) -> Vec<u64> {
     sim.client("driver", async move {
         let mut safety = LeadersByTerm::default();
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let first = wait_leader(&reg, &NODES, &mut safety).await;
+        let first = wait_leader(&reg, &NODES, &mut safety).await?;
         seen.lock().unwrap().push(first);
-        assert!(matches!(
-            propose(&reg, first, create(1)).await,
-            Ok(Outcome::Done { .. })
-        ));
+        let written = propose(&reg, first, create(1)).await;
+        check!(
+            matches!(written, Ok(Outcome::Done { .. })),
+            "the first write failed: {written:?}"
+        );
 
         // Cut the leader off from both followers.
         let others: Vec<u64> = NODES.iter().copied().filter(|i| *i != first).collect();
@@ -197,18 +211,19 @@ fn run(seed: u64, split_brain: bool) -> Vec<u64> {
         // The minority cannot commit.
         let minority =
             tokio::time::timeout(Duration::from_secs(5), propose(&reg, first, create(2))).await;
-        assert!(
+        check!(
             !matches!(minority, Ok(Ok(Outcome::Done { .. }))),
             "the cut-off leader committed: {minority:?}"
         );
 
         // The majority elects a new leader and keeps committing.
-        let second = wait_leader(&reg, &others, &mut safety).await;
+        let second = wait_leader(&reg, &others, &mut safety).await?;
         seen.lock().unwrap().push(second);
-        assert!(matches!(
-            propose(&reg, second, create(3)).await,
-            Ok(Outcome::Done { .. })
-        ));
+        let written = propose(&reg, second, create(3)).await;
+        check!(
+            matches!(written, Ok(Outcome::Done { .. })),
+            "the majority could not commit: {written:?}"
+        );
 
         // The cut-off leader stops taking writes: once its quorum lease
         // (election_timeout_max) has lapsed it refuses proposals outright.
@@ -217,7 +232,7 @@ fn run(seed: u64, split_brain: bool) -> Vec<u64> {
         tokio::time::sleep(Duration::from_millis(1500)).await;
         let refused =
             tokio::time::timeout(Duration::from_secs(15), propose(&reg, first, create(4))).await;
-        assert!(
+        check!(
             matches!(refused, Ok(Err(_))),
             "the cut-off leader still took a write: {refused:?}"
         );
@@ -228,7 +243,7 @@ fn run(seed: u64, split_brain: bool) -> Vec<u64> {
             turmoil::repair(host(first), host(*o));
         }
         for _ in 0..200 {
-            safety.observe(&reg);
+            safety.observe(&reg)?;
             if NODES
                 .iter()
                 .all(|id| holds(&reg, *id, 1) && holds(&reg, *id, 3))
@@ -238,56 +253,62 @@ fn run(seed: u64, split_brain: bool) -> Vec<u64> {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         for id in NODES {
-            assert!(
+            check!(
                 holds(&reg, id, 1) && holds(&reg, id, 3),
                 "node {id} did not converge"
             );
-            assert!(
+            check!(
                 !holds(&reg, id, 2),
                 "node {id} applied the minority's uncommitted write"
             );
-            assert!(
+            check!(
                 !holds(&reg, id, 4),
                 "node {id} applied a write the cut-off leader refused"
             );
         }
         // And the old leader has stepped down to follow the new term.
         for _ in 0..200 {
-            safety.observe(&reg);
+            safety.observe(&reg)?;
             if reg.lock().unwrap().regions[&first].status().state == "follower" {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        assert_eq!(
-            reg.lock().unwrap().regions[&first].status().state,
-            "follower",
-            "the old leader never stepped down"
+        let state = reg.lock().unwrap().regions[&first].status().state;
+        check!(
+            state == "follower",
+            "the old leader never stepped down (it is {state})"
         );
         Ok(())
     });
-    sim.run().unwrap();
-    let out = leaders.lock().unwrap().clone();
-    out
+    sim.run()?;
+    let seen = leaders.lock().unwrap().clone();
+    Ok(seen)
 }
 
 #[test]
 fn a_partitioned_leader_cannot_commit_and_the_majority_carries_on() {
     for seed in 1..=4 {
-        run(seed, false);
+        if let Err(e) = run(seed, false) {
+            panic!(
+                "seed {seed}: {e} (reproduce: cargo test -p meridian-sim --test raft_partition, seed {seed})"
+            );
+        }
     }
 }
 
 #[test]
 fn a_seed_replays_the_same_elections() {
-    assert_eq!(run(21, false), run(21, false));
+    assert_eq!(run(21, false).unwrap(), run(21, false).unwrap());
 }
 
 /// The checkers are not vacuous: a node that believes it is a region of one
 /// elects itself and commits on its own, cut off or not; the "a minority
 /// cannot commit" check catches it (seed 1 replays the same run every time).
 #[test]
-#[should_panic(expected = "the cut-off leader committed")]
 fn the_checkers_catch_a_split_brain() {
-    run(1, true);
+    let error = run(1, true)
+        .expect_err("the broken variant must be caught")
+        .to_string();
+    assert!(error.contains("the cut-off leader committed"), "{error}");
 }
