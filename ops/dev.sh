@@ -30,7 +30,8 @@ apt_install() {
 
 ensure_build_deps() {
   command -v cargo >/dev/null || { echo "cargo not found: install the Rust toolchain (rustup) first" >&2; exit 1; }
-  command -v cc >/dev/null || apt_install gcc libc6-dev
+  # RocksDB's bundled C++ needs a C++ compiler, and its bindings libclang.
+  apt_install gcc g++ libc6-dev libclang-dev
 }
 
 ensure_python() {
