@@ -176,6 +176,50 @@ fn new_id(node: &Node) -> String {
     node.rng.hex(16)
 }
 
+/// `POST /<kind>/delete {<field>: [ids]}` for admins; answers `{<reply>: ids}`.
+async fn delete_all(
+    node: &Node,
+    p: &Principal,
+    body: Value,
+    kind: Kind,
+    field: &str,
+    reply: &str,
+) -> Reply {
+    require_admin(p, &format!("deleting a {}", kind.noun()))?;
+    let ids = id_list(&object(body)?, field)?;
+    propose(
+        node,
+        Command::Delete {
+            kind,
+            ids: ids.clone(),
+        },
+    )
+    .await?;
+    Ok(Json(json!({ reply: ids })))
+}
+
+/// `POST /<kind>/update {<id_field>, ...}` for admins: the known fields,
+/// checked, as a patch of the record.
+async fn admin_update<T: DeserializeOwned>(
+    node: &Node,
+    p: &Principal,
+    body: Value,
+    kind: Kind,
+    (id_field, known, ignored): (&str, &[&'static str], &[&str]),
+    not_patchable: &[&str],
+) -> Reply {
+    require_admin(p, &format!("updating a {}", kind.noun()))?;
+    let body = object(body)?;
+    let id = string_field(&body, id_field)?;
+    let (mut fields, _) = split_fields(&body, &fields_with_limits(known), ignored)?;
+    check_limits(&fields)?;
+    fields.remove(id_field);
+    for f in not_patchable {
+        fields.remove(*f);
+    }
+    Ok(Json(patch::<T>(node, kind, &id, fields).await?))
+}
+
 // ----- teams -----
 
 fn members_from(value: &Value) -> Result<Map<String, Value>> {
@@ -267,17 +311,7 @@ pub async fn team_delete(
     Auth(p): Auth,
     JsonBody(body): JsonBody<Value>,
 ) -> Reply {
-    require_admin(&p, "deleting teams")?;
-    let ids = id_list(&object(body)?, "team_ids")?;
-    propose(
-        &node,
-        Command::Delete {
-            kind: Kind::Team,
-            ids: ids.clone(),
-        },
-    )
-    .await?;
-    Ok(Json(json!({ "deleted_teams": ids })))
+    delete_all(&node, &p, body, Kind::Team, "team_ids", "deleted_teams").await
 }
 
 #[derive(Deserialize)]
@@ -514,17 +548,16 @@ pub async fn user_update(
     Auth(p): Auth,
     JsonBody(body): JsonBody<Value>,
 ) -> Reply {
-    require_admin(&p, "updating a user")?;
-    let body = object(body)?;
-    let user_id = string_field(&body, "user_id")?;
-    let (mut fields, _) = split_fields(&body, &fields_with_limits(USER_FIELDS), USER_IGNORED)?;
-    check_limits(&fields)?;
-    for f in ["user_id", "teams", "auto_create_key", "key_alias"] {
-        fields.remove(f);
-    }
-    Ok(Json(
-        patch::<UserRecord>(&node, Kind::User, &user_id, fields).await?,
-    ))
+    let fields = ("user_id", USER_FIELDS, USER_IGNORED);
+    admin_update::<UserRecord>(
+        &node,
+        &p,
+        body,
+        Kind::User,
+        fields,
+        &["teams", "auto_create_key", "key_alias"],
+    )
+    .await
 }
 
 pub async fn user_delete(
@@ -532,17 +565,7 @@ pub async fn user_delete(
     Auth(p): Auth,
     JsonBody(body): JsonBody<Value>,
 ) -> Reply {
-    require_admin(&p, "deleting users")?;
-    let ids = id_list(&object(body)?, "user_ids")?;
-    propose(
-        &node,
-        Command::Delete {
-            kind: Kind::User,
-            ids: ids.clone(),
-        },
-    )
-    .await?;
-    Ok(Json(json!({ "deleted_users": ids })))
+    delete_all(&node, &p, body, Kind::User, "user_ids", "deleted_users").await
 }
 
 #[derive(Deserialize)]
@@ -656,19 +679,8 @@ pub async fn customer_update(
     Auth(p): Auth,
     JsonBody(body): JsonBody<Value>,
 ) -> Reply {
-    require_admin(&p, "updating a customer")?;
-    let body = object(body)?;
-    let id = string_field(&body, "user_id")?;
-    let (mut fields, _) = split_fields(
-        &body,
-        &fields_with_limits(CUSTOMER_FIELDS),
-        CUSTOMER_IGNORED,
-    )?;
-    check_limits(&fields)?;
-    fields.remove("user_id");
-    Ok(Json(
-        patch::<CustomerRecord>(&node, Kind::Customer, &id, fields).await?,
-    ))
+    let fields = ("user_id", CUSTOMER_FIELDS, CUSTOMER_IGNORED);
+    admin_update::<CustomerRecord>(&node, &p, body, Kind::Customer, fields, &[]).await
 }
 
 pub async fn customer_delete(
@@ -676,17 +688,15 @@ pub async fn customer_delete(
     Auth(p): Auth,
     JsonBody(body): JsonBody<Value>,
 ) -> Reply {
-    require_admin(&p, "deleting customers")?;
-    let ids = id_list(&object(body)?, "user_ids")?;
-    propose(
+    delete_all(
         &node,
-        Command::Delete {
-            kind: Kind::Customer,
-            ids: ids.clone(),
-        },
+        &p,
+        body,
+        Kind::Customer,
+        "user_ids",
+        "deleted_customers",
     )
-    .await?;
-    Ok(Json(json!({ "deleted_customers": ids })))
+    .await
 }
 
 #[derive(Deserialize)]
@@ -778,15 +788,8 @@ pub async fn budget_update(
     Auth(p): Auth,
     JsonBody(body): JsonBody<Value>,
 ) -> Reply {
-    require_admin(&p, "updating a budget")?;
-    let body = object(body)?;
-    let id = string_field(&body, "budget_id")?;
-    let (mut fields, _) = split_fields(&body, &fields_with_limits(BUDGET_FIELDS), BUDGET_IGNORED)?;
-    check_limits(&fields)?;
-    fields.remove("budget_id");
-    Ok(Json(
-        patch::<BudgetRecord>(&node, Kind::Budget, &id, fields).await?,
-    ))
+    let fields = ("budget_id", BUDGET_FIELDS, BUDGET_IGNORED);
+    admin_update::<BudgetRecord>(&node, &p, body, Kind::Budget, fields, &[]).await
 }
 
 pub async fn budget_delete(
