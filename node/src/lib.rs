@@ -13,6 +13,7 @@ pub mod auth;
 pub mod clock;
 pub mod cluster;
 pub mod config;
+pub mod credentials;
 pub mod error;
 pub mod node;
 pub mod pipeline;

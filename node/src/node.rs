@@ -36,6 +36,8 @@ impl Seams {
 
 pub struct Node {
     pub node_id: String,
+    /// Seals and opens provider credentials kept in the region's metadata.
+    pub sealer: crate::credentials::Sealer,
     /// The region's replicated metadata (keys, teams, users, ...).
     pub metadata: Region,
     pub region: String,
@@ -53,7 +55,10 @@ pub struct Node {
 impl Node {
     /// `master_key` is the resolved key (config, environment or generated).
     pub fn new(config: Config, master_key: &Secret, seams: Seams, region: Region) -> Arc<Self> {
+        let sealer =
+            crate::credentials::Sealer::new(config.salt_key.as_ref().unwrap_or(master_key));
         Arc::new(Self {
+            sealer,
             node_id: config.node.node_id,
             metadata: region,
             region: config.node.region,
@@ -67,6 +72,58 @@ impl Node {
             clock: seams.clock,
             rng: seams.rng,
         })
+    }
+
+    /// Brings the router's run-time deployments up to date with the applied
+    /// models visible in this region. A generation compare when nothing
+    /// changed; a rebuild (credentials opened in memory) when something did.
+    pub fn refresh_models(&self) {
+        let generation = self.metadata.read(|s| s.models_generation());
+        if generation == self.router.runtime_generation() {
+            return;
+        }
+        let records: Vec<_> = self.metadata.read(|s| {
+            s.models()
+                .filter(|m| m.scope.includes(&self.region))
+                .cloned()
+                .collect()
+        });
+        let deployments = records
+            .iter()
+            .filter_map(|m| match self.deployment_of(m) {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    tracing::warn!(model_id = %m.model_id, error = %e, "a stored model cannot be served here");
+                    None
+                }
+            })
+            .collect();
+        self.router.set_runtime(generation, deployments);
+    }
+
+    /// A stored model as a deployment of this node.
+    pub fn deployment_of(
+        &self,
+        m: &meridian_consensus::metadata::ModelRecord,
+    ) -> crate::error::Result<crate::config::Deployment> {
+        let mut params = m.litellm_params.clone();
+        if let Some(sealed) = &m.encrypted_api_key {
+            params.insert("api_key".into(), self.sealer.open(sealed)?.expose().into());
+        }
+        let mut info = m.model_info.clone();
+        info.insert("id".into(), m.model_id.clone().into());
+        let entry = serde_json::json!({ "model_name": m.model_name, "litellm_params": params, "model_info": info });
+        match crate::config::deployment_from_json(
+            &entry,
+            "stored model",
+            &crate::config::ProcessEnv,
+        )? {
+            (Some(d), _) => Ok(d),
+            (None, why) => Err(crate::error::Error::Internal(
+                why.first()
+                    .map_or_else(|| "not servable".to_owned(), |i| i.reason.clone()),
+            )),
+        }
     }
 
     /// Unix milliseconds on this node's clock (stamped on metadata changes).

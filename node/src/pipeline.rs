@@ -57,6 +57,7 @@ where
             allowed: ctx.principal.allowed_models().join(", "),
         });
     }
+    node.refresh_models();
     let deployment = node
         .router
         .pick(model, &node.rng)

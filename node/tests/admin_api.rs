@@ -531,3 +531,110 @@ async fn the_admin_api_can_be_disabled() {
     );
     assert_eq!(chat(&n, MASTER, "gpt").await.0, 200, "the LLM API stays up");
 }
+
+#[tokio::test]
+async fn run_time_models_are_region_scoped_and_keep_their_keys_sealed() {
+    let n = node("").await;
+    let added = ok(post(&n, "/model/new", MASTER, json!({
+        "model_name": "added", "litellm_params": { "model": "mock/chat", "api_key": "sk-provider-secret", "rpm": 10 }
+    })).await);
+    assert_eq!(added["has_api_key"], true);
+    assert_eq!(
+        added["scope"],
+        json!({ "kind": "regions", "regions": ["local"] }),
+        "scoped to this region by default"
+    );
+    assert!(!added.to_string().contains("sk-provider-secret"));
+    let id = added["model_id"].as_str().unwrap().to_owned();
+    let stored = n.metadata.read(|s| s.model(&id).cloned()).unwrap();
+    let sealed = stored.encrypted_api_key.clone().unwrap();
+    assert!(
+        !sealed.contains("sk-provider-secret")
+            && !serde_json::to_string(&*stored)
+                .unwrap()
+                .contains("sk-provider-secret")
+    );
+    assert_eq!(
+        n.sealer.open(&sealed).unwrap().expose(),
+        "sk-provider-secret"
+    );
+
+    assert_eq!(chat(&n, MASTER, "added").await.0, 200);
+    let info = ok(get(&n, "/v1/model/info", MASTER).await);
+    let entry = info["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["model_info"]["id"] == id)
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (
+            entry["model_name"].as_str(),
+            entry["model_info"]["db_model"].as_bool()
+        ),
+        (Some("added"), Some(true))
+    );
+    assert!(!info.to_string().contains("sk-provider-secret"));
+
+    // Another region's model is not served here.
+    ok(post(&n, "/model/new", MASTER, json!({
+        "model_name": "eu-only", "litellm_params": { "model": "mock/chat" }, "model_info": { "id": "eu-1" }, "regions": ["eu-west"]
+    })).await);
+    assert_eq!(chat(&n, MASTER, "eu-only").await.0, 400);
+    ok(post(
+        &n,
+        "/model/update",
+        MASTER,
+        json!({ "model_id": "eu-1", "regions": "*" }),
+    )
+    .await);
+    assert_eq!(
+        chat(&n, MASTER, "eu-only").await.0,
+        200,
+        "scoped wider, it serves here too"
+    );
+
+    ok(post(
+        &n,
+        "/model/update",
+        MASTER,
+        json!({ "model_id": id, "litellm_params": { "rpm": 20 } }),
+    )
+    .await);
+    let sealed_after = n
+        .metadata
+        .read(|s| s.model(&id).unwrap().encrypted_api_key.clone());
+    assert_eq!(
+        sealed_after.as_deref(),
+        Some(sealed.as_str()),
+        "an update without a key keeps the sealed one"
+    );
+    ok(post(&n, "/model/delete", MASTER, json!({ "id": id })).await);
+    assert_eq!(chat(&n, MASTER, "added").await.0, 400);
+
+    let (status, body) = post(
+        &n,
+        "/model/new",
+        MASTER,
+        json!({ "model_name": "x", "litellm_params": { "model": "mock/chat", "rpm": "lots" } }),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["param"].as_str()),
+        (400, Some("litellm_params.rpm")),
+        "{body}"
+    );
+    let (status, body) = post(
+        &n,
+        "/model/new",
+        MASTER,
+        json!({ "model_name": "x", "litellm_params": { "model": "bedrock/titan" } }),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["param"].as_str()),
+        (400, Some("litellm_params.model")),
+        "{body}"
+    );
+}

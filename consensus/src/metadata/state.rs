@@ -28,9 +28,19 @@ pub enum Change {
     },
 }
 
+/// Hands out model generations: every state and every change to its models
+/// gets a new one, so a cache of derived deployments knows when to rebuild.
+static MODEL_GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+fn next_generation() -> u64 {
+    MODEL_GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Every record of the region, as of some applied log index.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct MetadataState {
+    /// Changes whenever `models` may have (node-local; not replicated).
+    models_generation: u64,
     /// By token hash bytes: the authentication path's O(1) lookup.
     keys: HashMap<[u8; 32], Arc<KeyRecord>>,
     teams: BTreeMap<String, Arc<TeamRecord>>,
@@ -50,6 +60,20 @@ pub fn token_bytes(token: &str) -> Option<[u8; 32]> {
         *byte = u8::from_str_radix(token.get(2 * i..2 * i + 2)?, 16).ok()?;
     }
     Some(out)
+}
+
+impl Default for MetadataState {
+    fn default() -> Self {
+        Self {
+            models_generation: next_generation(),
+            keys: HashMap::new(),
+            teams: BTreeMap::new(),
+            users: BTreeMap::new(),
+            customers: BTreeMap::new(),
+            budgets: BTreeMap::new(),
+            models: BTreeMap::new(),
+        }
+    }
 }
 
 fn to_json<T: Serialize>(record: &T) -> Value {
@@ -106,6 +130,11 @@ impl MetadataState {
 
     pub fn models(&self) -> impl Iterator<Item = &Arc<ModelRecord>> {
         self.models.values()
+    }
+
+    /// Differs from any earlier value whenever the models may have changed.
+    pub fn models_generation(&self) -> u64 {
+        self.models_generation
     }
 
     /// A record of any kind as JSON.
@@ -343,6 +372,7 @@ impl MetadataState {
             }),
             Kind::Model => parse(json).map(|(r, j)| {
                 self.models.insert(id.to_owned(), r);
+                self.models_generation = next_generation();
                 j
             }),
         };
@@ -371,7 +401,10 @@ impl MetadataState {
             Kind::User => self.users.remove(id).map(|r| to_json(&*r)),
             Kind::Customer => self.customers.remove(id).map(|r| to_json(&*r)),
             Kind::Budget => self.budgets.remove(id).map(|r| to_json(&*r)),
-            Kind::Model => self.models.remove(id).map(|r| to_json(&*r)),
+            Kind::Model => self.models.remove(id).map(|r| {
+                self.models_generation = next_generation();
+                to_json(&*r)
+            }),
         }
     }
 

@@ -66,9 +66,9 @@ pub async fn deep(
     let targets: Vec<Arc<Deployment>> = node
         .router
         .deployments()
+        .into_iter()
         .filter(|d| q.model.as_ref().is_none_or(|m| *m == d.model_group))
         .filter(|d| q.model_id.as_ref().is_none_or(|id| *id == d.id))
-        .cloned()
         .collect();
     let results = join_all(targets.iter().map(|d| probe(&node, d))).await;
     let (mut healthy, mut unhealthy) = (Vec::new(), Vec::new());

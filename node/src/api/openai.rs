@@ -105,9 +105,11 @@ pub async fn embeddings(
 
 /// `GET /v1/models`: the model groups the caller may use.
 pub async fn models(State(node): State<Arc<Node>>, Auth(principal): Auth) -> Response {
+    node.refresh_models();
     let data: Vec<_> = node
         .router
         .group_names()
+        .into_iter()
         .filter(|g| principal.may_use_model(g))
         .map(|g| json!({ "id": g, "object": "model", "created": 1_677_610_602u64, "owned_by": "meridian" }))
         .collect();

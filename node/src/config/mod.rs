@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use parse::{EnvSource, ProcessEnv, load_file, parse_str};
+pub use parse::{EnvSource, ProcessEnv, deployment_from_json, load_file, parse_str};
 
 use crate::pricing::Price;
 use crate::secret::Secret;
@@ -29,6 +29,9 @@ pub struct Config {
     pub source: Option<PathBuf>,
     pub node: NodeSettings,
     pub master_key: Option<Secret>,
+    /// Seals provider credentials stored in the region's metadata
+    /// (`MERIDIAN_SALT_KEY` or `LITELLM_SALT_KEY`; the master key if unset).
+    pub salt_key: Option<Secret>,
     pub deployments: Vec<Deployment>,
     pub max_request_bytes: usize,
     pub disable: Disabled,

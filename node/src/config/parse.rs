@@ -64,6 +64,32 @@ pub fn parse_str(text: &str, file: &str, env: &dyn EnvSource, check: bool) -> Re
     p.config(&doc)
 }
 
+/// Parses one `model_list` entry given at run time (`/model/new`): the same
+/// rules as the file, default timeouts, `source` naming where it came from in
+/// errors. `Ok((None, why))`: a provider or mode that is not served.
+pub fn deployment_from_json(
+    entry: &Value,
+    source: &str,
+    env: &dyn EnvSource,
+) -> Result<(Option<Deployment>, Vec<Ignored>)> {
+    let mut p = Parser {
+        file: source,
+        env,
+        overlay: BTreeMap::new(),
+        check: false,
+        ignored: Vec::new(),
+        unset_env: Vec::new(),
+    };
+    let defaults = Timeouts {
+        timeout: DEFAULT_TIMEOUT,
+        stream_timeout: DEFAULT_TIMEOUT,
+        request_timeout: None,
+        router_timeout: false,
+    };
+    let deployment = p.deployment(entry, "model", &defaults)?;
+    Ok((deployment, p.ignored))
+}
+
 impl Config {
     /// The embedded default: one node, region `local`, built-in mock models.
     pub fn embedded(env: &dyn EnvSource) -> Config {
@@ -91,6 +117,7 @@ impl Config {
             source: None,
             node: NodeSettings::default(),
             master_key: None,
+            salt_key: None,
             deployments: vec![
                 mock("mock-chat", "chat", Mode::Chat),
                 mock("mock-embedding", "embedding", Mode::Embedding),
@@ -111,6 +138,12 @@ impl Config {
             .or_else(|| env.var("LITELLM_MASTER_KEY"))
         {
             self.master_key = Some(Secret::new(key));
+        }
+        if let Some(salt) = env
+            .var("MERIDIAN_SALT_KEY")
+            .or_else(|| env.var("LITELLM_SALT_KEY"))
+        {
+            self.salt_key = Some(Secret::new(salt));
         }
         if let Some(secret) = env.var("MERIDIAN_CLUSTER_SECRET") {
             self.node.cluster.secret = Some(Secret::new(secret));
@@ -180,6 +213,7 @@ impl Parser<'_> {
             source: None,
             node: NodeSettings::default(),
             master_key: None,
+            salt_key: None,
             deployments: Vec::new(),
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             disable: Disabled::default(),

@@ -10,6 +10,7 @@
 
 mod entities;
 mod keys;
+mod models;
 
 use std::sync::Arc;
 
@@ -58,6 +59,11 @@ pub fn routes() -> Router<Arc<Node>> {
         .route("/budget/update", post(entities::budget_update))
         .route("/budget/delete", post(entities::budget_delete))
         .route("/budget/info", post(entities::budget_info))
+        .route("/model/new", post(models::model_new))
+        .route("/model/update", post(models::model_update))
+        .route("/model/delete", post(models::model_delete))
+        .route("/model/info", get(models::model_info))
+        .route("/v1/model/info", get(models::model_info))
         .route("/cluster/status", get(entities::cluster_status))
         .route("/cluster/add_node", post(entities::cluster_add_node))
         .route("/cluster/remove_node", post(entities::cluster_remove_node))
