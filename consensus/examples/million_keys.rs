@@ -16,8 +16,16 @@ use meridian_storage::{Cf, Durability, RocksStore, Store, WriteBatch};
 fn rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).map(str::to_owned))
-        .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<f64>().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .map(str::to_owned)
+        })
+        .and_then(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
@@ -27,7 +35,10 @@ fn token(i: u64) -> String {
 
 #[allow(clippy::disallowed_methods)] // wall-clock timing is the point of this tool
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let n: u64 = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(1_000_000);
+    let n: u64 = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(1_000_000);
     let dir = tempfile::tempdir()?;
     {
         let store = RocksStore::open(dir.path())?;
@@ -39,7 +50,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "token": token(i), "key_name": "sk-...abcd", "models": ["gpt-4o"],
                 "user_id": format!("user-{}", i % 1000), "rpm_limit": 100,
             });
-            let (_, changes) = state.apply(&Proposal { at_ms: 1, command: Command::Create { kind: Kind::Key, record } });
+            let (_, changes) = state.apply(&Proposal {
+                at_ms: 1,
+                command: Command::Create {
+                    kind: Kind::Key,
+                    record,
+                },
+            });
             for c in changes {
                 if let meridian_consensus::metadata::Change::Put { id, json, .. } = c {
                     batch.put(Cf::State, format!("k/{id}").into_bytes(), json);
@@ -59,14 +76,27 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let load = started.elapsed();
     let state = sm.shared_state();
     let count = state.read().map(|s| s.key_count()).unwrap_or(0);
-    println!("start-up: loaded {count} keys in {:.2} s; RSS {:.0} MiB (before: {before:.0} MiB)", load.as_secs_f64(), rss_mib());
+    println!(
+        "start-up: loaded {count} keys in {:.2} s; RSS {:.0} MiB (before: {before:.0} MiB)",
+        load.as_secs_f64(),
+        rss_mib()
+    );
     let hashes: Vec<[u8; 32]> = (0..100_000u64)
-        .map(|i| meridian_consensus::metadata::token_bytes(&token(i * (n / 100_000).max(1))).unwrap_or([0; 32]))
+        .map(|i| {
+            meridian_consensus::metadata::token_bytes(&token(i * (n / 100_000).max(1)))
+                .unwrap_or([0; 32])
+        })
         .collect();
     let started = Instant::now();
     let guard = state.read().map_err(|_| "poisoned")?;
-    let found = hashes.iter().filter(|h| guard.key_by_hash(h).is_some()).count();
+    let found = hashes
+        .iter()
+        .filter(|h| guard.key_by_hash(h).is_some())
+        .count();
     let per = started.elapsed().as_nanos() as f64 / hashes.len() as f64;
-    println!("lookup: {found}/{} found, {per:.0} ns per authentication lookup", hashes.len());
+    println!(
+        "lookup: {found}/{} found, {per:.0} ns per authentication lookup",
+        hashes.len()
+    );
     Ok(())
 }

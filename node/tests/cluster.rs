@@ -100,6 +100,46 @@ impl Region {
         region
     }
 
+    /// Writes a config for one more node that lists the region's members and
+    /// itself (so it never bootstraps a region of its own), and starts it.
+    async fn start_joiner(&mut self, raft_id: u64) -> usize {
+        let node = Node {
+            raft_id,
+            api_port: free_port(),
+            cluster_port: free_port(),
+            config: self._dir.path().join(format!("n{raft_id}.yaml")),
+            child: None,
+        };
+        let mut peers: String = self
+            .nodes
+            .iter()
+            .map(|n| {
+                format!(
+                    "    - {{raft_id: {}, cluster_addr: \"127.0.0.1:{}\", api_url: \"{}\"}}\n",
+                    n.raft_id,
+                    n.cluster_port,
+                    n.url()
+                )
+            })
+            .collect();
+        peers += &format!(
+            "    - {{raft_id: {raft_id}, cluster_addr: \"127.0.0.1:{}\", api_url: \"{}\"}}\n",
+            node.cluster_port,
+            node.url()
+        );
+        let yaml = format!(
+            "model_list:\n  - model_name: gpt\n    litellm_params: {{model: mock/chat}}\nmeridian:\n  node_id: n{raft_id}\n  region: test\n  port: {}\n  data_dir: {}\n  raft_id: {raft_id}\n  cluster_listen: 127.0.0.1:{}\n  peers:\n{peers}",
+            node.api_port,
+            self._dir.path().join(format!("data{raft_id}")).display(),
+            node.cluster_port,
+        );
+        std::fs::write(&node.config, yaml).unwrap();
+        self.nodes.push(node);
+        let i = self.nodes.len() - 1;
+        self.restart(i).await;
+        i
+    }
+
     async fn wait_up(&self, i: usize) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
@@ -346,4 +386,61 @@ async fn a_restarted_node_catches_up_through_a_snapshot() {
             .is_some_and(|s| s > last_seen),
         "{status}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nodes_are_added_and_removed_with_the_cli() {
+    let mut r = Region::start(3, 5000).await;
+    r.leader().await;
+    let key = r.new_key(0).await;
+    let joiner = r.start_joiner(4).await;
+    // Through a follower or the leader alike: the CLI talks to any node.
+    let cli = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .args(args)
+            .env("MERIDIAN_MASTER_KEY", MASTER)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let url = r.nodes[1].url();
+    let (ok, out) = cli(&[
+        "cluster",
+        "add-node",
+        "--url",
+        &url,
+        "--raft-id",
+        "4",
+        "--cluster-addr",
+        &format!("127.0.0.1:{}", r.nodes[joiner].cluster_port),
+        "--api-url",
+        &r.nodes[joiner].url(),
+    ]);
+    assert!(ok, "{out}");
+    let status = r.status(joiner).await;
+    let voters = status["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["voter"] == true)
+        .count();
+    assert_eq!(voters, 4, "{status}");
+    r.until_accepted(joiner, &key, Duration::from_secs(5)).await;
+
+    let (ok, out) = cli(&[
+        "cluster",
+        "remove-node",
+        "--url",
+        &r.nodes[0].url(),
+        "--raft-id",
+        "4",
+    ]);
+    assert!(ok, "{out}");
+    let (ok, out) = cli(&["cluster", "status", "--url", &r.nodes[2].url()]);
+    assert!(ok, "{out}");
+    let status: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(status["members"].as_array().unwrap().len(), 3, "{status}");
 }
