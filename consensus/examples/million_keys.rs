@@ -35,8 +35,14 @@ fn token(i: u64) -> String {
 
 #[allow(clippy::disallowed_methods)] // wall-clock timing is the point of this tool
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let n: u64 = std::env::args()
-        .nth(1)
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--load") {
+        let dir = args.get(2).ok_or("usage: --load DIR N")?;
+        let n = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(1);
+        return load(std::path::Path::new(dir), n);
+    }
+    let n: u64 = args
+        .get(1)
         .and_then(|a| a.parse().ok())
         .unwrap_or(1_000_000);
     let dir = tempfile::tempdir()?;
@@ -69,9 +75,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         store.write(batch, Durability::Power)?;
         println!("wrote {n} keys in {:.1} s", started.elapsed().as_secs_f64());
     }
+    // Load in a fresh process, so its RSS is what a restarted node pays.
+    let status = std::process::Command::new(std::env::current_exe()?)
+        .args(["--load", &dir.path().display().to_string(), &n.to_string()])
+        .status()?;
+    if !status.success() {
+        return Err("the load phase failed".into());
+    }
+    Ok(())
+}
+
+#[allow(clippy::disallowed_methods)]
+fn load(dir: &std::path::Path, n: u64) -> Result<(), Box<dyn std::error::Error>> {
     let before = rss_mib();
     let started = Instant::now();
-    let store: Arc<dyn Store> = Arc::new(RocksStore::open(dir.path())?);
+    let store: Arc<dyn Store> = Arc::new(RocksStore::open(dir)?);
     let sm = StateMachine::open(store)?;
     let load = started.elapsed();
     let state = sm.shared_state();

@@ -410,13 +410,38 @@ impl MetadataState {
 
     /// Installs a record read back from storage or a snapshot.
     pub fn load(&mut self, kind: Kind, id: &str, json: &[u8]) -> Result<(), String> {
-        let value: Value =
-            serde_json::from_slice(json).map_err(|e| format!("{} `{id}`: {e}", kind.noun()))?;
-        let mut scratch = Vec::new();
-        match self.store(kind, id, value, &mut scratch) {
-            Outcome::Done { .. } => Ok(()),
-            Outcome::Refused { message, .. } => Err(format!("{} `{id}`: {message}", kind.noun())),
+        // Stored bytes are already canonical: parse straight into the typed
+        // record (start-up loads every key this way).
+        fn parse<T: DeserializeOwned>(kind: Kind, id: &str, json: &[u8]) -> Result<Arc<T>, String> {
+            serde_json::from_slice(json)
+                .map(Arc::new)
+                .map_err(|e| format!("{} `{id}`: {e}", kind.noun()))
         }
+        let id_owned = || id.to_owned();
+        match kind {
+            Kind::Key => {
+                let hash = token_bytes(id)
+                    .ok_or_else(|| format!("key `{id}`: not a hex SHA-256 token"))?;
+                self.keys.insert(hash, parse(kind, id, json)?);
+            }
+            Kind::Team => {
+                self.teams.insert(id_owned(), parse(kind, id, json)?);
+            }
+            Kind::User => {
+                self.users.insert(id_owned(), parse(kind, id, json)?);
+            }
+            Kind::Customer => {
+                self.customers.insert(id_owned(), parse(kind, id, json)?);
+            }
+            Kind::Budget => {
+                self.budgets.insert(id_owned(), parse(kind, id, json)?);
+            }
+            Kind::Model => {
+                self.models.insert(id_owned(), parse(kind, id, json)?);
+                self.models_generation = next_generation();
+            }
+        }
+        Ok(())
     }
 
     /// Every record as `(kind, id, json)`, in a deterministic order.
