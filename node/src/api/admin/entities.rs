@@ -12,8 +12,8 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
 
 use super::{
-    Consistency, id_list, object, propose, require, require_admin, require_reader, split_fields,
-    string_field, valid_budget_duration, validate,
+    Consistency, check_limits, id_list, object, propose, require, require_admin, require_reader,
+    split_fields, string_field, validate,
 };
 use crate::api::ApiError;
 use crate::api::extract::{Auth, JsonBody};
@@ -85,18 +85,6 @@ const BUDGET_IGNORED: &[&str] = &["budget_reset_at", "spend"];
 
 fn fields_with_limits(known: &[&'static str]) -> Vec<&'static str> {
     [known, LIMITS].concat()
-}
-
-fn check_limits(fields: &Map<String, Value>) -> Result<()> {
-    if let Some(d) = fields.get("budget_duration").and_then(Value::as_str)
-        && !valid_budget_duration(d)
-    {
-        return Err(Error::invalid(
-            format!("budget_duration `{d}` is not a period like 30s, 30m, 30h, 30d or 1mo"),
-            Some("budget_duration"),
-        ));
-    }
-    Ok(())
 }
 
 /// Creates a `kind` record from checked fields (timestamps come from the

@@ -11,8 +11,8 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::{
-    Consistency, duration_secs, object, propose, require, rfc3339, split_fields,
-    valid_budget_duration, validate,
+    Consistency, check_limits, duration_secs, object, propose, require, rfc3339, split_fields,
+    validate,
 };
 use crate::api::ApiError;
 use crate::api::extract::{Auth, JsonBody};
@@ -153,19 +153,6 @@ fn existing(node: &Node, token: &str) -> Result<Arc<KeyRecord>> {
         .ok_or_else(|| Error::NotFound("key not found".into()))
 }
 
-/// Fields that are settings checked for shape and meaning.
-fn check_settings(fields: &Map<String, Value>) -> Result<()> {
-    if let Some(d) = fields.get("budget_duration").and_then(Value::as_str)
-        && !valid_budget_duration(d)
-    {
-        return Err(Error::invalid(
-            format!("budget_duration `{d}` is not a period like 30s, 30m, 30h, 30d or 1mo"),
-            Some("budget_duration"),
-        ));
-    }
-    Ok(())
-}
-
 fn expires_from(node: &Node, body: &Map<String, Value>) -> Result<Option<Value>> {
     match body.get("duration") {
         None | Some(Value::Null) => Ok(None),
@@ -193,7 +180,7 @@ pub async fn generate(
         split_fields(&body, &[FIELDS, &["key", "duration"]].concat(), IGNORED)?;
     fields.remove("key");
     fields.remove("duration");
-    check_settings(&fields)?;
+    check_limits(&fields)?;
     // Who may create this key, and for whom.
     let team_id = fields
         .get("team_id")
@@ -293,7 +280,7 @@ pub async fn update(
         split_fields(&body, &[FIELDS, &["key", "duration"]].concat(), IGNORED)?;
     patch.remove("key");
     patch.remove("duration");
-    check_settings(&patch)?;
+    check_limits(&patch)?;
     let token = token_of(&key);
     let current = existing(&node, &token)?;
     require(node.metadata.read(|s| may_manage(s, &p, &current)), || {

@@ -264,6 +264,19 @@ fn check<T: serde::de::DeserializeOwned>(value: Value) -> Result<()> {
         })
 }
 
+/// Checks the meaning of limit fields (their types are checked by `validate`).
+pub fn check_limits(fields: &Map<String, Value>) -> Result<()> {
+    if let Some(d) = fields.get("budget_duration").and_then(Value::as_str)
+        && !valid_budget_duration(d)
+    {
+        return Err(Error::invalid(
+            format!("budget_duration `{d}` is not a period like 30s, 30m, 30h, 30d or 1mo"),
+            Some("budget_duration"),
+        ));
+    }
+    Ok(())
+}
+
 /// `30s`, `30m`, `30h`, `30d`, `2w` → seconds.
 pub fn duration_secs(text: &str) -> Option<u64> {
     let text = text.trim();
