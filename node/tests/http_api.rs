@@ -287,7 +287,13 @@ async fn models_health_and_headers() {
         (r.body["status"].as_str(), r.body["storage"]["ok"].as_bool()),
         (Some("healthy"), Some(true))
     );
-    assert_eq!(r.body["cluster"]["mode"], "single-node");
+    assert_eq!(
+        (
+            r.body["cluster"]["role"].as_str(),
+            r.body["cluster"]["members"].as_u64()
+        ),
+        (Some("leader"), Some(1))
+    );
 
     assert_eq!(call(&node, get("/health", None)).await.status, 401);
     let r = call(&node, get("/health", Some(KEY))).await;

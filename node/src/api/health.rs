@@ -33,12 +33,22 @@ pub async fn readiness(State(node): State<Arc<Node>>) -> Response {
         .map(|m| m.is_dir())
         .unwrap_or(false);
     let status = if storage_ok { "healthy" } else { "unhealthy" };
+    let cluster = node.metadata.status();
     let body = json!({
         "status": status,
         "node": node.node_id,
         "region": node.region,
         "storage": { "data_dir": node.data_dir.display().to_string(), "ok": storage_ok },
-        "cluster": { "mode": "single-node", "members": 1 },
+        // Serving LLM calls needs no leader (keys are read from the applied
+        // state), so a region without one is reported, not "unready".
+        "cluster": {
+            "raft_id": cluster.node_id,
+            "role": cluster.state,
+            "leader": cluster.leader,
+            "term": cluster.term,
+            "members": cluster.members.len(),
+            "applied_index": cluster.applied_index,
+        },
         "db": "not used",
         "version": env!("CARGO_PKG_VERSION"),
     });
