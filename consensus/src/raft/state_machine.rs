@@ -72,13 +72,14 @@ impl StateMachine {
             if let Some(last) = end.last_mut() {
                 *last += 1;
             }
-            for (key, value) in store
-                .range(Cf::State, prefix, Some(&end), usize::MAX)
-                .map_err(io_error)?
-            {
-                let id = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
-                state.load(kind, &id, &value).map_err(io_error)?;
-            }
+            store
+                .scan(Cf::State, prefix, Some(&end), &mut |key, value| {
+                    let id = String::from_utf8_lossy(key.get(prefix.len()..).unwrap_or_default());
+                    state
+                        .load(kind, &id, value)
+                        .map_err(meridian_storage::Error::Engine)
+                })
+                .map_err(io_error)?;
         }
         let read = |key: &[u8]| -> io::Result<Option<Vec<u8>>> {
             store.get(Cf::State, key).map_err(io_error)

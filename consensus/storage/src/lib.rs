@@ -132,6 +132,16 @@ pub trait Store: Send + Sync + 'static {
 
     /// The entry with the greatest key in `[from, to)`.
     fn last(&self, cf: Cf, from: &[u8], to: Option<&[u8]>) -> Result<Option<(Vec<u8>, Vec<u8>)>>;
+
+    /// Calls `visit` on every entry in `[from, to)`, in key order, without
+    /// copying them out first (start-up reads every record this way).
+    fn scan(
+        &self,
+        cf: Cf,
+        from: &[u8],
+        to: Option<&[u8]>,
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> Result<()>,
+    ) -> Result<()>;
 }
 
 #[cfg(test)]
@@ -175,6 +185,17 @@ pub(crate) mod conformance {
             vec![0, 2]
         );
         assert_eq!(store.last(Cf::RaftLog, &[0, 4], None).unwrap(), None);
+        let mut seen = Vec::new();
+        store
+            .scan(Cf::RaftLog, &[0, 2], None, &mut |k, v| {
+                seen.push((k.to_vec(), v.to_vec()));
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(
+            seen,
+            vec![(vec![0, 2], b"b".to_vec()), (vec![0, 3], b"c".to_vec())]
+        );
 
         let mut b = WriteBatch::default();
         b.delete_range(Cf::RaftLog, [0, 1], [0, 3])

@@ -85,6 +85,24 @@ impl Store for MemStore {
         }))
     }
 
+    fn scan(
+        &self,
+        cf: Cf,
+        from: &[u8],
+        to: Option<&[u8]>,
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> Result<()>,
+    ) -> Result<()> {
+        if to.is_some_and(|t| t <= from) {
+            return Ok(());
+        }
+        self.with(|cfs| match cfs.get(&cf) {
+            None => Ok(()),
+            Some(m) => m
+                .range::<[u8], _>(bounds(from, to))
+                .try_for_each(|(k, v)| visit(k, v)),
+        })
+    }
+
     fn last(&self, cf: Cf, from: &[u8], to: Option<&[u8]>) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
         if to.is_some_and(|t| t <= from) {
             return Ok(None);

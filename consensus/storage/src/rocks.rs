@@ -90,6 +90,27 @@ impl Store for RocksStore {
             .collect()
     }
 
+    fn scan(
+        &self,
+        cf: Cf,
+        from: &[u8],
+        to: Option<&[u8]>,
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> Result<()>,
+    ) -> Result<()> {
+        if to.is_some_and(|t| t <= from) {
+            return Ok(());
+        }
+        let mut it = self
+            .db
+            .raw_iterator_cf_opt(self.cf(cf)?, Self::read_options(from, to));
+        it.seek(from);
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            visit(k, v)?;
+            it.next();
+        }
+        it.status().map_err(engine)
+    }
+
     fn last(&self, cf: Cf, from: &[u8], to: Option<&[u8]>) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
         if to.is_some_and(|t| t <= from) {
             return Ok(None);
