@@ -114,6 +114,9 @@ pub enum Durability {
     Power,
 }
 
+/// Called on each entry of a [`Store::scan`]; an error stops the scan.
+pub type Visitor<'a> = &'a mut dyn FnMut(&[u8], &[u8]) -> Result<()>;
+
 /// An ordered key-value store with atomic batches.
 pub trait Store: Send + Sync + 'static {
     fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>>;
@@ -135,13 +138,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// Calls `visit` on every entry in `[from, to)`, in key order, without
     /// copying them out first (start-up reads every record this way).
-    fn scan(
-        &self,
-        cf: Cf,
-        from: &[u8],
-        to: Option<&[u8]>,
-        visit: &mut dyn FnMut(&[u8], &[u8]) -> Result<()>,
-    ) -> Result<()>;
+    fn scan(&self, cf: Cf, from: &[u8], to: Option<&[u8]>, visit: Visitor<'_>) -> Result<()>;
 }
 
 #[cfg(test)]

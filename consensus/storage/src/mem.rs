@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::Mutex;
 
-use crate::{Cf, Durability, Op, Result, Store, WriteBatch};
+use crate::{Cf, Durability, Op, Result, Store, Visitor, WriteBatch};
 
 /// One column family: ordered keys to values.
 type Family = BTreeMap<Vec<u8>, Vec<u8>>;
@@ -85,13 +85,7 @@ impl Store for MemStore {
         }))
     }
 
-    fn scan(
-        &self,
-        cf: Cf,
-        from: &[u8],
-        to: Option<&[u8]>,
-        visit: &mut dyn FnMut(&[u8], &[u8]) -> Result<()>,
-    ) -> Result<()> {
+    fn scan(&self, cf: Cf, from: &[u8], to: Option<&[u8]>, visit: Visitor<'_>) -> Result<()> {
         if to.is_some_and(|t| t <= from) {
             return Ok(());
         }

@@ -7,7 +7,7 @@ use rocksdb::{
     ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, ReadOptions, WriteOptions,
 };
 
-use crate::{Cf, Durability, Error, Op, Result, Store, WriteBatch};
+use crate::{Cf, Durability, Error, Op, Result, Store, Visitor, WriteBatch};
 
 pub struct RocksStore {
     db: DB,
@@ -90,13 +90,7 @@ impl Store for RocksStore {
             .collect()
     }
 
-    fn scan(
-        &self,
-        cf: Cf,
-        from: &[u8],
-        to: Option<&[u8]>,
-        visit: &mut dyn FnMut(&[u8], &[u8]) -> Result<()>,
-    ) -> Result<()> {
+    fn scan(&self, cf: Cf, from: &[u8], to: Option<&[u8]>, visit: Visitor<'_>) -> Result<()> {
         if to.is_some_and(|t| t <= from) {
             return Ok(());
         }
