@@ -98,6 +98,16 @@ fn present(mut record: Value) -> Value {
     record
 }
 
+/// The key a command left behind, as the API shows it, with the LiteLLM
+/// fields that were accepted but not acted on.
+fn answer(records: Vec<Value>, ignored: &[String]) -> Value {
+    let mut out = present(records.into_iter().next().unwrap_or(Value::Null));
+    if !ignored.is_empty() {
+        out["ignored_fields"] = json!(ignored);
+    }
+    out
+}
+
 /// Whether `p` administers team `team_id` (a team member with role admin).
 fn administers(state: &MetadataState, p: &Principal, team_id: &str) -> bool {
     p.is_admin()
@@ -261,11 +271,8 @@ pub async fn generate(
         },
     )
     .await?;
-    let mut out = present(records.into_iter().next().unwrap_or(Value::Null));
+    let mut out = answer(records, &ignored);
     out["key"] = json!(key);
-    if !ignored.is_empty() {
-        out["ignored_fields"] = json!(ignored);
-    }
     Ok(Json(out))
 }
 
@@ -315,11 +322,7 @@ pub async fn update(
         },
     )
     .await?;
-    let mut out = present(records.into_iter().next().unwrap_or(Value::Null));
-    if !ignored.is_empty() {
-        out["ignored_fields"] = json!(ignored);
-    }
-    Ok(Json(out))
+    Ok(Json(answer(records, &ignored)))
 }
 
 pub async fn delete(
@@ -517,7 +520,7 @@ async fn regenerate_key(
         key_name: key_name(&new_key),
     };
     let records = propose(node, command).await?;
-    let mut out = present(records.into_iter().next().unwrap_or(Value::Null));
+    let mut out = answer(records, &[]);
     out["key"] = json!(new_key);
     Ok(out)
 }
@@ -562,7 +565,7 @@ async fn set_blocked(node: &Node, p: &Principal, body: Value, blocked: bool) -> 
         },
     )
     .await?;
-    Ok(present(records.into_iter().next().unwrap_or(Value::Null)))
+    Ok(answer(records, &[]))
 }
 
 #[cfg(test)]
