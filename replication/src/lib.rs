@@ -4,5 +4,6 @@
 //! Owns the pure CRDTs (`crdt/`: PN-counters per period, sliding rate windows,
 //! escrow rights for `strict` mode), the gossip and anti-entropy tasks that carry
 //! their deltas, and the cross-region metadata sync. It must not know about HTTP
-//! or Raft internals. The CRDTs land with the replication issue; until then a node
-//! counts nothing across nodes.
+//! or Raft internals.
+
+pub mod crdt;
