@@ -3,7 +3,13 @@
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Paths are relative to the include directory, as `import` lines will be.
-    let files = protox::compile(["meridian/raft/v1/raft.proto"], ["proto"])?;
+    let files = protox::compile(
+        [
+            "meridian/raft/v1/raft.proto",
+            "meridian/gossip/v1/gossip.proto",
+        ],
+        ["proto"],
+    )?;
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)

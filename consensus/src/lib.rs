@@ -36,9 +36,6 @@ pub enum Error {
     Membership(String),
     #[error("peer unreachable: {0}")]
     Unreachable(String),
-    /// The inter-node listener stopped with an error.
-    #[error("serving peers: {0}")]
-    Serve(String),
     #[error("Raft stopped: {0}")]
     Fatal(String),
 }

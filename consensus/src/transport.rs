@@ -33,16 +33,8 @@ pub enum RpcKind {
     ReadIndex,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum TransportError {
-    #[error("unreachable: {0}")]
-    Unreachable(String),
-    #[error("no reply within {0:?}")]
-    Timeout(Duration),
-    /// The peer answered with an error.
-    #[error("peer failed: {0}")]
-    Remote(String),
-}
+/// Why a call to a peer failed (shared with every inter-node protocol).
+pub use meridian_link::CallError as TransportError;
 
 /// Sends one request to a member and returns its reply; the payload is JSON.
 pub trait Transport: Send + Sync + 'static {

@@ -9,11 +9,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use meridian_consensus::grpc::{self, GrpcTransport, SECRET_HEADER};
+use meridian_consensus::grpc::{self, GrpcTransport};
 use meridian_consensus::metadata::{Command, Kind, Outcome, Proposal};
 use meridian_consensus::raft::Member;
 use meridian_consensus::transport::{RpcKind, Transport, TransportError};
-use meridian_consensus::{Error, Region, RegionConfig};
+use meridian_consensus::{Region, RegionConfig};
+use meridian_link::{ClusterSecret, Dialer, SECRET_HEADER};
 use meridian_proto::raft::v1::RaftRequest;
 use meridian_proto::raft::v1::raft_client::RaftClient;
 use meridian_storage::{MemStore, Store};
@@ -22,6 +23,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep, timeout};
+use tonic::service::Routes;
 
 const REGION: &str = "test-region";
 const SECRET: &str = "not-a-real-cluster-secret";
@@ -35,7 +37,7 @@ struct Node {
     region: Region,
     member: Member,
     stop: Option<oneshot::Sender<()>>,
-    server: JoinHandle<Result<(), Error>>,
+    server: JoinHandle<Result<(), meridian_link::Error>>,
 }
 
 impl Node {
@@ -58,8 +60,12 @@ impl Node {
     }
 }
 
-fn secret() -> Option<String> {
-    Some(SECRET.to_owned())
+fn secret() -> ClusterSecret {
+    ClusterSecret::new(Some(SECRET)).unwrap()
+}
+
+fn transport(region: &str, secret: ClusterSecret) -> GrpcTransport {
+    GrpcTransport::new(region, secret, Dialer::tcp())
 }
 
 /// Binds every listener first: each node's config names all members' ports.
@@ -92,13 +98,17 @@ async fn start_region() -> Vec<Node> {
             snapshot_every: 5000,
         };
         let store: Arc<dyn Store> = Arc::new(MemStore::new());
-        let transport = Arc::new(GrpcTransport::new(REGION, secret()).unwrap());
+        let transport = Arc::new(transport(REGION, secret()));
         let region = Region::start(config, store, transport).await.unwrap();
         let service = grpc::raft_service(region.clone(), secret(), REGION.to_owned());
         let (stop, stopped) = oneshot::channel::<()>();
-        let server = tokio::spawn(grpc::serve(listener, service, async {
-            let _ = stopped.await;
-        }));
+        let server = tokio::spawn(meridian_link::serve(
+            listener,
+            Routes::new(service),
+            async {
+                let _ = stopped.await;
+            },
+        ));
         let member = members[&id].clone();
         nodes.push(Node {
             id,
@@ -172,8 +182,8 @@ async fn a_region_replicates_over_grpc_and_survives_its_leader() {
     })
     .unwrap();
     let deadline = Duration::from_secs(2);
-    for secret in [Some("wrong-secret".to_owned()), None] {
-        let outsider = GrpcTransport::new(REGION, secret).unwrap();
+    for secret in [Some("wrong-secret"), None] {
+        let outsider = transport(REGION, ClusterSecret::new(secret).unwrap());
         let err = outsider
             .call(
                 &leader_node.member,
@@ -188,7 +198,7 @@ async fn a_region_replicates_over_grpc_and_survives_its_leader() {
             "{err}"
         );
     }
-    let elsewhere = GrpcTransport::new("another-region", secret()).unwrap();
+    let elsewhere = transport("another-region", secret());
     let err = elsewhere
         .call(
             &leader_node.member,
@@ -227,7 +237,7 @@ async fn a_region_replicates_over_grpc_and_survives_its_leader() {
         api_url: String::new(),
     };
     drop(free);
-    let insider = GrpcTransport::new(REGION, secret()).unwrap();
+    let insider = transport(REGION, secret());
     let err = insider
         .call(&nobody, RpcKind::Vote, b"{}".to_vec(), deadline)
         .await

@@ -12,11 +12,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use meridian_consensus::grpc::{GrpcTransport, raft_service, serve};
+use meridian_consensus::grpc::{GrpcTransport, raft_service};
 use meridian_consensus::raft::Member;
 use meridian_consensus::transport::NoPeers;
 use meridian_consensus::{Region, RegionConfig};
+use meridian_link::{ClusterSecret, Dialer};
 use meridian_storage::Store;
+use tonic::service::Routes;
 
 use crate::config::NodeSettings;
 use crate::error::{Error, Result};
@@ -77,8 +79,9 @@ pub async fn start_region(
             api_url,
         },
     );
-    let secret = cluster.secret.as_ref().map(|s| s.expose().to_owned());
-    let transport = GrpcTransport::new(settings.region.clone(), secret.clone())?;
+    let secret = ClusterSecret::new(cluster.secret.as_ref().map(|s| s.expose()))
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    let transport = GrpcTransport::new(settings.region.clone(), secret.clone(), Dialer::tcp());
     let config = RegionConfig {
         node_id: cluster.raft_id,
         initial_members: members,
@@ -90,7 +93,7 @@ pub async fn start_region(
     let region = Region::start(config, store, Arc::new(transport)).await?;
     let service = raft_service(region.clone(), secret, settings.region.clone());
     tokio::spawn(async move {
-        if let Err(e) = serve(listener, service, shutdown).await {
+        if let Err(e) = meridian_link::serve(listener, Routes::new(service), shutdown).await {
             tracing::error!(error = %e, "the peer listener stopped");
         }
     });

@@ -9,6 +9,8 @@
 //!
 //! - [`raft::v1`]: Raft calls between the nodes of one region. The Raft
 //!   messages travel as opaque JSON inside them.
+//! - [`gossip::v1`]: counter deltas and anti-entropy between every node of
+//!   every region.
 
 /// Version of the inter-node protocol. Nodes refuse peers with a different major.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -19,5 +21,14 @@ pub mod raft {
     /// [`v1::raft_server::RaftServer`] and their messages.
     pub mod v1 {
         tonic::include_proto!("meridian.raft.v1");
+    }
+}
+
+/// Counter gossip between all nodes of all regions (`meridian.gossip.v1`).
+pub mod gossip {
+    /// Version 1: [`v1::gossip_client::GossipClient`],
+    /// [`v1::gossip_server::GossipServer`] and their messages.
+    pub mod v1 {
+        tonic::include_proto!("meridian.gossip.v1");
     }
 }

@@ -2,8 +2,24 @@
 //! consensus.
 //!
 //! Owns the pure CRDTs (`crdt/`: PN-counters per period, sliding rate windows,
-//! escrow rights for `strict` mode), the gossip and anti-entropy tasks that carry
-//! their deltas, and the cross-region metadata sync. It must not know about HTTP
-//! or Raft internals.
+//! escrow rights for `strict` mode), this node's table of counters with its
+//! durability rules (`counters`), and the gossip and anti-entropy that carry
+//! their changes between nodes (`gossip`, over `meridian.gossip.v1`). It must not
+//! know about HTTP or Raft internals.
 
+pub mod counters;
 pub mod crdt;
+pub mod gossip;
+mod wire;
+
+pub use counters::{Counters, Reading, Ticket, Txn};
+pub use gossip::{Gossip, GossipConfig, gossip_service};
+
+/// The crate's one error type.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("storage: {0}")]
+    Storage(#[from] meridian_storage::Error),
+    #[error("corrupt stored counters: {0}")]
+    Corrupt(String),
+}

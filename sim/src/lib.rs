@@ -30,27 +30,31 @@ impl axum::serve::Listener for SimListener {
     }
 }
 
+/// Dials peers over turmoil's network (for Raft and gossip alike).
+pub fn sim_dialer() -> meridian_link::Dialer {
+    meridian_link::Dialer::with_connector(tower::service_fn(|uri: http::Uri| async move {
+        let authority = uri.authority().map(|a| a.to_string()).unwrap_or_default();
+        turmoil::net::TcpStream::connect(authority).await
+    }))
+}
+
 /// The region's inter-node transport, dialing over turmoil's network.
 pub fn peer_transport(
     region: &str,
-    secret: Option<String>,
-) -> Result<meridian_consensus::GrpcTransport, meridian_consensus::Error> {
-    let connector = tower::service_fn(|uri: http::Uri| async move {
-        let authority = uri.authority().map(|a| a.to_string()).unwrap_or_default();
-        turmoil::net::TcpStream::connect(authority).await
-    });
-    meridian_consensus::GrpcTransport::with_connector(region, secret, connector)
+    secret: meridian_link::ClusterSecret,
+) -> meridian_consensus::GrpcTransport {
+    meridian_consensus::GrpcTransport::new(region, secret, sim_dialer())
 }
 
-/// Serves a region's peers on a simulated listener until `shutdown`.
+/// Serves a node's inter-node services on a simulated listener until `shutdown`.
 pub async fn serve_peers(
     listener: turmoil::net::TcpListener,
-    service: meridian_consensus::grpc::RaftServer<meridian_consensus::grpc::RaftService>,
+    routes: tonic::service::Routes,
     shutdown: impl std::future::Future<Output = ()>,
-) -> Result<(), meridian_consensus::Error> {
+) -> Result<(), meridian_link::Error> {
     let incoming = futures_util::stream::unfold(listener, |l| async move {
         let accepted = l.accept().await.map(|(stream, _)| stream);
         Some((accepted, l))
     });
-    meridian_consensus::grpc::serve_incoming(incoming, service, shutdown).await
+    meridian_link::serve_incoming(incoming, routes, shutdown).await
 }

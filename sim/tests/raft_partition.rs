@@ -162,7 +162,8 @@ fn run(seed: u64, split_brain: bool) -> Checked<Vec<u64>> {
                     snapshot_every: 5000,
                 };
                 let store = Arc::new(meridian_storage::MemStore::new());
-                let transport = Arc::new(peer_transport("sim", Some(SECRET.into()))?);
+                let secret = meridian_link::ClusterSecret::new(Some(SECRET))?;
+                let transport = Arc::new(peer_transport("sim", secret.clone()));
                 let region = Region::start(config, store, transport).await?;
                 let (tx, mut rx) = mpsc::channel::<(Command, Reply)>(16);
                 {
@@ -182,7 +183,7 @@ fn run(seed: u64, split_brain: bool) -> Checked<Vec<u64>> {
                 let listener = turmoil::net::TcpListener::bind("0.0.0.0:7000").await?;
                 serve_peers(
                     listener,
-                    raft_service(region, Some(SECRET.into()), "sim".into()),
+                    tonic::service::Routes::new(raft_service(region, secret, "sim".into())),
                     std::future::pending(),
                 )
                 .await?;

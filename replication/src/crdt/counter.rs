@@ -124,7 +124,7 @@ mod tests {
 
     fn replica(i: u8) -> Replica {
         Replica::new(
-            if i % 2 == 0 { "us-east" } else { "eu-west" },
+            if i.is_multiple_of(2) { "us-east" } else { "eu-west" },
             u64::from(i),
             1,
         )

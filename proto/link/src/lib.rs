@@ -1,0 +1,433 @@
+//! `meridian-link`: how Meridian nodes reach each other over gRPC, with no
+//! knowledge of what they say. Raft (`meridian-consensus`) and gossip
+//! (`meridian-replication`) both use it, over one listener per node.
+//!
+//! - [`Dialer`]: lazily connected, cached channels per peer address, over TCP
+//!   or over a connector a simulation injects; keepalives and a dial timeout so
+//!   a vanished peer is noticed instead of waited on.
+//! - [`ClusterSecret`]: stamped on every call, checked on every served call
+//!   before anything else; never printed.
+//! - [`serve`] / [`serve_incoming`]: serve a set of tonic services on a TCP
+//!   listener or on any stream of accepted connections.
+//! - [`CallError`]: a failed call classified by which side failed.
+//!
+//! Traffic is plain HTTP/2: the secret keeps strangers and misconfigured
+//! nodes out, not an on-path attacker.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_util::stream::{self, Stream, StreamExt};
+use hyper_util::rt::TokioIo;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tonic::metadata::{AsciiMetadataValue, MetadataMap};
+use tonic::service::Routes;
+use tonic::transport::server::Connected;
+use tonic::transport::{Channel, Endpoint, Server};
+use tonic::{Code, Request, Status};
+use tower::ServiceExt;
+
+/// The metadata header that carries the cluster secret.
+pub const SECRET_HEADER: &str = "x-meridian-cluster-secret";
+
+/// How long dialing a peer may take. A dial to a partitioned host otherwise
+/// waits out the OS's SYN retries (minutes) while calls queue behind it; after
+/// a failed dial the next call dials again.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// HTTP/2 pings, sent by both ends even when idle: a peer that vanished
+/// without closing its socket (host lost, partition) is noticed within
+/// interval + timeout and redialed, instead of every later call timing out on
+/// a dead connection.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A pause after a failed `accept`, so running out of file descriptors does
+/// not turn the accept loop into a busy loop.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Config(String),
+    #[error("serving peers: {0}")]
+    Serve(String),
+}
+
+/// Why a call to a peer failed, by which side failed.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum CallError {
+    /// No answer within the deadline (the peer may still have acted).
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    /// The peer could not be reached, or the connection broke.
+    #[error("unreachable: {0}")]
+    Unreachable(String),
+    /// The peer answered with an error of its own (wrong secret, malformed call).
+    #[error("refused by the peer: {0}")]
+    Remote(String),
+}
+
+/// Which side a failed call's status comes from. tonic reports connection and
+/// protocol failures as `Unavailable`, `Cancelled`, `Unknown` or `Internal`,
+/// codes Meridian's services never answer with; any other code is the peer's
+/// decision.
+pub fn classify(status: &Status, deadline: Duration) -> CallError {
+    match status.code() {
+        Code::DeadlineExceeded => CallError::Timeout(deadline),
+        // What tonic's server answers when the call's `grpc-timeout` passes.
+        Code::Cancelled if status.message() == tonic::TimeoutExpired(()).to_string() => {
+            CallError::Timeout(deadline)
+        }
+        Code::Unavailable | Code::Cancelled | Code::Unknown | Code::Internal => {
+            CallError::Unreachable(describe(status))
+        }
+        code => CallError::Remote(format!("{code:?}: {}", status.message())),
+    }
+}
+
+/// A status's message and its causes: for a failed dial the message alone is
+/// just "transport error"; the cause says what happened (refused, timed out).
+fn describe(status: &Status) -> String {
+    let mut text = status.message().to_owned();
+    let mut source = std::error::Error::source(status);
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// Runs `call` with `deadline` both sent (as `grpc-timeout`, so the peer drops
+/// the work when nobody waits for it any more) and enforced locally (so a lost
+/// reply cannot hold the caller).
+pub async fn with_deadline<T, F>(deadline: Duration, call: F) -> Result<T, CallError>
+where
+    F: Future<Output = Result<tonic::Response<T>, Status>>,
+{
+    match tokio::time::timeout(deadline, call).await {
+        Ok(Ok(reply)) => Ok(reply.into_inner()),
+        Ok(Err(status)) => Err(classify(&status, deadline)),
+        Err(_) => Err(CallError::Timeout(deadline)),
+    }
+}
+
+/// The cluster secret: sent with every call, required on every served call.
+/// Without one configured, calls carry nothing and everything is admitted.
+#[derive(Clone, Default)]
+pub struct ClusterSecret {
+    /// Marked sensitive: never printed, never indexed by HPACK.
+    header: Option<AsciiMetadataValue>,
+    /// SHA-256 of the secret: comparing digests takes the same time whatever
+    /// the presented secret.
+    digest: Option<[u8; 32]>,
+}
+
+impl ClusterSecret {
+    /// `secret` travels in a header, so it must be printable ASCII.
+    pub fn new(secret: Option<&str>) -> Result<Self, Error> {
+        let Some(secret) = secret else {
+            return Ok(Self::default());
+        };
+        // The value is not echoed: a config error must not print the secret.
+        let mut header = AsciiMetadataValue::try_from(secret)
+            .map_err(|_| Error::Config("the cluster secret must be printable ASCII".to_owned()))?;
+        header.set_sensitive(true);
+        Ok(Self {
+            header: Some(header),
+            digest: Some(Sha256::digest(secret.as_bytes()).into()),
+        })
+    }
+
+    /// Adds the secret and the deadline to an outgoing call.
+    pub fn stamp<T>(&self, request: &mut Request<T>, deadline: Duration) {
+        request.set_timeout(deadline);
+        if let Some(header) = &self.header {
+            request.metadata_mut().insert(SECRET_HEADER, header.clone());
+        }
+    }
+
+    /// Refuses a served call without the secret (anything passes when none is
+    /// configured). Call first: an outsider learns nothing else.
+    #[allow(clippy::result_large_err)]
+    pub fn check(&self, metadata: &MetadataMap) -> Result<(), Status> {
+        let Some(expected) = &self.digest else {
+            return Ok(());
+        };
+        let admitted = metadata.get(SECRET_HEADER).is_some_and(|presented| {
+            let presented: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+            // No early exit: the time taken says nothing about how much matched.
+            presented
+                .iter()
+                .zip(expected)
+                .fold(0u8, |diff, (a, b)| diff | (a ^ b))
+                == 0
+        });
+        if admitted {
+            Ok(())
+        } else {
+            tracing::debug!("refused a peer call without the cluster secret");
+            Err(Status::unauthenticated("missing or wrong cluster secret"))
+        }
+    }
+}
+
+impl fmt::Debug for ClusterSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.header.is_some() {
+            "ClusterSecret(<redacted>)"
+        } else {
+            "ClusterSecret(none)"
+        })
+    }
+}
+
+/// Builds a lazily connecting channel to an endpoint.
+type Dial = dyn Fn(Endpoint) -> Channel + Send + Sync;
+
+/// One lazily connected channel per peer address, reused by every call to it.
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct Dialer {
+    dial: Arc<Dial>,
+    channels: Arc<Mutex<BTreeMap<String, Channel>>>,
+}
+
+impl Dialer {
+    /// Dials peers over TCP.
+    pub fn tcp() -> Self {
+        Self::build(Arc::new(|endpoint: Endpoint| endpoint.connect_lazy()))
+    }
+
+    /// Dials peers through `connector`, which opens a byte stream to the
+    /// `http://{addr}` URI it is given (simulations pass one over their
+    /// simulated network). It is called again whenever a connection is lost.
+    pub fn with_connector<C>(connector: C) -> Self
+    where
+        C: tower::Service<http::Uri> + Clone + Send + Sync + 'static,
+        C::Response: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        C::Future: Send + 'static,
+        C::Error: std::error::Error + Send + Sync + 'static,
+    {
+        Self::build(Arc::new(move |endpoint: Endpoint| {
+            endpoint.connect_with_connector_lazy(connector.clone().map_response(TokioIo::new))
+        }))
+    }
+
+    fn build(dial: Arc<Dial>) -> Self {
+        Self {
+            dial,
+            channels: Arc::default(),
+        }
+    }
+
+    /// The channel to `addr` (`host:port`), dialing lazily on first use.
+    /// Creating a channel spawns its worker task, so call this on the runtime
+    /// (inside the call's future).
+    pub fn channel(&self, addr: &str) -> Result<Channel, CallError> {
+        let mut channels = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(channel) = channels.get(addr) {
+            return Ok(channel.clone());
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| CallError::Unreachable(format!("invalid peer address {addr:?}: {e}")))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true);
+        let channel = (self.dial)(endpoint);
+        channels.insert(addr.to_owned(), channel.clone());
+        Ok(channel)
+    }
+}
+
+impl fmt::Debug for Dialer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Dialer").finish_non_exhaustive()
+    }
+}
+
+/// Serves `routes` on `listener` until `shutdown` completes, then lets calls
+/// in flight finish.
+pub async fn serve(
+    listener: TcpListener,
+    routes: Routes,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
+    serve_incoming(tcp_incoming(listener), routes, shutdown).await
+}
+
+/// Serves `routes` on the connections `incoming` yields (accepted TCP streams
+/// in production, simulated ones under turmoil) until `shutdown` completes,
+/// then lets calls in flight finish. A failed accept is skipped, not fatal.
+pub async fn serve_incoming<I, IO, E>(
+    incoming: I,
+    routes: Routes,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error>
+where
+    I: Stream<Item = Result<IO, E>>,
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let incoming = incoming.map(|accepted| accepted.map(PeerIo));
+    Server::builder()
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+        .map_err(|e| Error::Serve(e.to_string()))
+}
+
+fn tcp_incoming(listener: TcpListener) -> impl Stream<Item = io::Result<TcpStream>> {
+    stream::unfold(listener, |listener| async move {
+        let accepted = match listener.accept().await {
+            Ok((conn, _)) => {
+                // Heartbeats and gossip are small: Nagle would hold them back.
+                if let Err(e) = conn.set_nodelay(true) {
+                    tracing::debug!(error = %e, "TCP_NODELAY on a peer connection");
+                }
+                Ok(conn)
+            }
+            Err(e) => {
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                Err(e)
+            }
+        };
+        Some((accepted, listener))
+    })
+}
+
+/// An accepted connection as tonic's server wants it. tonic asks each
+/// connection who is on the other end (`Connected`); injected streams cannot
+/// say, and nothing here needs it.
+struct PeerIo<T>(T);
+
+impl<T> Connected for PeerIo<T> {
+    type ConnectInfo = ();
+
+    fn connect_info(&self) -> Self::ConnectInfo {}
+}
+impl<T: AsyncRead + Unpin> AsyncRead for PeerIo<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for PeerIo<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().0).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_secret(secret: &str) -> MetadataMap {
+        let mut metadata = MetadataMap::new();
+        if let Ok(value) = AsciiMetadataValue::try_from(secret) {
+            metadata.insert(SECRET_HEADER, value);
+        }
+        metadata
+    }
+
+    #[test]
+    fn only_the_cluster_secret_is_admitted() {
+        let secret = ClusterSecret::new(Some("s3cret")).unwrap();
+        assert!(secret.check(&with_secret("s3cret")).is_ok());
+        assert!(secret.check(&with_secret("s3cre")).is_err());
+        assert!(secret.check(&with_secret("s3cret ")).is_err());
+        assert!(secret.check(&MetadataMap::new()).is_err());
+        let open = ClusterSecret::new(None).unwrap();
+        assert!(open.check(&MetadataMap::new()).is_ok(), "no secret: open");
+    }
+
+    #[test]
+    fn the_secret_must_fit_a_header_and_never_prints() {
+        assert!(matches!(
+            ClusterSecret::new(Some("line\nbreak")),
+            Err(Error::Config(_))
+        ));
+        let secret = ClusterSecret::new(Some("hunter2hunter2")).unwrap();
+        assert!(!format!("{secret:?}").contains("hunter2"));
+        let mut request = Request::new(());
+        secret.stamp(&mut request, Duration::from_secs(3));
+        assert!(request.metadata().get(SECRET_HEADER).is_some());
+        assert!(request.metadata().get("grpc-timeout").is_some());
+    }
+
+    #[test]
+    fn statuses_are_classified_by_who_failed() {
+        let deadline = Duration::from_secs(1);
+        let timeout = CallError::Timeout(deadline);
+        assert_eq!(
+            classify(&Status::deadline_exceeded("late"), deadline),
+            timeout
+        );
+        assert_eq!(
+            classify(
+                &Status::cancelled(tonic::TimeoutExpired(()).to_string()),
+                deadline
+            ),
+            timeout
+        );
+        assert!(matches!(
+            classify(&Status::unavailable("refused"), deadline),
+            CallError::Unreachable(_)
+        ));
+        assert!(matches!(
+            classify(&Status::cancelled("conn closed"), deadline),
+            CallError::Unreachable(_)
+        ));
+        assert_eq!(
+            classify(
+                &Status::unauthenticated("missing or wrong cluster secret"),
+                deadline
+            ),
+            CallError::Remote("Unauthenticated: missing or wrong cluster secret".to_owned())
+        );
+    }
+}

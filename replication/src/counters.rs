@@ -1,0 +1,664 @@
+//! This node's view of every counter: its own slots (durable before they are
+//! acknowledged or gossiped) and what peers sent (persisted lazily, relearned
+//! by anti-entropy after a restart).
+//!
+//! Change numbers. Every change to an own slot takes the next number of this
+//! replica; a slot remembers the number of its last change. A node "holds up
+//! to `w` of replica `r`" when it holds every change of `r` numbered `≤ w`
+//! (the digest). Pushes carry complete ranges of numbers, so a receiver can
+//! raise its mark; a sync sends every slot numbered above the caller's mark.
+//!
+//! Durability. [`Counters::update`] changes memory at once (so the next
+//! admission on this node sees it) and returns a [`Ticket`]; the flusher
+//! writes pending own slots in one batch, and [`Counters::durable`] waits for
+//! the ticket's batch. Only durable own slots are ever gossiped: a node that
+//! is killed and restarts can never hold an own slot lower than what a peer
+//! saw, which would make peers ignore its next changes.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use meridian_storage::{Cf, Durability, Store, WriteBatch};
+use tokio::sync::{Notify, watch};
+
+use crate::Error;
+use crate::crdt::{CounterId, PnCounter, Replica, Slot};
+use crate::wire;
+
+/// Store keys below the counters' (whose first byte is their format, 1).
+const INCARNATION_KEY: &[u8] = &[0, b'i'];
+const VERSION_KEY: &[u8] = &[0, b'v'];
+
+/// A change waiting to become durable: its change number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[must_use = "wait for it with `Counters::durable` before acknowledging"]
+pub struct Ticket(u64);
+
+/// One slot of one counter, as gossip carries it.
+pub type SlotDelta = (CounterId, Replica, Slot);
+
+pub struct Counters {
+    me: Replica,
+    store: Arc<dyn Store>,
+    durability: Durability,
+    table: Mutex<Table>,
+    flush_wanted: Notify,
+    /// The highest change number that is durable.
+    flushed: watch::Sender<u64>,
+}
+
+#[derive(Default)]
+struct Table {
+    counters: HashMap<CounterId, PnCounter>,
+    /// This replica's last change number.
+    version: u64,
+    /// Own slots changed in memory, not yet durable.
+    unflushed: HashSet<CounterId>,
+    /// Own slots as last made durable: what gossip may show.
+    durable_own: HashMap<CounterId, Slot>,
+    /// Durable own slots not yet pushed, and the range of change numbers they
+    /// complete.
+    outbox: HashMap<CounterId, Slot>,
+    outbox_since: u64,
+    outbox_through: u64,
+    /// Counters holding peers' changes not yet written.
+    remote_dirty: HashSet<CounterId>,
+    /// Per replica, the change number up to which this node holds all.
+    marks: BTreeMap<Replica, u64>,
+}
+
+/// A read-and-write view under the table's lock: admission checks and
+/// reserves atomically, so two requests on one node never both take the last
+/// unit of headroom.
+pub struct Txn<'a> {
+    me: &'a Replica,
+    table: &'a mut Table,
+    changed: bool,
+}
+
+impl Txn<'_> {
+    /// The counter's value as this node sees it (0 when unknown).
+    pub fn value(&self, id: &CounterId) -> u64 {
+        self.table.counters.get(id).map_or(0, PnCounter::value)
+    }
+
+    /// What this node itself has contributed.
+    pub fn own(&self, id: &CounterId) -> Slot {
+        self.table
+            .counters
+            .get(id)
+            .map_or_else(Slot::default, |c| c.slot(self.me))
+    }
+
+    /// Counts `add` and refunds `refund` in this node's slot.
+    pub fn add(&mut self, id: &CounterId, add: u64, refund: u64) {
+        if add == 0 && refund == 0 {
+            return;
+        }
+        self.table.version += 1;
+        let version = self.table.version;
+        self.table
+            .counters
+            .entry(id.clone())
+            .or_default()
+            .apply_own(self.me, add, refund, version);
+        self.table.unflushed.insert(id.clone());
+        self.changed = true;
+    }
+}
+
+/// What one counter looks like from here.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Reading {
+    pub value: u64,
+    pub by_region: BTreeMap<Arc<str>, u64>,
+}
+
+impl Counters {
+    /// Loads this node's counters from `store`. A store without counters gets
+    /// a new incarnation from `fresh_incarnation`, so a node whose data was
+    /// wiped writes a new slot rather than an old one from zero.
+    pub fn open(
+        region: &str,
+        node: u64,
+        store: Arc<dyn Store>,
+        durability: Durability,
+        fresh_incarnation: impl FnOnce() -> u64,
+    ) -> Result<Self, Error> {
+        let incarnation = match store.get(Cf::Counters, INCARNATION_KEY)? {
+            Some(bytes) => u64::from_be_bytes(
+                bytes
+                    .try_into()
+                    .map_err(|_| Error::Corrupt("incarnation".into()))?,
+            ),
+            None => {
+                let incarnation = fresh_incarnation();
+                let mut batch = WriteBatch::default();
+                batch.put(Cf::Counters, INCARNATION_KEY, incarnation.to_be_bytes());
+                store.write(batch, Durability::Power)?;
+                incarnation
+            }
+        };
+        let me = Replica::new(region, node, incarnation);
+        let mut table = Table::default();
+        if let Some(bytes) = store.get(Cf::Counters, VERSION_KEY)? {
+            table.version = u64::from_be_bytes(
+                bytes
+                    .try_into()
+                    .map_err(|_| Error::Corrupt("change number".into()))?,
+            );
+        }
+        store.scan(Cf::Counters, &[1], None, &mut |key, value| {
+            let Ok(id) = CounterId::decode(key) else {
+                tracing::warn!("skipping a stored counter with an unreadable id");
+                return Ok(());
+            };
+            let counter = match wire::decode_counter(value) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "skipping an unreadable stored counter");
+                    return Ok(());
+                }
+            };
+            let own = counter.slot(&me);
+            if own != Slot::default() {
+                table.durable_own.insert(id.clone(), own);
+                table.version = table.version.max(own.version);
+            }
+            table.counters.insert(id, counter);
+            Ok(())
+        })?;
+        table.outbox_since = table.version;
+        table.outbox_through = table.version;
+        table.marks.insert(me.clone(), table.version);
+        let (flushed, _) = watch::channel(table.version);
+        Ok(Self {
+            me,
+            store,
+            durability,
+            table: Mutex::new(table),
+            flush_wanted: Notify::new(),
+            flushed,
+        })
+    }
+
+    pub fn me(&self) -> &Replica {
+        &self.me
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Reads and changes counters atomically. Changes are in memory at once;
+    /// wait on the ticket before acknowledging them.
+    pub fn update<T>(&self, f: impl FnOnce(&mut Txn<'_>) -> T) -> (T, Ticket) {
+        let mut table = self.lock();
+        let mut txn = Txn {
+            me: &self.me,
+            table: &mut table,
+            changed: false,
+        };
+        let out = f(&mut txn);
+        let changed = txn.changed;
+        let ticket = Ticket(table.version);
+        drop(table);
+        if changed {
+            self.flush_wanted.notify_one();
+        }
+        (out, ticket)
+    }
+
+    /// Reads several counters consistently.
+    pub fn read<T>(&self, f: impl FnOnce(&Txn<'_>) -> T) -> T {
+        let mut table = self.lock();
+        let txn = Txn {
+            me: &self.me,
+            table: &mut table,
+            changed: false,
+        };
+        f(&txn)
+    }
+
+    pub fn reading(&self, id: &CounterId) -> Reading {
+        let table = self.lock();
+        table
+            .counters
+            .get(id)
+            .map(|c| Reading {
+                value: c.value(),
+                by_region: c.region_values(),
+            })
+            .unwrap_or_default()
+    }
+
+    /// Waits until the changes behind `ticket` are durable.
+    pub async fn durable(&self, ticket: Ticket) {
+        let mut flushed = self.flushed.subscribe();
+        // `wait_for` only fails when the sender is gone, and `self` holds it.
+        let _ = flushed.wait_for(|done| *done >= ticket.0).await;
+    }
+
+    /// Writes every pending own slot in one batch and releases the tickets it
+    /// covers. Runs in the flusher task; tests call it directly.
+    pub fn flush(&self) -> Result<(), Error> {
+        let (batch, snapshot, through) = {
+            let mut table = self.lock();
+            if table.unflushed.is_empty() {
+                // Changes to counters collected meanwhile leave nothing to
+                // write; their tickets are released all the same.
+                let version = table.version;
+                drop(table);
+                self.flushed.send_if_modified(|done| {
+                    let raise = *done < version;
+                    *done = (*done).max(version);
+                    raise
+                });
+                return Ok(());
+            }
+            let mut batch = WriteBatch::default();
+            let mut snapshot = Vec::with_capacity(table.unflushed.len());
+            let ids: Vec<CounterId> = table.unflushed.drain().collect();
+            let table = &mut *table;
+            for id in ids {
+                if let Some(counter) = table.counters.get(&id) {
+                    table.remote_dirty.remove(&id);
+                    batch.put(Cf::Counters, id.encode(), wire::encode_counter(counter));
+                    snapshot.push((id, counter.slot(&self.me)));
+                }
+            }
+            batch.put(Cf::Counters, VERSION_KEY, table.version.to_be_bytes());
+            (batch, snapshot, table.version)
+        };
+        if let Err(e) = self.store.write(batch, self.durability) {
+            // Put them back: the next flush retries, and nothing waiting is
+            // released.
+            let mut table = self.lock();
+            table
+                .unflushed
+                .extend(snapshot.into_iter().map(|(id, _)| id));
+            return Err(e.into());
+        }
+        {
+            let mut table = self.lock();
+            for (id, slot) in snapshot {
+                table.durable_own.insert(id.clone(), slot);
+                table.outbox.insert(id, slot);
+            }
+            table.outbox_through = table.outbox_through.max(through);
+            let me = self.me.clone();
+            let mark = table.marks.entry(me).or_default();
+            *mark = (*mark).max(through);
+        }
+        self.flushed
+            .send_modify(|done| *done = (*done).max(through));
+        Ok(())
+    }
+
+    /// Writes counters that only peers changed (their slots are relearned
+    /// after a crash anyway: this shortens the relearning).
+    pub fn persist_remote(&self) -> Result<(), Error> {
+        let batch = {
+            let mut table = self.lock();
+            let mut batch = WriteBatch::default();
+            let ids: Vec<CounterId> = table.remote_dirty.drain().collect();
+            for id in ids {
+                if let Some(counter) = table.counters.get(&id) {
+                    batch.put(Cf::Counters, id.encode(), wire::encode_counter(counter));
+                }
+            }
+            batch
+        };
+        if batch.is_empty() {
+            return Ok(());
+        }
+        Ok(self.store.write(batch, Durability::Process)?)
+    }
+
+    /// Flushes whenever a change is pending, until `shutdown`.
+    pub async fn run_flusher(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = self.flush_wanted.notified() => {}
+                () = &mut shutdown => break,
+            }
+            if let Err(e) = self.flush() {
+                tracing::error!(error = %e, "writing counters failed; retrying");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                self.flush_wanted.notify_one();
+            }
+        }
+        if let Err(e) = self.flush().and_then(|()| self.persist_remote()) {
+            tracing::error!(error = %e, "writing counters at shutdown failed");
+        }
+    }
+
+    /// The durable own slots changed since the last call, and the range of
+    /// change numbers they complete.
+    pub fn take_outbox(&self) -> Outbox {
+        let mut table = self.lock();
+        let slots = std::mem::take(&mut table.outbox);
+        let since = table.outbox_since;
+        let through = table.outbox_through;
+        table.outbox_since = through;
+        Outbox {
+            since,
+            through,
+            slots: slots.into_iter().collect(),
+        }
+    }
+
+    /// Merges slots from a peer. `complete` (a push's range, or a sync
+    /// reply's digest) says which marks the peer's message lets this node
+    /// raise. Slots of periods that ended more than `retention_ms` before
+    /// `now_ms` are dropped. Returns how many slots changed.
+    pub fn merge(
+        &self,
+        slots: Vec<SlotDelta>,
+        complete: Completes,
+        now_ms: u64,
+        retention_ms: u64,
+    ) -> usize {
+        let mut table = self.lock();
+        let mut changed = 0;
+        for (id, replica, slot) in slots {
+            if expired(&id, now_ms, retention_ms) {
+                continue;
+            }
+            if replica == self.me {
+                // Only possible when this node's data was restored from an old
+                // copy: adopt what peers saw, and continue numbering above it.
+                let own = table
+                    .counters
+                    .get(&id)
+                    .map_or_else(Slot::default, |c| c.slot(&self.me));
+                if slot.p > own.p || slot.n > own.n {
+                    tracing::warn!(
+                        "a peer holds a higher own slot than this node: data restored from an old copy?"
+                    );
+                    table.version = table.version.max(slot.version);
+                    table.unflushed.insert(id.clone());
+                } else {
+                    continue;
+                }
+            }
+            let counter = table.counters.entry(id.clone()).or_default();
+            if counter.merge_slot(&replica, &slot) {
+                changed += 1;
+                if replica != self.me {
+                    table.remote_dirty.insert(id);
+                }
+            }
+        }
+        match complete {
+            Completes::Range {
+                replica,
+                since,
+                through,
+            } => {
+                let mark = table.marks.entry(replica).or_default();
+                if *mark >= since {
+                    *mark = (*mark).max(through);
+                }
+            }
+            Completes::Digest(digest) => {
+                for (replica, w) in digest {
+                    if replica == self.me {
+                        continue;
+                    }
+                    let mark = table.marks.entry(replica).or_default();
+                    *mark = (*mark).max(w);
+                }
+            }
+        }
+        changed
+    }
+
+    /// Per replica, the change number up to which this node holds all.
+    pub fn digest(&self) -> BTreeMap<Replica, u64> {
+        self.lock().marks.clone()
+    }
+
+    /// A sync's answer: every slot this node holds that a peer with digest
+    /// `theirs` lacks (own slots only as durable), and this node's digest,
+    /// taken together so that merging the first really brings the peer up to
+    /// the second.
+    pub fn missing(
+        &self,
+        theirs: &BTreeMap<Replica, u64>,
+    ) -> (Vec<SlotDelta>, BTreeMap<Replica, u64>) {
+        let table = self.lock();
+        let lacks = |r: &Replica, v: u64| theirs.get(r).is_none_or(|w| v > *w);
+        let mut out = Vec::new();
+        for (id, counter) in &table.counters {
+            for (replica, slot) in counter.slots() {
+                if *replica == self.me {
+                    continue;
+                }
+                if lacks(replica, slot.version) {
+                    out.push((id.clone(), replica.clone(), *slot));
+                }
+            }
+        }
+        for (id, slot) in &table.durable_own {
+            if lacks(&self.me, slot.version) {
+                out.push((id.clone(), self.me.clone(), *slot));
+            }
+        }
+        (out, table.marks.clone())
+    }
+
+    /// Forgets counters whose period ended more than `retention_ms` before
+    /// `now_ms`, in memory and in the store.
+    pub fn collect(&self, now_ms: u64, retention_ms: u64) -> Result<usize, Error> {
+        let mut batch = WriteBatch::default();
+        {
+            let mut table = self.lock();
+            let old: Vec<CounterId> = table
+                .counters
+                .keys()
+                .filter(|id| expired(id, now_ms, retention_ms))
+                .cloned()
+                .collect();
+            for id in &old {
+                table.counters.remove(id);
+                table.durable_own.remove(id);
+                table.outbox.remove(id);
+                table.remote_dirty.remove(id);
+                // A pending own change to an expired counter stays pending
+                // only until this write: its ticket is released by the next
+                // flush all the same.
+                table.unflushed.remove(id);
+                batch.delete(Cf::Counters, id.encode());
+            }
+        }
+        let n = batch.ops.len();
+        if n > 0 {
+            self.store.write(batch, Durability::Process)?;
+        }
+        Ok(n)
+    }
+
+    /// How many counters this node holds.
+    pub fn len(&self) -> usize {
+        self.lock().counters.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What a merged message proves this node now holds.
+pub enum Completes {
+    /// A push: every change of `replica` in `(since, through]`.
+    Range {
+        replica: Replica,
+        since: u64,
+        through: u64,
+    },
+    /// A sync reply: everything up to the answering node's digest.
+    Digest(BTreeMap<Replica, u64>),
+}
+
+/// A push's content.
+pub struct Outbox {
+    pub since: u64,
+    pub through: u64,
+    pub slots: Vec<(CounterId, Slot)>,
+}
+
+fn expired(id: &CounterId, now_ms: u64, retention_ms: u64) -> bool {
+    id.ends_at()
+        .is_some_and(|end| end.saturating_add(retention_ms) < now_ms)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crdt::{Metric, Scope, Window};
+    use meridian_storage::MemStore;
+
+    fn id(entity: &str) -> CounterId {
+        CounterId {
+            scope: Scope::Key,
+            entity: entity.into(),
+            metric: Metric::Requests,
+            window: Window::Rate,
+            period: 10,
+        }
+    }
+
+    fn open(store: &Arc<MemStore>, region: &str, node: u64) -> Counters {
+        Counters::open(region, node, store.clone(), Durability::Process, || {
+            100 + node
+        })
+        .unwrap()
+    }
+
+    fn add(c: &Counters, entity: &str, n: u64) -> Ticket {
+        c.update(|t| t.add(&id(entity), n, 0)).1
+    }
+
+    #[test]
+    fn own_changes_are_gossiped_only_once_durable_and_survive_a_restart() {
+        let store = Arc::new(MemStore::new());
+        let c = open(&store, "us-east", 1);
+        let ticket = add(&c, "k", 3);
+        assert_eq!(c.read(|t| t.value(&id("k"))), 3, "visible here at once");
+        assert!(c.take_outbox().slots.is_empty(), "not durable: not shown");
+        assert!(c.missing(&BTreeMap::new()).0.is_empty());
+        c.flush().unwrap();
+        assert!(*c.flushed.borrow() >= ticket.0);
+        let outbox = c.take_outbox();
+        assert_eq!(
+            (outbox.since, outbox.through, outbox.slots.len()),
+            (0, 1, 1)
+        );
+
+        let again = open(&store, "us-east", 1);
+        assert_eq!(again.me(), c.me(), "same incarnation after a restart");
+        assert_eq!(again.read(|t| t.value(&id("k"))), 3);
+        let (_, next) = again.update(|t| t.add(&id("k"), 1, 0));
+        assert_eq!(next.0, 2, "numbering continues above what was durable");
+
+        let wiped = open(&Arc::new(MemStore::new()), "us-east", 1);
+        assert_eq!(wiped.me().incarnation, 101);
+    }
+
+    #[test]
+    fn a_push_raises_the_mark_only_when_it_continues_it() {
+        let a_store = Arc::new(MemStore::new());
+        let a = open(&a_store, "us-east", 1);
+        let b = Counters::open(
+            "eu-west",
+            2,
+            Arc::new(MemStore::new()),
+            Durability::Process,
+            || 7,
+        )
+        .unwrap();
+        let push = |outbox: Outbox| {
+            let slots = outbox
+                .slots
+                .into_iter()
+                .map(|(i, s)| (i, a.me().clone(), s))
+                .collect();
+            b.merge(
+                slots,
+                Completes::Range {
+                    replica: a.me().clone(),
+                    since: outbox.since,
+                    through: outbox.through,
+                },
+                0,
+                u64::MAX,
+            )
+        };
+        let _ = add(&a, "x", 1);
+        a.flush().unwrap();
+        let _lost = a.take_outbox();
+        let _ = add(&a, "y", 1);
+        a.flush().unwrap();
+        assert_eq!(push(a.take_outbox()), 1);
+        assert_eq!(
+            b.digest().get(a.me()).copied().unwrap_or(0),
+            0,
+            "a gap: the mark stays"
+        );
+        // A sync repairs the gap and brings the mark up to date.
+        let (missing, digest) = a.missing(&b.digest());
+        assert_eq!(missing.len(), 2);
+        b.merge(missing, Completes::Digest(digest), 0, u64::MAX);
+        assert_eq!(b.digest().get(a.me()), Some(&2));
+        assert_eq!(b.read(|t| t.value(&id("x")) + t.value(&id("y"))), 2);
+        assert!(a.missing(&b.digest()).0.is_empty(), "nothing left to send");
+    }
+
+    #[test]
+    fn expired_periods_are_dropped_and_collected() {
+        let store = Arc::new(MemStore::new());
+        let c = open(&store, "us-east", 1);
+        let _ = add(&c, "k", 1);
+        c.flush().unwrap();
+        // Rate window 10 ends at 660 s and is read until 720 s.
+        assert_eq!(c.collect(720_000, 0).unwrap(), 0);
+        assert_eq!(c.collect(720_001, 0).unwrap(), 1);
+        assert!(c.is_empty());
+        assert!(
+            open(&store, "us-east", 1).is_empty(),
+            "gone from the store too"
+        );
+        let peer = Replica::new("eu-west", 2, 1);
+        let slot = Slot {
+            p: 1,
+            n: 0,
+            version: 1,
+        };
+        let merged = c.merge(
+            vec![(id("k"), peer, slot)],
+            Completes::Digest(BTreeMap::new()),
+            720_001,
+            0,
+        );
+        assert_eq!(merged, 0, "a late delta for a collected period is ignored");
+    }
+
+    #[tokio::test]
+    async fn the_flusher_releases_tickets() {
+        let store = Arc::new(MemStore::new());
+        let c = Arc::new(open(&store, "us-east", 1));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let flusher = tokio::spawn(c.clone().run_flusher(async {
+            let _ = stopped.await;
+        }));
+        let ticket = add(&c, "k", 2);
+        tokio::time::timeout(std::time::Duration::from_secs(5), c.durable(ticket))
+            .await
+            .unwrap();
+        assert_eq!(open(&store, "us-east", 1).read(|t| t.value(&id("k"))), 2);
+        let _ = stop.send(());
+        flusher.await.unwrap();
+    }
+}

@@ -1,0 +1,303 @@
+//! Gossip: every node pushes its own durable counter changes to every peer
+//! in every region each round (default 100 ms), and pulls from one peer at a
+//! time what it lacks (anti-entropy), which repairs lost pushes, partitions,
+//! restarts and new nodes. Calls carry the cluster secret; the service refuses
+//! any call without it before reading the message.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use meridian_link::{ClusterSecret, Dialer, with_deadline};
+use meridian_proto::gossip::v1 as pb;
+use pb::gossip_client::GossipClient;
+pub use pb::gossip_server::GossipServer;
+use tonic::{Request, Response, Status};
+
+use crate::counters::{Completes, Counters};
+use crate::wire;
+
+/// Unix milliseconds, from the node's (injected) wall clock.
+pub type WallClock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// The current peer addresses (`host:port` of their inter-node listeners),
+/// all regions, this node excluded. Asked each round, so membership changes
+/// are picked up.
+pub type PeerList = Arc<dyn Fn() -> Vec<String> + Send + Sync>;
+
+#[derive(Clone, Debug)]
+pub struct GossipConfig {
+    /// How often own changes are pushed.
+    pub interval: Duration,
+    /// How often this node pulls from one peer (peers in turn).
+    pub sync_every: Duration,
+    /// How long a period's counters are kept after it ends.
+    pub retention: Duration,
+    /// The deadline of every gossip call.
+    pub deadline: Duration,
+}
+
+impl Default for GossipConfig {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_millis(100),
+            sync_every: Duration::from_secs(1),
+            retention: Duration::from_secs(3600),
+            deadline: Duration::from_secs(2),
+        }
+    }
+}
+
+/// The largest gossip message either way.
+const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Answers peers' pushes and syncs.
+pub struct GossipService {
+    counters: Arc<Counters>,
+    secret: ClusterSecret,
+    clock: WallClock,
+    retention_ms: u64,
+}
+
+pub fn gossip_service(
+    counters: Arc<Counters>,
+    secret: ClusterSecret,
+    clock: WallClock,
+    config: &GossipConfig,
+) -> GossipServer<GossipService> {
+    GossipServer::new(GossipService {
+        counters,
+        secret,
+        clock,
+        retention_ms: millis(config.retention),
+    })
+    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+    .max_encoding_message_size(MAX_MESSAGE_BYTES)
+}
+
+#[tonic::async_trait]
+impl pb::gossip_server::Gossip for GossipService {
+    async fn push(
+        &self,
+        request: Request<pb::PushRequest>,
+    ) -> Result<Response<pb::PushReply>, Status> {
+        self.secret.check(request.metadata())?;
+        let push = request.into_inner();
+        let sender = push
+            .sender
+            .as_ref()
+            .map(wire::replica_of)
+            .ok_or_else(|| Status::invalid_argument("a push names its sender"))?;
+        let slots = push.deltas.as_ref().map(wire::slots).unwrap_or_default();
+        self.counters.merge(
+            slots,
+            Completes::Range {
+                replica: sender,
+                since: push.since,
+                through: push.through,
+            },
+            (self.clock)(),
+            self.retention_ms,
+        );
+        Ok(Response::new(pb::PushReply {}))
+    }
+
+    async fn sync(&self, request: Request<pb::Digest>) -> Result<Response<pb::SyncReply>, Status> {
+        self.secret.check(request.metadata())?;
+        let theirs = wire::digest_from_wire(request.get_ref());
+        let (missing, digest) = self.counters.missing(&theirs);
+        Ok(Response::new(pb::SyncReply {
+            missing: Some(wire::deltas(missing.iter().map(|(id, r, s)| (id, r, s)))),
+            digest: Some(wire::digest_to_wire(&digest)),
+        }))
+    }
+}
+
+/// The gossip task of one node.
+pub struct Gossip {
+    counters: Arc<Counters>,
+    dialer: Dialer,
+    secret: ClusterSecret,
+    clock: WallClock,
+    peers: PeerList,
+    config: GossipConfig,
+    /// Peers that missed a push (failed or skipped): synced with first.
+    behind: Mutex<BTreeSet<String>>,
+    in_flight: Mutex<std::collections::BTreeMap<String, Arc<AtomicBool>>>,
+}
+
+impl Gossip {
+    pub fn new(
+        counters: Arc<Counters>,
+        dialer: Dialer,
+        secret: ClusterSecret,
+        clock: WallClock,
+        peers: PeerList,
+        config: GossipConfig,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            counters,
+            dialer,
+            secret,
+            clock,
+            peers,
+            config,
+            behind: Mutex::default(),
+            in_flight: Mutex::default(),
+        })
+    }
+
+    /// Pushes every round, syncs and tidies up periodically, until `shutdown`.
+    pub async fn run(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let mut push = tokio::time::interval(self.config.interval);
+        push.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut sync = tokio::time::interval(self.config.sync_every);
+        sync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut next_peer = 0usize;
+        loop {
+            tokio::select! {
+                _ = push.tick() => self.push_round(),
+                _ = sync.tick() => {
+                    next_peer = next_peer.wrapping_add(1);
+                    self.sync_round(next_peer).await;
+                    self.tidy();
+                }
+                () = &mut shutdown => break,
+            }
+        }
+    }
+
+    /// Sends this round's own changes to every peer, each in its own task; a
+    /// peer whose previous push is still in flight is skipped this round and
+    /// repaired by a sync.
+    fn push_round(self: &Arc<Self>) {
+        let outbox = self.counters.take_outbox();
+        if outbox.slots.is_empty() {
+            return;
+        }
+        let me = self.counters.me().clone();
+        let request = pb::PushRequest {
+            sender: Some(wire::replica(&me)),
+            since: outbox.since,
+            through: outbox.through,
+            deltas: Some(wire::deltas(
+                outbox.slots.iter().map(|(id, slot)| (id, &me, slot)),
+            )),
+        };
+        for peer in (self.peers)() {
+            let busy = {
+                let mut in_flight = self
+                    .in_flight
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                in_flight.entry(peer.clone()).or_default().clone()
+            };
+            if busy.swap(true, Ordering::AcqRel) {
+                self.fell_behind(&peer);
+                continue;
+            }
+            let this = self.clone();
+            let request = request.clone();
+            tokio::spawn(async move {
+                if let Err(e) = this.push_to(&peer, request).await {
+                    tracing::debug!(peer = %peer, error = %e, "gossip push failed");
+                    this.fell_behind(&peer);
+                }
+                busy.store(false, Ordering::Release);
+            });
+        }
+    }
+
+    async fn push_to(
+        &self,
+        peer: &str,
+        push: pb::PushRequest,
+    ) -> Result<(), meridian_link::CallError> {
+        let mut client = self.client(peer)?;
+        let mut request = Request::new(push);
+        self.secret.stamp(&mut request, self.config.deadline);
+        with_deadline(self.config.deadline, client.push(request)).await?;
+        Ok(())
+    }
+
+    fn fell_behind(&self, peer: &str) {
+        self.behind
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(peer.to_owned());
+    }
+
+    /// Pulls from peers that missed a push, or else from the next peer in turn.
+    async fn sync_round(&self, turn: usize) {
+        let behind: Vec<String> =
+            std::mem::take(&mut *self.behind.lock().unwrap_or_else(PoisonError::into_inner))
+                .into_iter()
+                .collect();
+        let peers = if behind.is_empty() {
+            let all = (self.peers)();
+            match all.len() {
+                0 => Vec::new(),
+                n => vec![all[turn % n].clone()],
+            }
+        } else {
+            behind
+        };
+        for peer in peers {
+            if let Err(e) = self.sync_with(&peer).await {
+                tracing::debug!(peer = %peer, error = %e, "gossip sync failed");
+                self.fell_behind(&peer);
+            }
+        }
+    }
+
+    /// One anti-entropy exchange: send this node's digest, merge what the
+    /// peer says this node lacks. Returns how many slots changed.
+    pub async fn sync_with(&self, peer: &str) -> Result<usize, meridian_link::CallError> {
+        let mut client = self.client(peer)?;
+        let mut request = Request::new(wire::digest_to_wire(&self.counters.digest()));
+        self.secret.stamp(&mut request, self.config.deadline);
+        let reply = with_deadline(self.config.deadline, client.sync(request)).await?;
+        let slots = reply.missing.as_ref().map(wire::slots).unwrap_or_default();
+        let digest = reply
+            .digest
+            .as_ref()
+            .map(wire::digest_from_wire)
+            .unwrap_or_default();
+        Ok(self.counters.merge(
+            slots,
+            Completes::Digest(digest),
+            (self.clock)(),
+            millis(self.config.retention),
+        ))
+    }
+
+    /// Persists peers' changes and forgets periods past their retention.
+    fn tidy(&self) {
+        if let Err(e) = self.counters.persist_remote() {
+            tracing::warn!(error = %e, "persisting peers' counters failed");
+        }
+        match self
+            .counters
+            .collect((self.clock)(), millis(self.config.retention))
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(counters = n, "collected expired counters"),
+            Err(e) => tracing::warn!(error = %e, "collecting expired counters failed"),
+        }
+    }
+
+    fn client(
+        &self,
+        peer: &str,
+    ) -> Result<GossipClient<tonic::transport::Channel>, meridian_link::CallError> {
+        Ok(GossipClient::new(self.dialer.channel(peer)?)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES))
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
