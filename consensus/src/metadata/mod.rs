@@ -2,9 +2,11 @@
 //! state. Pure data and logic; Raft and storage live around it.
 
 pub mod command;
+pub mod doc;
 pub mod records;
 pub mod state;
 
 pub use command::{Command, Kind, Outcome, Proposal, Refusal};
+pub use doc::{Actor, DocError, EntityDoc};
 pub use records::*;
 pub use state::{Change, MetadataState, id_field, token_bytes};
