@@ -17,7 +17,8 @@ use meridian_consensus::raft::Member;
 use meridian_consensus::transport::NoPeers;
 use meridian_consensus::{Region, RegionConfig};
 use meridian_link::{ClusterSecret, Dialer};
-use meridian_storage::Store;
+use meridian_replication::Counters;
+use meridian_storage::{Durability, Store};
 use tonic::service::Routes;
 
 use crate::config::NodeSettings;
@@ -31,6 +32,26 @@ pub async fn single_node_region(store: Arc<dyn Store>, api_url: String) -> Resul
     };
     let region = Region::start(RegionConfig::single(1, member), store, Arc::new(NoPeers)).await?;
     Ok(region)
+}
+
+/// A region of one and its counters, for embedding (tests, simulations): the
+/// counters' flusher runs until the runtime stops.
+pub async fn single_node(
+    store: Arc<dyn Store>,
+    settings: &NodeSettings,
+    rng: &crate::clock::SeededRng,
+) -> Result<(Region, Arc<Counters>)> {
+    let api_url = format!("http://{}", settings.listen);
+    let region = single_node_region(store.clone(), api_url).await?;
+    let counters = start_counters(
+        &settings.region,
+        settings.cluster.raft_id,
+        store,
+        Durability::Process,
+        rng,
+        std::future::pending(),
+    )?;
+    Ok((region, counters))
 }
 
 /// Joins (or forms) this node's region as configured and serves its peers
@@ -98,6 +119,24 @@ pub async fn start_region(
         }
     });
     Ok(region)
+}
+
+/// Opens this node's counters from `store` and starts the task that makes
+/// its own changes durable (until `shutdown`). `node` is the node's Raft id:
+/// unique in its region, so `(region, node, incarnation)` names one writer.
+pub fn start_counters(
+    region: &str,
+    node: u64,
+    store: Arc<dyn Store>,
+    durability: Durability,
+    rng: &crate::clock::SeededRng,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<Arc<Counters>> {
+    let counters = Counters::open(region, node, store, durability, || rng.next_u64())
+        .map_err(|e| Error::Internal(format!("opening counters: {e}")))?;
+    let counters = Arc::new(counters);
+    tokio::spawn(counters.clone().run_flusher(shutdown));
+    Ok(counters)
 }
 
 /// Opens the node's database in its data directory.

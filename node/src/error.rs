@@ -70,6 +70,10 @@ pub enum Error {
     #[error("{0}")]
     Consensus(#[from] meridian_consensus::Error),
 
+    /// A budget or rate limit refused the request (429).
+    #[error("{}", .0.message())]
+    LimitExceeded(Box<crate::admission::Exceeded>),
+
     #[error("Request body is larger than the limit of {limit_bytes} bytes.")]
     PayloadTooLarge { limit_bytes: usize },
 
@@ -153,6 +157,7 @@ impl Error {
             | Error::NotFound(_)
             | Error::Conflict(_)
             | Error::PayloadTooLarge { .. }
+            | Error::LimitExceeded(_)
             | Error::Disabled { .. } => Side::Client,
             Error::UpstreamStatus { .. }
             | Error::UpstreamTimeout { .. }

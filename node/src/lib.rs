@@ -8,6 +8,7 @@
 //!
 //! The request path reads top to bottom in [`pipeline`].
 
+pub mod admission;
 pub mod api;
 pub mod auth;
 pub mod clock;

@@ -278,11 +278,22 @@ fn run_serve(
         let bound = listener.local_addr().unwrap_or(listen);
         let store = meridian_node::cluster::open_store(&data_dir)?;
         let (stop_peers, peers_stopped) = tokio::sync::oneshot::channel::<()>();
+        let (stop_flusher, flusher_stopped) = tokio::sync::oneshot::channel::<()>();
+        let counters = meridian_node::cluster::start_counters(
+            &config.node.region,
+            config.node.cluster.raft_id,
+            store.clone(),
+            meridian_storage::Durability::Process,
+            &seams.rng,
+            async {
+                let _ = flusher_stopped.await;
+            },
+        )?;
         let region = meridian_node::cluster::start_region(&config.node, store, bound, async {
             let _ = peers_stopped.await;
         })
         .await?;
-        let node = Node::new(config, &master_key, seams, region);
+        let node = Node::new(config, &master_key, seams, region, counters);
         let metadata = node.metadata.clone();
         let banner = Banner {
             listen: bound,
@@ -291,6 +302,7 @@ fn run_serve(
         banner.print(&master_key, key_source);
         serve(listener, node, shutdown_signal()).await?;
         let _ = stop_peers.send(());
+        let _ = stop_flusher.send(());
         metadata.shutdown().await;
         tracing::info!("stopped");
         Ok(ExitCode::SUCCESS)

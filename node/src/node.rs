@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use meridian_consensus::Region;
+use meridian_replication::Counters;
 
 use crate::auth::Authenticator;
 use crate::clock::{Clock, SeededRng, SystemClock};
@@ -40,6 +41,8 @@ pub struct Node {
     pub sealer: crate::credentials::Sealer,
     /// The region's replicated metadata (keys, teams, users, ...).
     pub metadata: Region,
+    /// This node's view of the global counters (spend, requests, tokens).
+    pub counters: Arc<Counters>,
     pub region: String,
     pub data_dir: PathBuf,
     pub router: ModelRouter,
@@ -54,13 +57,20 @@ pub struct Node {
 
 impl Node {
     /// `master_key` is the resolved key (config, environment or generated).
-    pub fn new(config: Config, master_key: &Secret, seams: Seams, region: Region) -> Arc<Self> {
+    pub fn new(
+        config: Config,
+        master_key: &Secret,
+        seams: Seams,
+        region: Region,
+        counters: Arc<Counters>,
+    ) -> Arc<Self> {
         let sealer =
             crate::credentials::Sealer::new(config.salt_key.as_ref().unwrap_or(master_key));
         Arc::new(Self {
             sealer,
             node_id: config.node.node_id,
             metadata: region,
+            counters,
             region: config.node.region,
             data_dir: config.node.data_dir,
             router: ModelRouter::new(config.deployments),

@@ -1,14 +1,16 @@
 //! The request lifecycle, in order. Each stage says why it sits where it does.
 //!
 //! ```text
-//! authenticate (api extractor) → [admit: limits and budgets, later]
-//!   → route: model group → deployment
+//! authenticate (api extractor) → route: model group → deployment
+//!   → admit: budgets and rate limits; reserve the worst case (admission.rs)
 //!   → call: provider adapter over the injected upstream client
-//!   → settle: usage → exact cost (on completion, stream end or disconnect)
+//!   → settle: usage → exact cost → counters (on completion, stream end or
+//!     disconnect); the cost is acknowledged once it is durable
 //! ```
 //!
-//! Nothing here waits on another node: routing reads memory, and the only I/O is
-//! the upstream call.
+//! Routing comes before admission because the chosen deployment prices the
+//! reservation. Nothing here waits on another node: routing and admission read
+//! memory, and the only I/O is the upstream call and one batched local write.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +18,7 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use tokio::time::Instant;
 
+use crate::admission::{self, Demand, Reservation};
 use crate::auth::Principal;
 use crate::config::Deployment;
 use crate::error::{Error, Result};
@@ -38,14 +41,17 @@ pub struct Called<T> {
     pub output: T,
     /// Time spent waiting on the provider (for the overhead header).
     pub upstream_time: Duration,
+    /// What the request holds on the counters; settled with the answer.
+    pub reservation: Reservation,
 }
 
-/// Route, then call. Routing comes first because the deployment decides the
-/// adapter, the URL, the timeouts and the price.
+/// Route, admit, then call. Routing comes first because the deployment
+/// decides the adapter, the URL, the timeouts and the price.
 pub async fn route_and_call<T, F>(
     node: &Node,
     ctx: &RequestCtx,
     model: &str,
+    demand: &Demand,
     call: F,
 ) -> Result<Called<T>>
 where
@@ -64,6 +70,16 @@ where
         .ok_or_else(|| Error::ModelNotFound {
             model: model.to_owned(),
         })?;
+    let reservation = node.metadata.read(|state| {
+        admission::admit(
+            &node.counters,
+            state,
+            &ctx.principal,
+            demand,
+            &deployment,
+            node.now_ms(),
+        )
+    })?;
     let cx = CallContext {
         deployment: &deployment,
         upstream: node.upstream.as_ref(),
@@ -77,6 +93,7 @@ where
             deployment,
             output,
             upstream_time,
+            reservation,
         }),
         Err(e) => {
             tracing::warn!(
@@ -97,15 +114,17 @@ where
 pub struct Settlement {
     request_id: String,
     deployment: Arc<Deployment>,
+    reservation: Reservation,
     usage: Usage,
-    settled: Option<Cost>,
+    settled: Option<(Cost, meridian_replication::Ticket)>,
 }
 
 impl Settlement {
-    pub fn new(request_id: String, deployment: Arc<Deployment>) -> Self {
+    pub fn new(request_id: String, deployment: Arc<Deployment>, reservation: Reservation) -> Self {
         Self {
             request_id,
             deployment,
+            reservation,
             usage: Usage::default(),
             settled: None,
         }
@@ -120,12 +139,14 @@ impl Settlement {
         self.usage
     }
 
+    /// Settles (once): the real cost replaces the reservation on the counters.
     pub fn finish(&mut self) -> Cost {
-        if let Some(cost) = self.settled {
+        if let Some((cost, _)) = self.settled {
             return cost;
         }
         let cost = cost_of(&self.deployment, &self.usage);
-        self.settled = Some(cost);
+        let ticket = self.reservation.settle(&self.usage, cost);
+        self.settled = Some((cost, ticket));
         tracing::info!(
             request_id = %self.request_id,
             model_group = %self.deployment.model_group,
@@ -136,6 +157,16 @@ impl Settlement {
             "settled"
         );
         cost
+    }
+}
+
+impl Settlement {
+    /// Waits until the settled cost is durable on this node: only then may it
+    /// be acknowledged to the client (a crash after that loses nothing).
+    pub async fn durable(&self) {
+        if let Some((_, ticket)) = self.settled {
+            self.reservation.durable(ticket).await;
+        }
     }
 }
 

@@ -128,6 +128,20 @@ pub enum Content {
 }
 
 impl Content {
+    /// Bytes of text in the content (no allocation), for token estimates.
+    pub fn text_len(&self) -> usize {
+        match self {
+            Content::Text(s) => s.len(),
+            Content::Parts(parts) => parts
+                .iter()
+                .map(|p| match p {
+                    ContentPart::Text { text } => text.len(),
+                    _ => 0,
+                })
+                .sum(),
+        }
+    }
+
     /// All text in the content, parts joined without separator. Used for token
     /// estimates and by providers that only take text.
     pub fn joined_text(&self) -> String {

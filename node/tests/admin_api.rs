@@ -4,90 +4,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+mod router_support;
 
-use axum::body::Body;
-use http::Request;
-use meridian_node::clock::{SeededRng, SystemClock};
-use meridian_node::config;
-use meridian_node::node::{Node, Seams};
-use meridian_node::secret::Secret;
-use meridian_node::upstream::HttpUpstream;
+use router_support::*;
 use serde_json::{Value, json};
-use tower::ServiceExt;
-
-const MASTER: &str = "sk-admin-tier-master";
-const MOCKS: &str = "model_list:\n  - model_name: gpt\n    litellm_params: {model: mock/chat}\n  - model_name: claude\n    litellm_params: {model: mock/chat}\n";
-
-async fn node(extra: &str) -> Arc<Node> {
-    let env = BTreeMap::<String, String>::new();
-    let config = config::parse_str(&format!("{MOCKS}{extra}"), "t.yaml", &env, false).unwrap();
-    let seams = Seams {
-        upstream: Arc::new(HttpUpstream::new().unwrap()),
-        clock: Arc::new(SystemClock),
-        rng: SeededRng::from_seed(5),
-    };
-    let store: Arc<dyn meridian_storage::Store> = Arc::new(meridian_storage::MemStore::new());
-    let region = meridian_node::cluster::single_node_region(store, "http://test".into())
-        .await
-        .unwrap();
-    Node::new(config, &Secret::new(MASTER), seams, region)
-}
-
-async fn call(
-    node: &Arc<Node>,
-    method: &str,
-    path: &str,
-    key: Option<&str>,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut req = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("content-type", "application/json");
-    if let Some(k) = key {
-        req = req.header("authorization", format!("Bearer {k}"));
-    }
-    let req = req
-        .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
-        .unwrap();
-    let resp = meridian_node::api::router(node.clone())
-        .oneshot(req)
-        .await
-        .unwrap();
-    let status = resp.status().as_u16();
-    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
-        .await
-        .unwrap();
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    )
-}
-
-async fn post(node: &Arc<Node>, path: &str, key: &str, body: Value) -> (u16, Value) {
-    call(node, "POST", path, Some(key), Some(body)).await
-}
-
-async fn get(node: &Arc<Node>, path: &str, key: &str) -> (u16, Value) {
-    call(node, "GET", path, Some(key), None).await
-}
-
-async fn chat(node: &Arc<Node>, key: &str, model: &str) -> (u16, Value) {
-    post(
-        node,
-        "/v1/chat/completions",
-        key,
-        json!({ "model": model, "messages": [{ "role": "user", "content": "hi" }] }),
-    )
-    .await
-}
-
-fn ok(reply: (u16, Value)) -> Value {
-    assert_eq!(reply.0, 200, "{}", reply.1);
-    reply.1
-}
 
 #[tokio::test]
 async fn generated_keys_authenticate_and_follow_their_settings() {

@@ -27,10 +27,10 @@ async fn node_with(mut config: Config, data_dir: &std::path::Path) -> Arc<Node> 
         rng: SeededRng::from_seed(1),
     };
     let store: Arc<dyn meridian_storage::Store> = Arc::new(meridian_storage::MemStore::new());
-    let region = meridian_node::cluster::single_node_region(store, "http://test".into())
+    let (region, counters) = meridian_node::cluster::single_node(store, &config.node, &seams.rng)
         .await
         .unwrap();
-    Node::new(config, &Secret::new(KEY), seams, region)
+    Node::new(config, &Secret::new(KEY), seams, region, counters)
 }
 
 fn yaml(text: &str) -> Config {

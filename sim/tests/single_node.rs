@@ -57,9 +57,9 @@ fn run(seed: u64) -> (u16, String, serde_json::Value) {
             rng: SeededRng::from_seed(seed),
         };
         let store: Arc<dyn meridian_storage::Store> = Arc::new(meridian_storage::MemStore::new());
-        let region =
-            meridian_node::cluster::single_node_region(store, "http://gateway:4000".into()).await?;
-        let node = Node::new(config, &Secret::new(KEY), seams, region);
+        let (region, counters) =
+            meridian_node::cluster::single_node(store, &config.node, &seams.rng).await?;
+        let node = Node::new(config, &Secret::new(KEY), seams, region, counters);
         let listener = SimListener(turmoil::net::TcpListener::bind("0.0.0.0:4000").await?);
         meridian_node::serve::serve(listener, node, std::future::pending()).await?;
         Ok(())

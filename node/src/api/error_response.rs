@@ -7,6 +7,7 @@ use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode};
 use serde_json::json;
 
+use crate::admission::{Headroom, LimitKind};
 use crate::error::Error;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,6 +70,13 @@ fn classify(e: &Error) -> (StatusCode, &'static str) {
             | meridian_consensus::Error::NotLeader { .. },
         ) => (StatusCode::SERVICE_UNAVAILABLE, "service_unavailable"),
         Error::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error"),
+        Error::LimitExceeded(e) => (
+            StatusCode::TOO_MANY_REQUESTS,
+            match e.kind {
+                LimitKind::Budget => "budget_exceeded",
+                _ => "rate_limit_exceeded",
+            },
+        ),
         Error::Disabled { .. } => (StatusCode::FORBIDDEN, "permission_error"),
         Error::UpstreamStatus { status, .. } => {
             let code = StatusCode::from_u16(*status)
@@ -180,10 +188,42 @@ impl IntoResponse for ApiError {
         {
             headers.insert(http::header::RETRY_AFTER, HeaderValue::from(*secs));
         }
+        if let Error::LimitExceeded(e) = &self.error {
+            if let Some(secs) = e.retry_after_s {
+                headers.insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
+            }
+            ratelimit_headers(headers, &e.headroom);
+        }
         if let Some(Ok(v)) = id.map(HeaderValue::from_str) {
             headers.insert("x-request-id", v);
         }
         response
+    }
+}
+
+/// LiteLLM's (and OpenAI's) `x-ratelimit-*` headers for the tightest
+/// request and token limits that applied.
+pub fn ratelimit_headers(headers: &mut http::HeaderMap, headroom: &Headroom) {
+    let reset = format!("{}s", headroom.reset_s);
+    for (which, slot) in [("requests", headroom.requests), ("tokens", headroom.tokens)] {
+        let Some((limit, remaining)) = slot else {
+            continue;
+        };
+        for (name, value) in [
+            (format!("x-ratelimit-limit-{which}"), limit.to_string()),
+            (
+                format!("x-ratelimit-remaining-{which}"),
+                remaining.to_string(),
+            ),
+            (format!("x-ratelimit-reset-{which}"), reset.clone()),
+        ] {
+            if let (Ok(n), Ok(v)) = (
+                http::HeaderName::try_from(name),
+                HeaderValue::try_from(value),
+            ) {
+                headers.insert(n, v);
+            }
+        }
     }
 }
 

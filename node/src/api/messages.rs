@@ -8,10 +8,11 @@ use axum::extract::State;
 use axum::response::Response;
 use bytes::Bytes;
 
-use super::error_response::{ApiError, Format};
+use super::error_response::{ApiError, Format, ratelimit_headers};
 use super::extract::{Ctx, JsonBody};
 use super::messages_translate::{chat_response_to_messages, messages_to_chat};
 use super::respond::{anthropic_stream, json_response, meridian_headers, settlement};
+use crate::admission::Demand;
 use crate::error::Error;
 use crate::node::Node;
 use crate::pipeline;
@@ -25,12 +26,14 @@ pub async fn create(
     let fail = |e| ApiError::new(e, Format::Anthropic).with_request_id(&ctx.request_id);
     let req = messages_to_chat(body).map_err(fail)?;
     let model = req.model.clone();
-    let called = pipeline::route_and_call(&node, &ctx, &model, |p, cx| p.chat(cx, req))
+    let demand = Demand::for_chat(&req);
+    let called = pipeline::route_and_call(&node, &ctx, &model, &demand, |p, cx| p.chat(cx, req))
         .await
         .map_err(fail)?;
+    let headroom = called.reservation.headroom;
+    let mut s = settlement(&ctx, &called.deployment, called.reservation);
     let mut response = match called.output {
         Outcome::Complete(done) => {
-            let mut s = settlement(&ctx, &called.deployment);
             s.observe(done.usage);
             let chat: serde_json::Value = serde_json::from_slice(&done.body).map_err(|e| {
                 fail(Error::protocol(
@@ -40,15 +43,13 @@ pub async fn create(
             })?;
             let message = chat_response_to_messages(&chat, &model)
                 .map_err(|reason| fail(Error::protocol(&called.deployment.id, reason)))?;
-            json_response(Bytes::from(message.to_string()), s.finish())
+            let cost = s.finish();
+            s.durable().await;
+            json_response(Bytes::from(message.to_string()), cost)
         }
-        Outcome::Stream(chunks) => anthropic_stream(
-            chunks,
-            settlement(&ctx, &called.deployment),
-            &model,
-            ctx.request_id.clone(),
-        ),
+        Outcome::Stream(chunks) => anthropic_stream(chunks, s, &model, ctx.request_id.clone()),
     };
+    ratelimit_headers(response.headers_mut(), &headroom);
     meridian_headers(
         response.headers_mut(),
         &node,

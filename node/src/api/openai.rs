@@ -8,11 +8,12 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use super::error_response::{ApiError, Format};
+use super::error_response::{ApiError, Format, ratelimit_headers};
 use super::extract::{Auth, Ctx, JsonBody};
 use super::respond::{json_response, meridian_headers, openai_stream, settlement};
+use crate::admission::Demand;
 use crate::node::Node;
-use crate::pipeline::{self, RequestCtx, cost_of};
+use crate::pipeline::{self, RequestCtx};
 use crate::providers::Outcome;
 use crate::types::{ChatRequest, CompletionRequest, EmbeddingsRequest};
 
@@ -30,10 +31,11 @@ pub async fn chat(
     }
     let wants_usage = req.wants_stream_usage();
     let model = req.model.clone();
-    let called = pipeline::route_and_call(&node, &ctx, &model, |p, cx| p.chat(cx, req))
+    let demand = Demand::for_chat(&req);
+    let called = pipeline::route_and_call(&node, &ctx, &model, &demand, |p, cx| p.chat(cx, req))
         .await
         .map_err(fail)?;
-    Ok(finish(&node, &ctx, called, wants_usage))
+    Ok(finish(&node, &ctx, called, wants_usage).await)
 }
 
 pub async fn completion(
@@ -47,31 +49,32 @@ pub async fn completion(
         .and_then(|o| o.include_usage)
         .unwrap_or(false);
     let model = req.model.clone();
-    let called = pipeline::route_and_call(&node, &ctx, &model, |p, cx| p.completion(cx, req))
-        .await
-        .map_err(|e| ApiError::new(e, Format::OpenAi).with_request_id(&ctx.request_id))?;
-    Ok(finish(&node, &ctx, called, wants_usage))
+    let demand = Demand::for_completion(&req);
+    let called =
+        pipeline::route_and_call(&node, &ctx, &model, &demand, |p, cx| p.completion(cx, req))
+            .await
+            .map_err(|e| ApiError::new(e, Format::OpenAi).with_request_id(&ctx.request_id))?;
+    Ok(finish(&node, &ctx, called, wants_usage).await)
 }
 
-fn finish(
+async fn finish(
     node: &Node,
     ctx: &RequestCtx,
     called: pipeline::Called<Outcome>,
     wants_usage: bool,
 ) -> Response {
+    let headroom = called.reservation.headroom;
+    let mut s = settlement(ctx, &called.deployment, called.reservation);
     let mut response = match called.output {
         Outcome::Complete(done) => {
-            let mut s = settlement(ctx, &called.deployment);
             s.observe(done.usage);
-            json_response(done.body, s.finish())
+            let cost = s.finish();
+            s.durable().await;
+            json_response(done.body, cost)
         }
-        Outcome::Stream(chunks) => openai_stream(
-            chunks,
-            settlement(ctx, &called.deployment),
-            wants_usage,
-            ctx.request_id.clone(),
-        ),
+        Outcome::Stream(chunks) => openai_stream(chunks, s, wants_usage, ctx.request_id.clone()),
     };
+    ratelimit_headers(response.headers_mut(), &headroom);
     meridian_headers(
         response.headers_mut(),
         node,
@@ -88,11 +91,18 @@ pub async fn embeddings(
     JsonBody(req): JsonBody<EmbeddingsRequest>,
 ) -> Result<Response, ApiError> {
     let model = req.model.clone();
-    let called = pipeline::route_and_call(&node, &ctx, &model, |p, cx| p.embeddings(cx, req))
-        .await
-        .map_err(|e| ApiError::new(e, Format::OpenAi).with_request_id(&ctx.request_id))?;
-    let cost = cost_of(&called.deployment, &called.output.usage);
+    let demand = Demand::for_embeddings(&req);
+    let called =
+        pipeline::route_and_call(&node, &ctx, &model, &demand, |p, cx| p.embeddings(cx, req))
+            .await
+            .map_err(|e| ApiError::new(e, Format::OpenAi).with_request_id(&ctx.request_id))?;
+    let headroom = called.reservation.headroom;
+    let mut s = settlement(&ctx, &called.deployment, called.reservation);
+    s.observe(called.output.usage);
+    let cost = s.finish();
+    s.durable().await;
     let mut response = json_response(called.output.body, cost);
+    ratelimit_headers(response.headers_mut(), &headroom);
     meridian_headers(
         response.headers_mut(),
         &node,

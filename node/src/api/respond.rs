@@ -135,9 +135,15 @@ fn relay(chunks: ChunkStream, settlement: Settlement, encoder: impl Encoder) -> 
                     }
                     (s.encoder.chunk(&chunk), None)
                 }
-                Some(Err(e)) => (s.encoder.error(&e), Some(s.settlement.finish())),
-                None => {
+                Some(Err(e)) => {
                     let cost = s.settlement.finish();
+                    s.settlement.durable().await;
+                    (s.encoder.error(&e), Some(cost))
+                }
+                None => {
+                    // The cost goes out only once it is durable here.
+                    let cost = s.settlement.finish();
+                    s.settlement.durable().await;
                     (s.encoder.end(cost), Some(cost))
                 }
             };
@@ -236,7 +242,11 @@ pub fn anthropic_stream(
     relay(chunks, settlement, AnthropicEncoder { events, request_id })
 }
 
-/// The settlement for a call, shared by the stream bodies.
-pub fn settlement(ctx: &RequestCtx, deployment: &Arc<Deployment>) -> Settlement {
-    Settlement::new(ctx.request_id.clone(), deployment.clone())
+/// The settlement for a call: it takes over the call's reservation.
+pub fn settlement(
+    ctx: &RequestCtx,
+    deployment: &Arc<Deployment>,
+    reservation: crate::admission::Reservation,
+) -> Settlement {
+    Settlement::new(ctx.request_id.clone(), deployment.clone(), reservation)
 }

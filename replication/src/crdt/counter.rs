@@ -124,7 +124,11 @@ mod tests {
 
     fn replica(i: u8) -> Replica {
         Replica::new(
-            if i.is_multiple_of(2) { "us-east" } else { "eu-west" },
+            if i.is_multiple_of(2) {
+                "us-east"
+            } else {
+                "eu-west"
+            },
             u64::from(i),
             1,
         )

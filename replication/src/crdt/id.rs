@@ -29,6 +29,8 @@ pub enum Metric {
     Spend = 1,
     Requests = 2,
     Tokens = 3,
+    /// Requests admitted and not yet settled (`max_parallel_requests`).
+    Parallel = 4,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -88,6 +90,7 @@ impl CounterId {
             1 => Metric::Spend,
             2 => Metric::Requests,
             3 => Metric::Tokens,
+            4 => Metric::Parallel,
             _ => return Err(DecodeError("unknown metric")),
         };
         let window = match r.byte()? {

@@ -7,6 +7,7 @@ use axum::extract::{Query, State};
 use meridian_consensus::metadata::{
     BudgetRecord, Command, CustomerRecord, KeyRecord, Kind, TeamRecord, TeamRole, UserRecord,
 };
+use meridian_replication::crdt::Scope;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
@@ -336,8 +337,17 @@ pub async fn team_info(
             super::describe(&p)
         )
     })?;
+    let mut info = serde_json::to_value(&*team).unwrap_or(Value::Null);
+    super::with_spend(
+        &node,
+        &mut info,
+        Scope::Team,
+        &team.team_id,
+        &team.limits,
+        team.budget_id.as_deref(),
+    );
     Ok(Json(
-        json!({ "team_id": team_id, "team_info": &*team, "keys": keys }),
+        json!({ "team_id": team_id, "team_info": info, "keys": keys }),
     ))
 }
 
@@ -601,8 +611,17 @@ pub async fn user_info(
     });
     let (user, keys, teams) =
         found.ok_or_else(|| Error::NotFound(format!("user `{user_id}` does not exist")))?;
+    let mut info = serde_json::to_value(&*user).unwrap_or(Value::Null);
+    super::with_spend(
+        &node,
+        &mut info,
+        Scope::User,
+        &user.user_id,
+        &user.limits,
+        user.budget_id.as_deref(),
+    );
     Ok(Json(
-        json!({ "user_id": user_id, "user_info": &*user, "keys": keys, "teams": teams }),
+        json!({ "user_id": user_id, "user_info": info, "keys": keys, "teams": teams }),
     ))
 }
 
@@ -708,9 +727,16 @@ pub async fn customer_info(
         .metadata
         .read(|s| s.customer(&id).cloned())
         .ok_or_else(|| Error::NotFound(format!("customer `{id}` does not exist")))?;
-    Ok(Json(
-        serde_json::to_value(&*customer).unwrap_or(Value::Null),
-    ))
+    let mut info = serde_json::to_value(&*customer).unwrap_or(Value::Null);
+    super::with_spend(
+        &node,
+        &mut info,
+        Scope::Customer,
+        &customer.user_id,
+        &customer.limits,
+        customer.budget_id.as_deref(),
+    );
+    Ok(Json(info))
 }
 
 pub async fn customer_block(

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use meridian_consensus::metadata::{Command, KeyRecord, Kind, MetadataState, TeamRole};
+use meridian_replication::crdt::Scope;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
@@ -398,7 +399,15 @@ pub async fn info(
     require(node.metadata.read(|s| may_see(s, &p, &record)), || {
         forbidden_key(&p).to_string()
     })?;
-    let info = present(serde_json::to_value(&*record).unwrap_or(Value::Null));
+    let mut info = present(serde_json::to_value(&*record).unwrap_or(Value::Null));
+    super::with_spend(
+        &node,
+        &mut info,
+        Scope::Key,
+        &record.token,
+        &record.limits,
+        record.budget_id.as_deref(),
+    );
     Ok(Json(json!({ "key": token, "info": info })))
 }
 

@@ -1,0 +1,220 @@
+//! Budgets and rate limits on one node (router tier): what is admitted, what
+//! is refused and how (429, OpenAI shape, `x-ratelimit-*`, `retry-after`), and
+//! that reservations are settled with the real usage — also when the call fails.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod router_support;
+
+use std::sync::Arc;
+
+use meridian_node::node::Node;
+use router_support::*;
+use serde_json::{Value, json};
+
+/// `priced` costs $1 per million input tokens and $2 per million output tokens.
+const MODELS: &str = "model_list:
+  - model_name: gpt
+    litellm_params: {model: mock/chat}
+  - model_name: claude
+    litellm_params: {model: mock/chat}
+  - model_name: priced
+    litellm_params: {model: mock/chat, input_cost_per_token: 0.000001, output_cost_per_token: 0.000002}
+  - model_name: slow
+    litellm_params: {model: mock/slow-400}
+  - model_name: broken
+    litellm_params: {model: mock/error-500}
+";
+
+async fn gateway() -> Arc<Node> {
+    node_yaml(MODELS).await
+}
+
+async fn key(n: &Arc<Node>, settings: Value) -> String {
+    let created = ok(post(n, "/key/generate", MASTER, settings).await);
+    created["key"].as_str().unwrap().to_owned()
+}
+
+async fn ask(n: &Arc<Node>, key: &str, body: Value) -> (u16, http::HeaderMap, Value) {
+    call_with_headers(n, "POST", "/v1/chat/completions", Some(key), Some(body)).await
+}
+
+fn hi(model: &str) -> Value {
+    json!({ "model": model, "messages": [{ "role": "user", "content": "hi" }] })
+}
+
+fn header<'a>(headers: &'a http::HeaderMap, name: &str) -> &'a str {
+    headers
+        .get(name)
+        .map(|v| v.to_str().unwrap())
+        .unwrap_or_else(|| panic!("no {name} header"))
+}
+
+#[tokio::test]
+async fn requests_per_minute_are_limited_with_openai_headers() {
+    let n = gateway().await;
+    let k = key(&n, json!({ "rpm_limit": 3 })).await;
+    for remaining in ["2", "1", "0"] {
+        let (status, headers, body) = ask(&n, &k, hi("gpt")).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(header(&headers, "x-ratelimit-limit-requests"), "3");
+        assert_eq!(
+            header(&headers, "x-ratelimit-remaining-requests"),
+            remaining
+        );
+    }
+    let (status, headers, body) = ask(&n, &k, hi("gpt")).await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["error"]["type"], "rate_limit_exceeded");
+    assert_eq!(body["error"]["code"], "429");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("3 of 3 requests per minute"),
+        "{body}"
+    );
+    assert_eq!(header(&headers, "x-ratelimit-remaining-requests"), "0");
+    let retry: u64 = header(&headers, "retry-after").parse().unwrap();
+    assert!((1..=60).contains(&retry));
+    assert!(header(&headers, "x-ratelimit-reset-requests").ends_with('s'));
+    // The master key (a proxy admin) is never limited.
+    for _ in 0..5 {
+        assert_eq!(ask(&n, MASTER, hi("gpt")).await.0, 200);
+    }
+}
+
+#[tokio::test]
+async fn a_budget_stops_spending_and_reports_it() {
+    let n = gateway().await;
+    // Each call reserves ~4 prompt tokens + 10 output tokens ≈ $0.000024.
+    let k = key(&n, json!({ "max_budget": 0.0002 })).await;
+    let body = json!({ "model": "priced", "max_tokens": 10,
+        "messages": [{ "role": "user", "content": "hi" }] });
+    let mut served = 0u32;
+    let mut costs = 0f64;
+    let refusal = loop {
+        let (status, headers, reply) = ask(&n, &k, body.clone()).await;
+        if status != 200 {
+            break (status, reply);
+        }
+        served += 1;
+        costs += header(&headers, "x-meridian-response-cost")
+            .parse::<f64>()
+            .unwrap();
+        assert!(served < 100, "the budget never stopped the key");
+    };
+    assert_eq!(refusal.0, 429);
+    assert_eq!(
+        refusal.1["error"]["type"], "budget_exceeded",
+        "{}",
+        refusal.1
+    );
+    assert!(served >= 5, "served {served}");
+    assert!(costs <= 0.0002 + 1e-12, "spent {costs} of 0.0002");
+    let info = ok(get(&n, &format!("/key/info?key={k}"), MASTER).await);
+    let spend = info["info"]["spend"].as_f64().unwrap();
+    assert!(
+        (spend - costs).abs() < 1e-9,
+        "info says {spend}, clients saw {costs}"
+    );
+    let here = info["info"]["spend_by_region"]["local"].as_f64().unwrap();
+    assert!((here - spend).abs() < 1e-12, "{info}");
+}
+
+#[tokio::test]
+async fn tokens_per_minute_count_the_reservation_then_the_real_usage() {
+    let n = gateway().await;
+    let k = key(&n, json!({ "tpm_limit": 60 })).await;
+    let asking = |max_tokens: u64| {
+        json!({ "model": "gpt", "max_tokens": max_tokens,
+            "messages": [{ "role": "user", "content": "hi" }] })
+    };
+    let (status, _, body) = ask(&n, &k, asking(100)).await;
+    assert_eq!(status, 429, "max_tokens above the limit cannot fit: {body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("tokens per minute")
+    );
+    // Small requests are admitted until the real usage fills the minute.
+    let mut served = 0;
+    while ask(&n, &k, asking(5)).await.0 == 200 {
+        served += 1;
+        assert!(served < 60, "never limited");
+    }
+    assert!(served >= 2, "served {served}");
+}
+
+#[tokio::test]
+async fn parallel_requests_are_limited_and_released_when_they_settle() {
+    let n = gateway().await;
+    let k = key(&n, json!({ "max_parallel_requests": 1 })).await;
+    let (a, b) = tokio::join!(ask(&n, &k, hi("slow")), async {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        ask(&n, &k, hi("slow")).await
+    });
+    assert_eq!(a.0, 200, "{}", a.2);
+    assert_eq!(b.0, 429, "{}", b.2);
+    assert!(
+        b.2["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("parallel")
+    );
+    // A failed call gives its slot back too.
+    assert_eq!(ask(&n, &k, hi("broken")).await.0, 500);
+    assert_eq!(ask(&n, &k, hi("gpt")).await.0, 200);
+}
+
+#[tokio::test]
+async fn team_customer_and_per_model_limits_apply() {
+    let n = gateway().await;
+    ok(post(
+        &n,
+        "/team/new",
+        MASTER,
+        json!({ "team_id": "t1", "rpm_limit": 2 }),
+    )
+    .await);
+    let a = key(&n, json!({ "team_id": "t1" })).await;
+    let b = key(&n, json!({ "team_id": "t1" })).await;
+    assert_eq!(ask(&n, &a, hi("gpt")).await.0, 200);
+    assert_eq!(ask(&n, &b, hi("gpt")).await.0, 200);
+    let (status, _, body) = ask(&n, &a, hi("gpt")).await;
+    assert_eq!(status, 429);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("team t1"),
+        "{body}"
+    );
+
+    ok(post(
+        &n,
+        "/customer/new",
+        MASTER,
+        json!({ "user_id": "c1", "max_budget": 0.0 }),
+    )
+    .await);
+    let k = key(&n, json!({})).await;
+    let for_c1 = json!({ "model": "priced", "user": "c1",
+        "messages": [{ "role": "user", "content": "hi" }] });
+    let (status, _, body) = ask(&n, &k, for_c1).await;
+    assert_eq!(
+        (status, body["error"]["type"].clone()),
+        (429, json!("budget_exceeded"))
+    );
+    assert_eq!(
+        ask(&n, &k, hi("priced")).await.0,
+        200,
+        "other customers are not limited"
+    );
+
+    let m = key(&n, json!({ "model_rpm_limit": { "gpt": 1 } })).await;
+    assert_eq!(ask(&n, &m, hi("gpt")).await.0, 200);
+    assert_eq!(ask(&n, &m, hi("gpt")).await.0, 429);
+    assert_eq!(ask(&n, &m, hi("claude")).await.0, 200);
+}
