@@ -2,6 +2,7 @@
 # A local Meridian cluster of real processes on 127.0.0.1.
 #
 #   ops/local-cluster.sh up [--regions us-east[,eu-west...]] [--nodes-per-region 3]
+#                           [--region-delay-ms N]
 #   ops/local-cluster.sh status
 #   ops/local-cluster.sh down
 #
@@ -9,6 +10,9 @@
 # ops/.local-cluster/cluster.json (each node's id, region, URL, pid, data dir,
 # and the master key) and prints a summary. `down` stops only the processes it
 # started. MERIDIAN_BIN overrides the binary (default: a debug build).
+# Every node gossips counters with every node of the other regions;
+# --region-delay-ms adds that delay to every message sent to another region
+# (a demo and test stand-in for inter-region latency).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -22,15 +26,17 @@ command -v python3 >/dev/null || die "python3 is needed (apt-get install python3
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
 
 cmd_up() {
-  local regions="us-east" per=3
+  local regions="us-east" per=3 delay=0
   while [ $# -gt 0 ]; do
     case "$1" in
       --regions) regions=$2; shift 2 ;;
       --nodes-per-region) per=$2; shift 2 ;;
+      --region-delay-ms) delay=$2; shift 2 ;;
       *) die "unknown option $1" ;;
     esac
   done
   [[ "$per" =~ ^[1-9][0-9]*$ ]] || die "--nodes-per-region must be a positive number"
+  [[ "$delay" =~ ^[0-9]+$ ]] || die "--region-delay-ms must be a whole number"
   if [ -f "$STATE/cluster.json" ] && python3 - "$STATE/cluster.json" <<'PY'
 import json, os, sys
 nodes = json.load(open(sys.argv[1]))["nodes"]
@@ -54,15 +60,28 @@ PY
   secret=$(python3 -c 'import secrets; print(secrets.token_hex(24))')
   local nodes_json="[]"
   IFS=',' read -r -a region_list <<< "$regions"
+  # Ports first: every node's config names the other regions' nodes.
+  declare -A api_port cluster_port
   for region in "${region_list[@]}"; do
     [[ "$region" =~ ^[A-Za-z0-9_-]+$ ]] || die "bad region name '$region'"
-    local peers="" ids=() apis=() clusters=()
     for i in $(seq 1 "$per"); do
-      ids+=("$i"); apis+=("$(free_port)"); clusters+=("$(free_port)")
-      peers+="    - {raft_id: $i, cluster_addr: \"127.0.0.1:${clusters[-1]}\", api_url: \"http://127.0.0.1:${apis[-1]}\"}"$'\n'
+      api_port[$region/$i]=$(free_port); cluster_port[$region/$i]=$(free_port)
     done
-    for idx in "${!ids[@]}"; do
-      local i=${ids[$idx]} node="$region-${ids[$idx]}" dir="$STATE/$region-${ids[$idx]}"
+  done
+  for region in "${region_list[@]}"; do
+    local peers="" remote=""
+    for i in $(seq 1 "$per"); do
+      peers+="    - {raft_id: $i, cluster_addr: \"127.0.0.1:${cluster_port[$region/$i]}\", api_url: \"http://127.0.0.1:${api_port[$region/$i]}\"}"$'\n'
+    done
+    for other in "${region_list[@]}"; do
+      [ "$other" = "$region" ] && continue
+      local addrs=""
+      for i in $(seq 1 "$per"); do addrs+="\"127.0.0.1:${cluster_port[$other/$i]}\", "; done
+      remote+="    $other: [${addrs%, }]"$'\n'
+    done
+    [ -n "$remote" ] && remote="  remote_regions:"$'\n'"$remote"
+    for i in $(seq 1 "$per"); do
+      local node="$region-$i" dir="$STATE/$region-$i"
       mkdir -p "$dir"
       cat > "$dir/config.yaml" <<YAML
 model_list:
@@ -75,18 +94,19 @@ meridian:
   node_id: $node
   region: $region
   host: 127.0.0.1
-  port: ${apis[$idx]}
+  port: ${api_port[$region/$i]}
   data_dir: $dir/data
   raft_id: $i
-  cluster_listen: 127.0.0.1:${clusters[$idx]}
+  cluster_listen: 127.0.0.1:${cluster_port[$region/$i]}
+  inject_region_delay_ms: $delay
   peers:
-$peers
+$peers$remote
 YAML
       MERIDIAN_MASTER_KEY=$master MERIDIAN_CLUSTER_SECRET=$secret \
         nohup "$BIN" serve --config "$dir/config.yaml" > "$dir/meridian.log" 2>&1 &
       local pid=$!
       nodes_json=$(python3 -c 'import json,sys; n=json.loads(sys.argv[1]); n.append({"id":sys.argv[2],"region":sys.argv[3],"raft_id":int(sys.argv[4]),"url":sys.argv[5],"pid":int(sys.argv[6]),"data_dir":sys.argv[7],"log":sys.argv[8]}); print(json.dumps(n))' \
-        "$nodes_json" "$node" "$region" "$i" "http://127.0.0.1:${apis[$idx]}" "$pid" "$dir/data" "$dir/meridian.log")
+        "$nodes_json" "$node" "$region" "$i" "http://127.0.0.1:${api_port[$region/$i]}" "$pid" "$dir/data" "$dir/meridian.log")
     done
   done
   python3 -c 'import json,sys; json.dump({"master_key":sys.argv[1],"nodes":json.loads(sys.argv[2])}, open(sys.argv[3],"w"), indent=2)' \

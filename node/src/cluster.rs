@@ -17,10 +17,12 @@ use meridian_consensus::raft::Member;
 use meridian_consensus::transport::NoPeers;
 use meridian_consensus::{Region, RegionConfig};
 use meridian_link::{ClusterSecret, Dialer};
-use meridian_replication::Counters;
+use meridian_replication::gossip::{PeerList, WallClock};
+use meridian_replication::{Counters, Gossip, GossipConfig, Peer, gossip_service};
 use meridian_storage::{Durability, Store};
 use tonic::service::Routes;
 
+use crate::clock::Clock;
 use crate::config::NodeSettings;
 use crate::error::{Error, Result};
 
@@ -54,12 +56,16 @@ pub async fn single_node(
     Ok((region, counters))
 }
 
-/// Joins (or forms) this node's region as configured and serves its peers
-/// until `shutdown` resolves. `api_addr` is where this node's HTTP API listens.
+/// Joins (or forms) this node's region as configured, gossips `counters` with
+/// every peer of every region, and serves peers (Raft and gossip on one
+/// listener) until `shutdown` resolves. `api_addr` is where this node's HTTP
+/// API listens.
 pub async fn start_region(
     settings: &NodeSettings,
     store: Arc<dyn Store>,
     api_addr: SocketAddr,
+    counters: Arc<Counters>,
+    clock: Arc<dyn Clock>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<Region> {
     let cluster = &settings.cluster;
@@ -102,7 +108,8 @@ pub async fn start_region(
     );
     let secret = ClusterSecret::new(cluster.secret.as_ref().map(|s| s.expose()))
         .map_err(|e| Error::Internal(e.to_string()))?;
-    let transport = GrpcTransport::new(settings.region.clone(), secret.clone(), Dialer::tcp());
+    let dialer = Dialer::tcp();
+    let transport = GrpcTransport::new(settings.region.clone(), secret.clone(), dialer.clone());
     let config = RegionConfig {
         node_id: cluster.raft_id,
         initial_members: members,
@@ -112,13 +119,90 @@ pub async fn start_region(
         snapshot_every: cluster.snapshot_every,
     };
     let region = Region::start(config, store, Arc::new(transport)).await?;
-    let service = raft_service(region.clone(), secret, settings.region.clone());
+
+    let wall: WallClock = Arc::new(move || clock.since_epoch().as_millis() as u64);
+    let gossip_config = GossipConfig {
+        interval: cluster.gossip_interval,
+        ..GossipConfig::default()
+    };
+    let routes = Routes::new(raft_service(
+        region.clone(),
+        secret.clone(),
+        settings.region.clone(),
+    ))
+    .add_service(gossip_service(
+        counters.clone(),
+        secret.clone(),
+        wall.clone(),
+        &gossip_config,
+    ));
+    let gossip = Gossip::new(
+        counters,
+        dialer,
+        secret,
+        wall,
+        gossip_peers(&region, cluster),
+        gossip_config,
+    );
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let until_stopped = move || {
+        let mut stopped = stopped.clone();
+        async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        }
+    };
+    tokio::spawn(gossip.run(until_stopped()));
+    let serving = until_stopped();
     tokio::spawn(async move {
-        if let Err(e) = meridian_link::serve(listener, Routes::new(service), shutdown).await {
+        if let Err(e) = meridian_link::serve(listener, routes, serving).await {
             tracing::error!(error = %e, "the peer listener stopped");
         }
     });
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop.send(true);
+    });
     Ok(region)
+}
+
+/// Gossip goes to every other member of this region (as Raft knows them now)
+/// and every configured node of every other region.
+fn gossip_peers(region: &Region, cluster: &crate::config::ClusterSettings) -> PeerList {
+    let region = region.clone();
+    let me = cluster.raft_id;
+    let delay = cluster.inject_region_delay;
+    let remote: Vec<Peer> = cluster
+        .remote_regions
+        .values()
+        .flatten()
+        .map(|addr| Peer {
+            addr: addr.clone(),
+            delay,
+        })
+        .collect();
+    // Configured peers count until Raft knows the membership (a node that
+    // has not joined yet still gossips).
+    let configured: Vec<String> = cluster
+        .peers
+        .iter()
+        .filter(|p| p.raft_id != me)
+        .map(|p| p.cluster_addr.clone())
+        .collect();
+    Arc::new(move || {
+        let mut local: std::collections::BTreeSet<String> = region
+            .status()
+            .members
+            .into_iter()
+            .filter(|m| m.node_id != me && !m.raft_addr.is_empty())
+            .map(|m| m.raft_addr)
+            .collect();
+        if local.is_empty() {
+            local.extend(configured.iter().cloned());
+        }
+        let mut peers: Vec<Peer> = local.into_iter().map(Peer::new).collect();
+        peers.extend(remote.iter().cloned());
+        peers
+    })
 }
 
 /// Opens this node's counters from `store` and starts the task that makes

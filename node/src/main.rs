@@ -289,9 +289,16 @@ fn run_serve(
                 let _ = flusher_stopped.await;
             },
         )?;
-        let region = meridian_node::cluster::start_region(&config.node, store, bound, async {
-            let _ = peers_stopped.await;
-        })
+        let region = meridian_node::cluster::start_region(
+            &config.node,
+            store,
+            bound,
+            counters.clone(),
+            seams.clock.clone(),
+            async {
+                let _ = peers_stopped.await;
+            },
+        )
         .await?;
         let node = Node::new(config, &master_key, seams, region, counters);
         let metadata = node.metadata.clone();

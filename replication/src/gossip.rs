@@ -21,10 +21,27 @@ use crate::wire;
 /// Unix milliseconds, from the node's (injected) wall clock.
 pub type WallClock = Arc<dyn Fn() -> u64 + Send + Sync>;
 
-/// The current peer addresses (`host:port` of their inter-node listeners),
-/// all regions, this node excluded. Asked each round, so membership changes
-/// are picked up.
-pub type PeerList = Arc<dyn Fn() -> Vec<String> + Send + Sync>;
+/// The current peers, all regions, this node excluded. Asked each round, so
+/// membership changes are picked up.
+pub type PeerList = Arc<dyn Fn() -> Vec<Peer> + Send + Sync>;
+
+/// A peer's inter-node address (`host:port`), and a delay added before every
+/// message to it (zero, except to emulate inter-region latency in tests and
+/// demos).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Peer {
+    pub addr: String,
+    pub delay: Duration,
+}
+
+impl Peer {
+    pub fn new(addr: impl Into<String>) -> Self {
+        Self {
+            addr: addr.into(),
+            delay: Duration::ZERO,
+        }
+    }
+}
 
 #[derive(Clone, Debug)]
 pub struct GossipConfig {
@@ -192,18 +209,18 @@ impl Gossip {
                     .in_flight
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner);
-                in_flight.entry(peer.clone()).or_default().clone()
+                in_flight.entry(peer.addr.clone()).or_default().clone()
             };
             if busy.swap(true, Ordering::AcqRel) {
-                self.fell_behind(&peer);
+                self.fell_behind(&peer.addr);
                 continue;
             }
             let this = self.clone();
             let request = request.clone();
             tokio::spawn(async move {
                 if let Err(e) = this.push_to(&peer, request).await {
-                    tracing::debug!(peer = %peer, error = %e, "gossip push failed");
-                    this.fell_behind(&peer);
+                    tracing::debug!(peer = %peer.addr, error = %e, "gossip push failed");
+                    this.fell_behind(&peer.addr);
                 }
                 busy.store(false, Ordering::Release);
             });
@@ -212,10 +229,11 @@ impl Gossip {
 
     async fn push_to(
         &self,
-        peer: &str,
+        peer: &Peer,
         push: pb::PushRequest,
     ) -> Result<(), meridian_link::CallError> {
-        let mut client = self.client(peer)?;
+        tokio::time::sleep(peer.delay).await;
+        let mut client = self.client(&peer.addr)?;
         let mut request = Request::new(push);
         self.secret.stamp(&mut request, self.config.deadline);
         with_deadline(self.config.deadline, client.push(request)).await?;
@@ -235,27 +253,30 @@ impl Gossip {
             std::mem::take(&mut *self.behind.lock().unwrap_or_else(PoisonError::into_inner))
                 .into_iter()
                 .collect();
-        let peers = if behind.is_empty() {
-            let all = (self.peers)();
+        let all = (self.peers)();
+        let peers: Vec<Peer> = if behind.is_empty() {
             match all.len() {
                 0 => Vec::new(),
                 n => vec![all[turn % n].clone()],
             }
         } else {
-            behind
+            all.into_iter()
+                .filter(|p| behind.contains(&p.addr))
+                .collect()
         };
         for peer in peers {
             if let Err(e) = self.sync_with(&peer).await {
-                tracing::debug!(peer = %peer, error = %e, "gossip sync failed");
-                self.fell_behind(&peer);
+                tracing::debug!(peer = %peer.addr, error = %e, "gossip sync failed");
+                self.fell_behind(&peer.addr);
             }
         }
     }
 
     /// One anti-entropy exchange: send this node's digest, merge what the
     /// peer says this node lacks. Returns how many slots changed.
-    pub async fn sync_with(&self, peer: &str) -> Result<usize, meridian_link::CallError> {
-        let mut client = self.client(peer)?;
+    pub async fn sync_with(&self, peer: &Peer) -> Result<usize, meridian_link::CallError> {
+        tokio::time::sleep(peer.delay).await;
+        let mut client = self.client(&peer.addr)?;
         let mut request = Request::new(wire::digest_to_wire(&self.counters.digest()));
         self.secret.stamp(&mut request, self.config.deadline);
         let reply = with_deadline(self.config.deadline, client.sync(request)).await?;

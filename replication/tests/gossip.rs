@@ -10,7 +10,7 @@ use std::time::Duration;
 use meridian_link::{ClusterSecret, Dialer};
 use meridian_proto::gossip::v1 as pb;
 use meridian_replication::crdt::{CounterId, Metric, Scope, Window};
-use meridian_replication::gossip::{PeerList, WallClock};
+use meridian_replication::gossip::{Peer, PeerList, WallClock};
 use meridian_replication::{Counters, Gossip, GossipConfig, gossip_service};
 use meridian_storage::{Durability, MemStore};
 use tokio::net::TcpListener;
@@ -59,7 +59,7 @@ async fn start(region: &str, node: u64, listener: TcpListener, peers: Vec<String
         std::future::pending(),
     ));
     tokio::spawn(counters.clone().run_flusher(std::future::pending()));
-    let peers: PeerList = Arc::new(move || peers.clone());
+    let peers: PeerList = Arc::new(move || peers.iter().map(Peer::new).collect());
     let gossip = Gossip::new(
         counters.clone(),
         Dialer::tcp(),

@@ -80,6 +80,14 @@ pub struct ClusterSettings {
     pub secret: Option<Secret>,
     /// Raft log entries between snapshots (older entries are then purged).
     pub snapshot_every: u64,
+    /// Other regions' nodes (their inter-node addresses), by region: counters
+    /// are gossiped to them and metadata is synced with them.
+    pub remote_regions: std::collections::BTreeMap<String, Vec<String>>,
+    /// How often counter changes are pushed to every peer.
+    pub gossip_interval: std::time::Duration,
+    /// Added to every message sent to another region, to demonstrate and test
+    /// inter-region latency on one machine. Zero in production.
+    pub inject_region_delay: std::time::Duration,
 }
 
 impl Default for ClusterSettings {
@@ -91,6 +99,9 @@ impl Default for ClusterSettings {
             peers: Vec::new(),
             secret: None,
             snapshot_every: 5000,
+            remote_regions: std::collections::BTreeMap::new(),
+            gossip_interval: std::time::Duration::from_millis(100),
+            inject_region_delay: std::time::Duration::ZERO,
         }
     }
 }

@@ -492,6 +492,25 @@ impl Parser<'_> {
                     config.node.cluster.secret = self.string(Some(v), &path)?.map(Secret::new)
                 }
                 "peers" => config.node.cluster.peers = self.peers(v, &path)?,
+                "remote_regions" => {
+                    config.node.cluster.remote_regions = self.remote_regions(v, &path)?
+                }
+                "gossip_interval_ms" => {
+                    config.node.cluster.gossip_interval = match self.integer(Some(v), &path)? {
+                        Some(n) if (1..=60_000).contains(&n) => Duration::from_millis(n),
+                        _ => return Err(self.err(&path, "milliseconds between 1 and 60000")),
+                    }
+                }
+                "inject_region_delay_ms" => {
+                    config.node.cluster.inject_region_delay = match self.integer(Some(v), &path)? {
+                        Some(n) if n <= 10_000 => Duration::from_millis(n),
+                        _ => {
+                            return Err(
+                                self.err(&path, "milliseconds up to 10000 (tests and demos only)")
+                            );
+                        }
+                    }
+                }
                 "raft_snapshot_every" => {
                     config.node.cluster.snapshot_every = match self.integer(Some(v), &path)? {
                         Some(n) if n >= 2 => n,
@@ -528,6 +547,21 @@ impl Parser<'_> {
             port.unwrap_or(config.node.listen.port()),
         );
         let cluster = &config.node.cluster;
+        if cluster.remote_regions.contains_key(&config.node.region) {
+            return Err(self.err(
+                "meridian.remote_regions",
+                format!(
+                    "other regions only; `{}` is this node's own",
+                    config.node.region
+                ),
+            ));
+        }
+        if !cluster.remote_regions.is_empty() && cluster.listen.is_none() {
+            return Err(self.err(
+                "meridian.cluster_listen",
+                "an address for other regions to reach this node",
+            ));
+        }
         if !cluster.peers.is_empty() {
             if !cluster.peers.iter().any(|p| p.raft_id == cluster.raft_id) {
                 return Err(self.err(
@@ -546,6 +580,32 @@ impl Parser<'_> {
             }
         }
         Ok(())
+    }
+
+    /// `remote_regions: {eu-west: ["10.1.0.5:7000", ...], ...}`
+    fn remote_regions(
+        &mut self,
+        value: &Value,
+        path: &str,
+    ) -> Result<std::collections::BTreeMap<String, Vec<String>>> {
+        let map = self.mapping(value, path)?.clone();
+        let mut out = std::collections::BTreeMap::new();
+        for (region, addrs) in &map {
+            let p = format!("{path}.{region}");
+            let list = addrs
+                .as_array()
+                .ok_or_else(|| self.err(&p, "a list of host:port addresses"))?;
+            let mut parsed = Vec::new();
+            for (i, a) in list.iter().enumerate() {
+                let a = self.required_string(Some(a), &format!("{p}[{i}]"))?;
+                if !a.contains(':') {
+                    return Err(self.err(&format!("{p}[{i}]"), format!("host:port, found `{a}`")));
+                }
+                parsed.push(a);
+            }
+            out.insert(region.clone(), parsed);
+        }
+        Ok(out)
     }
 
     /// `peers: [{raft_id, cluster_addr, api_url}, ...]`
@@ -832,7 +892,7 @@ impl Parser<'_> {
 }
 
 const NOT_YET: &str = "not supported by Meridian yet; ignored";
-const MERIDIAN_KEYS: &str = "node_id, region, host, port, data_dir, raft_id, cluster_listen, advertise_url, cluster_secret, peers, raft_snapshot_every, disable_admin_endpoints, disable_llm_api_endpoints, disable_admin_ui";
+const MERIDIAN_KEYS: &str = "node_id, region, host, port, data_dir, raft_id, cluster_listen, advertise_url, cluster_secret, peers, raft_snapshot_every, remote_regions, gossip_interval_ms, inject_region_delay_ms, disable_admin_endpoints, disable_llm_api_endpoints, disable_admin_ui";
 const AZURE_DEFAULT_API_VERSION: &str = "2024-10-21";
 
 /// Deployment timeout defaults. `router_settings.timeout` wins over
