@@ -3,24 +3,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::process::{Child, Command, Stdio};
+mod process_support;
+
+use std::process::{Child, Command};
 use std::time::Duration;
+
+use process_support::{BIN, MASTER, free_port, spawn};
 
 use tokio::time::Instant;
 
 use serde_json::{Value, json};
-
-const BIN: &str = env!("CARGO_BIN_EXE_meridian");
-const MASTER: &str = "sk-cluster-test-master";
-const SECRET: &str = "cluster-test-secret";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 struct Node {
     raft_id: u64,
@@ -245,18 +237,6 @@ impl Region {
             self.nodes[i].raft_id
         );
     }
-}
-
-fn spawn(config: &std::path::Path) -> Child {
-    Command::new(BIN)
-        .args(["serve", "--config", config.to_str().unwrap()])
-        .env("MERIDIAN_MASTER_KEY", MASTER)
-        .env("MERIDIAN_CLUSTER_SECRET", SECRET)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]

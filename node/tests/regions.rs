@@ -1,0 +1,402 @@
+//! Two regions of real `meridian` processes over loopback, gossiping counters
+//! with an injected inter-region delay: rate limits and budgets hold
+//! globally within the documented bound, spend converges to what clients were
+//! told, and a SIGKILL loses no acknowledged spend.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod process_support;
+
+use std::process::Child;
+use std::time::Duration;
+
+use process_support::{MASTER, free_port, spawn};
+use serde_json::{Value, json};
+use tokio::time::Instant;
+
+/// Gossip interval and injected one-way inter-region delay of these worlds.
+const GOSSIP_MS: u64 = 100;
+const DELAY_MS: u64 = 20;
+
+struct Proc {
+    region: &'static str,
+    api_port: u16,
+    config: std::path::PathBuf,
+    child: Option<Child>,
+}
+
+impl Proc {
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.api_port)
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+struct World {
+    _dir: tempfile::TempDir,
+    nodes: Vec<Proc>,
+    http: reqwest::Client,
+}
+
+/// What a client saw for one LLM call.
+struct Seen {
+    status: u16,
+    /// `x-meridian-response-cost`, in USD.
+    cost: f64,
+    body: Value,
+}
+
+impl World {
+    /// `regions` × `per` nodes; every node names every node of the other
+    /// regions, so counters gossip across regions.
+    async fn start(regions: &[&'static str], per: u64) -> World {
+        meridian_node::upstream::install_crypto_provider();
+        let dir = tempfile::tempdir().unwrap();
+        let ports: Vec<(&str, u64, u16, u16)> = regions
+            .iter()
+            .flat_map(|r| (1..=per).map(move |id| (*r, id, free_port(), free_port())))
+            .collect();
+        let mut nodes = Vec::new();
+        for &(region, id, api, cluster) in &ports {
+            let peers: String = ports
+                .iter()
+                .filter(|p| p.0 == region)
+                .map(|p| {
+                    format!(
+                        "    - {{raft_id: {}, cluster_addr: \"127.0.0.1:{}\", api_url: \"http://127.0.0.1:{}\"}}\n",
+                        p.1, p.3, p.2
+                    )
+                })
+                .collect();
+            let remote: String = regions
+                .iter()
+                .filter(|r| **r != region)
+                .map(|r| {
+                    let addrs: Vec<String> = ports
+                        .iter()
+                        .filter(|p| p.0 == *r)
+                        .map(|p| format!("\"127.0.0.1:{}\"", p.3))
+                        .collect();
+                    format!("    {r}: [{}]\n", addrs.join(", "))
+                })
+                .collect();
+            let config = dir.path().join(format!("{region}-{id}.yaml"));
+            let yaml = format!(
+                "model_list:
+  - model_name: gpt
+    litellm_params: {{model: mock/chat, input_cost_per_token: 0.000001, output_cost_per_token: 0.000002}}
+meridian:
+  node_id: {region}-{id}
+  region: {region}
+  port: {api}
+  data_dir: {data}
+  raft_id: {id}
+  cluster_listen: 127.0.0.1:{cluster}
+  gossip_interval_ms: {GOSSIP_MS}
+  inject_region_delay_ms: {DELAY_MS}
+  peers:
+{peers}  remote_regions:
+{remote}",
+                data = dir.path().join(format!("{region}-{id}-data")).display(),
+            );
+            std::fs::write(&config, yaml).unwrap();
+            nodes.push(Proc {
+                region,
+                api_port: api,
+                child: Some(spawn(&config)),
+                config,
+            });
+        }
+        let world = World {
+            _dir: dir,
+            nodes,
+            http: reqwest::Client::new(),
+        };
+        for i in 0..world.nodes.len() {
+            world.wait_ready(i).await;
+        }
+        world
+    }
+
+    /// Up, and its region has a leader (admin writes work).
+    async fn wait_ready(&self, i: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            let (status, body) = self.call(i, "GET", "/cluster/status", MASTER, None).await;
+            if status == 200 && !body["leader"].is_null() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("node {i} not ready within 30 s");
+    }
+
+    async fn call(
+        &self,
+        i: usize,
+        method: &str,
+        path: &str,
+        key: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let url = format!("{}{path}", self.nodes[i].url());
+        let mut req = if method == "GET" {
+            self.http.get(url)
+        } else {
+            self.http.post(url)
+        };
+        req = req.bearer_auth(key).timeout(Duration::from_secs(15));
+        if let Some(b) = body {
+            req = req
+                .header("content-type", "application/json")
+                .body(b.to_string());
+        }
+        match req.send().await {
+            Ok(r) => {
+                let status = r.status().as_u16();
+                let text = r.text().await.unwrap_or_default();
+                (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+            }
+            Err(_) => (0, Value::Null),
+        }
+    }
+
+    async fn chat(&self, i: usize, key: &str) -> Seen {
+        let body = json!({ "model": "gpt", "max_tokens": 20,
+            "messages": [{ "role": "user", "content": "hi" }] });
+        let sent = self
+            .http
+            .post(format!("{}/v1/chat/completions", self.nodes[i].url()))
+            .bearer_auth(key)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .timeout(Duration::from_secs(15))
+            .send()
+            .await;
+        let Ok(r) = sent else {
+            return Seen {
+                status: 0,
+                cost: 0.0,
+                body: Value::Null,
+            };
+        };
+        let status = r.status().as_u16();
+        let cost = r
+            .headers()
+            .get("x-meridian-response-cost")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        let text = r.text().await.unwrap_or_default();
+        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Seen { status, cost, body }
+    }
+
+    /// The same key in every region. (Keys made in one region reach the
+    /// others by the metadata sync; these tests are about counters, so they
+    /// do not wait for it.)
+    async fn key_everywhere(&self, key: &str, settings: Value) {
+        let mut body = settings;
+        body["key"] = json!(key);
+        let mut done = std::collections::BTreeSet::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            if done.insert(n.region) {
+                let (status, reply) = self
+                    .call(i, "POST", "/key/generate", MASTER, Some(body.clone()))
+                    .await;
+                assert_eq!(status, 200, "{reply}");
+            }
+        }
+        for i in 0..self.nodes.len() {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while self
+                .call(i, "GET", &format!("/key/info?key={key}"), MASTER, None)
+                .await
+                .0
+                != 200
+            {
+                assert!(Instant::now() < deadline, "key not on node {i}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+
+    async fn spend(&self, i: usize, key: &str) -> Option<(f64, Value)> {
+        let (status, body) = self
+            .call(i, "GET", &format!("/key/info?key={key}"), MASTER, None)
+            .await;
+        (status == 200).then(|| {
+            (
+                body["info"]["spend"].as_f64().unwrap_or(-1.0),
+                body["info"]["spend_by_region"].clone(),
+            )
+        })
+    }
+
+    /// Waits until every node reports `expected` spend for `key`; returns how
+    /// long that took.
+    async fn converged(&self, key: &str, expected: f64, within: Duration) -> Duration {
+        let start = Instant::now();
+        loop {
+            let mut all = true;
+            let mut seen = Vec::new();
+            for i in 0..self.nodes.len() {
+                let spend = self.spend(i, key).await.map(|s| s.0);
+                all &= spend.is_some_and(|s| (s - expected).abs() < 1e-9);
+                seen.push(spend);
+            }
+            if all {
+                return start.elapsed();
+            }
+            assert!(
+                start.elapsed() < within,
+                "spend did not converge to {expected} within {within:?}: {seen:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limit_holds_across_regions_within_the_documented_bound() {
+    let world = World::start(&["us-east", "eu-west"], 2).await;
+    let key = "sk-regions-rate-limit";
+    world.key_everywhere(key, json!({ "rpm_limit": 20 })).await;
+    let n = world.nodes.len();
+    let started = Instant::now();
+    let mut admitted = 0u64;
+    let sent = 60u32;
+    for i in 0..sent as usize {
+        let seen = world.chat(i % n, key).await;
+        match seen.status {
+            200 => admitted += 1,
+            429 => assert_eq!(seen.body["error"]["type"], "rate_limit_exceeded"),
+            other => panic!("unexpected status {other}: {}", seen.body),
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    // The bound (README, "Guarantees"): what the other nodes admit during one
+    // gossip interval plus the one-way delay, plus one reservation per node.
+    let rate = f64::from(sent) / elapsed;
+    let stale = (GOSSIP_MS + DELAY_MS) as f64 / 1000.0;
+    let bound = (rate * stale * (n as f64 - 1.0) / n as f64).ceil() as u64 + n as u64;
+    println!("admitted {admitted} of {sent} at {rate:.0}/s; limit 20, bound +{bound}");
+    assert!(admitted >= 20, "admitted only {admitted}");
+    assert!(
+        admitted <= 20 + bound,
+        "admitted {admitted}: more than 20 + {bound}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_budget_stops_both_regions_and_spend_converges_to_what_clients_saw() {
+    let world = World::start(&["us-east", "eu-west"], 2).await;
+    let key = "sk-regions-budget";
+    let budget = 0.001;
+    world
+        .key_everywhere(key, json!({ "max_budget": budget }))
+        .await;
+    let n = world.nodes.len();
+    let (mut acknowledged, mut refusals_in_a_row, mut i) = (0.0, 0, 0);
+    while refusals_in_a_row < 2 * n {
+        let seen = world.chat(i % n, key).await;
+        i += 1;
+        assert!(i < 2000, "the budget never stopped the key");
+        match seen.status {
+            200 => {
+                acknowledged += seen.cost;
+                refusals_in_a_row = 0;
+            }
+            429 => {
+                assert_eq!(seen.body["error"]["type"], "budget_exceeded");
+                refusals_in_a_row += 1;
+            }
+            other => panic!("unexpected status {other}: {}", seen.body),
+        }
+    }
+    // One call costs at most 4 + 20 tokens ≈ $0.000044; others' admissions
+    // during one staleness window can overshoot by a few of those.
+    println!("served ${acknowledged:.6} of a ${budget} budget in {i} calls");
+    assert!(acknowledged > budget * 0.8, "stopped early: {acknowledged}");
+    assert!(acknowledged <= budget + 4.0 * 0.000044 * n as f64);
+    let took = world
+        .converged(key, acknowledged, Duration::from_secs(2))
+        .await;
+    println!("every node agreed within {took:?}");
+    let (_, by_region) = world.spend(0, key).await.unwrap();
+    assert!(by_region["us-east"].as_f64().unwrap() > 0.0, "{by_region}");
+    assert!(by_region["eu-west"].as_f64().unwrap() > 0.0, "{by_region}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkill_under_load_loses_no_acknowledged_spend() {
+    let mut world = World::start(&["us-east", "eu-west"], 2).await;
+    let key = "sk-regions-sigkill";
+    // No budget: nothing is reserved, so spend counts exactly what settled.
+    world.key_everywhere(key, json!({})).await;
+    let world_ref = &world;
+    let load = |node: usize| async move {
+        let mut acked = 0.0;
+        let mut failed = 0u32;
+        let until = Instant::now() + Duration::from_millis(1500);
+        while Instant::now() < until {
+            let seen = world_ref.chat(node, key).await;
+            if seen.status == 200 {
+                acked += seen.cost;
+            } else {
+                failed += 1;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        (acked, failed)
+    };
+    let killer = async {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let pid = world_ref.nodes[0].child.as_ref().map(Child::id).unwrap();
+        std::process::Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()
+            .unwrap();
+    };
+    let ((a, failed_a), (b, _), (c, _), _) = tokio::join!(load(0), load(0), load(2), killer);
+    assert!(failed_a > 0, "the kill happened under load");
+    if let Some(mut c) = world.nodes[0].child.take() {
+        let _ = c.wait();
+    }
+    let acknowledged = a + b + c;
+    world.nodes[0].child = Some(spawn(&world.nodes[0].config));
+    world.wait_ready(0).await;
+    // In-flight calls at the kill may have settled without being
+    // acknowledged: spend may exceed what was acknowledged by those, never
+    // fall short of it.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut spends = Vec::new();
+        for i in 0..world.nodes.len() {
+            spends.push(world.spend(i, key).await.map_or(-1.0, |s| s.0));
+        }
+        let low = spends.iter().copied().fold(f64::MAX, f64::min);
+        let high = spends.iter().copied().fold(f64::MIN, f64::max);
+        if (high - low).abs() < 1e-12 && low >= acknowledged - 1e-9 {
+            assert!(
+                low <= acknowledged + 2.0 * 0.000044,
+                "spend {low} vs acknowledged {acknowledged}"
+            );
+            println!("acknowledged {acknowledged}, converged spend {low}");
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no convergence to at least {acknowledged}: {spends:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
