@@ -321,6 +321,18 @@ fn subjects(
                 None,
             ));
         }
+        // Tags have no limits of their own; their spend is counted.
+        let team_tags = caller.team.iter().flat_map(|t| t.tags.iter());
+        let tags: std::collections::BTreeSet<&String> = key.tags.iter().chain(team_tags).collect();
+        for tag in tags {
+            out.push(Subject::new(
+                Scope::Tag,
+                tag,
+                format!("tag {tag}"),
+                &Limits::default(),
+                None,
+            ));
+        }
         if let Some(team) = &caller.team {
             out.push(Subject::new(
                 Scope::Team,
@@ -357,7 +369,19 @@ pub struct Reservation {
     counters: Arc<Counters>,
     held: Vec<Held>,
     pub headroom: Headroom,
+    /// Who the request is charged to, for its spend log row.
+    pub who: Who,
     settled: bool,
+}
+
+/// The entities a request is charged to.
+#[derive(Clone, Debug, Default)]
+pub struct Who {
+    /// SHA-256 of the virtual key; empty for the master key.
+    pub api_key: String,
+    pub team_id: Option<String>,
+    pub user_id: Option<String>,
+    pub end_user: Option<String>,
 }
 
 enum Held {
@@ -422,10 +446,23 @@ pub fn admit(
     deployment: &Deployment,
     now_ms: u64,
 ) -> Result<Reservation> {
+    let who = match principal {
+        Principal::Master => Who::default(),
+        Principal::Key(c) => Who {
+            api_key: c.key.token.clone(),
+            team_id: c.key.team_id.clone(),
+            user_id: c.key.user_id.clone(),
+            end_user: None,
+        },
+    };
     let mut reservation = Reservation {
         counters: counters.clone(),
         held: Vec::new(),
         headroom: Headroom::default(),
+        who: Who {
+            end_user: demand.customer.clone(),
+            ..who
+        },
         settled: false,
     };
     if principal.is_admin() {

@@ -36,24 +36,45 @@ pub async fn single_node_region(store: Arc<dyn Store>, api_url: String) -> Resul
     Ok(region)
 }
 
-/// A region of one and its counters, for embedding (tests, simulations): the
-/// counters' flusher runs until the runtime stops.
+/// A region of one with its counters and spend log, for embedding (tests,
+/// simulations): their tasks run until the runtime stops.
 pub async fn single_node(
     store: Arc<dyn Store>,
-    settings: &NodeSettings,
-    rng: &crate::clock::SeededRng,
-) -> Result<(Region, Arc<Counters>)> {
+    config: &crate::config::Config,
+    seams: &crate::node::Seams,
+) -> Result<crate::node::Local> {
+    let settings = &config.node;
     let api_url = format!("http://{}", settings.listen);
-    let region = single_node_region(store.clone(), api_url).await?;
+    let metadata = single_node_region(store.clone(), api_url).await?;
     let counters = start_counters(
         &settings.region,
         settings.cluster.raft_id,
-        store,
+        store.clone(),
         Durability::Process,
-        rng,
+        &seams.rng,
         std::future::pending(),
     )?;
-    Ok((region, counters))
+    let spend_log = start_spend_log(store, config, seams.clock.clone(), std::future::pending());
+    Ok(crate::node::Local {
+        metadata,
+        counters,
+        spend_log,
+    })
+}
+
+/// Opens the spend log in `store` and starts its writer (until `shutdown`).
+pub fn start_spend_log(
+    store: Arc<dyn Store>,
+    config: &crate::config::Config,
+    clock: Arc<dyn Clock>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Arc<crate::spendlog::SpendLog> {
+    let log = Arc::new(crate::spendlog::SpendLog::new(
+        store,
+        config.spend_log_retention,
+    ));
+    tokio::spawn(log.clone().run(clock, shutdown));
+    log
 }
 
 /// Joins (or forms) this node's region as configured, gossips `counters` with

@@ -23,6 +23,7 @@ pub mod providers;
 pub mod router;
 pub mod secret;
 pub mod serve;
+pub mod spendlog;
 pub mod sse;
 pub mod types;
 pub mod upstream;

@@ -277,6 +277,7 @@ fn run_serve(
             .with_context(|| format!("listening on {listen}"))?;
         let bound = listener.local_addr().unwrap_or(listen);
         let store = meridian_node::cluster::open_store(&data_dir)?;
+        let store_for_log = store.clone();
         let (stop_peers, peers_stopped) = tokio::sync::oneshot::channel::<()>();
         let (stop_flusher, flusher_stopped) = tokio::sync::oneshot::channel::<()>();
         let counters = meridian_node::cluster::start_counters(
@@ -300,7 +301,18 @@ fn run_serve(
             },
         )
         .await?;
-        let node = Node::new(config, &master_key, seams, region, counters);
+        let spend_log = meridian_node::cluster::start_spend_log(
+            store_for_log,
+            &config,
+            seams.clock.clone(),
+            std::future::pending(),
+        );
+        let local = meridian_node::node::Local {
+            metadata: region,
+            counters,
+            spend_log,
+        };
+        let node = Node::new(config, &master_key, seams, local);
         let metadata = node.metadata.clone();
         let banner = Banner {
             listen: bound,

@@ -8,6 +8,8 @@ use std::sync::Arc;
 use meridian_consensus::Region;
 use meridian_replication::Counters;
 
+use crate::spendlog::SpendLog;
+
 use crate::auth::Authenticator;
 use crate::clock::{Clock, SeededRng, SystemClock};
 use crate::config::{Config, Disabled};
@@ -35,6 +37,14 @@ impl Seams {
     }
 }
 
+/// The node's state that lives in its data directory, opened and with its
+/// background tasks started (see `cluster`).
+pub struct Local {
+    pub metadata: Region,
+    pub counters: Arc<Counters>,
+    pub spend_log: Arc<SpendLog>,
+}
+
 pub struct Node {
     pub node_id: String,
     /// Seals and opens provider credentials kept in the region's metadata.
@@ -43,6 +53,8 @@ pub struct Node {
     pub metadata: Region,
     /// This node's view of the global counters (spend, requests, tokens).
     pub counters: Arc<Counters>,
+    /// Per-request spend rows served by this node (`/spend/logs`).
+    pub spend_log: Arc<SpendLog>,
     pub region: String,
     pub data_dir: PathBuf,
     pub router: ModelRouter,
@@ -57,20 +69,15 @@ pub struct Node {
 
 impl Node {
     /// `master_key` is the resolved key (config, environment or generated).
-    pub fn new(
-        config: Config,
-        master_key: &Secret,
-        seams: Seams,
-        region: Region,
-        counters: Arc<Counters>,
-    ) -> Arc<Self> {
+    pub fn new(config: Config, master_key: &Secret, seams: Seams, local: Local) -> Arc<Self> {
         let sealer =
             crate::credentials::Sealer::new(config.salt_key.as_ref().unwrap_or(master_key));
         Arc::new(Self {
             sealer,
             node_id: config.node.node_id,
-            metadata: region,
-            counters,
+            metadata: local.metadata,
+            counters: local.counters,
+            spend_log: local.spend_log,
             region: config.node.region,
             data_dir: config.node.data_dir,
             router: ModelRouter::new(config.deployments),

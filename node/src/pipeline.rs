@@ -117,16 +117,32 @@ pub struct Settlement {
     reservation: Reservation,
     usage: Usage,
     settled: Option<(Cost, meridian_replication::Ticket)>,
+    log: LogTarget,
+}
+
+/// Where and how a settled request is logged (`/spend/logs`).
+pub struct LogTarget {
+    pub log: Arc<crate::spendlog::SpendLog>,
+    pub clock: Arc<dyn crate::clock::Clock>,
+    pub region: String,
+    pub node: String,
+    pub received: Instant,
 }
 
 impl Settlement {
-    pub fn new(request_id: String, deployment: Arc<Deployment>, reservation: Reservation) -> Self {
+    pub fn new(
+        request_id: String,
+        deployment: Arc<Deployment>,
+        reservation: Reservation,
+        log: LogTarget,
+    ) -> Self {
         Self {
             request_id,
             deployment,
             reservation,
             usage: Usage::default(),
             settled: None,
+            log,
         }
     }
 
@@ -147,6 +163,25 @@ impl Settlement {
         let cost = cost_of(&self.deployment, &self.usage);
         let ticket = self.reservation.settle(&self.usage, cost);
         self.settled = Some((cost, ticket));
+        let end_time = self.log.clock.since_epoch().as_millis() as u64;
+        let who = &self.reservation.who;
+        self.log.log.record(&crate::spendlog::SpendRow {
+            request_id: self.request_id.clone(),
+            api_key: who.api_key.clone(),
+            team_id: who.team_id.clone(),
+            user: who.user_id.clone(),
+            end_user: who.end_user.clone(),
+            model_group: self.deployment.model_group.clone(),
+            model_id: self.deployment.id.clone(),
+            region: self.log.region.clone(),
+            node: self.log.node.clone(),
+            prompt_tokens: self.usage.prompt_tokens,
+            completion_tokens: self.usage.completion_tokens,
+            total_tokens: self.usage.total_tokens(),
+            spend: cost.0 as f64 / 1e12,
+            start_time: end_time.saturating_sub(self.log.received.elapsed().as_millis() as u64),
+            end_time,
+        });
         tracing::info!(
             request_id = %self.request_id,
             model_group = %self.deployment.model_group,

@@ -27,10 +27,10 @@ async fn node_with(mut config: Config, data_dir: &std::path::Path) -> Arc<Node> 
         rng: SeededRng::from_seed(1),
     };
     let store: Arc<dyn meridian_storage::Store> = Arc::new(meridian_storage::MemStore::new());
-    let (region, counters) = meridian_node::cluster::single_node(store, &config.node, &seams.rng)
+    let local = meridian_node::cluster::single_node(store, &config, &seams)
         .await
         .unwrap();
-    Node::new(config, &Secret::new(KEY), seams, region, counters)
+    Node::new(config, &Secret::new(KEY), seams, local)
 }
 
 fn yaml(text: &str) -> Config {

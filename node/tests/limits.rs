@@ -120,6 +120,39 @@ async fn a_budget_stops_spending_and_reports_it() {
     );
     let here = info["info"]["spend_by_region"]["local"].as_f64().unwrap();
     assert!((here - spend).abs() < 1e-12, "{info}");
+
+    // One spend log row per served call, with the key's hash, never the key.
+    let (status, rows) = get(&n, &format!("/spend/logs?api_key={k}&limit=1000"), MASTER).await;
+    assert_eq!(status, 200, "{rows}");
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), served as usize);
+    let logged: f64 = rows.iter().map(|r| r["spend"].as_f64().unwrap()).sum();
+    assert!((logged - costs).abs() < 1e-9);
+    assert_eq!(rows[0]["model_group"], "priced");
+    assert_eq!(rows[0]["region"], "local");
+    assert!(
+        !rows.iter().any(|r| r.to_string().contains(&k)),
+        "the key leaked"
+    );
+    assert!(
+        rows[0]["endTime"].as_u64() >= rows[1]["endTime"].as_u64(),
+        "newest first"
+    );
+    // The key itself sees its own rows, and only those.
+    let (status, own) = get(&n, "/spend/logs", &k).await;
+    assert_eq!(
+        (status, own.as_array().unwrap().len()),
+        (200, served as usize)
+    );
+    let other = key(&n, json!({})).await;
+    assert_eq!(
+        get(&n, &format!("/spend/logs?api_key={k}"), &other).await.0,
+        403
+    );
+    assert_eq!(
+        get(&n, "/spend/logs?start_date=yesterday", MASTER).await.0,
+        400
+    );
 }
 
 #[tokio::test]

@@ -306,13 +306,16 @@ async fn a_budget_stops_both_regions_and_spend_converges_to_what_clients_saw() {
         .await;
     let n = world.nodes.len();
     let (mut acknowledged, mut refusals_in_a_row, mut i) = (0.0, 0, 0);
+    let mut served_by = vec![0usize; n];
     while refusals_in_a_row < 2 * n {
-        let seen = world.chat(i % n, key).await;
+        let node = i % n;
+        let seen = world.chat(node, key).await;
         i += 1;
         assert!(i < 2000, "the budget never stopped the key");
         match seen.status {
             200 => {
                 acknowledged += seen.cost;
+                served_by[node] += 1;
                 refusals_in_a_row = 0;
             }
             429 => {
@@ -334,6 +337,27 @@ async fn a_budget_stops_both_regions_and_spend_converges_to_what_clients_saw() {
     let (_, by_region) = world.spend(0, key).await.unwrap();
     assert!(by_region["us-east"].as_f64().unwrap() > 0.0, "{by_region}");
     assert!(by_region["eu-west"].as_f64().unwrap() > 0.0, "{by_region}");
+    // Any node of a region lists the spend rows of every node of its region.
+    let (status, rows) = world
+        .call(
+            1,
+            "GET",
+            &format!("/spend/logs?api_key={key}&limit=1000"),
+            MASTER,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{rows}");
+    let us_east: Vec<usize> = (0..n)
+        .filter(|j| world.nodes[*j].region == "us-east")
+        .collect();
+    let expected: usize = us_east.iter().map(|j| served_by[*j]).sum();
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), expected, "rows from both us-east nodes");
+    assert!(rows.iter().all(|r| r["region"] == "us-east"));
+    let nodes: std::collections::BTreeSet<&str> =
+        rows.iter().filter_map(|r| r["node"].as_str()).collect();
+    assert_eq!(nodes.len(), us_east.len(), "{nodes:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -31,7 +31,7 @@ pub async fn create(
         .await
         .map_err(fail)?;
     let headroom = called.reservation.headroom;
-    let mut s = settlement(&ctx, &called.deployment, called.reservation);
+    let mut s = settlement(&node, &ctx, &called.deployment, called.reservation);
     let mut response = match called.output {
         Outcome::Complete(done) => {
             s.observe(done.usage);

@@ -64,7 +64,7 @@ async fn finish(
     wants_usage: bool,
 ) -> Response {
     let headroom = called.reservation.headroom;
-    let mut s = settlement(ctx, &called.deployment, called.reservation);
+    let mut s = settlement(node, ctx, &called.deployment, called.reservation);
     let mut response = match called.output {
         Outcome::Complete(done) => {
             s.observe(done.usage);
@@ -97,7 +97,7 @@ pub async fn embeddings(
             .await
             .map_err(|e| ApiError::new(e, Format::OpenAi).with_request_id(&ctx.request_id))?;
     let headroom = called.reservation.headroom;
-    let mut s = settlement(&ctx, &called.deployment, called.reservation);
+    let mut s = settlement(&node, &ctx, &called.deployment, called.reservation);
     s.observe(called.output.usage);
     let cost = s.finish();
     s.durable().await;

@@ -244,9 +244,17 @@ pub fn anthropic_stream(
 
 /// The settlement for a call: it takes over the call's reservation.
 pub fn settlement(
+    node: &Node,
     ctx: &RequestCtx,
     deployment: &Arc<Deployment>,
     reservation: crate::admission::Reservation,
 ) -> Settlement {
-    Settlement::new(ctx.request_id.clone(), deployment.clone(), reservation)
+    let log = crate::pipeline::LogTarget {
+        log: node.spend_log.clone(),
+        clock: node.clock.clone(),
+        region: node.region.clone(),
+        node: node.node_id.clone(),
+        received: ctx.received,
+    };
+    Settlement::new(ctx.request_id.clone(), deployment.clone(), reservation, log)
 }

@@ -34,6 +34,9 @@ pub struct Config {
     pub salt_key: Option<Secret>,
     pub deployments: Vec<Deployment>,
     pub max_request_bytes: usize,
+    /// How long `/spend/logs` rows are kept
+    /// (`general_settings.maximum_spend_logs_retention_period`).
+    pub spend_log_retention: Duration,
     pub disable: Disabled,
     /// Keys present in the file that Meridian accepts but does not act on.
     pub ignored: Vec<Ignored>,

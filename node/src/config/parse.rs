@@ -123,6 +123,7 @@ impl Config {
                 mock("mock-embedding", "embedding", Mode::Embedding),
             ],
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
+            spend_log_retention: crate::spendlog::DEFAULT_RETENTION,
             disable: Disabled::default(),
             ignored: Vec::new(),
             unset_env: Vec::new(),
@@ -216,6 +217,7 @@ impl Parser<'_> {
             salt_key: None,
             deployments: Vec::new(),
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
+            spend_log_retention: crate::spendlog::DEFAULT_RETENTION,
             disable: Disabled::default(),
             ignored: Vec::new(),
             unset_env: Vec::new(),
@@ -363,6 +365,18 @@ impl Parser<'_> {
                 "max_request_size_mb" => {
                     if let Some(mb) = self.number(Some(v), &path)? {
                         config.max_request_bytes = (mb * 1024.0 * 1024.0) as usize;
+                    }
+                }
+                "maximum_spend_logs_retention_period" => {
+                    if let Some(text) = self.string(Some(v), &path)? {
+                        config.spend_log_retention = match text.parse() {
+                            Ok(meridian_replication::crdt::PeriodSpec::Millis(ms)) => {
+                                Duration::from_millis(ms)
+                            }
+                            _ => {
+                                return Err(self.err(&path, "a period such as 7d, 12h or 30m"));
+                            }
+                        };
                     }
                 }
                 k if k.starts_with("database")

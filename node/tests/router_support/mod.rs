@@ -32,10 +32,10 @@ pub async fn node_yaml(yaml: &str) -> Arc<Node> {
         rng: SeededRng::from_seed(5),
     };
     let store: Arc<dyn meridian_storage::Store> = Arc::new(meridian_storage::MemStore::new());
-    let (region, counters) = meridian_node::cluster::single_node(store, &config.node, &seams.rng)
+    let local = meridian_node::cluster::single_node(store, &config, &seams)
         .await
         .unwrap();
-    Node::new(config, &Secret::new(MASTER), seams, region, counters)
+    Node::new(config, &Secret::new(MASTER), seams, local)
 }
 
 pub async fn call(

@@ -37,10 +37,10 @@ pub async fn start(mut config: Config) -> Gateway {
         rng: SeededRng::from_seed(42),
     };
     let store: Arc<dyn meridian_storage::Store> = Arc::new(meridian_storage::MemStore::new());
-    let (region, counters) = meridian_node::cluster::single_node(store, &config.node, &seams.rng)
+    let local = meridian_node::cluster::single_node(store, &config, &seams)
         .await
         .unwrap();
-    let node = Node::new(config, &Secret::new(MASTER_KEY), seams, region, counters);
+    let node = Node::new(config, &Secret::new(MASTER_KEY), seams, local);
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
         .await
         .unwrap();

@@ -16,4 +16,4 @@ mod period;
 pub use counter::{PnCounter, Replica, Slot};
 pub use escrow::{Escrow, Insufficient};
 pub use id::{CounterId, DecodeError, Metric, Scope};
-pub use period::{PeriodSpec, RATE_WINDOW_MS, Window, sliding_estimate};
+pub use period::{PeriodSpec, RATE_WINDOW_MS, Window, days_from_civil, sliding_estimate};

@@ -161,7 +161,8 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
     (year, month, day)
 }
 
-fn days_from_civil(year: u64, month: u64, day: u64) -> u64 {
+/// Days since 1970-01-01 of a date (proleptic Gregorian, from 1970).
+pub fn days_from_civil(year: u64, month: u64, day: u64) -> u64 {
     let y = if month <= 2 { year - 1 } else { year };
     let era = y / 400;
     let yoe = y - era * 400;

@@ -11,6 +11,7 @@
 mod entities;
 mod keys;
 mod models;
+mod spend;
 
 use std::sync::Arc;
 
@@ -64,6 +65,7 @@ pub fn routes() -> Router<Arc<Node>> {
         .route("/model/delete", post(models::model_delete))
         .route("/model/info", get(models::model_info))
         .route("/v1/model/info", get(models::model_info))
+        .route("/spend/logs", get(spend::logs))
         .route("/cluster/status", get(entities::cluster_status))
         .route("/cluster/add_node", post(entities::cluster_add_node))
         .route("/cluster/remove_node", post(entities::cluster_remove_node))
