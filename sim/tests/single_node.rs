@@ -57,9 +57,8 @@ fn run(seed: u64) -> (u16, String, serde_json::Value) {
             rng: SeededRng::from_seed(seed),
         };
         let store: Arc<dyn meridian_storage::Store> = Arc::new(meridian_storage::MemStore::new());
-        let (region, counters) =
-            meridian_node::cluster::single_node(store, &config.node, &seams.rng).await?;
-        let node = Node::new(config, &Secret::new(KEY), seams, region, counters);
+        let local = meridian_node::cluster::single_node(store, &config, &seams).await?;
+        let node = Node::new(config, &Secret::new(KEY), seams, local);
         let listener = SimListener(turmoil::net::TcpListener::bind("0.0.0.0:4000").await?);
         meridian_node::serve::serve(listener, node, std::future::pending()).await?;
         Ok(())
