@@ -168,26 +168,7 @@ impl Region {
         key: &str,
         body: Option<Value>,
     ) -> (u16, Value) {
-        let url = format!("{}{path}", self.nodes[i].url());
-        let mut req = if method == "GET" {
-            self.http.get(url)
-        } else {
-            self.http.post(url)
-        };
-        req = req.bearer_auth(key).timeout(Duration::from_secs(15));
-        if let Some(b) = body {
-            req = req
-                .header("content-type", "application/json")
-                .body(b.to_string());
-        }
-        match req.send().await {
-            Ok(r) => {
-                let status = r.status().as_u16();
-                let text = r.text().await.unwrap_or_default();
-                (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-            }
-            Err(_) => (0, Value::Null),
-        }
+        process_support::call(&self.http, &self.nodes[i].url(), method, path, key, body).await
     }
 
     async fn status(&self, i: usize) -> Value {

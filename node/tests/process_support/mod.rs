@@ -4,6 +4,9 @@
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_meridian");
 pub const MASTER: &str = "sk-cluster-test-master";
@@ -28,4 +31,35 @@ pub fn spawn(config: &Path) -> Child {
         .stderr(Stdio::null())
         .spawn()
         .unwrap()
+}
+
+/// One HTTP call to a node; `(0, Null)` when it cannot be reached.
+pub async fn call(
+    http: &reqwest::Client,
+    base: &str,
+    method: &str,
+    path: &str,
+    key: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let url = format!("{base}{path}");
+    let mut req = if method == "GET" {
+        http.get(url)
+    } else {
+        http.post(url)
+    };
+    req = req.bearer_auth(key).timeout(Duration::from_secs(15));
+    if let Some(b) = body {
+        req = req
+            .header("content-type", "application/json")
+            .body(b.to_string());
+    }
+    match req.send().await {
+        Ok(r) => {
+            let status = r.status().as_u16();
+            let text = r.text().await.unwrap_or_default();
+            (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+        }
+        Err(_) => (0, Value::Null),
+    }
 }

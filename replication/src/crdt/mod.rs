@@ -16,4 +16,6 @@ mod period;
 pub use counter::{PnCounter, Replica, Slot};
 pub use escrow::{Escrow, Insufficient};
 pub use id::{CounterId, DecodeError, Metric, Scope};
-pub use period::{PeriodSpec, RATE_WINDOW_MS, Window, days_from_civil, sliding_estimate};
+pub use period::{
+    PeriodSpec, RATE_WINDOW_MS, Window, civil_from_days, days_from_civil, sliding_estimate,
+};

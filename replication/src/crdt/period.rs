@@ -148,7 +148,7 @@ fn month_start(m: u64) -> u64 {
 
 /// Days since 1970-01-01 → (year, month 1..=12, day 1..=31), proleptic
 /// Gregorian (H. Hinnant's algorithm, restricted to dates from 1970).
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
+pub fn civil_from_days(days: u64) -> (u64, u64, u64) {
     let z = days + 719_468;
     let era = z / 146_097;
     let doe = z - era * 146_097;
