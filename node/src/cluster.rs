@@ -240,6 +240,9 @@ pub fn start_counters(
     let counters = Counters::open(region, node, store, durability, || rng.next_u64())
         .map_err(|e| Error::Internal(format!("opening counters: {e}")))?;
     let counters = Arc::new(counters);
+    // Requests in flight when this node last stopped are gone: free their
+    // `max_parallel_requests` slots.
+    let _ = counters.release_own(|id| id.metric == meridian_replication::crdt::Metric::Parallel);
     tokio::spawn(counters.clone().run_flusher(shutdown));
     Ok(counters)
 }

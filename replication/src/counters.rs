@@ -480,6 +480,26 @@ impl Counters {
         Ok(n)
     }
 
+    /// Gives back this node's whole net contribution to every counter
+    /// `which` selects. At start-up, for counts of work in flight: the
+    /// requests a previous run of this node admitted died with it.
+    pub fn release_own(&self, which: impl Fn(&CounterId) -> bool) -> Ticket {
+        let ids: Vec<CounterId> = self
+            .lock()
+            .counters
+            .keys()
+            .filter(|id| which(id))
+            .cloned()
+            .collect();
+        self.update(|t| {
+            for id in &ids {
+                let own = t.own(id);
+                t.add(id, 0, own.net());
+            }
+        })
+        .1
+    }
+
     /// How many counters this node holds.
     pub fn len(&self) -> usize {
         self.lock().counters.len()
@@ -643,6 +663,31 @@ mod tests {
             0,
         );
         assert_eq!(merged, 0, "a late delta for a collected period is ignored");
+    }
+
+    #[test]
+    fn work_in_flight_is_released_after_a_restart() {
+        let store = Arc::new(MemStore::new());
+        let c = open(&store, "us-east", 1);
+        let parallel = CounterId {
+            metric: Metric::Parallel,
+            window: Window::Lifetime,
+            period: 0,
+            ..id("k")
+        };
+        let _ = c.update(|t| {
+            t.add(&parallel, 3, 1);
+            t.add(&id("k"), 3, 0);
+        });
+        c.flush().unwrap();
+        let again = open(&store, "us-east", 1);
+        let _ = again.release_own(|id| id.metric == Metric::Parallel);
+        assert_eq!(again.read(|t| t.value(&parallel)), 0);
+        assert_eq!(
+            again.read(|t| t.value(&id("k"))),
+            3,
+            "other counters untouched"
+        );
     }
 
     #[tokio::test]
