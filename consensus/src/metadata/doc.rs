@@ -155,6 +155,20 @@ impl EntityDoc {
         if self.is_deleted() {
             return Err(DocError::Deleted);
         }
+        let ops = self.diff(new)?;
+        if ops.is_empty() {
+            return Ok(false);
+        }
+        self.commit(actor, at_ms, ops)?;
+        Ok(true)
+    }
+
+    /// The operations that make the record fields hold `new`: a put for each
+    /// field whose resolved value differs, a delete for each field `new` lacks.
+    fn diff(
+        &self,
+        new: &Map<String, Value>,
+    ) -> Result<BTreeMap<String, Option<ScalarValue>>, DocError> {
         let mut ops = BTreeMap::new();
         for (field, value) in new {
             check_field(field)?;
@@ -168,11 +182,46 @@ impl EntityDoc {
                 ops.insert(field, None);
             }
         }
+        Ok(ops)
+    }
+
+    /// Brings a deleted entity back as `record` (an id re-used after its
+    /// delete), as one change that removes every tombstone this replica has
+    /// seen. Like a causally-later unblock, it wins only over the deletes it
+    /// saw: a delete made concurrently elsewhere still wins after merging.
+    /// Returns whether anything changed (nothing does when not deleted and
+    /// already equal).
+    pub fn recreate(
+        &mut self,
+        actor: &Actor,
+        at_ms: u64,
+        record: &Map<String, Value>,
+    ) -> Result<bool, DocError> {
+        if record.is_empty() {
+            return Err(DocError::EmptyRecord);
+        }
+        let mut ops = self.diff(record)?;
+        if self.is_deleted() {
+            ops.insert(TOMBSTONE.to_owned(), None);
+        }
         if ops.is_empty() {
             return Ok(false);
         }
         self.commit(actor, at_ms, ops)?;
         Ok(true)
+    }
+
+    /// A document holding exactly the changes of a peer's
+    /// [`Self::changes_since`] (an entity this replica has never seen). Fails
+    /// on an empty batch: a document without changes holds no record.
+    pub fn from_changes(changes: &[u8]) -> Result<Self, DocError> {
+        let mut this = Self {
+            doc: automerge::Automerge::new(),
+        };
+        if !this.merge(changes)? {
+            return Err(DocError::Framing("no changes"));
+        }
+        Ok(this)
     }
 
     /// Marks the entity deleted, for good. Returns `false` (and makes no
@@ -746,6 +795,48 @@ mod tests {
         exchange(&mut ra, &mut rb);
         assert_eq!(record(&ra), None);
         assert_eq!(record(&rb), None);
+    }
+
+    #[test]
+    fn recreate_wins_over_the_deletes_it_saw_only() {
+        let mut ra = EntityDoc::new(&a(), T0, &key()).unwrap();
+        let mut rb = fork(&ra);
+        ra.delete(&a(), T0 + 1).unwrap();
+        exchange(&mut ra, &mut rb);
+        // B re-creates the id after seeing the delete: it is back everywhere.
+        let again = with(&key(), json!({"rpm_limit": 1}));
+        assert!(rb.recreate(&b(), T0 + 2, &again).unwrap());
+        assert_eq!(record(&rb).unwrap(), again);
+        exchange(&mut ra, &mut rb);
+        assert_eq!(record(&ra).unwrap(), again);
+        // A delete concurrent with a re-create still wins.
+        let mut rc = fork(&ra);
+        ra.delete(&a(), T0 + 3).unwrap();
+        rc.delete(&c(), T0 + 3).unwrap();
+        exchange(&mut ra, &mut rc);
+        let mut rd = fork(&ra);
+        rb.recreate(&b(), T0 + 4, &key()).unwrap(); // saw neither delete
+        let d = Actor::for_region("sa-east");
+        assert!(rd.recreate(&d, T0 + 4, &key()).unwrap()); // saw both
+        exchange(&mut ra, &mut rb);
+        assert_eq!(record(&ra), None);
+        exchange(&mut rd, &mut ra);
+        assert_eq!(record(&ra).unwrap(), key());
+        // Nothing to do: no change.
+        let heads = ra.heads();
+        assert!(!ra.recreate(&a(), T0 + 5, &key()).unwrap());
+        assert_eq!(ra.heads(), heads);
+    }
+
+    #[test]
+    fn from_changes_rebuilds_a_peer_document() {
+        let mut doc = EntityDoc::new(&a(), T0, &key()).unwrap();
+        doc.delete(&a(), T0 + 1).unwrap();
+        let copy = EntityDoc::from_changes(&doc.changes_since(&[])).unwrap();
+        assert_eq!(copy.heads(), doc.heads());
+        assert!(copy.is_deleted());
+        assert!(EntityDoc::from_changes(&[]).is_err());
+        assert!(EntityDoc::from_changes(b"garbage").is_err());
     }
 
     #[test]
