@@ -14,13 +14,13 @@ use openraft::raft::linearizable_read::ReadLogId;
 use openraft::{ChangeMembers, Raft, ReadPolicy, ServerState};
 use serde::{Deserialize, Serialize};
 
-use crate::Error;
 use crate::metadata::{Command, MetadataState, Outcome, Proposal};
 use crate::raft::state_machine::SharedState;
 use crate::raft::{LogStore, Member, Runtime, StateMachine, TypeConfig};
 use crate::transport::{
     ForwardReply, Network, RpcKind, SnapshotMessage, Transport, TransportError, call,
 };
+use crate::{Error, RegionId};
 
 /// How long a proposal may wait for a leader (an election takes ~1 s).
 const PROPOSE_DEADLINE: Duration = Duration::from_secs(10);
@@ -28,6 +28,10 @@ const RPC_DEADLINE: Duration = Duration::from_secs(5);
 
 #[derive(Clone, Debug)]
 pub struct RegionConfig {
+    /// The region's name (`us-east`): every node of a region must give the
+    /// same one. Its metadata documents' changes are made as this name's
+    /// automerge actor, and other regions' changes are merged under it.
+    pub region: RegionId,
     pub node_id: u64,
     /// The voters a fresh region starts with (from config). The one with the
     /// lowest id bootstraps the region, once; the others wait to hear from it.
@@ -41,8 +45,10 @@ pub struct RegionConfig {
 }
 
 impl RegionConfig {
-    pub fn single(node_id: u64, member: Member) -> Self {
+    /// A region of one node, named `region`.
+    pub fn single(region: RegionId, node_id: u64, member: Member) -> Self {
         Self {
+            region,
             node_id,
             initial_members: BTreeMap::from([(node_id, member)]),
             seed: node_id,
@@ -55,6 +61,7 @@ impl RegionConfig {
 
 #[derive(Clone)]
 pub struct Region {
+    name: RegionId,
     raft: Raft<TypeConfig, StateMachine>,
     state: SharedState,
     transport: Arc<dyn Transport>,
@@ -97,7 +104,8 @@ impl Region {
         store: Arc<dyn Store>,
         transport: Arc<dyn Transport>,
     ) -> Result<Self, Error> {
-        let sm = StateMachine::open(store.clone()).map_err(|e| Error::Storage(e.to_string()))?;
+        let sm = StateMachine::open(store.clone(), config.region.as_str())
+            .map_err(|e| Error::Storage(e.to_string()))?;
         let state = sm.shared_state();
         let raft_config = openraft::Config {
             heartbeat_interval: config.heartbeat.as_millis() as u64,
@@ -126,6 +134,7 @@ impl Region {
         .await
         .map_err(fatal)?;
         let region = Self {
+            name: config.region.clone(),
             raft,
             state,
             transport,
@@ -143,6 +152,19 @@ impl Region {
 
     pub fn node_id(&self) -> u64 {
         self.node_id
+    }
+
+    /// The region's name.
+    pub fn name(&self) -> &RegionId {
+        &self.name
+    }
+
+    /// Whether this node is the region's leader now (it may learn otherwise
+    /// at any moment).
+    pub fn is_leader(&self) -> bool {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow_watched();
+        m.state == ServerState::Leader && m.current_leader == Some(self.node_id)
     }
 
     /// The applied metadata. Reads are local: they may trail the leader by the

@@ -13,7 +13,7 @@ use meridian_consensus::grpc::{self, GrpcTransport};
 use meridian_consensus::metadata::{Command, Kind, Outcome, Proposal};
 use meridian_consensus::raft::Member;
 use meridian_consensus::transport::{RpcKind, Transport, TransportError};
-use meridian_consensus::{Region, RegionConfig};
+use meridian_consensus::{Region, RegionConfig, RegionId};
 use meridian_link::{ClusterSecret, Dialer, SECRET_HEADER};
 use meridian_proto::raft::v1::RaftRequest;
 use meridian_proto::raft::v1::raft_client::RaftClient;
@@ -90,6 +90,7 @@ async fn start_region() -> Vec<Node> {
     let mut nodes = Vec::new();
     for (id, listener) in (1..).zip(listeners) {
         let config = RegionConfig {
+            region: RegionId::new(REGION),
             node_id: id,
             initial_members: members.clone(),
             seed: id,

@@ -14,7 +14,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use meridian_consensus::grpc::raft_service;
 use meridian_consensus::metadata::{Command, Kind, Outcome};
 use meridian_consensus::raft::Member;
-use meridian_consensus::{Error, Region, RegionConfig};
+use meridian_consensus::{Error, Region, RegionConfig, RegionId};
 use meridian_sim::{peer_transport, serve_peers};
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
@@ -154,6 +154,7 @@ fn run(seed: u64, split_brain: bool) -> Checked<Vec<u64>> {
                     })
                     .collect();
                 let config = RegionConfig {
+                    region: RegionId::new("sim"),
                     node_id: id,
                     initial_members: members,
                     seed: seed * 10 + id,

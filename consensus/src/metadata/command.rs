@@ -99,6 +99,79 @@ pub enum Command {
         new_token: String,
         key_name: String,
     },
+    /// Merges another region's document changes (cross-region metadata
+    /// sync): `entities` hold every document `source` changed after its
+    /// change number `since`, up to `through`. Each document is merged (made
+    /// if absent) and its record re-derived: added, changed or, when the
+    /// merged document is deleted, removed. All or nothing: one undecodable
+    /// batch or invalid merged record refuses the whole command.
+    ///
+    /// Also advances how far `source` is known to be merged (its sync cursor)
+    /// to `through`, when `since` does not leave a gap. Answered with
+    /// `Done { records: [MergeSummary], .. }`. Time plays no part: `at_ms`
+    /// is ignored.
+    MergeRemote {
+        source: String,
+        since: u64,
+        through: u64,
+        entities: Vec<RemoteChanges>,
+    },
+}
+
+/// One document's changes from another region.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteChanges {
+    pub kind: Kind,
+    pub id: String,
+    /// [`EntityDoc::changes_since`](super::EntityDoc::changes_since) of the
+    /// source's document (base64 in the log).
+    #[serde(with = "base64_bytes")]
+    pub changes: Vec<u8>,
+    /// The source's heads for the document (hex). When the merged document
+    /// has exactly these heads, the source holds all of it and is not sent
+    /// it back. Optional: without them the document is echoed once.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub heads: Vec<String>,
+}
+
+/// What applying [`Command::MergeRemote`] did (its outcome's one record).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MergeSummary {
+    pub source: String,
+    /// The source's change number through which everything is merged.
+    pub cursor: u64,
+    /// Documents the batch changed.
+    pub merged: u64,
+}
+
+impl MergeSummary {
+    /// The summary in a `MergeRemote` outcome; `None` for any other outcome.
+    pub fn from_outcome(outcome: &Outcome) -> Option<Self> {
+        match outcome {
+            Outcome::Done { records, .. } => records
+                .first()
+                .and_then(|r| serde_json::from_value(r.clone()).ok()),
+            Outcome::Refused { .. } => None,
+        }
+    }
+}
+
+/// Bytes as standard base64 in JSON (the Raft log and snapshots are JSON).
+pub(crate) mod base64_bytes {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&STANDARD.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        STANDARD
+            .decode(text.as_bytes())
+            .map_err(serde::de::Error::custom)
+    }
 }
 
 /// The outcome of applying a command, returned to the proposer.

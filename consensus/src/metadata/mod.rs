@@ -6,7 +6,9 @@ pub mod doc;
 pub mod records;
 pub mod state;
 
-pub use command::{Command, Kind, Outcome, Proposal, Refusal};
+pub use command::{Command, Kind, MergeSummary, Outcome, Proposal, Refusal, RemoteChanges};
 pub use doc::{Actor, DocError, EntityDoc};
 pub use records::*;
-pub use state::{Change, MetadataState, id_field, token_bytes};
+pub use state::{
+    Change, MetadataState, Outbox, OutgoingDoc, Plan, StoredDoc, id_field, token_bytes,
+};

@@ -1,15 +1,43 @@
-//! The applied metadata: typed records in memory, and the changes that make
-//! them durable. Pure: applying a command touches no I/O; the caller writes the
-//! returned [`Change`]s in the same batch as the applied-log marker.
+//! The applied metadata: typed records in memory, each entity's document, and
+//! the changes that make them durable. Pure: applying a command touches no
+//! I/O; the caller writes the returned [`Change`]s in the same batch as the
+//! applied-log marker.
+//!
+//! # Plan, then commit
+//!
+//! Applying a proposal has two steps. [`MetadataState::plan`] only reads: it
+//! checks the command, builds the new records and makes the documents' new
+//! changes (loading, changing and saving automerge documents is the costly
+//! part, ~0.1-1 ms each). [`MetadataState::commit`] installs the plan: map
+//! inserts only. The state machine plans under the read lock and commits
+//! under the write lock, so a large merge does not stall authentication;
+//! [`MetadataState::apply`] does both.
+//!
+//! # Documents
+//!
+//! Every entity the region ever held has an [`EntityDoc`] (see `doc`), kept as
+//! its saved bytes: an automerge document in memory costs ~19 KB, saved ~0.4
+//! KB. A deleted entity keeps its document, tombstoned, so that another
+//! region's concurrent edit cannot bring it back. Local commands change the
+//! documents as the region's [`Actor`] at the proposal's `at_ms`, so every
+//! replica of the region holds byte-identical documents;
+//! [`Command::MergeRemote`] merges other regions' changes and re-derives the
+//! records from the merged documents.
+//!
+//! Every document change takes the state's next *change number* (`seq`),
+//! identical on every replica; the cross-region sync sends the documents
+//! changed after the number a remote region has acknowledged (its cursor,
+//! which the remote region keeps in its own state: [`Self::sync_cursor`]).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
-use super::command::{Command, Kind, Outcome, Proposal, Refusal};
+use super::command::{Command, Kind, MergeSummary, Outcome, Proposal, Refusal, RemoteChanges};
+use super::doc::{Actor, DocError, EntityDoc};
 use super::records::{
     BudgetRecord, CustomerRecord, KeyRecord, ModelRecord, TeamRecord, UserRecord,
 };
@@ -26,6 +54,17 @@ pub enum Change {
         kind: Kind,
         id: String,
     },
+    /// An entity's document, as [`StoredDoc::encode`] writes it.
+    Doc {
+        kind: Kind,
+        id: String,
+        bytes: Vec<u8>,
+    },
+    /// How far another region's changes are merged.
+    Cursor {
+        region: String,
+        seq: u64,
+    },
 }
 
 /// Hands out model generations: every state and every change to its models
@@ -36,9 +75,102 @@ fn next_generation() -> u64 {
     MODEL_GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
-/// Every record of the region, as of some applied log index.
+/// An entity: its kind and id (a key's id is its token).
+type EntityKey = (Kind, Arc<str>);
+
+/// One entity's document as the state keeps it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredDoc {
+    /// The state's change number at the document's last change.
+    pub seq: u64,
+    /// The region whose merge made the document what it is, when that
+    /// region's document was then exactly this one: it needs nothing back.
+    pub echo: Option<Arc<str>>,
+    /// [`EntityDoc::save`].
+    pub saved: Box<[u8]>,
+}
+
+impl StoredDoc {
+    const FORMAT: u8 = 1;
+
+    /// `[format][seq: u64 BE][echo length: u8][echo][saved document]`.
+    pub fn encode(&self) -> Vec<u8> {
+        let echo = self.echo.as_deref().unwrap_or("").as_bytes();
+        let mut out = Vec::with_capacity(10 + echo.len() + self.saved.len());
+        out.push(Self::FORMAT);
+        out.extend_from_slice(&self.seq.to_be_bytes());
+        // Region names are validated short (`MergeRemote` refuses longer).
+        out.push(u8::try_from(echo.len()).unwrap_or(0));
+        if echo.len() <= usize::from(u8::MAX) {
+            out.extend_from_slice(echo);
+        }
+        out.extend_from_slice(&self.saved);
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, String> {
+        let [format, rest @ ..] = bytes else {
+            return Err("empty".into());
+        };
+        if *format != Self::FORMAT {
+            return Err(format!("unknown document format {format}"));
+        }
+        let (seq, rest) = rest
+            .split_first_chunk::<8>()
+            .ok_or("truncated change number")?;
+        let (len, rest) = rest.split_first().ok_or("truncated echo")?;
+        let len = usize::from(*len);
+        if rest.len() < len {
+            return Err("truncated echo".into());
+        }
+        let (echo, saved) = rest.split_at(len);
+        let echo = std::str::from_utf8(echo).map_err(|e| e.to_string())?;
+        Ok(Self {
+            seq: u64::from_be_bytes(*seq),
+            echo: (!echo.is_empty()).then(|| Arc::from(echo)),
+            saved: saved.into(),
+        })
+    }
+}
+
+/// A document to send to another region.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutgoingDoc {
+    pub kind: Kind,
+    pub id: String,
+    /// [`EntityDoc::save`]: load it to take its changes.
+    pub saved: Vec<u8>,
+}
+
+/// The documents to send to a region, and the change number they cover:
+/// every document changed after the requested number and up to `through`
+/// is in `docs`, or needs nothing sent.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Outbox {
+    pub through: u64,
+    pub docs: Vec<OutgoingDoc>,
+}
+
+/// Bounds on one [`Outbox`].
+#[derive(Clone, Copy, Debug)]
+pub struct OutboxLimits {
+    pub max_docs: usize,
+    /// Saved document bytes (changes are about the same size).
+    pub max_bytes: usize,
+    /// Documents looked at, sent or not (bounds the time under the lock).
+    pub max_scan: usize,
+}
+
+/// A region name longer than this is refused (it is stored with documents).
+const MAX_REGION_NAME: usize = 64;
+
+/// Every record of the region, as of some applied log index, and every
+/// entity's document.
 #[derive(Clone, Debug)]
 pub struct MetadataState {
+    /// This region's name; its documents' changes are made as its actor.
+    region: Arc<str>,
+    actor: Actor,
     /// Changes whenever `models` may have (node-local; not replicated).
     models_generation: u64,
     /// By token hash bytes: the authentication path's O(1) lookup.
@@ -48,6 +180,16 @@ pub struct MetadataState {
     customers: BTreeMap<String, Arc<CustomerRecord>>,
     budgets: BTreeMap<String, Arc<BudgetRecord>>,
     models: BTreeMap<String, Arc<ModelRecord>>,
+    docs: HashMap<EntityKey, StoredDoc>,
+    /// Each document by its change number (only its latest).
+    by_seq: BTreeMap<u64, EntityKey>,
+    /// The latest change number handed out.
+    seq: u64,
+    /// Per remote region: its change number through which its changes are
+    /// merged here.
+    cursors: BTreeMap<String, u64>,
+    /// Region names that documents' `echo` share.
+    names: BTreeSet<Arc<str>>,
 }
 
 /// Parses a hex SHA-256 token.
@@ -62,9 +204,89 @@ pub fn token_bytes(token: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
-impl Default for MetadataState {
-    fn default() -> Self {
+fn to_json<T: Serialize>(record: &T) -> Value {
+    serde_json::to_value(record).unwrap_or(Value::Null)
+}
+
+/// A parsed record, ready to install.
+#[derive(Clone, Debug)]
+enum Typed {
+    Key([u8; 32], Arc<KeyRecord>),
+    Team(Arc<TeamRecord>),
+    User(Arc<UserRecord>),
+    Customer(Arc<CustomerRecord>),
+    Budget(Arc<BudgetRecord>),
+    Model(Arc<ModelRecord>),
+}
+
+/// Parses `json` as `kind`'s record named `id`; returns it and its canonical
+/// JSON (re-serialized, so defaults are explicit and every replica holds the
+/// same bytes).
+fn parse_typed(kind: Kind, id: &str, json: Value) -> Result<(Typed, Value), String> {
+    fn parse<T: DeserializeOwned + Serialize>(json: Value) -> Result<(Arc<T>, Value), String> {
+        let record: T = serde_json::from_value(json).map_err(|e| e.to_string())?;
+        let canonical = to_json(&record);
+        Ok((Arc::new(record), canonical))
+    }
+    Ok(match kind {
+        Kind::Key => {
+            let hash = token_bytes(id).ok_or("a key's token must be hex SHA-256")?;
+            let (r, j) = parse(json)?;
+            (Typed::Key(hash, r), j)
+        }
+        Kind::Team => parse(json).map(|(r, j)| (Typed::Team(r), j))?,
+        Kind::User => parse(json).map(|(r, j)| (Typed::User(r), j))?,
+        Kind::Customer => parse(json).map(|(r, j)| (Typed::Customer(r), j))?,
+        Kind::Budget => parse(json).map(|(r, j)| (Typed::Budget(r), j))?,
+        Kind::Model => parse(json).map(|(r, j)| (Typed::Model(r), j))?,
+    })
+}
+
+/// One effect of a plan.
+#[derive(Clone, Debug)]
+enum Effect {
+    Put {
+        kind: Kind,
+        id: String,
+        typed: Typed,
+        json: Vec<u8>,
+    },
+    Remove {
+        kind: Kind,
+        id: String,
+    },
+    Doc {
+        kind: Kind,
+        id: Arc<str>,
+        doc: StoredDoc,
+    },
+    Cursor {
+        region: String,
+        seq: u64,
+    },
+}
+
+/// What applying one proposal does, computed without changing the state
+/// ([`MetadataState::plan`]); install it with [`MetadataState::commit`] on
+/// the same state, before any other commit.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    outcome: Outcome,
+    effects: Vec<Effect>,
+}
+
+impl Plan {
+    pub fn outcome(&self) -> &Outcome {
+        &self.outcome
+    }
+}
+
+impl MetadataState {
+    /// The empty state of region `region`.
+    pub fn new(region: &str) -> Self {
         Self {
+            region: Arc::from(region),
+            actor: Actor::for_region(region),
             models_generation: next_generation(),
             keys: HashMap::new(),
             teams: BTreeMap::new(),
@@ -72,15 +294,19 @@ impl Default for MetadataState {
             customers: BTreeMap::new(),
             budgets: BTreeMap::new(),
             models: BTreeMap::new(),
+            docs: HashMap::new(),
+            by_seq: BTreeMap::new(),
+            seq: 0,
+            cursors: BTreeMap::new(),
+            names: BTreeSet::new(),
         }
     }
-}
 
-fn to_json<T: Serialize>(record: &T) -> Value {
-    serde_json::to_value(record).unwrap_or(Value::Null)
-}
+    /// This region's name.
+    pub fn region(&self) -> &str {
+        &self.region
+    }
 
-impl MetadataState {
     pub fn key_by_hash(&self, hash: &[u8; 32]) -> Option<&Arc<KeyRecord>> {
         self.keys.get(hash)
     }
@@ -149,120 +375,134 @@ impl MetadataState {
         }
     }
 
-    /// Applies one proposal. Deterministic: the result depends only on the
-    /// state and the proposal.
-    pub fn apply(&mut self, proposal: &Proposal) -> (Outcome, Vec<Change>) {
-        let now = proposal.at_ms / 1000;
-        let mut changes = Vec::new();
-        let outcome = match &proposal.command {
-            Command::Create { kind, record } => self.create(*kind, record, now, &mut changes),
-            Command::Update { kind, id, patch } => self.update(*kind, id, patch, now, &mut changes),
-            Command::Delete { kind, ids } => {
-                let (mut removed, mut missing) = (Vec::new(), Vec::new());
-                for id in ids {
-                    match self.remove(*kind, id) {
-                        Some(record) => {
-                            changes.push(Change::Delete {
-                                kind: *kind,
-                                id: id.clone(),
-                            });
-                            removed.push(record);
-                        }
-                        None => missing.push(id.clone()),
-                    }
-                }
-                Outcome::Done {
-                    records: removed,
-                    missing,
-                }
-            }
-            Command::AddMember {
-                team_id,
-                user_id,
-                role,
-            } => {
-                let mut patch = Map::new();
-                let Some(team) = self.teams.get(team_id) else {
-                    return (
-                        Outcome::refused(
-                            Refusal::NotFound,
-                            format!("team `{team_id}` does not exist"),
-                        ),
-                        changes,
-                    );
-                };
-                let mut members = team.members.clone();
-                members.insert(user_id.clone(), *role);
-                patch.insert("members".into(), to_json(&members));
-                self.update(Kind::Team, team_id, &patch, now, &mut changes)
-            }
-            Command::RemoveMember { team_id, user_id } => {
-                let Some(team) = self.teams.get(team_id) else {
-                    return (
-                        Outcome::refused(
-                            Refusal::NotFound,
-                            format!("team `{team_id}` does not exist"),
-                        ),
-                        changes,
-                    );
-                };
-                if !team.members.contains_key(user_id) {
-                    return (
-                        Outcome::refused(
-                            Refusal::NotFound,
-                            format!("`{user_id}` is not a member of team `{team_id}`"),
-                        ),
-                        changes,
-                    );
-                }
-                let mut members = team.members.clone();
-                members.remove(user_id);
-                let mut patch = Map::new();
-                patch.insert("members".into(), to_json(&members));
-                self.update(Kind::Team, team_id, &patch, now, &mut changes)
-            }
-            Command::Regenerate {
-                old_token,
-                new_token,
-                key_name,
-            } => {
-                let (Some(old), Some(new_hash)) = (token_bytes(old_token), token_bytes(new_token))
-                else {
-                    return (
-                        Outcome::refused(Refusal::Invalid, "tokens must be hex SHA-256"),
-                        changes,
-                    );
-                };
-                if self.keys.contains_key(&new_hash) {
-                    return (
-                        Outcome::refused(Refusal::AlreadyExists, "the new key already exists"),
-                        changes,
-                    );
-                }
-                let Some(record) = self.keys.remove(&old) else {
-                    return (
-                        Outcome::refused(Refusal::NotFound, "key not found"),
-                        changes,
-                    );
-                };
-                let mut record = (*record).clone();
-                record.token = new_token.clone();
-                record.key_name = key_name.clone();
-                record.updated_at = now;
-                changes.push(Change::Delete {
-                    kind: Kind::Key,
-                    id: old_token.clone(),
-                });
-                changes.push(put(Kind::Key, new_token, &record));
-                let json = to_json(&record);
-                self.keys.insert(new_hash, Arc::new(record));
-                Outcome::Done {
-                    records: vec![json],
-                    missing: vec![],
-                }
-            }
+    /// An entity's document (deleted entities included).
+    pub fn document(&self, kind: Kind, id: &str) -> Option<Result<EntityDoc, DocError>> {
+        self.docs
+            .get(&(kind, Arc::from(id)))
+            .map(|d| EntityDoc::load(&d.saved))
+    }
+
+    /// How many documents the state holds (deleted entities included).
+    pub fn document_count(&self) -> usize {
+        self.docs.len()
+    }
+
+    /// The latest change number: it grows with every document change.
+    pub fn change_seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// The change number of `region` through which its changes are merged
+    /// here (0: none yet).
+    pub fn sync_cursor(&self, region: &str) -> u64 {
+        self.cursors.get(region).copied().unwrap_or(0)
+    }
+
+    /// Every sync cursor.
+    pub fn sync_cursors(&self) -> &BTreeMap<String, u64> {
+        &self.cursors
+    }
+
+    /// The documents to send to `to_region`, which holds this region's
+    /// changes through change number `after`: those changed since, in change
+    /// order, within `limits`. A document whose last change merged exactly
+    /// what `to_region` sent is covered but not sent (no echo).
+    pub fn outbox(&self, after: u64, to_region: &str, limits: OutboxLimits) -> Outbox {
+        let mut out = Outbox {
+            through: self.seq.max(after),
+            docs: Vec::new(),
         };
-        (outcome, changes)
+        let (mut bytes, mut scanned) = (0usize, 0usize);
+        for (seq, key) in self.by_seq.range(after.saturating_add(1)..) {
+            if out.docs.len() >= limits.max_docs
+                || bytes >= limits.max_bytes
+                || scanned >= limits.max_scan
+            {
+                // Everything before this document is covered.
+                out.through = seq - 1;
+                break;
+            }
+            scanned += 1;
+            let Some(doc) = self.docs.get(key) else {
+                continue;
+            };
+            if doc.echo.as_deref() == Some(to_region) {
+                continue;
+            }
+            bytes += doc.saved.len();
+            out.docs.push(OutgoingDoc {
+                kind: key.0,
+                id: key.1.to_string(),
+                saved: doc.saved.to_vec(),
+            });
+        }
+        out
+    }
+
+    /// Applies one proposal: [`Self::plan`], then [`Self::commit`].
+    /// Deterministic: the result depends only on the state and the proposal.
+    pub fn apply(&mut self, proposal: &Proposal) -> (Outcome, Vec<Change>) {
+        let plan = self.plan(proposal);
+        self.commit(plan)
+    }
+
+    /// What applying `proposal` would do. Deterministic; reads only. A
+    /// refused command's plan changes nothing.
+    pub fn plan(&self, proposal: &Proposal) -> Plan {
+        let mut planner = Planner {
+            state: self,
+            at_ms: proposal.at_ms,
+            now: proposal.at_ms / 1000,
+            next_seq: self.seq,
+            effects: Vec::new(),
+        };
+        match planner.command(&proposal.command) {
+            Ok(outcome) => Plan {
+                outcome,
+                effects: planner.effects,
+            },
+            Err(refused) => Plan {
+                outcome: refused,
+                effects: Vec::new(),
+            },
+        }
+    }
+
+    /// Installs a plan made by [`Self::plan`] on this state as it is now;
+    /// returns its outcome and the durable changes to write.
+    pub fn commit(&mut self, plan: Plan) -> (Outcome, Vec<Change>) {
+        let mut changes = Vec::with_capacity(plan.effects.len());
+        for effect in plan.effects {
+            match effect {
+                Effect::Put {
+                    kind,
+                    id,
+                    typed,
+                    json,
+                } => {
+                    self.install(&id, typed);
+                    changes.push(Change::Put { kind, id, json });
+                }
+                Effect::Remove { kind, id } => {
+                    self.remove(kind, &id);
+                    changes.push(Change::Delete { kind, id });
+                }
+                Effect::Doc { kind, id, mut doc } => {
+                    doc.echo = doc.echo.map(|name| self.intern(&name));
+                    changes.push(Change::Doc {
+                        kind,
+                        id: id.to_string(),
+                        bytes: doc.encode(),
+                    });
+                    self.install_doc((kind, id), doc);
+                }
+                Effect::Cursor { region, seq } => {
+                    self.cursors.insert(region.clone(), seq);
+                    changes.push(Change::Cursor { region, seq });
+                }
+            }
+        }
+        (plan.outcome, changes)
     }
 
     fn exists(&self, kind: Kind, id: &str) -> bool {
@@ -276,135 +516,64 @@ impl MetadataState {
         }
     }
 
-    fn create(
-        &mut self,
-        kind: Kind,
-        record: &Value,
-        now: u64,
-        changes: &mut Vec<Change>,
-    ) -> Outcome {
-        let mut record = match record {
-            Value::Object(m) => m.clone(),
-            _ => return Outcome::refused(Refusal::Invalid, "a record must be an object"),
-        };
-        record.insert("created_at".into(), now.into());
-        record.insert("updated_at".into(), now.into());
-        let Some(id) = record
-            .get(id_field(kind))
-            .and_then(Value::as_str)
-            .map(str::to_owned)
-        else {
-            return Outcome::refused(
-                Refusal::Invalid,
-                format!("{} needs `{}`", kind.noun(), id_field(kind)),
-            );
-        };
-        if self.exists(kind, &id) {
-            return Outcome::refused(
-                Refusal::AlreadyExists,
-                format!("{} `{id}` already exists", kind.noun()),
-            );
-        }
-        self.store(kind, &id, Value::Object(record), changes)
-    }
-
-    fn update(
-        &mut self,
-        kind: Kind,
-        id: &str,
-        patch: &Map<String, Value>,
-        now: u64,
-        changes: &mut Vec<Change>,
-    ) -> Outcome {
-        let Some(Value::Object(mut record)) = self.get_json(kind, id) else {
-            return Outcome::refused(
-                Refusal::NotFound,
-                format!("{} `{id}` does not exist", kind.noun()),
-            );
-        };
-        for (field, value) in patch {
-            // Identity and history are not the caller's to change.
-            if field == id_field(kind) || field == "created_at" {
-                continue;
+    fn install(&mut self, id: &str, typed: Typed) {
+        match typed {
+            Typed::Key(hash, r) => {
+                self.keys.insert(hash, r);
             }
-            record.insert(field.clone(), value.clone());
-        }
-        record.insert("updated_at".into(), now.into());
-        self.store(kind, id, Value::Object(record), changes)
-    }
-
-    /// Parses `json` as `kind`'s record and installs it. What is stored and
-    /// returned is the record re-serialized, so defaults are explicit and every
-    /// replica holds the same bytes.
-    fn store(&mut self, kind: Kind, id: &str, json: Value, changes: &mut Vec<Change>) -> Outcome {
-        fn parse<T: DeserializeOwned + Serialize>(json: Value) -> Result<(Arc<T>, Value), Outcome> {
-            let record: T = serde_json::from_value(json)
-                .map_err(|e| Outcome::refused(Refusal::Invalid, e.to_string()))?;
-            let canonical = to_json(&record);
-            Ok((Arc::new(record), canonical))
-        }
-        let result = match kind {
-            Kind::Key => match token_bytes(id) {
-                None => Err(Outcome::refused(
-                    Refusal::Invalid,
-                    "a key's token must be hex SHA-256",
-                )),
-                Some(hash) => parse(json).map(|(r, j)| {
-                    self.keys.insert(hash, r);
-                    j
-                }),
-            },
-            Kind::Team => parse(json).map(|(r, j)| {
+            Typed::Team(r) => {
                 self.teams.insert(id.to_owned(), r);
-                j
-            }),
-            Kind::User => parse(json).map(|(r, j)| {
+            }
+            Typed::User(r) => {
                 self.users.insert(id.to_owned(), r);
-                j
-            }),
-            Kind::Customer => parse(json).map(|(r, j)| {
+            }
+            Typed::Customer(r) => {
                 self.customers.insert(id.to_owned(), r);
-                j
-            }),
-            Kind::Budget => parse(json).map(|(r, j)| {
+            }
+            Typed::Budget(r) => {
                 self.budgets.insert(id.to_owned(), r);
-                j
-            }),
-            Kind::Model => parse(json).map(|(r, j)| {
+            }
+            Typed::Model(r) => {
                 self.models.insert(id.to_owned(), r);
                 self.models_generation = next_generation();
-                j
-            }),
-        };
-        match result {
-            Err(refused) => refused,
-            Ok(json) => {
-                changes.push(Change::Put {
-                    kind,
-                    id: id.to_owned(),
-                    json: json.to_string().into_bytes(),
-                });
-                Outcome::Done {
-                    records: vec![json],
-                    missing: vec![],
-                }
             }
         }
     }
 
-    fn remove(&mut self, kind: Kind, id: &str) -> Option<Value> {
+    fn remove(&mut self, kind: Kind, id: &str) {
         match kind {
-            Kind::Key => token_bytes(id)
-                .and_then(|h| self.keys.remove(&h))
-                .map(|r| to_json(&*r)),
-            Kind::Team => self.teams.remove(id).map(|r| to_json(&*r)),
-            Kind::User => self.users.remove(id).map(|r| to_json(&*r)),
-            Kind::Customer => self.customers.remove(id).map(|r| to_json(&*r)),
-            Kind::Budget => self.budgets.remove(id).map(|r| to_json(&*r)),
-            Kind::Model => self.models.remove(id).map(|r| {
+            Kind::Key => {
+                if let Some(h) = token_bytes(id) {
+                    self.keys.remove(&h);
+                }
+            }
+            Kind::Team => {
+                self.teams.remove(id);
+            }
+            Kind::User => {
+                self.users.remove(id);
+            }
+            Kind::Customer => {
+                self.customers.remove(id);
+            }
+            Kind::Budget => {
+                self.budgets.remove(id);
+            }
+            Kind::Model => {
+                self.models.remove(id);
                 self.models_generation = next_generation();
-                to_json(&*r)
-            }),
+            }
+        }
+    }
+
+    fn install_doc(&mut self, key: EntityKey, doc: StoredDoc) {
+        let seq = doc.seq;
+        self.seq = self.seq.max(seq);
+        self.by_seq.insert(seq, key.clone());
+        if let Some(old) = self.docs.insert(key, doc)
+            && old.seq != seq
+        {
+            self.by_seq.remove(&old.seq);
         }
     }
 
@@ -444,6 +613,96 @@ impl MetadataState {
         Ok(())
     }
 
+    /// Installs a document read back from storage or a snapshot
+    /// ([`StoredDoc::encode`] bytes).
+    pub fn load_doc(&mut self, kind: Kind, id: &str, bytes: &[u8]) -> Result<(), String> {
+        let mut doc = StoredDoc::decode(bytes)
+            .map_err(|e| format!("{} `{id}`'s document: {e}", kind.noun()))?;
+        // One allocation per region name, not per document.
+        doc.echo = doc.echo.map(|name| self.intern(&name));
+        self.install_doc((kind, Arc::from(id)), doc);
+        Ok(())
+    }
+
+    /// Installs a sync cursor read back from storage or a snapshot.
+    pub fn load_cursor(&mut self, region: &str, seq: u64) {
+        self.cursors.insert(region.to_owned(), seq);
+    }
+
+    fn intern(&mut self, name: &str) -> Arc<str> {
+        match self.names.get(name) {
+            Some(name) => name.clone(),
+            None => {
+                let name: Arc<str> = Arc::from(name);
+                self.names.insert(name.clone());
+                name
+            }
+        }
+    }
+
+    /// Gives a document to every record that has none (records stored before
+    /// documents existed), made at the record's `updated_at`; returns the
+    /// changes to write. Run after loading; usually does nothing.
+    pub fn adopt_records(&mut self) -> Vec<Change> {
+        let mut missing: Vec<(Kind, String)> = Vec::new();
+        let has = |docs: &HashMap<EntityKey, StoredDoc>, kind: Kind, id: &str| {
+            docs.contains_key(&(kind, Arc::from(id)))
+        };
+        for key in self.keys.values() {
+            if !has(&self.docs, Kind::Key, &key.token) {
+                missing.push((Kind::Key, key.token.clone()));
+            }
+        }
+        fn others<T>(
+            out: &mut Vec<(Kind, String)>,
+            docs: &HashMap<EntityKey, StoredDoc>,
+            kind: Kind,
+            m: &BTreeMap<String, Arc<T>>,
+        ) {
+            out.extend(
+                m.keys()
+                    .filter(|id| !docs.contains_key(&(kind, Arc::from(id.as_str()))))
+                    .map(|id| (kind, id.clone())),
+            );
+        }
+        others(&mut missing, &self.docs, Kind::Team, &self.teams);
+        others(&mut missing, &self.docs, Kind::User, &self.users);
+        others(&mut missing, &self.docs, Kind::Customer, &self.customers);
+        others(&mut missing, &self.docs, Kind::Budget, &self.budgets);
+        others(&mut missing, &self.docs, Kind::Model, &self.models);
+        missing.sort();
+        let mut changes = Vec::new();
+        for (kind, id) in missing {
+            let Some(Value::Object(record)) = self.get_json(kind, &id) else {
+                continue;
+            };
+            let at_ms = record
+                .get("updated_at")
+                .and_then(Value::as_u64)
+                .unwrap_or(0)
+                .saturating_mul(1000);
+            match EntityDoc::new(&self.actor, at_ms, &record) {
+                Ok(doc) => {
+                    let stored = StoredDoc {
+                        seq: self.seq + 1,
+                        echo: None,
+                        saved: doc.save().into_boxed_slice(),
+                    };
+                    changes.push(Change::Doc {
+                        kind,
+                        id: id.clone(),
+                        bytes: stored.encode(),
+                    });
+                    self.install_doc((kind, Arc::from(id.as_str())), stored);
+                }
+                Err(e) => {
+                    tracing::warn!(kind = kind.noun(), %id, error = %e, "no document for a stored record")
+                }
+            }
+        }
+        changes
+    }
+
     /// Every record as `(kind, id, json)`, in a deterministic order.
     pub fn records(&self) -> Vec<(Kind, String, Vec<u8>)> {
         let mut out = Vec::new();
@@ -470,13 +729,399 @@ impl MetadataState {
         all(&mut out, Kind::Model, &self.models);
         out
     }
+
+    /// Every document as `(kind, id, StoredDoc::encode bytes)`, in change
+    /// order.
+    pub fn documents(&self) -> Vec<(Kind, String, Vec<u8>)> {
+        self.by_seq
+            .values()
+            .filter_map(|key| {
+                let doc = self.docs.get(key)?;
+                Some((key.0, key.1.to_string(), doc.encode()))
+            })
+            .collect()
+    }
 }
 
-fn put<T: Serialize>(kind: Kind, id: &str, record: &T) -> Change {
-    Change::Put {
-        kind,
-        id: id.to_owned(),
-        json: to_json(record).to_string().into_bytes(),
+/// Works out one proposal's effects against the state as it is.
+struct Planner<'a> {
+    state: &'a MetadataState,
+    at_ms: u64,
+    /// `at_ms` in seconds: records' `created_at` / `updated_at`.
+    now: u64,
+    /// The last change number handed out so far.
+    next_seq: u64,
+    effects: Vec<Effect>,
+}
+
+/// A refusal ends planning; its plan has no effects.
+type Planned<T = Outcome> = Result<T, Outcome>;
+
+fn done(records: Vec<Value>, missing: Vec<String>) -> Outcome {
+    Outcome::Done { records, missing }
+}
+
+fn invalid(message: impl Into<String>) -> Outcome {
+    Outcome::refused(Refusal::Invalid, message)
+}
+
+impl Planner<'_> {
+    fn command(&mut self, command: &Command) -> Planned {
+        match command {
+            Command::Create { kind, record } => self.create(*kind, record),
+            Command::Update { kind, id, patch } => self.update(*kind, id, patch),
+            Command::Delete { kind, ids } => {
+                let (mut removed, mut missing) = (Vec::new(), Vec::new());
+                let mut seen = BTreeSet::new();
+                for id in ids {
+                    let found = match seen.insert(id.as_str()) {
+                        true => self.state.get_json(*kind, id),
+                        false => None, // deleted a moment ago
+                    };
+                    match found {
+                        Some(record) => {
+                            self.remove(*kind, &stored_id(*kind, id, record.get("token")))?;
+                            removed.push(record);
+                        }
+                        None => missing.push(id.clone()),
+                    }
+                }
+                Ok(done(removed, missing))
+            }
+            Command::AddMember {
+                team_id,
+                user_id,
+                role,
+            } => {
+                let Some(team) = self.state.teams.get(team_id) else {
+                    return Err(Outcome::refused(
+                        Refusal::NotFound,
+                        format!("team `{team_id}` does not exist"),
+                    ));
+                };
+                let mut members = team.members.clone();
+                members.insert(user_id.clone(), *role);
+                let mut patch = Map::new();
+                patch.insert("members".into(), to_json(&members));
+                self.update(Kind::Team, team_id, &patch)
+            }
+            Command::RemoveMember { team_id, user_id } => {
+                let Some(team) = self.state.teams.get(team_id) else {
+                    return Err(Outcome::refused(
+                        Refusal::NotFound,
+                        format!("team `{team_id}` does not exist"),
+                    ));
+                };
+                if !team.members.contains_key(user_id) {
+                    return Err(Outcome::refused(
+                        Refusal::NotFound,
+                        format!("`{user_id}` is not a member of team `{team_id}`"),
+                    ));
+                }
+                let mut members = team.members.clone();
+                members.remove(user_id);
+                let mut patch = Map::new();
+                patch.insert("members".into(), to_json(&members));
+                self.update(Kind::Team, team_id, &patch)
+            }
+            Command::Regenerate {
+                old_token,
+                new_token,
+                key_name,
+            } => {
+                let (Some(old), Some(new_hash)) = (token_bytes(old_token), token_bytes(new_token))
+                else {
+                    return Err(invalid("tokens must be hex SHA-256"));
+                };
+                if self.state.keys.contains_key(&new_hash) {
+                    return Err(Outcome::refused(
+                        Refusal::AlreadyExists,
+                        "the new key already exists",
+                    ));
+                }
+                let Some(record) = self.state.keys.get(&old) else {
+                    return Err(Outcome::refused(Refusal::NotFound, "key not found"));
+                };
+                let mut record = (**record).clone();
+                self.remove(Kind::Key, &record.token)?;
+                record.token = new_token.clone();
+                record.key_name = key_name.clone();
+                record.updated_at = self.now;
+                let json = self.put(Kind::Key, new_token, to_json(&record))?;
+                Ok(done(vec![json], vec![]))
+            }
+            Command::MergeRemote {
+                source,
+                since,
+                through,
+                entities,
+            } => self.merge_remote(source, *since, *through, entities),
+        }
+    }
+
+    fn create(&mut self, kind: Kind, record: &Value) -> Planned {
+        let mut record = match record {
+            Value::Object(m) => m.clone(),
+            _ => return Err(invalid("a record must be an object")),
+        };
+        record.insert("created_at".into(), self.now.into());
+        record.insert("updated_at".into(), self.now.into());
+        let Some(id) = record
+            .get(id_field(kind))
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+        else {
+            return Err(invalid(format!(
+                "{} needs `{}`",
+                kind.noun(),
+                id_field(kind)
+            )));
+        };
+        if self.state.exists(kind, &id) {
+            return Err(Outcome::refused(
+                Refusal::AlreadyExists,
+                format!("{} `{id}` already exists", kind.noun()),
+            ));
+        }
+        let json = self.put(kind, &id, Value::Object(record))?;
+        Ok(done(vec![json], vec![]))
+    }
+
+    fn update(&mut self, kind: Kind, id: &str, patch: &Map<String, Value>) -> Planned {
+        let Some(Value::Object(mut record)) = self.state.get_json(kind, id) else {
+            return Err(Outcome::refused(
+                Refusal::NotFound,
+                format!("{} `{id}` does not exist", kind.noun()),
+            ));
+        };
+        for (field, value) in patch {
+            // Identity and history are not the caller's to change.
+            if field == id_field(kind) || field == "created_at" {
+                continue;
+            }
+            record.insert(field.clone(), value.clone());
+        }
+        record.insert("updated_at".into(), self.now.into());
+        let id = stored_id(kind, id, record.get("token"));
+        let json = self.put(kind, &id, Value::Object(record))?;
+        Ok(done(vec![json], vec![]))
+    }
+
+    /// Stores `json` as `kind`'s record `id` and makes its document hold it;
+    /// returns the canonical record.
+    fn put(&mut self, kind: Kind, id: &str, json: Value) -> Planned<Value> {
+        let (typed, canonical) = parse_typed(kind, id, json).map_err(invalid)?;
+        if let Value::Object(fields) = &canonical {
+            self.write_doc(kind, id, Some(fields))?;
+        }
+        self.effects.push(Effect::Put {
+            kind,
+            id: id.to_owned(),
+            typed,
+            json: canonical.to_string().into_bytes(),
+        });
+        Ok(canonical)
+    }
+
+    /// Removes record `id` and tombstones its document.
+    fn remove(&mut self, kind: Kind, id: &str) -> Planned<()> {
+        self.write_doc(kind, id, None)?;
+        self.effects.push(Effect::Remove {
+            kind,
+            id: id.to_owned(),
+        });
+        Ok(())
+    }
+
+    /// Makes entity `id`'s document hold `record`, or deleted (`None`), as
+    /// this region's actor at the proposal's time.
+    fn write_doc(
+        &mut self,
+        kind: Kind,
+        id: &str,
+        record: Option<&Map<String, Value>>,
+    ) -> Planned<()> {
+        let failed = |e: DocError| invalid(format!("{} `{id}`'s document: {e}", kind.noun()));
+        let actor = &self.state.actor;
+        let at = self.at_ms;
+        let key: EntityKey = (kind, Arc::from(id));
+        let current = match self.state.docs.get(&key) {
+            Some(stored) => Some(EntityDoc::load(&stored.saved).map_err(failed)?),
+            None => None,
+        };
+        let doc = match (current, record) {
+            (None, Some(record)) => EntityDoc::new(actor, at, record).map_err(failed)?,
+            (Some(mut doc), Some(record)) => {
+                let changed = if doc.is_deleted() {
+                    doc.recreate(actor, at, record)
+                } else {
+                    doc.update(actor, at, record)
+                };
+                if !changed.map_err(failed)? {
+                    return Ok(());
+                }
+                doc
+            }
+            (Some(mut doc), None) => {
+                if !doc.delete(actor, at).map_err(failed)? {
+                    return Ok(());
+                }
+                doc
+            }
+            (None, None) => {
+                // A record stored before documents existed: its document
+                // starts with what it held, then the delete.
+                let Some(Value::Object(old)) = self.state.get_json(kind, id) else {
+                    return Ok(());
+                };
+                let mut doc = EntityDoc::new(actor, at, &old).map_err(failed)?;
+                doc.delete(actor, at).map_err(failed)?;
+                doc
+            }
+        };
+        self.next_seq += 1;
+        self.effects.push(Effect::Doc {
+            kind,
+            id: key.1,
+            doc: StoredDoc {
+                seq: self.next_seq,
+                echo: None,
+                saved: doc.save().into_boxed_slice(),
+            },
+        });
+        Ok(())
+    }
+
+    fn merge_remote(
+        &mut self,
+        source: &str,
+        since: u64,
+        through: u64,
+        entities: &[RemoteChanges],
+    ) -> Planned {
+        if source.is_empty() || source.len() > MAX_REGION_NAME {
+            return Err(invalid(format!(
+                "a region name has 1 to {MAX_REGION_NAME} bytes"
+            )));
+        }
+        if source == &*self.state.region {
+            return Err(invalid(format!(
+                "changes from region `{source}` are this region's own"
+            )));
+        }
+        // Every document the batch names, merged in order (an entity may
+        // appear more than once), with whether it changed.
+        let mut work: BTreeMap<EntityKey, (EntityDoc, bool, &[String])> = BTreeMap::new();
+        for entity in entities {
+            let (kind, id) = (entity.kind, entity.id.as_str());
+            let failed =
+                |e: DocError| invalid(format!("{} `{id}` from {source}: {e}", kind.noun()));
+            if kind == Kind::Key && token_bytes(id).is_none() {
+                return Err(invalid(format!("key `{id}` from {source}: not a token")));
+            }
+            let key: EntityKey = (kind, Arc::from(id));
+            let slot = match work.entry(key) {
+                std::collections::btree_map::Entry::Occupied(slot) => slot.into_mut(),
+                std::collections::btree_map::Entry::Vacant(slot) => {
+                    let current = match self.state.docs.get(slot.key()) {
+                        Some(stored) => Some(EntityDoc::load(&stored.saved).map_err(failed)?),
+                        None => None,
+                    };
+                    match current {
+                        Some(doc) => slot.insert((doc, false, &[])),
+                        None => {
+                            let doc = EntityDoc::from_changes(&entity.changes).map_err(failed)?;
+                            slot.insert((doc, true, &entity.heads))
+                        }
+                    }
+                }
+            };
+            if slot.0.merge(&entity.changes).map_err(failed)? {
+                slot.1 = true;
+            }
+            slot.2 = &entity.heads;
+        }
+        let source_name: Arc<str> = Arc::from(source);
+        let mut merged = 0u64;
+        for ((kind, id), (doc, changed, heads)) in work {
+            if !changed {
+                continue;
+            }
+            merged += 1;
+            let record = doc
+                .record()
+                .map_err(|e| invalid(format!("{} `{id}` from {source}: {e}", kind.noun())))?;
+            match record {
+                Some(fields) => {
+                    let named = fields.get(id_field(kind)).and_then(Value::as_str);
+                    if named != Some(&*id) {
+                        return Err(invalid(format!(
+                            "{} `{id}` from {source}: its document names another entity",
+                            kind.noun()
+                        )));
+                    }
+                    let (typed, canonical) = parse_typed(kind, &id, Value::Object(fields))
+                        .map_err(|e| {
+                            invalid(format!("{} `{id}` from {source}: {e}", kind.noun()))
+                        })?;
+                    self.effects.push(Effect::Put {
+                        kind,
+                        id: id.to_string(),
+                        typed,
+                        json: canonical.to_string().into_bytes(),
+                    });
+                }
+                None => {
+                    if self.state.exists(kind, &id) {
+                        self.effects.push(Effect::Remove {
+                            kind,
+                            id: id.to_string(),
+                        });
+                    }
+                }
+            }
+            // The source holds exactly this document: nothing to send back.
+            let ours: Vec<String> = doc.heads().iter().map(ToString::to_string).collect();
+            let mut theirs = heads.to_vec();
+            theirs.sort();
+            let echo = (!theirs.is_empty() && ours == theirs).then(|| source_name.clone());
+            self.next_seq += 1;
+            self.effects.push(Effect::Doc {
+                kind,
+                id,
+                doc: StoredDoc {
+                    seq: self.next_seq,
+                    echo,
+                    saved: doc.save().into_boxed_slice(),
+                },
+            });
+        }
+        // Everything in (since, through] is merged now; with nothing missed
+        // before `since`, the source is merged through `through`. (A stale
+        // batch may move the cursor back: that only makes the source resend.)
+        let mut cursor = self.state.sync_cursor(source);
+        if since <= cursor && through != cursor {
+            cursor = through;
+            self.effects.push(Effect::Cursor {
+                region: source.to_owned(),
+                seq: cursor,
+            });
+        }
+        let summary = MergeSummary {
+            source: source.to_owned(),
+            cursor,
+            merged,
+        };
+        Ok(done(vec![to_json(&summary)], vec![]))
+    }
+}
+
+/// The id an entity's record and document are stored under: a key's token as
+/// its record spells it (a caller may spell the token in upper case).
+fn stored_id(kind: Kind, id: &str, token: Option<&Value>) -> String {
+    match (kind, token.and_then(Value::as_str)) {
+        (Kind::Key, Some(token)) => token.to_owned(),
+        _ => id.to_owned(),
     }
 }
 
@@ -497,6 +1142,8 @@ mod tests {
     use crate::metadata::records::TeamRole;
     use serde_json::json;
 
+    const US: &str = "us-east";
+    const EU: &str = "eu-west";
     const T1: &str = "1111111111111111111111111111111111111111111111111111111111111111";
     const T2: &str = "2222222222222222222222222222222222222222222222222222222222222222";
 
@@ -513,10 +1160,13 @@ mod tests {
 
     #[test]
     fn create_update_delete_keys() {
-        let mut s = MetadataState::default();
+        let mut s = MetadataState::new(US);
         let (out, changes) = s.apply(&at(5_000, key(T1)));
         assert!(matches!(out, Outcome::Done { .. }), "{out:?}");
-        assert_eq!(changes.len(), 1);
+        assert!(matches!(
+            &changes[..],
+            [Change::Doc { .. }, Change::Put { .. }]
+        ));
         assert_eq!(s.key(T1).unwrap().created_at, 5);
         let (out, _) = s.apply(&at(6_000, key(T1)));
         assert!(matches!(
@@ -585,18 +1235,21 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(
-            changes,
-            vec![Change::Delete {
+            changes[1],
+            Change::Delete {
                 kind: Kind::Key,
                 id: T1.into()
-            }]
+            }
         );
+        assert!(matches!(&changes[0], Change::Doc { id, .. } if id == T1));
         assert!(s.key(T1).is_none());
+        let doc = s.document(Kind::Key, T1).unwrap().unwrap();
+        assert!(doc.is_deleted(), "a delete leaves a tombstone document");
     }
 
     #[test]
     fn regenerate_moves_settings_to_the_new_token() {
-        let mut s = MetadataState::default();
+        let mut s = MetadataState::new(US);
         s.apply(&at(1_000, key(T1)));
         let (out, changes) = s.apply(&at(
             2_000,
@@ -607,8 +1260,18 @@ mod tests {
             },
         ));
         assert!(matches!(out, Outcome::Done { .. }));
-        assert_eq!(changes.len(), 2);
+        // Old: tombstone and record delete; new: document and record.
+        assert_eq!(changes.len(), 4);
         assert!(s.key(T1).is_none());
+        assert!(s.document(Kind::Key, T1).unwrap().unwrap().is_deleted());
+        assert!(
+            s.document(Kind::Key, T2)
+                .unwrap()
+                .unwrap()
+                .record()
+                .unwrap()
+                .is_some()
+        );
         assert_eq!(s.key(T2).unwrap().models, vec!["gpt".to_string()]);
     }
 
@@ -648,12 +1311,14 @@ mod tests {
             at(5_000, key(T1)),
         ];
         let run = || {
-            let mut s = MetadataState::default();
+            let mut s = MetadataState::new(US);
             let outcomes: Vec<Outcome> = commands.iter().map(|c| s.apply(c).0).collect();
-            (s.records(), outcomes)
+            (s.records(), s.documents(), outcomes)
         };
-        let (records, outcomes) = run();
-        assert_eq!(run().0, records, "same commands, same state");
+        let (records, documents, outcomes) = run();
+        let again = run();
+        assert_eq!(again.0, records, "same commands, same state");
+        assert_eq!(again.1, documents, "and byte-identical documents");
         assert!(matches!(
             outcomes[2],
             Outcome::Refused {
@@ -668,14 +1333,367 @@ mod tests {
                 ..
             }
         ));
-        let mut s = MetadataState::default();
+        let mut s = MetadataState::new(US);
         for (kind, id, json) in &records {
             s.load(*kind, id, json).unwrap();
         }
+        for (kind, id, bytes) in &documents {
+            s.load_doc(*kind, id, bytes).unwrap();
+        }
+        assert!(
+            s.adopt_records().is_empty(),
+            "every record has its document"
+        );
         assert_eq!(s.records(), records, "records reload into the same state");
+        assert_eq!(s.documents(), documents);
         assert_eq!(
             s.team("t1").unwrap().members.get("u1"),
             Some(&TeamRole::Admin)
+        );
+    }
+
+    const LIMITS: OutboxLimits = OutboxLimits {
+        max_docs: 1000,
+        max_bytes: 1 << 20,
+        max_scan: 10_000,
+    };
+
+    /// What region `from` sends to `to` after `from`'s change number
+    /// `after`, as the sync task builds it.
+    fn batch(from: &MetadataState, to: &str, after: u64) -> Command {
+        let outbox = from.outbox(after, to, LIMITS);
+        let entities = outbox
+            .docs
+            .iter()
+            .map(|d| {
+                let doc = EntityDoc::load(&d.saved).unwrap();
+                RemoteChanges {
+                    kind: d.kind,
+                    id: d.id.clone(),
+                    changes: doc.changes_since(&[]),
+                    heads: doc.heads().iter().map(ToString::to_string).collect(),
+                }
+            })
+            .collect();
+        Command::MergeRemote {
+            source: from.region().to_owned(),
+            since: after,
+            through: outbox.through,
+            entities,
+        }
+    }
+
+    /// Sends `from`'s changes the receiver lacks, as the sync task does.
+    fn ship(from: &MetadataState, to: &mut MetadataState) -> MergeSummary {
+        let after = to.sync_cursor(from.region());
+        let (out, _) = to.apply(&at(0, batch(from, to.region(), after)));
+        MergeSummary::from_outcome(&out).unwrap_or_else(|| panic!("{out:?}"))
+    }
+
+    fn patch(fields: Value) -> Map<String, Value> {
+        fields.as_object().unwrap().clone()
+    }
+
+    fn update(kind: Kind, id: &str, fields: Value) -> Command {
+        Command::Update {
+            kind,
+            id: id.into(),
+            patch: patch(fields),
+        }
+    }
+
+    #[test]
+    fn a_key_created_in_one_region_authenticates_in_another() {
+        let (mut us, mut eu) = (MetadataState::new(US), MetadataState::new(EU));
+        us.apply(&at(1_000, key(T1)));
+        let summary = ship(&us, &mut eu);
+        assert_eq!((summary.merged, summary.cursor), (1, us.change_seq()));
+        let hash = token_bytes(T1).unwrap();
+        assert_eq!(eu.key_by_hash(&hash), us.key_by_hash(&hash));
+        assert_eq!(eu.records(), us.records());
+        // Nothing new: nothing changes, the cursor stays.
+        let before = eu.documents();
+        let (out, changes) = eu.apply(&at(0, batch(&us, EU, 0)));
+        assert_eq!(MergeSummary::from_outcome(&out).unwrap().merged, 0);
+        assert!(
+            changes.is_empty(),
+            "a repeated batch changes nothing: {changes:?}"
+        );
+        assert_eq!(eu.documents(), before);
+    }
+
+    #[test]
+    fn merging_is_idempotent_and_order_free() {
+        let (mut us, mut eu) = (MetadataState::new(US), MetadataState::new(EU));
+        us.apply(&at(1_000, key(T1)));
+        let first = batch(&us, EU, 0);
+        let after = us.change_seq();
+        us.apply(&at(2_000, update(Kind::Key, T1, json!({"rpm_limit": 5}))));
+        us.apply(&at(
+            3_000,
+            Command::Create {
+                kind: Kind::Team,
+                record: json!({"team_id": "t1"}),
+            },
+        ));
+        let second = batch(&us, EU, after);
+        // Later batch first: merged, but the cursor waits for the gap.
+        let (out, _) = eu.apply(&at(0, second.clone()));
+        assert_eq!(MergeSummary::from_outcome(&out).unwrap().cursor, 0);
+        assert!(eu.team("t1").is_some());
+        eu.apply(&at(0, first.clone()));
+        eu.apply(&at(0, second));
+        eu.apply(&at(0, first));
+        assert_eq!(eu.records(), us.records());
+        assert_eq!(eu.key(T1).unwrap().limits.rpm_limit, Some(5));
+    }
+
+    #[test]
+    fn garbage_is_refused_and_changes_nothing() {
+        let (mut us, mut eu) = (MetadataState::new(US), MetadataState::new(EU));
+        us.apply(&at(1_000, key(T1)));
+        ship(&us, &mut eu);
+        let (records, documents, seq) = (eu.records(), eu.documents(), eu.change_seq());
+        let good = match batch(&us, EU, 0) {
+            Command::MergeRemote { entities, .. } => entities[0].clone(),
+            other => panic!("{other:?}"),
+        };
+        let merge = |source: &str, entities: Vec<RemoteChanges>| Command::MergeRemote {
+            source: source.into(),
+            since: 0,
+            through: 9,
+            entities,
+        };
+        let with = |f: &dyn Fn(&mut RemoteChanges)| {
+            let mut e = good.clone();
+            f(&mut e);
+            vec![good.clone(), e]
+        };
+        let bad = [
+            merge(US, with(&|e| e.changes = b"garbage".to_vec())),
+            merge(US, with(&|e| e.changes.truncate(e.changes.len() - 1))),
+            merge(US, with(&|e| e.id = T2.into())), // names another key
+            merge(US, with(&|e| e.id = "not-a-token".into())),
+            merge(
+                US,
+                with(&|e| {
+                    e.kind = Kind::Team;
+                    e.id = "t9".into();
+                }),
+            ),
+            merge(
+                US,
+                with(&|e| {
+                    // Nothing to make a new document of.
+                    e.changes.clear();
+                    e.id = T2.into();
+                }),
+            ),
+            merge(EU, vec![good.clone()]), // its own changes
+            merge("", vec![good.clone()]),
+        ];
+        for command in bad {
+            let (out, changes) = eu.apply(&at(0, command.clone()));
+            assert!(
+                matches!(
+                    out,
+                    Outcome::Refused {
+                        reason: Refusal::Invalid,
+                        ..
+                    }
+                ),
+                "{command:?}: {out:?}"
+            );
+            assert!(changes.is_empty());
+            assert_eq!(
+                (eu.records(), eu.documents(), eu.change_seq()),
+                (records.clone(), documents.clone(), seq)
+            );
+            assert_eq!(eu.sync_cursor(US), us.change_seq());
+        }
+    }
+
+    #[test]
+    fn a_block_or_delete_anywhere_wins_everywhere() {
+        let (mut us, mut eu) = (MetadataState::new(US), MetadataState::new(EU));
+        us.apply(&at(1_000, key(T1)));
+        us.apply(&at(1_000, key(T2)));
+        ship(&us, &mut eu);
+        // eu blocks T1 while us, concurrently, edits it; us deletes T2 while
+        // eu edits it.
+        eu.apply(&at(2_000, update(Kind::Key, T1, json!({"blocked": true}))));
+        us.apply(&at(2_500, update(Kind::Key, T1, json!({"rpm_limit": 7}))));
+        us.apply(&at(
+            2_000,
+            Command::Delete {
+                kind: Kind::Key,
+                ids: vec![T2.into()],
+            },
+        ));
+        eu.apply(&at(3_000, update(Kind::Key, T2, json!({"rpm_limit": 9}))));
+        ship(&us, &mut eu);
+        ship(&eu, &mut us);
+        for s in [&us, &eu] {
+            let k = s.key(T1).unwrap();
+            assert!(k.blocked, "{}", s.region());
+            assert_eq!(k.limits.rpm_limit, Some(7));
+            assert!(s.key(T2).is_none(), "{}", s.region());
+            assert!(s.key_by_hash(&token_bytes(T2).unwrap()).is_none());
+        }
+        assert_eq!(us.records(), eu.records());
+        // Recreating a deleted id after seeing the delete brings it back.
+        eu.apply(&at(4_000, key(T2)));
+        ship(&eu, &mut us);
+        assert!(us.key(T2).is_some());
+    }
+
+    #[test]
+    fn concurrent_edits_of_different_fields_converge() {
+        let (mut us, mut eu) = (MetadataState::new(US), MetadataState::new(EU));
+        let team = Command::Create {
+            kind: Kind::Team,
+            record: json!({"team_id": "t1", "models": ["gpt"]}),
+        };
+        us.apply(&at(1_000, team));
+        ship(&us, &mut eu);
+        us.apply(&at(
+            2_000,
+            update(Kind::Team, "t1", json!({"rpm_limit": 10})),
+        ));
+        eu.apply(&at(
+            2_000,
+            update(Kind::Team, "t1", json!({"team_alias": "eu"})),
+        ));
+        ship(&us, &mut eu);
+        ship(&eu, &mut us);
+        assert_eq!(us.records(), eu.records());
+        let t = us.team("t1").unwrap();
+        assert_eq!(
+            (t.limits.rpm_limit, t.team_alias.as_deref()),
+            (Some(10), Some("eu"))
+        );
+    }
+
+    #[test]
+    fn scoped_models_replicate_with_their_scope() {
+        let (mut us, mut eu) = (MetadataState::new(US), MetadataState::new(EU));
+        let model = Command::Create {
+            kind: Kind::Model,
+            record: json!({
+                "model_id": "m1", "model_name": "gpt", "litellm_params": {"model": "x"},
+                "scope": {"kind": "regions", "regions": [US]},
+            }),
+        };
+        us.apply(&at(1_000, model));
+        let generation = eu.models_generation();
+        ship(&us, &mut eu);
+        let m = eu.model("m1").unwrap();
+        assert!(m.scope.includes(US) && !m.scope.includes(EU));
+        assert_ne!(eu.models_generation(), generation);
+    }
+
+    #[test]
+    fn steady_state_sends_nothing_back() {
+        let (mut us, mut eu) = (MetadataState::new(US), MetadataState::new(EU));
+        us.apply(&at(1_000, key(T1)));
+        ship(&us, &mut eu);
+        // eu's copy is exactly us's: covered, not sent back.
+        let outbox = eu.outbox(0, US, LIMITS);
+        assert!(outbox.docs.is_empty(), "{outbox:?}");
+        assert_eq!(outbox.through, eu.change_seq());
+        // A third region is sent it.
+        assert_eq!(eu.outbox(0, "ap-south", LIMITS).docs.len(), 1);
+        // An edit in eu is sent.
+        eu.apply(&at(2_000, update(Kind::Key, T1, json!({"rpm_limit": 1}))));
+        assert_eq!(eu.outbox(0, US, LIMITS).docs.len(), 1);
+        assert_eq!(ship(&eu, &mut us).merged, 1);
+        // us's copy is now exactly eu's: nothing goes back.
+        assert!(us.outbox(eu.sync_cursor(US), EU, LIMITS).docs.is_empty());
+    }
+
+    #[test]
+    fn outbox_respects_its_limits() {
+        let mut us = MetadataState::new(US);
+        for n in 0..10u8 {
+            us.apply(&at(1_000, key(&format!("{n:02x}").repeat(32))));
+        }
+        let limits = OutboxLimits {
+            max_docs: 3,
+            ..LIMITS
+        };
+        let mut eu = MetadataState::new(EU);
+        let mut rounds = 0;
+        while eu.sync_cursor(US) < us.change_seq() {
+            let out = us.outbox(eu.sync_cursor(US), EU, limits);
+            assert!(out.docs.len() <= 3);
+            let command = batch(&us, EU, eu.sync_cursor(US));
+            let Command::MergeRemote {
+                entities, since, ..
+            } = command
+            else {
+                unreachable!()
+            };
+            eu.apply(&at(
+                0,
+                Command::MergeRemote {
+                    source: US.into(),
+                    since,
+                    through: out.through,
+                    entities: entities.into_iter().take(3).collect(),
+                },
+            ));
+            rounds += 1;
+            assert!(rounds < 10);
+        }
+        assert_eq!(eu.key_count(), 10);
+        let scan = OutboxLimits {
+            max_scan: 4,
+            ..LIMITS
+        };
+        assert_eq!(us.outbox(0, EU, scan).through, 4);
+    }
+
+    #[test]
+    fn plan_changes_nothing_until_committed() {
+        let mut s = MetadataState::new(US);
+        let plan = s.plan(&at(1_000, key(T1)));
+        assert!(s.key(T1).is_none() && s.document_count() == 0);
+        assert!(matches!(plan.outcome(), Outcome::Done { .. }));
+        s.commit(plan);
+        assert!(s.key(T1).is_some() && s.document_count() == 1);
+        assert_eq!(s.change_seq(), 1);
+    }
+
+    #[test]
+    fn stored_documents_round_trip() {
+        let doc = StoredDoc {
+            seq: 7,
+            echo: Some(Arc::from(EU)),
+            saved: vec![1, 2, 3].into_boxed_slice(),
+        };
+        assert_eq!(StoredDoc::decode(&doc.encode()).unwrap(), doc);
+        let plain = StoredDoc { echo: None, ..doc };
+        assert_eq!(StoredDoc::decode(&plain.encode()).unwrap(), plain);
+        assert!(StoredDoc::decode(&[]).is_err());
+        assert!(StoredDoc::decode(&[9, 0]).is_err());
+        assert!(StoredDoc::decode(&plain.encode()[..5]).is_err());
+    }
+
+    #[test]
+    fn records_stored_without_documents_are_adopted() {
+        let mut s = MetadataState::new(US);
+        s.apply(&at(5_000, key(T1)));
+        let mut legacy = MetadataState::new(US);
+        for (kind, id, json) in s.records() {
+            legacy.load(kind, &id, &json).unwrap();
+        }
+        let changes = legacy.adopt_records();
+        assert_eq!(changes.len(), 1);
+        assert!(legacy.adopt_records().is_empty());
+        let doc = legacy.document(Kind::Key, T1).unwrap().unwrap();
+        assert_eq!(
+            doc.record().unwrap().map(Value::Object),
+            legacy.get_json(Kind::Key, T1)
         );
     }
 }

@@ -45,6 +45,9 @@ impl fmt::Display for Proposal {
             crate::metadata::Command::AddMember { .. } => "add team member".to_owned(),
             crate::metadata::Command::RemoveMember { .. } => "remove team member".to_owned(),
             crate::metadata::Command::Regenerate { .. } => "regenerate key".to_owned(),
+            crate::metadata::Command::MergeRemote {
+                source, entities, ..
+            } => format!("merge {} document(s) from {source}", entities.len()),
         };
         write!(f, "{op} @{}", self.at_ms)
     }

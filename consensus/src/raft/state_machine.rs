@@ -4,10 +4,21 @@
 //! state and the marker agree and Raft re-applies exactly what is missing.
 //!
 //! Readers (authentication, admin reads) share the state through
-//! [`SharedState`]; an applied change is visible to them immediately.
+//! [`SharedState`]; an applied change is visible to them immediately. A
+//! proposal is planned under the read lock (the costly document work) and
+//! committed under the write lock, so readers wait only for map inserts.
+//!
+//! Layout of [`Cf::State`]: records under their kind's prefix (`k/<token>`,
+//! `t/<team_id>`, ...), each entity's document under `d/` plus the same
+//! (`d/k/<token>`), the sync cursor of each remote region under
+//! `_cursor/<region>`, and the applied and membership markers.
 
+use std::collections::BTreeMap;
 use std::io;
 use std::sync::{Arc, RwLock};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
 
 use futures_util::TryStreamExt;
 use meridian_storage::{Cf, Durability, Store, WriteBatch};
@@ -29,10 +40,19 @@ const APPLIED: &[u8] = b"_applied";
 const MEMBERSHIP: &[u8] = b"_membership";
 const CURRENT_SNAPSHOT: &[u8] = b"current";
 
-/// A snapshot's bytes: every record plus where the log stood.
+const DOC_PREFIX: &[u8] = b"d/";
+const CURSOR_PREFIX: &[u8] = b"_cursor/";
+
+/// A snapshot's bytes: every record, document and sync cursor.
 #[derive(Serialize, Deserialize)]
 struct SnapshotBody {
     records: Vec<(Kind, String, String)>,
+    /// `(kind, id, base64 of StoredDoc::encode)`. Absent from snapshots made
+    /// before documents existed.
+    #[serde(default)]
+    docs: Vec<(Kind, String, String)>,
+    #[serde(default)]
+    cursors: BTreeMap<String, u64>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -43,6 +63,8 @@ struct StoredSnapshot {
 
 #[derive(Clone)]
 pub struct StateMachine {
+    /// This region's name (its documents' actor).
+    region: Arc<str>,
     store: Arc<dyn Store>,
     state: SharedState,
     applied: Arc<RwLock<Applied>>,
@@ -54,6 +76,41 @@ fn record_key(kind: Kind, id: &str) -> Vec<u8> {
     k
 }
 
+fn doc_key(kind: Kind, id: &str) -> Vec<u8> {
+    let mut k = DOC_PREFIX.to_vec();
+    k.extend_from_slice(&record_key(kind, id));
+    k
+}
+
+fn cursor_key(region: &str) -> Vec<u8> {
+    let mut k = CURSOR_PREFIX.to_vec();
+    k.extend_from_slice(region.as_bytes());
+    k
+}
+
+/// The end of a prefix scan: the prefix with its last byte incremented.
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    if let Some(last) = end.last_mut() {
+        *last += 1;
+    }
+    end
+}
+
+/// Adds `changes` to `batch` under the state's key layout.
+pub fn stage(batch: &mut WriteBatch, changes: Vec<Change>) {
+    for change in changes {
+        match change {
+            Change::Put { kind, id, json } => batch.put(Cf::State, record_key(kind, &id), json),
+            Change::Delete { kind, id } => batch.delete(Cf::State, record_key(kind, &id)),
+            Change::Doc { kind, id, bytes } => batch.put(Cf::State, doc_key(kind, &id), bytes),
+            Change::Cursor { region, seq } => {
+                batch.put(Cf::State, cursor_key(&region), seq.to_be_bytes().to_vec())
+            }
+        };
+    }
+}
+
 fn write_lock<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     lock.write().unwrap_or_else(|p| p.into_inner())
 }
@@ -63,23 +120,73 @@ fn read_lock<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
 }
 
 impl StateMachine {
-    /// Opens the state machine on `store`, loading what was applied before.
-    pub fn open(store: Arc<dyn Store>) -> io::Result<Self> {
-        let mut state = MetadataState::default();
+    /// Opens the state machine of region `region` on `store`, loading what
+    /// was applied before.
+    pub fn open(store: Arc<dyn Store>, region: &str) -> io::Result<Self> {
+        let mut state = MetadataState::new(region);
+        let engine = meridian_storage::Error::Engine;
         for kind in Kind::ALL {
             let prefix = kind.prefix().as_bytes();
-            let mut end = prefix.to_vec();
-            if let Some(last) = end.last_mut() {
-                *last += 1;
-            }
             store
-                .scan(Cf::State, prefix, Some(&end), &mut |key, value| {
-                    let id = String::from_utf8_lossy(key.get(prefix.len()..).unwrap_or_default());
-                    state
-                        .load(kind, &id, value)
-                        .map_err(meridian_storage::Error::Engine)
-                })
+                .scan(
+                    Cf::State,
+                    prefix,
+                    Some(&prefix_end(prefix)),
+                    &mut |key, value| {
+                        let id =
+                            String::from_utf8_lossy(key.get(prefix.len()..).unwrap_or_default());
+                        state.load(kind, &id, value).map_err(engine)
+                    },
+                )
                 .map_err(io_error)?;
+        }
+        store
+            .scan(
+                Cf::State,
+                DOC_PREFIX,
+                Some(&prefix_end(DOC_PREFIX)),
+                &mut |key, value| {
+                    let rest = key.get(DOC_PREFIX.len()..).unwrap_or_default();
+                    let Some(kind) = Kind::ALL
+                        .into_iter()
+                        .find(|k| rest.starts_with(k.prefix().as_bytes()))
+                    else {
+                        return Err(engine(format!(
+                            "unknown document key {:?}",
+                            String::from_utf8_lossy(key)
+                        )));
+                    };
+                    let id = String::from_utf8_lossy(
+                        rest.get(kind.prefix().len()..).unwrap_or_default(),
+                    );
+                    state.load_doc(kind, &id, value).map_err(engine)
+                },
+            )
+            .map_err(io_error)?;
+        store
+            .scan(
+                Cf::State,
+                CURSOR_PREFIX,
+                Some(&prefix_end(CURSOR_PREFIX)),
+                &mut |key, value| {
+                    let name =
+                        String::from_utf8_lossy(key.get(CURSOR_PREFIX.len()..).unwrap_or_default());
+                    let seq = <[u8; 8]>::try_from(value)
+                        .map_err(|_| engine(format!("sync cursor of {name}: not 8 bytes")))?;
+                    state.load_cursor(&name, u64::from_be_bytes(seq));
+                    Ok(())
+                },
+            )
+            .map_err(io_error)?;
+        let adopted = state.adopt_records();
+        if !adopted.is_empty() {
+            tracing::info!(
+                documents = adopted.len(),
+                "made documents for records stored without one"
+            );
+            let mut batch = WriteBatch::default();
+            stage(&mut batch, adopted);
+            store.write(batch, Durability::Power).map_err(io_error)?;
         }
         let read = |key: &[u8]| -> io::Result<Option<Vec<u8>>> {
             store.get(Cf::State, key).map_err(io_error)
@@ -93,6 +200,7 @@ impl StateMachine {
             None => StoredMembershipOf::<TypeConfig>::default(),
         };
         Ok(Self {
+            region: Arc::from(region),
             store,
             state: Arc::new(RwLock::new(state)),
             applied: Arc::new(RwLock::new((applied, membership))),
@@ -110,12 +218,7 @@ impl StateMachine {
         membership: Option<&StoredMembershipOf<TypeConfig>>,
     ) -> io::Result<()> {
         let mut batch = WriteBatch::default();
-        for change in changes {
-            match change {
-                Change::Put { kind, id, json } => batch.put(Cf::State, record_key(kind, &id), json),
-                Change::Delete { kind, id } => batch.delete(Cf::State, record_key(kind, &id)),
-            };
-        }
+        stage(&mut batch, changes);
         batch.put(
             Cf::State,
             APPLIED,
@@ -138,16 +241,26 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> io::Result<SnapshotOf<TypeConfig, Vec<u8>>> {
         // Hold the state's read lock while reading the applied marker, so the
         // records and the marker describe the same instant.
-        let (records, (last_log_id, last_membership)) = {
+        let (records, docs, cursors, (last_log_id, last_membership)) = {
             let state = read_lock(&self.state);
             let applied = read_lock(&self.applied).clone();
-            (state.records(), applied)
+            (
+                state.records(),
+                state.documents(),
+                state.sync_cursors().clone(),
+                applied,
+            )
         };
         let body = SnapshotBody {
             records: records
                 .into_iter()
                 .map(|(k, id, json)| (k, id, String::from_utf8_lossy(&json).into_owned()))
                 .collect(),
+            docs: docs
+                .into_iter()
+                .map(|(k, id, bytes)| (k, id, STANDARD.encode(bytes)))
+                .collect(),
+            cursors,
         };
         let data = serde_json::to_vec(&body).map_err(io_error)?;
         let meta = SnapshotMetaOf::<TypeConfig> {
@@ -200,7 +313,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     None,
                 ),
                 EntryPayload::Normal(proposal) => {
-                    let (outcome, changes) = write_lock(&self.state).apply(proposal);
+                    // The state machine is the state's only writer: the plan
+                    // made under the read lock still holds when committed.
+                    let plan = read_lock(&self.state).plan(proposal);
+                    let (outcome, changes) = write_lock(&self.state).commit(plan);
                     (outcome, changes, None)
                 }
                 EntryPayload::Membership(m) => (
@@ -237,7 +353,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Vec<u8>,
     ) -> io::Result<()> {
         let body: SnapshotBody = serde_json::from_slice(&snapshot).map_err(io_error)?;
-        let mut state = MetadataState::default();
+        let mut state = MetadataState::new(&self.region);
         let mut batch = WriteBatch::default();
         // Replace, not merge: everything the snapshot does not name is gone.
         batch.delete_range(Cf::State, Vec::new(), vec![0xff]);
@@ -245,6 +361,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             state.load(*kind, id, json.as_bytes()).map_err(io_error)?;
             batch.put(Cf::State, record_key(*kind, id), json.as_bytes().to_vec());
         }
+        for (kind, id, encoded) in &body.docs {
+            let bytes = STANDARD.decode(encoded).map_err(io_error)?;
+            state.load_doc(*kind, id, &bytes).map_err(io_error)?;
+            batch.put(Cf::State, doc_key(*kind, id), bytes);
+        }
+        for (region, seq) in &body.cursors {
+            state.load_cursor(region, *seq);
+            batch.put(Cf::State, cursor_key(region), seq.to_be_bytes().to_vec());
+        }
+        stage(&mut batch, state.adopt_records());
         batch.put(
             Cf::State,
             APPLIED,

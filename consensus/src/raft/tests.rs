@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use meridian_storage::{MemStore, RocksStore, Store};
 use openraft::StorageError;
+use openraft::storage::RaftStateMachine;
 use openraft::testing::log::{StoreBuilder, Suite};
 use openraft::type_config::TypeConfigExt;
 use serde_json::json;
@@ -19,7 +20,7 @@ struct Mem;
 impl StoreBuilder<TypeConfig, LogStore, StateMachine> for Mem {
     async fn build(&self) -> Result<((), LogStore, StateMachine), StorageError<TypeConfig>> {
         let store: Arc<dyn Store> = Arc::new(MemStore::new());
-        let sm = StateMachine::open(store.clone())
+        let sm = StateMachine::open(store.clone(), "test")
             .map_err(|e| StorageError::read(TypeConfig::err_from_error(&e)))?;
         Ok(((), LogStore::new(store), sm))
     }
@@ -36,7 +37,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Roc
         };
         let dir = tempfile::tempdir().map_err(|e| err(&e))?;
         let store: Arc<dyn Store> = Arc::new(RocksStore::open(dir.path()).map_err(|e| err(&e))?);
-        let sm = StateMachine::open(store.clone()).map_err(|e| err(&e))?;
+        let sm = StateMachine::open(store.clone(), "test").map_err(|e| err(&e))?;
         Ok((dir, LogStore::new(store), sm))
     }
 }
@@ -110,11 +111,11 @@ fn a_single_node_applies_proposals_and_restarts_from_disk() {
         let store: Arc<dyn Store> = Arc::new(RocksStore::open(dir.path()).unwrap());
         (
             LogStore::new(store.clone()),
-            StateMachine::open(store).unwrap(),
+            StateMachine::open(store, "test").unwrap(),
         )
     };
     let config = Arc::new(openraft::Config::default().validate().unwrap());
-    TypeConfig::run(async {
+    let documents = TypeConfig::run(async {
         let (log, sm) = open();
         let state = sm.shared_state();
         let raft =
@@ -153,6 +154,9 @@ fn a_single_node_applies_proposals_and_restarts_from_disk() {
             .await
             .ok();
         raft.shutdown().await.unwrap();
+        let documents = state.read().unwrap().documents();
+        assert_eq!(documents.len(), 1, "the key's document");
+        documents
     });
     TypeConfig::run(async {
         let (log, sm) = open();
@@ -160,6 +164,28 @@ fn a_single_node_applies_proposals_and_restarts_from_disk() {
         assert!(
             state.read().unwrap().key(TOKEN).is_some(),
             "applied state is durable"
+        );
+        assert_eq!(
+            state.read().unwrap().documents(),
+            documents,
+            "documents too"
+        );
+        // A snapshot carries the documents to a fresh replica, durably.
+        let snapshot = sm.clone().get_current_snapshot().await.unwrap().unwrap();
+        let fresh: Arc<dyn Store> = Arc::new(MemStore::new());
+        let mut replica = StateMachine::open(fresh.clone(), "test").unwrap();
+        replica
+            .install_snapshot(&snapshot.meta, snapshot.snapshot)
+            .await
+            .unwrap();
+        assert_eq!(
+            replica.shared_state().read().unwrap().documents(),
+            documents
+        );
+        let reopened = StateMachine::open(fresh, "test").unwrap();
+        assert_eq!(
+            reopened.shared_state().read().unwrap().documents(),
+            documents
         );
         let raft =
             openraft::Raft::<TypeConfig, StateMachine>::new(1, config.clone(), Alone, log, sm)
@@ -179,6 +205,11 @@ fn a_single_node_applies_proposals_and_restarts_from_disk() {
         };
         raft.client_write(delete).await.unwrap();
         assert!(state.read().unwrap().key(TOKEN).is_none());
+        let doc = state.read().unwrap().document(Kind::Key, TOKEN);
+        assert!(
+            doc.unwrap().unwrap().is_deleted(),
+            "a tombstone document stays"
+        );
         raft.shutdown().await.unwrap();
     });
 }
