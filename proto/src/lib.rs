@@ -11,6 +11,7 @@
 //!   messages travel as opaque JSON inside them.
 //! - [`gossip::v1`]: counter deltas and anti-entropy between every node of
 //!   every region.
+//! - [`sync::v1`]: metadata documents' changes between regions.
 
 /// Version of the inter-node protocol. Nodes refuse peers with a different major.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -30,5 +31,14 @@ pub mod gossip {
     /// [`v1::gossip_server::GossipServer`] and their messages.
     pub mod v1 {
         tonic::include_proto!("meridian.gossip.v1");
+    }
+}
+
+/// Metadata sync between regions (`meridian.sync.v1`).
+pub mod sync {
+    /// Version 1: [`v1::metadata_sync_client::MetadataSyncClient`],
+    /// [`v1::metadata_sync_server::MetadataSyncServer`] and their messages.
+    pub mod v1 {
+        tonic::include_proto!("meridian.sync.v1");
     }
 }
