@@ -10,6 +10,7 @@
 pub mod counters;
 pub mod crdt;
 pub mod gossip;
+pub mod metadata_sync;
 mod wire;
 
 pub use counters::{Counters, Reading, Ticket, Txn};

@@ -10,5 +10,6 @@ pub use command::{Command, Kind, MergeSummary, Outcome, Proposal, Refusal, Remot
 pub use doc::{Actor, DocError, EntityDoc};
 pub use records::*;
 pub use state::{
-    Change, MetadataState, Outbox, OutgoingDoc, Plan, StoredDoc, id_field, token_bytes,
+    Change, MetadataState, Outbox, OutboxLimits, OutgoingDoc, Plan, StoredDoc, id_field,
+    token_bytes,
 };
