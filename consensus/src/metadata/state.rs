@@ -955,7 +955,8 @@ impl Planner<'_> {
                 let changed = if doc.is_deleted() {
                     doc.recreate(actor, at, record)
                 } else {
-                    doc.update(actor, at, record)
+                    let kept = self.with_unknown_fields(kind, id, &doc, record);
+                    doc.update(actor, at, kept.as_ref().unwrap_or(record))
                 };
                 if !changed.map_err(failed)? {
                     return Ok(());
@@ -990,6 +991,30 @@ impl Planner<'_> {
             },
         });
         Ok(())
+    }
+
+    /// `record` plus the fields `doc` holds that this build's record type
+    /// does not know (written by a newer region): an update here must not
+    /// delete them. `None` when there are none.
+    fn with_unknown_fields(
+        &self,
+        kind: Kind,
+        id: &str,
+        doc: &EntityDoc,
+        record: &Map<String, Value>,
+    ) -> Option<Map<String, Value>> {
+        let Some(Value::Object(known)) = self.state.get_json(kind, id) else {
+            return None;
+        };
+        let held = doc.record().ok().flatten()?;
+        let mut unknown = held
+            .into_iter()
+            .filter(|(field, _)| !known.contains_key(field) && !record.contains_key(field))
+            .peekable();
+        unknown.peek()?;
+        let mut out = record.clone();
+        out.extend(unknown);
+        Some(out)
     }
 
     fn merge_remote(
@@ -1590,6 +1615,64 @@ mod tests {
         let m = eu.model("m1").unwrap();
         assert!(m.scope.includes(US) && !m.scope.includes(EU));
         assert_ne!(eu.models_generation(), generation);
+    }
+
+    #[test]
+    fn fields_a_newer_region_wrote_survive_local_updates() {
+        let (mut us, mut eu) = (MetadataState::new(US), MetadataState::new(EU));
+        us.apply(&at(1_000, key(T1)));
+        ship(&us, &mut eu);
+        // A newer build in eu-west writes a field this build does not know.
+        let mut doc = eu.document(Kind::Key, T1).unwrap().unwrap();
+        let mut fields = doc.record().unwrap().unwrap();
+        fields.insert("future_field".into(), json!("kept"));
+        doc.update(&Actor::for_region(EU), 2_000, &fields).unwrap();
+        let newer = RemoteChanges {
+            kind: Kind::Key,
+            id: T1.into(),
+            changes: doc.changes_since(&[]),
+            heads: vec![],
+        };
+        let (out, _) = us.apply(&at(
+            0,
+            Command::MergeRemote {
+                source: EU.into(),
+                since: 0,
+                through: 1,
+                entities: vec![newer],
+            },
+        ));
+        assert!(matches!(out, Outcome::Done { .. }), "{out:?}");
+        assert!(
+            us.get_json(Kind::Key, T1)
+                .unwrap()
+                .get("future_field")
+                .is_none()
+        );
+        us.apply(&at(3_000, update(Kind::Key, T1, json!({"rpm_limit": 3}))));
+        let held = us
+            .document(Kind::Key, T1)
+            .unwrap()
+            .unwrap()
+            .record()
+            .unwrap()
+            .unwrap();
+        assert_eq!(held["future_field"], json!("kept"));
+        assert_eq!(held["rpm_limit"], json!(3));
+        // A field this build knows is still removed when cleared.
+        us.apply(&at(
+            4_000,
+            update(Kind::Key, T1, json!({"rpm_limit": null})),
+        ));
+        let held = us
+            .document(Kind::Key, T1)
+            .unwrap()
+            .unwrap()
+            .record()
+            .unwrap()
+            .unwrap();
+        assert!(!held.contains_key("rpm_limit"), "{held:?}");
+        assert_eq!(held["future_field"], json!("kept"));
     }
 
     #[test]
