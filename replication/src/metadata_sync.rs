@@ -58,8 +58,9 @@ pub struct SyncConfig {
     pub max_docs: usize,
     /// Saved-document bytes per push (about the size of the changes sent).
     pub max_bytes: usize,
-    /// Pushes to one region per round (catching up goes this fast).
-    pub max_pushes_per_round: usize,
+    /// Batches (pushed, or skipped as holding nothing to send) per region
+    /// per round: catching up goes this fast.
+    pub max_batches_per_round: usize,
 }
 
 impl Default for SyncConfig {
@@ -69,7 +70,7 @@ impl Default for SyncConfig {
             deadline: Duration::from_secs(5),
             max_docs: 256,
             max_bytes: 1 << 20,
-            max_pushes_per_round: 8,
+            max_batches_per_round: 8,
         }
     }
 }
@@ -354,7 +355,14 @@ impl MetadataSync {
             .unwrap_or_default();
         if let Err(e) = self.bring_up_to_date(remote, &mut progress, round).await {
             self.counters.failures.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(region = %remote.name, error = %e, "metadata sync failed");
+            match &e {
+                // Refused (a batch the remote region cannot merge): retried
+                // every round until fixed, so say it loudly.
+                CallError::Remote(_) => {
+                    tracing::warn!(region = %remote.name, error = %e, "metadata sync refused")
+                }
+                _ => tracing::debug!(region = %remote.name, error = %e, "metadata sync failed"),
+            }
             progress.next_peer = progress.next_peer.wrapping_add(1);
         }
         self.progress().insert(remote.name.clone(), progress);
@@ -390,18 +398,20 @@ impl MetadataSync {
         }
         progress.cursor = Some(cursor.min(local));
         let limits = OutboxLimits {
-            max_docs: self.config.max_docs,
-            max_bytes: self.config.max_bytes,
+            max_docs: self.config.max_docs.max(1),
+            max_bytes: self.config.max_bytes.max(1),
             max_scan: MAX_SCAN,
         };
-        let mut pushes = 0;
-        while progress.covered < local && pushes < self.config.max_pushes_per_round {
+        // Skipping counts as a step too: a round's work stays bounded.
+        let mut steps = 0;
+        while progress.covered < local && steps < self.config.max_batches_per_round {
+            steps += 1;
             let outbox = self
                 .region
                 .read(|s| s.outbox(progress.covered, &remote.name, limits));
             if outbox.docs.is_empty() {
                 // Nothing there to send (echoes only): skip it, no call.
-                progress.covered = outbox.through;
+                progress.covered = progress.covered.max(outbox.through);
                 continue;
             }
             let mut entities = Vec::with_capacity(outbox.docs.len());
@@ -417,7 +427,6 @@ impl MetadataSync {
             let answered = self
                 .push(peer, &remote.name, since, outbox.through, entities)
                 .await?;
-            pushes += 1;
             self.counters.pushes.fetch_add(1, Ordering::Relaxed);
             self.counters.docs_sent.fetch_add(sent, Ordering::Relaxed);
             progress.cursor = Some(answered);

@@ -101,6 +101,8 @@ fn sync_config() -> SyncConfig {
     SyncConfig {
         interval: Duration::from_millis(50),
         deadline: Duration::from_secs(3),
+        // Small batches: catching up takes several pushes.
+        max_docs: 8,
         ..SyncConfig::default()
     }
 }
