@@ -371,6 +371,10 @@ pub struct Reservation {
     pub headroom: Headroom,
     /// Who the request is charged to, for its spend log row.
     pub who: Who,
+    /// The worst case reserved, and its price: what a request is charged when
+    /// it ends before the provider reported usage.
+    pub worst: Usage,
+    worst_cost: Cost,
     settled: bool,
 }
 
@@ -425,12 +429,21 @@ fn correct(t: &mut Txn<'_>, id: &CounterId, reserved: u64, actual: u64) {
     }
 }
 
+impl Reservation {
+    /// The call failed: nothing was served, everything is given back.
+    pub fn release(mut self) {
+        let _ = self.settle(&Usage::default(), Cost(0));
+    }
+}
+
 impl Drop for Reservation {
-    /// A request that ends without settling (the call failed) gives
-    /// everything back.
+    /// Dropped unsettled, the request was abandoned while the provider was
+    /// working on it (the client went away): the provider may bill it, so it
+    /// is charged its reservation.
     fn drop(&mut self) {
         if !self.settled {
-            let _ = self.settle(&Usage::default(), Cost(0));
+            let worst = self.worst;
+            let _ = self.settle(&worst, self.worst_cost);
         }
     }
 }
@@ -455,6 +468,11 @@ pub fn admit(
             end_user: None,
         },
     };
+    let worst = Usage {
+        prompt_tokens: demand.prompt_tokens,
+        completion_tokens: demand.max_tokens.unwrap_or(DEFAULT_OUTPUT_RESERVE),
+        ..Usage::default()
+    };
     let mut reservation = Reservation {
         counters: counters.clone(),
         held: Vec::new(),
@@ -463,6 +481,8 @@ pub fn admit(
             end_user: demand.customer.clone(),
             ..who
         },
+        worst,
+        worst_cost: deployment.price.map_or(Cost(0), |p| p.cost(&worst)),
         settled: false,
     };
     if principal.is_admin() {
@@ -472,15 +492,10 @@ pub fn admit(
     if subjects.is_empty() {
         return Ok(reservation);
     }
-    let tokens = demand.prompt_tokens + demand.max_tokens.unwrap_or(0);
-    let worst = Usage {
-        prompt_tokens: demand.prompt_tokens,
-        completion_tokens: demand.max_tokens.unwrap_or(DEFAULT_OUTPUT_RESERVE),
-        ..Usage::default()
-    };
-    let cost = deployment
-        .price
-        .map_or(0, |p| u64::try_from(p.cost(&worst).0).unwrap_or(u64::MAX));
+    let tokens = demand
+        .prompt_tokens
+        .saturating_add(demand.max_tokens.unwrap_or(0));
+    let cost = u64::try_from(reservation.worst_cost.0).unwrap_or(u64::MAX);
     let window = Window::Rate.index(now_ms);
     let reset_s = (Window::Rate.start(window + 1) - now_ms).div_ceil(1000);
     let rate = |s: &Subject, metric: Metric| {
@@ -508,8 +523,12 @@ pub fn admit(
                 if let Some(rpm) = s.rpm {
                     let (cur, prev) = rate(s, Metric::Requests);
                     let used = sliding_estimate(t.value(&cur), t.value(&prev), now_ms);
-                    Headroom::note(&mut headroom.requests, rpm, rpm.saturating_sub(used + 1));
-                    if used + 1 > rpm {
+                    Headroom::note(
+                        &mut headroom.requests,
+                        rpm,
+                        rpm.saturating_sub(used.saturating_add(1)),
+                    );
+                    if used.saturating_add(1) > rpm {
                         headroom.requests = Some((rpm, 0));
                         return Err(refuse(
                             LimitKind::Requests,
@@ -524,8 +543,12 @@ pub fn admit(
                 if let Some(tpm) = s.tpm {
                     let (cur, prev) = rate(s, Metric::Tokens);
                     let used = sliding_estimate(t.value(&cur), t.value(&prev), now_ms);
-                    Headroom::note(&mut headroom.tokens, tpm, tpm.saturating_sub(used + tokens));
-                    if used + tokens > tpm {
+                    Headroom::note(
+                        &mut headroom.tokens,
+                        tpm,
+                        tpm.saturating_sub(used.saturating_add(tokens)),
+                    );
+                    if used.saturating_add(tokens) > tpm {
                         headroom.tokens = Some((tpm, tpm.saturating_sub(used)));
                         return Err(refuse(
                             LimitKind::Tokens,
@@ -539,7 +562,7 @@ pub fn admit(
                 }
                 if let Some(max) = s.parallel {
                     let used = t.value(&s.id(Metric::Parallel, Window::Lifetime, now_ms));
-                    if used + 1 > max {
+                    if used.saturating_add(1) > max {
                         return Err(refuse(LimitKind::Parallel, s, max, used, Some(1), headroom));
                     }
                 }

@@ -15,7 +15,7 @@ use std::time::Duration;
 use meridian_consensus::grpc::{GrpcTransport, raft_service};
 use meridian_consensus::raft::Member;
 use meridian_consensus::transport::NoPeers;
-use meridian_consensus::{Region, RegionConfig};
+use meridian_consensus::{Region, RegionConfig, RegionId};
 use meridian_link::{ClusterSecret, Dialer};
 use meridian_replication::gossip::{PeerList, WallClock};
 use meridian_replication::{Counters, Gossip, GossipConfig, Peer, gossip_service};
@@ -27,12 +27,21 @@ use crate::config::NodeSettings;
 use crate::error::{Error, Result};
 
 /// Starts (or restarts from `store`) a region whose only member is this node.
-pub async fn single_node_region(store: Arc<dyn Store>, api_url: String) -> Result<Region> {
+pub async fn single_node_region(
+    region: &str,
+    store: Arc<dyn Store>,
+    api_url: String,
+) -> Result<Region> {
     let member = Member {
         raft_addr: String::new(),
         api_url,
     };
-    let region = Region::start(RegionConfig::single(1, member), store, Arc::new(NoPeers)).await?;
+    let region = Region::start(
+        RegionConfig::single(RegionId::new(region), 1, member),
+        store,
+        Arc::new(NoPeers),
+    )
+    .await?;
     Ok(region)
 }
 
@@ -45,7 +54,7 @@ pub async fn single_node(
 ) -> Result<crate::node::Local> {
     let settings = &config.node;
     let api_url = format!("http://{}", settings.listen);
-    let metadata = single_node_region(store.clone(), api_url).await?;
+    let metadata = single_node_region(&settings.region, store.clone(), api_url).await?;
     let counters = start_counters(
         &settings.region,
         settings.cluster.raft_id,
@@ -95,7 +104,7 @@ pub async fn start_region(
         .clone()
         .unwrap_or_else(|| format!("http://{api_addr}"));
     let Some(listen) = cluster.listen else {
-        return single_node_region(store, api_url).await;
+        return single_node_region(&settings.region, store, api_url).await;
     };
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -132,6 +141,7 @@ pub async fn start_region(
     let dialer = Dialer::tcp();
     let transport = GrpcTransport::new(settings.region.clone(), secret.clone(), dialer.clone());
     let config = RegionConfig {
+        region: RegionId::new(settings.region.clone()),
         node_id: cluster.raft_id,
         initial_members: members,
         seed: cluster.raft_id,

@@ -96,6 +96,7 @@ where
             reservation,
         }),
         Err(e) => {
+            reservation.release();
             tracing::warn!(
                 request_id = %ctx.request_id,
                 deployment = %deployment.id,
@@ -116,6 +117,8 @@ pub struct Settlement {
     deployment: Arc<Deployment>,
     reservation: Reservation,
     usage: Usage,
+    /// Whether the provider reported usage at all.
+    observed: bool,
     settled: Option<(Cost, meridian_replication::Ticket)>,
     log: LogTarget,
 }
@@ -141,6 +144,7 @@ impl Settlement {
             deployment,
             reservation,
             usage: Usage::default(),
+            observed: false,
             settled: None,
             log,
         }
@@ -149,6 +153,7 @@ impl Settlement {
     /// Records the latest usage report (providers send cumulative usage).
     pub fn observe(&mut self, usage: Usage) {
         self.usage = usage;
+        self.observed = true;
     }
 
     pub fn usage(&self) -> Usage {
@@ -159,6 +164,12 @@ impl Settlement {
     pub fn finish(&mut self) -> Cost {
         if let Some((cost, _)) = self.settled {
             return cost;
+        }
+        if !self.observed {
+            // Cut before the provider reported usage (it does so at the
+            // end): the provider may still bill it, so the reservation is
+            // charged.
+            self.usage = self.reservation.worst;
         }
         let cost = cost_of(&self.deployment, &self.usage);
         let ticket = self.reservation.settle(&self.usage, cost);

@@ -42,6 +42,10 @@ pub struct Counters {
     store: Arc<dyn Store>,
     durability: Durability,
     table: Mutex<Table>,
+    /// Held from encoding a batch until it is written: two writers (the
+    /// flusher, peers' changes, collection) must not land an older copy of a
+    /// counter over a newer one.
+    writing: Mutex<()>,
     flush_wanted: Notify,
     /// The highest change number that is durable.
     flushed: watch::Sender<u64>,
@@ -177,6 +181,7 @@ impl Counters {
             store,
             durability,
             table: Mutex::new(table),
+            writing: Mutex::new(()),
             flush_wanted: Notify::new(),
             flushed,
         })
@@ -242,6 +247,7 @@ impl Counters {
     /// Writes every pending own slot in one batch and releases the tickets it
     /// covers. Runs in the flusher task; tests call it directly.
     pub fn flush(&self) -> Result<(), Error> {
+        let _writing = self.writing.lock().unwrap_or_else(PoisonError::into_inner);
         let (batch, snapshot, through) = {
             let mut table = self.lock();
             if table.unflushed.is_empty() {
@@ -298,6 +304,7 @@ impl Counters {
     /// Writes counters that only peers changed (their slots are relearned
     /// after a crash anyway: this shortens the relearning).
     pub fn persist_remote(&self) -> Result<(), Error> {
+        let _writing = self.writing.lock().unwrap_or_else(PoisonError::into_inner);
         let batch = {
             let mut table = self.lock();
             let mut batch = WriteBatch::default();
@@ -379,6 +386,7 @@ impl Counters {
                     );
                     table.version = table.version.max(slot.version);
                     table.unflushed.insert(id.clone());
+                    self.flush_wanted.notify_one();
                 } else {
                     continue;
                 }
@@ -452,6 +460,7 @@ impl Counters {
     /// Forgets counters whose period ended more than `retention_ms` before
     /// `now_ms`, in memory and in the store.
     pub fn collect(&self, now_ms: u64, retention_ms: u64) -> Result<usize, Error> {
+        let _writing = self.writing.lock().unwrap_or_else(PoisonError::into_inner);
         let mut batch = WriteBatch::default();
         {
             let mut table = self.lock();

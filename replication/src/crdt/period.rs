@@ -141,6 +141,8 @@ fn month_of(t_ms: u64) -> u64 {
 
 /// Unix milliseconds of midnight UTC on the first day of month `m` since 1970-01.
 fn month_start(m: u64) -> u64 {
+    // Beyond year 9999 nothing is meaningful; a malformed id must not overflow.
+    let m = m.min(12 * 8030);
     let year = 1970 + m / 12;
     let month = m % 12 + 1;
     days_from_civil(year, month, 1).saturating_mul(DAY_MS)
