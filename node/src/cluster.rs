@@ -18,6 +18,9 @@ use meridian_consensus::transport::NoPeers;
 use meridian_consensus::{Region, RegionConfig, RegionId};
 use meridian_link::{ClusterSecret, Dialer};
 use meridian_replication::gossip::{PeerList, WallClock};
+use meridian_replication::metadata_sync::{
+    MetadataSync, RemoteRegion, RemoteRegions, SyncConfig, sync_service,
+};
 use meridian_replication::{Counters, Gossip, GossipConfig, Peer, gossip_service};
 use meridian_storage::{Durability, Store};
 use tonic::service::Routes;
@@ -166,7 +169,9 @@ pub async fn start_region(
         secret.clone(),
         wall.clone(),
         &gossip_config,
-    ));
+    ))
+    .add_service(sync_service(region.clone(), secret.clone()));
+    let secret_for_sync = secret.clone();
     let gossip = Gossip::new(
         counters,
         dialer,
@@ -183,6 +188,14 @@ pub async fn start_region(
         }
     };
     tokio::spawn(gossip.run(until_stopped()));
+    let metadata_sync = MetadataSync::new(
+        region.clone(),
+        remote_regions(cluster),
+        Dialer::tcp(),
+        secret_for_sync,
+        SyncConfig::default(),
+    );
+    tokio::spawn(metadata_sync.run(until_stopped()));
     let serving = until_stopped();
     tokio::spawn(async move {
         if let Err(e) = meridian_link::serve(listener, routes, serving).await {
@@ -194,6 +207,27 @@ pub async fn start_region(
         let _ = stop.send(true);
     });
     Ok(region)
+}
+
+/// Metadata is synced with every configured remote region (through any of
+/// its nodes).
+fn remote_regions(cluster: &crate::config::ClusterSettings) -> RemoteRegions {
+    let delay = cluster.inject_region_delay;
+    let regions: Vec<RemoteRegion> = cluster
+        .remote_regions
+        .iter()
+        .map(|(name, addrs)| RemoteRegion {
+            name: name.clone(),
+            peers: addrs
+                .iter()
+                .map(|addr| Peer {
+                    addr: addr.clone(),
+                    delay,
+                })
+                .collect(),
+        })
+        .collect();
+    Arc::new(move || regions.clone())
 }
 
 /// Gossip goes to every other member of this region (as Raft knows them now)

@@ -181,21 +181,15 @@ meridian:
         Seen { status, cost, body }
     }
 
-    /// The same key in every region. (Keys made in one region reach the
-    /// others by the metadata sync; these tests are about counters, so they
-    /// do not wait for it.)
+    /// A key made in the first region, once every node of every region
+    /// knows it (the metadata sync carries it across).
     async fn key_everywhere(&self, key: &str, settings: Value) {
         let mut body = settings;
         body["key"] = json!(key);
-        let mut done = std::collections::BTreeSet::new();
-        for (i, n) in self.nodes.iter().enumerate() {
-            if done.insert(n.region) {
-                let (status, reply) = self
-                    .call(i, "POST", "/key/generate", MASTER, Some(body.clone()))
-                    .await;
-                assert_eq!(status, 200, "{reply}");
-            }
-        }
+        let (status, reply) = self
+            .call(0, "POST", "/key/generate", MASTER, Some(body))
+            .await;
+        assert_eq!(status, 200, "{reply}");
         for i in 0..self.nodes.len() {
             let deadline = Instant::now() + Duration::from_secs(10);
             while self
@@ -244,6 +238,53 @@ meridian:
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
+}
+
+/// Metadata made in one region works in the other: a key created in us-east
+/// authenticates in eu-west, and a block made in eu-west is refused in us-east
+/// within 2 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_made_anywhere_works_and_a_block_anywhere_holds_everywhere() {
+    let world = World::start(&["us-east", "eu-west"], 2).await;
+    let key = "sk-regions-metadata";
+    let started = Instant::now();
+    world.key_everywhere(key, json!({})).await;
+    println!(
+        "a key made in us-east was known on every node after {:?}",
+        started.elapsed()
+    );
+    let eu = (0..world.nodes.len())
+        .find(|i| world.nodes[*i].region == "eu-west")
+        .unwrap();
+    assert_eq!(world.chat(eu, key).await.status, 200);
+    let (status, body) = world
+        .call(
+            eu,
+            "POST",
+            "/key/block",
+            MASTER,
+            Some(json!({ "key": key })),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let blocked = Instant::now();
+    for i in (0..world.nodes.len()).filter(|i| world.nodes[*i].region == "us-east") {
+        loop {
+            let seen = world.chat(i, key).await;
+            if seen.status == 401 {
+                break;
+            }
+            assert!(
+                blocked.elapsed() < Duration::from_secs(2),
+                "node {i} still accepts the key blocked in eu-west after 2 s"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    println!(
+        "a block made in eu-west was refused in us-east after {:?}",
+        blocked.elapsed()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
