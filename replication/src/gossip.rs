@@ -5,7 +5,7 @@
 //! any call without it before reading the message.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -65,6 +65,9 @@ impl Default for GossipConfig {
         }
     }
 }
+
+/// Pushes to one peer that may be under way at once.
+const MAX_IN_FLIGHT: usize = 8;
 
 /// The largest gossip message either way.
 const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
@@ -141,7 +144,10 @@ pub struct Gossip {
     config: GossipConfig,
     /// Peers that missed a push (failed or skipped): synced with first.
     behind: Mutex<BTreeSet<String>>,
-    in_flight: Mutex<std::collections::BTreeMap<String, Arc<AtomicBool>>>,
+    /// Pushes under way per peer. A slow link (a round trip longer than the
+    /// interval) keeps several in flight; only beyond `MAX_IN_FLIGHT` is a
+    /// round skipped for that peer (and repaired by a sync).
+    in_flight: Mutex<std::collections::BTreeMap<String, Arc<AtomicUsize>>>,
 }
 
 impl Gossip {
@@ -186,9 +192,9 @@ impl Gossip {
         }
     }
 
-    /// Sends this round's own changes to every peer, each in its own task; a
-    /// peer whose previous push is still in flight is skipped this round and
-    /// repaired by a sync.
+    /// Sends this round's own changes to every peer, each in its own task.
+    /// Pushes may overtake each other; a receiver then merges the values all
+    /// the same and only raises its mark once the ranges join up.
     fn push_round(self: &Arc<Self>) {
         let outbox = self.counters.take_outbox();
         if outbox.slots.is_empty() {
@@ -211,7 +217,8 @@ impl Gossip {
                     .unwrap_or_else(PoisonError::into_inner);
                 in_flight.entry(peer.addr.clone()).or_default().clone()
             };
-            if busy.swap(true, Ordering::AcqRel) {
+            if busy.fetch_add(1, Ordering::AcqRel) >= MAX_IN_FLIGHT {
+                busy.fetch_sub(1, Ordering::AcqRel);
                 self.fell_behind(&peer.addr);
                 continue;
             }
@@ -222,7 +229,7 @@ impl Gossip {
                     tracing::debug!(peer = %peer.addr, error = %e, "gossip push failed");
                     this.fell_behind(&peer.addr);
                 }
-                busy.store(false, Ordering::Release);
+                busy.fetch_sub(1, Ordering::AcqRel);
             });
         }
     }
