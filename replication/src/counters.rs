@@ -29,6 +29,9 @@ use crate::wire;
 const INCARNATION_KEY: &[u8] = &[0, b'i'];
 const VERSION_KEY: &[u8] = &[0, b'v'];
 
+/// The most slots one sync reply carries (about 10 MiB on the wire).
+const MAX_SYNC_SLOTS: usize = 100_000;
+
 /// A change waiting to become durable: its change number.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 #[must_use = "wait for it with `Counters::durable` before acknowledging"]
@@ -436,25 +439,68 @@ impl Counters {
         &self,
         theirs: &BTreeMap<Replica, u64>,
     ) -> (Vec<SlotDelta>, BTreeMap<Replica, u64>) {
+        self.missing_page(theirs, MAX_SYNC_SLOTS)
+    }
+
+    /// [`Counters::missing`], at most `page` slots. Each replica's slots go
+    /// in change-number order, so a reply cut short still proves the peer
+    /// holds that replica's changes up to the last one sent; replicas not
+    /// reached are left out of the digest, and the next sync continues.
+    pub fn missing_page(
+        &self,
+        theirs: &BTreeMap<Replica, u64>,
+        page: usize,
+    ) -> (Vec<SlotDelta>, BTreeMap<Replica, u64>) {
         let table = self.lock();
         let lacks = |r: &Replica, v: u64| theirs.get(r).is_none_or(|w| v > *w);
-        let mut out = Vec::new();
+        let mut by_replica: BTreeMap<&Replica, Vec<(u64, &CounterId, Slot)>> = BTreeMap::new();
         for (id, counter) in &table.counters {
             for (replica, slot) in counter.slots() {
-                if *replica == self.me {
-                    continue;
-                }
-                if lacks(replica, slot.version) {
-                    out.push((id.clone(), replica.clone(), *slot));
+                if *replica != self.me && lacks(replica, slot.version) {
+                    by_replica
+                        .entry(replica)
+                        .or_default()
+                        .push((slot.version, id, *slot));
                 }
             }
         }
         for (id, slot) in &table.durable_own {
             if lacks(&self.me, slot.version) {
-                out.push((id.clone(), self.me.clone(), *slot));
+                by_replica
+                    .entry(&self.me)
+                    .or_default()
+                    .push((slot.version, id, *slot));
             }
         }
-        (out, table.marks.clone())
+        let mut out = Vec::new();
+        let mut digest = BTreeMap::new();
+        for (replica, mut slots) in by_replica {
+            let mark = table.marks.get(replica).copied().unwrap_or(0);
+            let room = page.saturating_sub(out.len());
+            if room == 0 {
+                break;
+            }
+            slots.sort_unstable_by_key(|(v, _, _)| *v);
+            let cut = slots.len() > room;
+            slots.truncate(room);
+            let last = slots.last().map_or(0, |(v, _, _)| *v);
+            out.extend(
+                slots
+                    .into_iter()
+                    .map(|(_, id, s)| (id.clone(), replica.clone(), s)),
+            );
+            digest.insert(replica.clone(), if cut { mark.min(last) } else { mark });
+            if cut {
+                break;
+            }
+        }
+        // Replicas the peer lacks nothing of: this node's marks hold for them.
+        if out.len() < page {
+            for (r, w) in &table.marks {
+                digest.entry(r.clone()).or_insert(*w);
+            }
+        }
+        (out, digest)
     }
 
     /// Forgets counters whose period ended more than `retention_ms` before
@@ -643,6 +689,32 @@ mod tests {
         assert_eq!(b.digest().get(a.me()), Some(&2));
         assert_eq!(b.read(|t| t.value(&id("x")) + t.value(&id("y"))), 2);
         assert!(a.missing(&b.digest()).0.is_empty(), "nothing left to send");
+    }
+
+    #[test]
+    fn a_sync_reply_is_paged_and_each_page_raises_the_marks_it_proves() {
+        let a = open(&Arc::new(MemStore::new()), "us-east", 1);
+        for i in 0..10 {
+            let _ = add(&a, &format!("k{i}"), 1);
+        }
+        a.flush().unwrap();
+        let b = open(&Arc::new(MemStore::new()), "eu-west", 2);
+        let mut pages = 0;
+        loop {
+            let (slots, digest) = a.missing_page(&b.digest(), 3);
+            if slots.is_empty() {
+                break;
+            }
+            assert!(slots.len() <= 3);
+            pages += 1;
+            b.merge(slots, Completes::Digest(digest), 0, u64::MAX);
+        }
+        assert_eq!(pages, 4);
+        assert_eq!(b.digest().get(a.me()), Some(&10));
+        let total: u64 = (0..10)
+            .map(|i| b.read(|t| t.value(&id(&format!("k{i}")))))
+            .sum();
+        assert_eq!(total, 10);
     }
 
     #[test]
