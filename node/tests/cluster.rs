@@ -5,37 +5,14 @@
 
 mod process_support;
 
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::Duration;
 
-use process_support::{BIN, MASTER, free_port, spawn};
+use process_support::{BIN, MASTER, Proc as Node, free_port, spawn};
 
 use tokio::time::Instant;
 
 use serde_json::{Value, json};
-
-struct Node {
-    raft_id: u64,
-    api_port: u16,
-    cluster_port: u16,
-    config: std::path::PathBuf,
-    child: Option<Child>,
-}
-
-impl Node {
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.api_port)
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
 
 struct Region {
     _dir: tempfile::TempDir,
@@ -49,6 +26,7 @@ impl Region {
         let dir = tempfile::tempdir().unwrap();
         let mut nodes: Vec<Node> = (1..=size)
             .map(|raft_id| Node {
+                region: "test",
                 raft_id,
                 api_port: free_port(),
                 cluster_port: free_port(),
@@ -96,6 +74,7 @@ impl Region {
     /// itself (so it never bootstraps a region of its own), and starts it.
     async fn start_joiner(&mut self, raft_id: u64) -> usize {
         let node = Node {
+            region: "test",
             raft_id,
             api_port: free_port(),
             cluster_port: free_port(),

@@ -10,35 +10,13 @@ mod process_support;
 use std::process::Child;
 use std::time::Duration;
 
-use process_support::{MASTER, free_port, spawn};
+use process_support::{MASTER, Proc, free_port, spawn};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
 /// Gossip interval and injected one-way inter-region delay of these worlds.
 const GOSSIP_MS: u64 = 100;
 const DELAY_MS: u64 = 20;
-
-struct Proc {
-    region: &'static str,
-    api_port: u16,
-    config: std::path::PathBuf,
-    child: Option<Child>,
-}
-
-impl Proc {
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.api_port)
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
 
 struct World {
     _dir: tempfile::TempDir,
@@ -110,7 +88,9 @@ meridian:
             std::fs::write(&config, yaml).unwrap();
             nodes.push(Proc {
                 region,
+                raft_id: id,
                 api_port: api,
+                cluster_port: cluster,
                 child: Some(spawn(&config)),
                 config,
             });

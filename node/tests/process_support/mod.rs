@@ -20,6 +20,31 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// One `meridian` process of a test world; killed when dropped.
+pub struct Proc {
+    pub region: &'static str,
+    pub raft_id: u64,
+    pub api_port: u16,
+    pub cluster_port: u16,
+    pub config: std::path::PathBuf,
+    pub child: Option<Child>,
+}
+
+impl Proc {
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.api_port)
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 /// Starts `meridian serve` with the test master key and cluster secret.
 pub fn spawn(config: &Path) -> Child {
     Command::new(BIN)
