@@ -244,19 +244,11 @@ pub fn spend_report(
     budget_id: Option<&str>,
     now_ms: u64,
 ) -> serde_json::Value {
-    let template = budget_id.and_then(|b| state.budget(b));
-    let duration = limits
-        .budget_duration
-        .as_deref()
-        .or_else(|| template.and_then(|t| t.limits.budget_duration.as_deref()));
-    let window = budget_window(duration);
-    let id = CounterId {
-        scope,
-        entity: entity.into(),
-        metric: Metric::Spend,
-        window,
-        period: window.index(now_ms),
-    };
+    // The same resolution admission uses, so both read the same counter.
+    let template = budget_id.and_then(|b| state.budget(b)).map(|t| &t.limits);
+    let subject = Subject::new(scope, entity, String::new(), limits, template);
+    let window = subject.window;
+    let id = subject.id(Metric::Spend, window, now_ms);
     let reading = counters.reading(&id);
     let usd = |pico: u64| pico as f64 / 1e12;
     let by_region: serde_json::Map<String, serde_json::Value> = reading
