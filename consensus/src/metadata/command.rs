@@ -116,6 +116,9 @@ pub enum Command {
         through: u64,
         entities: Vec<RemoteChanges>,
     },
+    /// Asks this region's rights ledger of a `strict` limit for rights (see
+    /// [`super::ledger`]). Answered with `Done { records: [GrantReply], .. }`.
+    Grant(super::ledger::GrantRequest),
 }
 
 /// One document's changes from another region.

@@ -3,11 +3,13 @@
 
 pub mod command;
 pub mod doc;
+pub mod ledger;
 pub mod records;
 pub mod state;
 
 pub use command::{Command, Kind, MergeSummary, Outcome, Proposal, Refusal, RemoteChanges};
 pub use doc::{Actor, DocError, EntityDoc};
+pub use ledger::{GrantReply, GrantRequest, Holder, Ledger};
 pub use records::*;
 pub use state::{
     Change, MetadataState, Outbox, OutboxLimits, OutgoingDoc, Plan, StoredDoc, id_field,

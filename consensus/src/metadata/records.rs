@@ -69,6 +69,11 @@ pub struct Limits {
     pub max_parallel_requests: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enforcement: Option<Enforcement>,
+    /// The region whose Raft log issues the rights of this entity's `strict`
+    /// limits: the region that created it, stamped when the creation is
+    /// applied and never changed (so every region agrees on one issuer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub home_region: Option<String>,
 }
 
 /// A virtual key. Only its SHA-256 (`token`) is stored, never the key.

@@ -38,6 +38,7 @@ use serde_json::{Map, Value};
 
 use super::command::{Command, Kind, MergeSummary, Outcome, Proposal, Refusal, RemoteChanges};
 use super::doc::{Actor, DocError, EntityDoc};
+use super::ledger::{GrantReply, GrantRequest, LEDGER_GRACE_MS, Ledger};
 use super::records::{
     BudgetRecord, CustomerRecord, KeyRecord, ModelRecord, TeamRecord, UserRecord,
 };
@@ -64,6 +65,11 @@ pub enum Change {
     Cursor {
         region: String,
         seq: u64,
+    },
+    /// A `strict` limit's rights ledger (JSON), or its removal (`None`).
+    Ledger {
+        counter: Vec<u8>,
+        json: Option<Vec<u8>>,
     },
 }
 
@@ -161,6 +167,14 @@ pub struct OutboxLimits {
     pub max_scan: usize,
 }
 
+/// Whether records of `kind` have a home region (they carry limits).
+fn has_home(kind: Kind) -> bool {
+    matches!(kind, Kind::Key | Kind::Team | Kind::User | Kind::Customer)
+}
+
+/// Expired ledgers dropped per grant (bounds the work of one command).
+const MAX_LEDGERS_DROPPED: usize = 64;
+
 /// A region name longer than this is refused (it is stored with documents).
 const MAX_REGION_NAME: usize = 64;
 
@@ -190,6 +204,14 @@ pub struct MetadataState {
     cursors: BTreeMap<String, u64>,
     /// Region names that documents' `echo` share.
     names: BTreeSet<Arc<str>>,
+    /// Rights ledgers of `strict` limits whose home is this region, by
+    /// counter; and by the time they may be dropped.
+    ledgers: BTreeMap<Vec<u8>, Ledger>,
+    ledger_expiry: BTreeSet<(u64, Vec<u8>)>,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Parses a hex SHA-256 token.
@@ -264,6 +286,10 @@ enum Effect {
         region: String,
         seq: u64,
     },
+    Ledger {
+        counter: Vec<u8>,
+        ledger: Option<Ledger>,
+    },
 }
 
 /// What applying one proposal does, computed without changing the state
@@ -298,6 +324,8 @@ impl MetadataState {
             by_seq: BTreeMap::new(),
             seq: 0,
             cursors: BTreeMap::new(),
+            ledgers: BTreeMap::new(),
+            ledger_expiry: BTreeSet::new(),
             names: BTreeSet::new(),
         }
     }
@@ -500,6 +528,11 @@ impl MetadataState {
                     self.cursors.insert(region.clone(), seq);
                     changes.push(Change::Cursor { region, seq });
                 }
+                Effect::Ledger { counter, ledger } => {
+                    let json = ledger.as_ref().map(|l| to_json(l).to_string().into_bytes());
+                    self.install_ledger(counter.clone(), ledger);
+                    changes.push(Change::Ledger { counter, json });
+                }
             }
         }
         (plan.outcome, changes)
@@ -627,6 +660,46 @@ impl MetadataState {
     /// Installs a sync cursor read back from storage or a snapshot.
     pub fn load_cursor(&mut self, region: &str, seq: u64) {
         self.cursors.insert(region.to_owned(), seq);
+    }
+
+    /// Loads a stored rights ledger.
+    pub fn load_ledger(&mut self, counter: &[u8], json: &[u8]) -> Result<(), String> {
+        let ledger: Ledger = serde_json::from_slice(json)
+            .map_err(|e| format!("rights ledger {}: {e}", hex(counter)))?;
+        self.install_ledger(counter.to_vec(), Some(ledger));
+        Ok(())
+    }
+
+    fn install_ledger(&mut self, counter: Vec<u8>, ledger: Option<Ledger>) {
+        if let Some(old) = self.ledgers.get(&counter)
+            && let Some(end) = old.ends_at_ms
+        {
+            self.ledger_expiry.remove(&(end, counter.clone()));
+        }
+        match ledger {
+            Some(ledger) => {
+                if let Some(end) = ledger.ends_at_ms {
+                    self.ledger_expiry.insert((end, counter.clone()));
+                }
+                self.ledgers.insert(counter, ledger);
+            }
+            None => {
+                self.ledgers.remove(&counter);
+            }
+        }
+    }
+
+    /// The rights ledger of `counter`, if this region issues its rights.
+    pub fn ledger(&self, counter: &[u8]) -> Option<&Ledger> {
+        self.ledgers.get(counter)
+    }
+
+    /// Every rights ledger as `(counter, json)`.
+    pub fn ledgers(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        self.ledgers
+            .iter()
+            .map(|(c, l)| (c.clone(), to_json(l).to_string().into_bytes()))
+            .collect()
     }
 
     fn intern(&mut self, name: &str) -> Arc<str> {
@@ -856,7 +929,47 @@ impl Planner<'_> {
                 through,
                 entities,
             } => self.merge_remote(source, *since, *through, entities),
+            Command::Grant(request) => Ok(self.grant(request)),
         }
+    }
+
+    /// Applies a rights request to its counter's ledger, dropping ledgers
+    /// whose period ended long enough ago.
+    fn grant(&mut self, request: &GrantRequest) -> Outcome {
+        // A period long over (a node with a very slow clock): its ledger may
+        // be gone, and a new one must not hand its headroom out again.
+        if request
+            .ends_at_ms
+            .is_some_and(|end| end.saturating_add(LEDGER_GRACE_MS) < self.at_ms)
+        {
+            return done(vec![to_json(&GrantReply::default())], vec![]);
+        }
+        let mut ledger = self
+            .state
+            .ledgers
+            .get(&request.counter)
+            .cloned()
+            .unwrap_or_default();
+        let reply = ledger.grant(request);
+        for (_, counter) in self
+            .state
+            .ledger_expiry
+            .iter()
+            .take_while(|(end, _)| end.saturating_add(LEDGER_GRACE_MS) < self.at_ms)
+            .take(MAX_LEDGERS_DROPPED)
+        {
+            if *counter != request.counter {
+                self.effects.push(Effect::Ledger {
+                    counter: counter.clone(),
+                    ledger: None,
+                });
+            }
+        }
+        self.effects.push(Effect::Ledger {
+            counter: request.counter.clone(),
+            ledger: Some(ledger),
+        });
+        done(vec![to_json(&reply)], vec![])
     }
 
     fn create(&mut self, kind: Kind, record: &Value) -> Planned {
@@ -866,6 +979,9 @@ impl Planner<'_> {
         };
         record.insert("created_at".into(), self.now.into());
         record.insert("updated_at".into(), self.now.into());
+        if has_home(kind) {
+            record.insert("home_region".into(), self.state.region.to_string().into());
+        }
         let Some(id) = record
             .get(id_field(kind))
             .and_then(Value::as_str)
@@ -896,10 +1012,14 @@ impl Planner<'_> {
         };
         for (field, value) in patch {
             // Identity and history are not the caller's to change.
-            if field == id_field(kind) || field == "created_at" {
+            if field == id_field(kind) || field == "created_at" || field == "home_region" {
                 continue;
             }
             record.insert(field.clone(), value.clone());
+        }
+        // Records made before homes existed get this region's.
+        if has_home(kind) && !record.contains_key("home_region") {
+            record.insert("home_region".into(), self.state.region.to_string().into());
         }
         record.insert("updated_at".into(), self.now.into());
         let id = stored_id(kind, id, record.get("token"));
@@ -1778,5 +1898,76 @@ mod tests {
             doc.record().unwrap().map(Value::Object),
             legacy.get_json(Kind::Key, T1)
         );
+    }
+
+    fn grant(counter: &[u8], need: u64, ends_at_ms: u64) -> Command {
+        Command::Grant(GrantRequest {
+            counter: counter.to_vec(),
+            holder: crate::metadata::Holder {
+                region: "eu-west".into(),
+                node: 1,
+                incarnation: 7,
+            },
+            need,
+            returned: 0,
+            limit: 10,
+            limit_version: 1,
+            ends_at_ms: Some(ends_at_ms),
+        })
+    }
+
+    fn reply(outcome: &Outcome) -> GrantReply {
+        match outcome {
+            Outcome::Done { records, .. } => serde_json::from_value(records[0].clone()).unwrap(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn rights_ledgers_are_durable_replicated_state_and_expire() {
+        let mut state = MetadataState::new("us-east");
+        let (out, changes) = state.apply(&at(1_000, grant(b"c1", 4, 60_000)));
+        assert_eq!(reply(&out).issued, 4);
+        assert!(matches!(
+            changes.as_slice(),
+            [Change::Ledger { json: Some(_), .. }]
+        ));
+        // What is stored loads back to the same ledger.
+        let mut copy = MetadataState::new("us-east");
+        for (counter, json) in state.ledgers() {
+            copy.load_ledger(&counter, &json).unwrap();
+        }
+        assert_eq!(copy.ledger(b"c1"), state.ledger(b"c1"));
+        // A period long over gets nothing, and its ledger is not made again.
+        let late = 60_001 + LEDGER_GRACE_MS;
+        let (out, changes) = state.apply(&at(late, grant(b"c0", 1, 60_000)));
+        assert_eq!(reply(&out).granted, 0);
+        assert!(changes.is_empty());
+        // The next grant drops the expired ledger.
+        let (_, changes) = state.apply(&at(late, grant(b"c2", 1, late + 60_000)));
+        assert!(changes.contains(&Change::Ledger {
+            counter: b"c1".to_vec(),
+            json: None
+        }));
+        assert!(state.ledger(b"c1").is_none() && state.ledger(b"c2").is_some());
+    }
+
+    #[test]
+    fn the_creating_region_is_the_home_and_stays_so() {
+        let mut state = MetadataState::new("eu-west");
+        state.apply(&at(1_000, key(T1)));
+        let home = |s: &MetadataState| s.key(T1).unwrap().limits.home_region.clone();
+        assert_eq!(home(&state).as_deref(), Some("eu-west"));
+        let mut patch = Map::new();
+        patch.insert("home_region".into(), json!("us-east"));
+        state.apply(&at(
+            2_000,
+            Command::Update {
+                kind: Kind::Key,
+                id: T1.into(),
+                patch,
+            },
+        ));
+        assert_eq!(home(&state).as_deref(), Some("eu-west"));
     }
 }

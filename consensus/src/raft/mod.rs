@@ -48,6 +48,7 @@ impl fmt::Display for Proposal {
             crate::metadata::Command::MergeRemote {
                 source, entities, ..
             } => format!("merge {} document(s) from {source}", entities.len()),
+            crate::metadata::Command::Grant(r) => format!("rights for {}", r.holder.region),
         };
         write!(f, "{op} @{}", self.at_ms)
     }

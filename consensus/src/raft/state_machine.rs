@@ -11,7 +11,8 @@
 //! Layout of [`Cf::State`]: records under their kind's prefix (`k/<token>`,
 //! `t/<team_id>`, ...), each entity's document under `d/` plus the same
 //! (`d/k/<token>`), the sync cursor of each remote region under
-//! `_cursor/<region>`, and the applied and membership markers.
+//! `_cursor/<region>`, the rights ledgers of `strict` limits under `_ledger/`
+//! plus the counter's bytes, and the applied and membership markers.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -42,6 +43,7 @@ const CURRENT_SNAPSHOT: &[u8] = b"current";
 
 const DOC_PREFIX: &[u8] = b"d/";
 const CURSOR_PREFIX: &[u8] = b"_cursor/";
+const LEDGER_PREFIX: &[u8] = b"_ledger/";
 
 /// A snapshot's bytes: every record, document and sync cursor.
 #[derive(Serialize, Deserialize)]
@@ -53,6 +55,9 @@ struct SnapshotBody {
     docs: Vec<(Kind, String, String)>,
     #[serde(default)]
     cursors: BTreeMap<String, u64>,
+    /// `(base64 of the counter, ledger JSON)`.
+    #[serde(default)]
+    ledgers: Vec<(String, String)>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -82,6 +87,12 @@ fn doc_key(kind: Kind, id: &str) -> Vec<u8> {
     k
 }
 
+fn ledger_key(counter: &[u8]) -> Vec<u8> {
+    let mut k = LEDGER_PREFIX.to_vec();
+    k.extend_from_slice(counter);
+    k
+}
+
 fn cursor_key(region: &str) -> Vec<u8> {
     let mut k = CURSOR_PREFIX.to_vec();
     k.extend_from_slice(region.as_bytes());
@@ -107,6 +118,14 @@ pub fn stage(batch: &mut WriteBatch, changes: Vec<Change>) {
             Change::Cursor { region, seq } => {
                 batch.put(Cf::State, cursor_key(&region), seq.to_be_bytes().to_vec())
             }
+            Change::Ledger {
+                counter,
+                json: Some(json),
+            } => batch.put(Cf::State, ledger_key(&counter), json),
+            Change::Ledger {
+                counter,
+                json: None,
+            } => batch.delete(Cf::State, ledger_key(&counter)),
         };
     }
 }
@@ -178,6 +197,17 @@ impl StateMachine {
                 },
             )
             .map_err(io_error)?;
+        store
+            .scan(
+                Cf::State,
+                LEDGER_PREFIX,
+                Some(&prefix_end(LEDGER_PREFIX)),
+                &mut |key, value| {
+                    let counter = key.get(LEDGER_PREFIX.len()..).unwrap_or_default();
+                    state.load_ledger(counter, value).map_err(engine)
+                },
+            )
+            .map_err(io_error)?;
         let adopted = state.adopt_records();
         if !adopted.is_empty() {
             tracing::info!(
@@ -241,13 +271,14 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> io::Result<SnapshotOf<TypeConfig, Vec<u8>>> {
         // Hold the state's read lock while reading the applied marker, so the
         // records and the marker describe the same instant.
-        let (records, docs, cursors, (last_log_id, last_membership)) = {
+        let (records, docs, cursors, ledgers, (last_log_id, last_membership)) = {
             let state = read_lock(&self.state);
             let applied = read_lock(&self.applied).clone();
             (
                 state.records(),
                 state.documents(),
                 state.sync_cursors().clone(),
+                state.ledgers(),
                 applied,
             )
         };
@@ -261,6 +292,15 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                 .map(|(k, id, bytes)| (k, id, STANDARD.encode(bytes)))
                 .collect(),
             cursors,
+            ledgers: ledgers
+                .into_iter()
+                .map(|(counter, json)| {
+                    (
+                        STANDARD.encode(counter),
+                        String::from_utf8_lossy(&json).into_owned(),
+                    )
+                })
+                .collect(),
         };
         let data = serde_json::to_vec(&body).map_err(io_error)?;
         let meta = SnapshotMetaOf::<TypeConfig> {
@@ -369,6 +409,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         for (region, seq) in &body.cursors {
             state.load_cursor(region, *seq);
             batch.put(Cf::State, cursor_key(region), seq.to_be_bytes().to_vec());
+        }
+        for (counter, json) in &body.ledgers {
+            let counter = STANDARD.decode(counter).map_err(io_error)?;
+            state
+                .load_ledger(&counter, json.as_bytes())
+                .map_err(io_error)?;
+            batch.put(Cf::State, ledger_key(&counter), json.as_bytes().to_vec());
         }
         stage(&mut batch, state.adopt_records());
         batch.put(
