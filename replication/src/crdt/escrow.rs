@@ -1,237 +1,180 @@
-//! Escrow rights for `strict` limits (a bounded counter).
+//! Escrow rights for `strict` limits (a bounded counter): the holder's side.
 //!
-//! The headroom of a limit is split into rights held by replicas. A replica may
-//! consume only rights it holds, so the limit holds at every instant without
-//! any coordination on the request path:
+//! A `strict` limit's headroom is handed out as rights by a single issuer, the
+//! ledger in the Raft log of the entity's home region
+//! (`meridian_consensus::metadata::ledger`). A node consumes only rights it
+//! holds, so the limit holds at every instant with no coordination on the
+//! request path. What a node holds is its own slot of a companion counter
+//! ([`Metric::rights`](super::Metric::rights)): `p` is everything the ledger
+//! issued to it (a total the ledger reports, so a lost reply costs nothing),
+//! `n` everything it gave back. Then
 //!
 //! ```text
-//! available(i) = issued(i) + Σ_j T[j→i] − Σ_j T[i→j] − consumed(i)  ≥ 0
+//! available(i) = issued(i) − returned(i) − consumed(i)  ≥ 0
 //! ```
 //!
-//! `issued(i)` is what the period's issuer granted `i` (only the issuer writes
-//! it, and it only grows); `T[i→j]` is what `i` has given `j` (only `i` writes
-//! it, and it only grows); `consumed(i)` is `i`'s own slot of the counter the
-//! rights are for. Every term a replica subtracts is written by that replica
-//! itself, so its own view of them is always current; terms it adds may be
-//! stale, which only makes it more cautious. Hence
-//! `Σ consumed ≤ Σ issued ≤ limit` whatever the delivery order or delay. Rights
-//! held by a replica that disappears are lost: safe, but that headroom is gone
-//! for the period.
+//! where `consumed(i)` is `i`'s own slot of the limited counter. Every term is
+//! written by `i` itself, so `i`'s view of them is exact, and
+//! `Σ consumed ≤ Σ (issued − returned) ≤ limit` whatever the delivery order or
+//! delay. Rights move between nodes through the issuer: one node gives back
+//! (durably, before telling the ledger), the ledger grants them again.
+//! Rights held by a node that disappears are lost: safe, but that headroom is
+//! gone for the period.
 
-use std::collections::BTreeMap;
+use super::counter::Slot;
 
-use super::counter::Replica;
-
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Escrow {
-    issued: BTreeMap<Replica, u64>,
-    transfers: BTreeMap<(Replica, Replica), u64>,
+/// What a holder may still consume: `rights` is its own slot of the rights
+/// counter, `consumed` its own slot of the limited counter.
+pub fn available(rights: &Slot, consumed: &Slot) -> u64 {
+    rights.net().saturating_sub(consumed.net())
 }
 
-/// A replica tried to give or spend rights it does not hold.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("needs {needed} rights but holds {available}")]
-pub struct Insufficient {
-    pub needed: u64,
-    pub available: u64,
-}
-
-impl Escrow {
-    /// What `me` may still consume, given what it has consumed so far.
-    pub fn available(&self, me: &Replica, consumed: u64) -> u64 {
-        let received = self
-            .transfers
-            .iter()
-            .filter(|((_, to), _)| to == me)
-            .fold(0u64, |sum, (_, v)| sum.saturating_add(*v));
-        let given = self
-            .transfers
-            .iter()
-            .filter(|((from, _), _)| from == me)
-            .fold(0u64, |sum, (_, v)| sum.saturating_add(*v));
-        self.issued(me)
-            .saturating_add(received)
-            .saturating_sub(given)
-            .saturating_sub(consumed)
-    }
-
-    pub fn issued(&self, replica: &Replica) -> u64 {
-        self.issued.get(replica).copied().unwrap_or(0)
-    }
-
-    pub fn total_issued(&self) -> u64 {
-        self.issued
-            .values()
-            .fold(0u64, |sum, v| sum.saturating_add(*v))
-    }
-
-    /// The issuer's grant: `to` now holds `total` issued rights in all. Only
-    /// the period's single issuer calls this, and never with a lower total.
-    pub fn set_issued(&mut self, to: &Replica, total: u64) {
-        let v = self.issued.entry(to.clone()).or_default();
-        *v = (*v).max(total);
-    }
-
-    /// `me` gives `amount` of its rights to `to`.
-    pub fn transfer(
-        &mut self,
-        me: &Replica,
-        to: &Replica,
-        amount: u64,
-        consumed: u64,
-    ) -> Result<(), Insufficient> {
-        let available = self.available(me, consumed);
-        if amount > available {
-            return Err(Insufficient {
-                needed: amount,
-                available,
-            });
-        }
-        if me != to {
-            let t = self.transfers.entry((me.clone(), to.clone())).or_default();
-            *t = t.saturating_add(amount);
-        }
-        Ok(())
-    }
-
-    pub fn transfers(&self) -> impl Iterator<Item = (&(Replica, Replica), &u64)> {
-        self.transfers.iter()
-    }
-
-    pub fn grants(&self) -> impl Iterator<Item = (&Replica, &u64)> {
-        self.issued.iter()
-    }
-
-    /// Pointwise maximum of every grant and transfer; whether anything changed.
-    pub fn merge(&mut self, other: &Escrow) -> bool {
-        let mut changed = false;
-        for (r, v) in &other.issued {
-            changed |= raise(self.issued.entry(r.clone()).or_default(), *v);
-        }
-        for (pair, v) in &other.transfers {
-            changed |= raise(self.transfers.entry(pair.clone()).or_default(), *v);
-        }
-        changed
-    }
-}
-
-fn raise(slot: &mut u64, to: u64) -> bool {
-    let changed = to > *slot;
-    *slot = (*slot).max(to);
-    changed
+/// What to add to the holder's `p` to record that the ledger has issued it
+/// `issued` in all (0 when that is known already: replies may repeat or
+/// arrive out of order).
+pub fn grant_delta(rights: &Slot, issued: u64) -> u64 {
+    issued.saturating_sub(rights.p)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use meridian_consensus::metadata::{GrantReply, GrantRequest, Holder, Ledger};
     use proptest::prelude::*;
 
-    fn replica(i: usize) -> Replica {
-        Replica::new(["us-east", "eu-west", "ap-south"][i % 3], i as u64, 1)
-    }
+    const N: usize = 3;
 
     #[derive(Clone, Debug)]
     enum Op {
-        /// The issuer grants up to `amount` more to a replica, within the limit.
-        Issue(usize, u64),
-        /// A replica consumes `amount` if its own view allows it.
-        Spend(usize, u64),
-        /// A replica gives `amount` to another if its own view allows it.
-        Give(usize, usize, u64),
-        /// One replica's view reaches another (any order, any delay).
+        /// A holder asks the ledger for `need`; the reply is in flight.
+        Ask(usize, u64),
+        /// One in-flight reply reaches its holder (any order, any delay).
         Deliver(usize, usize),
+        /// One in-flight reply is lost.
+        Lose(usize, usize),
+        /// A holder consumes `amount` if its rights allow it.
+        Spend(usize, u64),
+        /// A holder settles: part of what it consumed is refunded.
+        Refund(usize, u64),
+        /// A holder gives back all it holds; the ledger hears of it with the
+        /// holder's next request.
+        GiveBack(usize),
     }
 
-    fn op(n: usize) -> impl Strategy<Value = Op> {
+    fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
-            (0..n, 1u64..40).prop_map(|(r, a)| Op::Issue(r, a)),
-            (0..n, 1u64..30).prop_map(|(r, a)| Op::Spend(r, a)),
-            (0..n, 0..n, 1u64..30).prop_map(|(a, b, x)| Op::Give(a, b, x)),
-            (0..n, 0..n).prop_map(|(a, b)| Op::Deliver(a, b)),
+            (0..N, 1u64..30).prop_map(|(h, x)| Op::Ask(h, x)),
+            (0..N, 0usize..4).prop_map(|(h, k)| Op::Deliver(h, k)),
+            (0..N, 0usize..4).prop_map(|(h, k)| Op::Lose(h, k)),
+            (0..N, 1u64..30).prop_map(|(h, x)| Op::Spend(h, x)),
+            (0..N, 1u64..30).prop_map(|(h, x)| Op::Refund(h, x)),
+            (0..N).prop_map(Op::GiveBack),
         ]
     }
 
-    proptest! {
-        /// The escrow invariant: whatever the interleaving, consumption never
-        /// exceeds the limit, and rights are conserved (what can still be
-        /// spent plus what was spent equals what was issued).
-        #[test]
-        fn rights_never_exceed_the_headroom(
-            limit in 0u64..200,
-            ops in proptest::collection::vec(op(4), 1..200),
-        ) {
-            const N: usize = 4;
-            let mut views: Vec<Escrow> = vec![Escrow::default(); N];
-            let mut consumed = [0u64; N];
-            let mut issuer = Escrow::default();
-            for op in ops {
-                match op {
-                    Op::Issue(r, amount) => {
-                        let grant = amount.min(limit - issuer.total_issued());
-                        let total = issuer.issued(&replica(r)) + grant;
-                        issuer.set_issued(&replica(r), total);
-                        views[r].merge(&issuer);
-                    }
-                    Op::Spend(r, amount) => {
-                        if views[r].available(&replica(r), consumed[r]) >= amount {
-                            consumed[r] += amount;
-                        }
-                    }
-                    Op::Give(a, b, amount) => {
-                        let _ = views[a].transfer(&replica(a), &replica(b), amount, consumed[a]);
-                    }
-                    Op::Deliver(a, b) => {
-                        let from = views[a].clone();
-                        views[b].merge(&from);
-                    }
-                }
-                let spent: u64 = consumed.iter().sum();
-                prop_assert!(spent <= limit, "consumed {spent} > limit {limit}");
-            }
-            let mut all = issuer.clone();
-            for v in &views {
-                all.merge(v);
-            }
-            let holdable: u64 = (0..N).map(|r| all.available(&replica(r), consumed[r])).sum();
-            prop_assert_eq!(holdable + consumed.iter().sum::<u64>(), all.total_issued());
-            prop_assert!(all.total_issued() <= limit);
-        }
-
-        #[test]
-        fn merge_laws(
-            a in proptest::collection::vec((0usize..3, 0usize..3, 0u64..50), 0..6),
-            b in proptest::collection::vec((0usize..3, 0usize..3, 0u64..50), 0..6),
-            c in proptest::collection::vec((0usize..3, 0usize..3, 0u64..50), 0..6),
-        ) {
-            let build = |entries: &[(usize, usize, u64)]| {
-                let mut e = Escrow::default();
-                for &(x, y, v) in entries {
-                    e.set_issued(&replica(x), v);
-                    e.merge(&Escrow { issued: BTreeMap::new(), transfers: [((replica(x), replica(y)), v)].into() });
-                }
-                e
-            };
-            let (a, b, c) = (build(&a), build(&b), build(&c));
-            let join = |x: &Escrow, y: &Escrow| { let mut z = x.clone(); z.merge(y); z };
-            prop_assert_eq!(join(&a, &b), join(&b, &a));
-            prop_assert_eq!(join(&join(&a, &b), &c), join(&a, &join(&b, &c)));
-            prop_assert_eq!(join(&a, &a), a.clone());
+    fn holder(i: usize) -> Holder {
+        Holder {
+            region: ["us-east", "eu-west", "ap-south"][i % 3].into(),
+            node: i as u64,
+            incarnation: 1,
         }
     }
 
+    /// Runs `ops` against a ledger with `limit`, holders computing what they
+    /// may spend with `available`; the first instant the escrow invariant
+    /// breaks, says how.
+    fn check(
+        limit: u64,
+        ops: &[Op],
+        available: fn(&Slot, &Slot) -> u64,
+    ) -> Result<(), String> {
+        let mut ledger = Ledger::default();
+        let mut rights = [Slot::default(); N];
+        let mut consumed = [Slot::default(); N];
+        let mut in_flight: [Vec<GrantReply>; N] = Default::default();
+        for op in ops {
+            match *op {
+                Op::Ask(h, need) => in_flight[h].push(ledger.grant(&GrantRequest {
+                    counter: b"c".to_vec(),
+                    holder: holder(h),
+                    need,
+                    returned: rights[h].n,
+                    limit,
+                    limit_version: 1,
+                    ends_at_ms: None,
+                })),
+                Op::Deliver(h, k) if k < in_flight[h].len() => {
+                    let reply = in_flight[h].remove(k);
+                    rights[h].p += grant_delta(&rights[h], reply.issued);
+                }
+                Op::Lose(h, k) if k < in_flight[h].len() => {
+                    in_flight[h].remove(k);
+                }
+                Op::Spend(h, x) if available(&rights[h], &consumed[h]) >= x => {
+                    consumed[h].p += x;
+                }
+                Op::Refund(h, x) => consumed[h].n += x.min(consumed[h].net()),
+                Op::GiveBack(h) => rights[h].n += available(&rights[h], &consumed[h]),
+                _ => {}
+            }
+            let spent: u64 = consumed.iter().map(Slot::net).sum();
+            if spent > limit {
+                return Err(format!("consumed {spent} > limit {limit} after {op:?}"));
+            }
+            if ledger.outstanding() > limit {
+                return Err(format!("the ledger issued beyond {limit}"));
+            }
+        }
+        Ok(())
+    }
+
+    proptest! {
+        /// The escrow invariant: whatever the interleaving — replies lost,
+        /// repeated or reordered, rights given back and granted again —
+        /// consumption never exceeds the limit.
+        #[test]
+        fn rights_never_exceed_the_headroom(
+            limit in 0u64..100,
+            ops in proptest::collection::vec(op(), 1..300),
+        ) {
+            prop_assert_eq!(check(limit, &ops, available), Ok(()));
+        }
+    }
+
+    /// The checker is not vacuous: a holder that forgets what it gave back
+    /// spends rights the ledger has granted to another.
     #[test]
-    fn a_replica_cannot_give_what_it_does_not_hold() {
-        let (a, b) = (replica(0), replica(1));
-        let mut e = Escrow::default();
-        e.set_issued(&a, 10);
-        assert_eq!(
-            e.transfer(&a, &b, 8, 3),
-            Err(Insufficient {
-                needed: 8,
-                available: 7
-            })
-        );
-        e.transfer(&a, &b, 7, 3).unwrap();
-        assert_eq!((e.available(&a, 3), e.available(&b, 0)), (0, 7));
+    fn a_holder_that_forgets_its_returns_is_caught() {
+        fn forgets_returns(rights: &Slot, consumed: &Slot) -> u64 {
+            rights.p.saturating_sub(consumed.net())
+        }
+        let ops = [
+            Op::Ask(0, 10),
+            Op::Deliver(0, 0),
+            Op::GiveBack(0),
+            Op::Ask(0, 0),
+            Op::Ask(1, 10),
+            Op::Deliver(1, 0),
+            Op::Spend(1, 10),
+            Op::Spend(0, 10),
+        ];
+        assert_eq!(check(10, &ops, available), Ok(()));
+        let caught = check(10, &ops, forgets_returns).unwrap_err();
+        assert!(caught.contains("consumed 20 > limit 10"), "{caught}");
+    }
+
+    #[test]
+    fn repeated_and_stale_replies_add_nothing() {
+        let mut rights = Slot::default();
+        rights.p += grant_delta(&rights, 5);
+        assert_eq!(grant_delta(&rights, 5), 0);
+        assert_eq!(grant_delta(&rights, 3), 0);
+        assert_eq!(grant_delta(&rights, 9), 4);
+        let consumed = Slot {
+            p: 7,
+            n: 2,
+            version: 0,
+        };
+        assert_eq!(available(&rights, &consumed), 0);
     }
 }

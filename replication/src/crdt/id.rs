@@ -31,6 +31,37 @@ pub enum Metric {
     Tokens = 3,
     /// Requests admitted and not yet settled (`max_parallel_requests`).
     Parallel = 4,
+    /// Rights to the counter of the same id with `Spend` (and so on) under a
+    /// `strict` limit: in each node's own slot, `p` is what the issuer has
+    /// granted it and `n` what it gave back (see `escrow`).
+    SpendRights = 5,
+    RequestRights = 6,
+    TokenRights = 7,
+    ParallelRights = 8,
+}
+
+impl Metric {
+    /// The metric holding the rights to this one under a `strict` limit.
+    pub fn rights(self) -> Option<Metric> {
+        match self {
+            Metric::Spend => Some(Metric::SpendRights),
+            Metric::Requests => Some(Metric::RequestRights),
+            Metric::Tokens => Some(Metric::TokenRights),
+            Metric::Parallel => Some(Metric::ParallelRights),
+            _ => None,
+        }
+    }
+
+    /// The metric these rights are for; `None` for a counted metric.
+    pub fn rights_for(self) -> Option<Metric> {
+        match self {
+            Metric::SpendRights => Some(Metric::Spend),
+            Metric::RequestRights => Some(Metric::Requests),
+            Metric::TokenRights => Some(Metric::Tokens),
+            Metric::ParallelRights => Some(Metric::Parallel),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -91,6 +122,10 @@ impl CounterId {
             2 => Metric::Requests,
             3 => Metric::Tokens,
             4 => Metric::Parallel,
+            5 => Metric::SpendRights,
+            6 => Metric::RequestRights,
+            7 => Metric::TokenRights,
+            8 => Metric::ParallelRights,
             _ => return Err(DecodeError("unknown metric")),
         };
         let window = match r.byte()? {
@@ -109,6 +144,14 @@ impl CounterId {
             window,
             period,
         })
+    }
+
+    /// The same counter with `metric` instead.
+    pub fn with_metric(&self, metric: Metric) -> Self {
+        Self {
+            metric,
+            ..self.clone()
+        }
     }
 
     /// When this counter stops mattering: the end of its period (rate windows

@@ -5,16 +5,15 @@
 //! - [`PnCounter`]: a delta-state PN-counter with one slot per [`Replica`].
 //! - [`Window`] and [`CounterId`]: which counter a request touches — a counter
 //!   per period, so a reset is a new counter and nothing is ever zeroed.
-//! - [`Escrow`]: rights for `strict` mode, held per replica and transferred
-//!   between replicas, never spendable beyond what was issued.
+//! - [`escrow`]: rights for `strict` mode — what a node holds and may spend,
+//!   never beyond what the issuer granted it.
 
 mod counter;
-mod escrow;
+pub mod escrow;
 mod id;
 mod period;
 
 pub use counter::{PnCounter, Replica, Slot};
-pub use escrow::{Escrow, Insufficient};
 pub use id::{CounterId, DecodeError, Metric, Scope};
 pub use period::{
     PeriodSpec, RATE_WINDOW_MS, Window, civil_from_days, days_from_civil, sliding_estimate,
