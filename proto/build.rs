@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "meridian/raft/v1/raft.proto",
             "meridian/gossip/v1/gossip.proto",
             "meridian/sync/v1/sync.proto",
+            "meridian/rights/v1/rights.proto",
         ],
         ["proto"],
     )?;

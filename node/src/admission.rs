@@ -14,9 +14,12 @@
 //! `available` mode (see the README's guarantees).
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use meridian_consensus::metadata::{Limits, MetadataState, ModelBudget};
+use meridian_consensus::Region;
+use meridian_consensus::metadata::{Enforcement, Limits, MetadataState, ModelBudget};
 use meridian_replication::crdt::{CounterId, Metric, PeriodSpec, Scope, Window, sliding_estimate};
+use meridian_replication::rights::{self, Ask, Rights};
 use meridian_replication::{Counters, Ticket, Txn};
 
 use crate::auth::Principal;
@@ -28,6 +31,11 @@ use crate::types::Usage;
 /// Output tokens reserved against budgets when a request sets no `max_tokens`.
 pub const DEFAULT_OUTPUT_RESERVE: u64 = 256;
 
+/// Under a `strict` token or budget limit, a request that sets no
+/// `max_tokens` reserves this many output tokens and is sent to the provider
+/// with `max_tokens` set to it, so its cost cannot exceed its reservation.
+pub const STRICT_OUTPUT_CAP: u64 = 4096;
+
 /// What a request asks for, as far as limits are concerned.
 #[derive(Clone, Debug, Default)]
 pub struct Demand {
@@ -35,6 +43,9 @@ pub struct Demand {
     pub customer: Option<String>,
     /// Estimated prompt tokens.
     pub prompt_tokens: u64,
+    /// An upper bound of the prompt's tokens (its text bytes: a token is at
+    /// least one byte), reserved under `strict` limits.
+    pub prompt_tokens_max: u64,
     /// The request's `max_tokens` (or `max_completion_tokens`).
     pub max_tokens: Option<u64>,
 }
@@ -49,6 +60,7 @@ impl Demand {
         Self {
             customer: req.user.clone(),
             prompt_tokens: Self::estimate(text, req.messages.len()),
+            prompt_tokens_max: Self::upper_bound(text, req.messages.len()),
             max_tokens: req.output_limit().map(u64::from),
         }
     }
@@ -61,6 +73,7 @@ impl Demand {
         Self {
             customer: req.user.clone(),
             prompt_tokens: Self::estimate(text, n),
+            prompt_tokens_max: Self::upper_bound(text, n),
             max_tokens: req.max_tokens.map(u64::from),
         }
     }
@@ -82,6 +95,9 @@ impl Demand {
         Self {
             customer: req.user.clone(),
             prompt_tokens: Self::estimate(text, 0),
+            // Token arrays are counted at four "bytes" a token: an upper bound
+            // of their length too.
+            prompt_tokens_max: Self::upper_bound(text, 0),
             max_tokens: Some(0),
         }
     }
@@ -90,6 +106,13 @@ impl Demand {
     /// bytes per token, plus a little per message. Settlement corrects it.
     pub fn estimate(text_bytes: usize, messages: usize) -> u64 {
         (text_bytes as u64).div_ceil(4) + 4 * messages as u64
+    }
+
+    /// At least as many tokens as the prompt can have: one per byte of text,
+    /// plus the providers' per-message framing. (Images and audio are not
+    /// text; their tokens are not bounded here.)
+    pub fn upper_bound(text_bytes: usize, messages: usize) -> u64 {
+        text_bytes as u64 + 8 * messages as u64 + 8
     }
 }
 
@@ -112,6 +135,9 @@ pub struct Exceeded {
     pub used: u64,
     pub retry_after_s: Option<u64>,
     pub headroom: Headroom,
+    /// Under a `strict` limit refused while headroom may remain elsewhere:
+    /// where it is, or why it could not be had.
+    pub strict: Option<String>,
 }
 
 impl Exceeded {
@@ -120,21 +146,26 @@ impl Exceeded {
             .retry_after_s
             .map(|s| format!(" Retry after {s}s."))
             .unwrap_or_default();
+        let strict = self
+            .strict
+            .as_ref()
+            .map(|note| format!(" {note}"))
+            .unwrap_or_default();
         match self.kind {
             LimitKind::Requests => format!(
-                "Rate limit exceeded for {}: {} of {} requests per minute used.{retry}",
+                "Rate limit exceeded for {}: {} of {} requests per minute used.{strict}{retry}",
                 self.subject, self.used, self.limit
             ),
             LimitKind::Tokens => format!(
-                "Rate limit exceeded for {}: {} of {} tokens per minute used (this request reserves its prompt and max_tokens).{retry}",
+                "Rate limit exceeded for {}: {} of {} tokens per minute used (this request reserves its prompt and max_tokens).{strict}{retry}",
                 self.subject, self.used, self.limit
             ),
             LimitKind::Parallel => format!(
-                "Rate limit exceeded for {}: {} of {} parallel requests in flight.",
+                "Rate limit exceeded for {}: {} of {} parallel requests in flight.{strict}",
                 self.subject, self.used, self.limit
             ),
             LimitKind::Budget => format!(
-                "Budget exceeded for {}: spend ${} of max_budget ${} (this request reserves its worst-case cost).{retry}",
+                "Budget exceeded for {}: spend ${} of max_budget ${} (this request reserves its worst-case cost).{strict}{retry}",
                 self.subject,
                 Cost(u128::from(self.used)),
                 Cost(u128::from(self.limit))
@@ -173,6 +204,18 @@ struct Subject {
     /// without a limit, so info endpoints can report it.
     budget: Option<u64>,
     window: Window,
+    enforcement: Option<Enforcement>,
+    /// Where the rights of `strict` limits come from.
+    home: Option<Arc<str>>,
+    /// Which version of these limits (the newer `updated_at` of the entity
+    /// and its template): the rights ledger keeps the newest.
+    version: u64,
+}
+
+/// An entity's limits as stored, and their version.
+struct Source<'a> {
+    limits: &'a Limits,
+    updated_at: u64,
 }
 
 impl Subject {
@@ -180,17 +223,20 @@ impl Subject {
         scope: Scope,
         entity: &str,
         label: String,
-        limits: &Limits,
-        template: Option<&Limits>,
+        own: Source<'_>,
+        template: Option<Source<'_>>,
     ) -> Self {
-        let pick = |f: fn(&Limits) -> Option<u64>| f(limits).or_else(|| template.and_then(f));
+        let limits = own.limits;
+        let template_limits = template.as_ref().map(|t| t.limits);
+        let pick =
+            |f: fn(&Limits) -> Option<u64>| f(limits).or_else(|| template_limits.and_then(f));
         let max_budget = limits
             .max_budget
-            .or_else(|| template.and_then(|t| t.max_budget));
+            .or_else(|| template_limits.and_then(|t| t.max_budget));
         let duration = limits
             .budget_duration
             .clone()
-            .or_else(|| template.and_then(|t| t.budget_duration.clone()));
+            .or_else(|| template_limits.and_then(|t| t.budget_duration.clone()));
         Self {
             scope,
             entity: entity.into(),
@@ -200,6 +246,11 @@ impl Subject {
             parallel: pick(|l| l.max_parallel_requests),
             budget: max_budget.map(usd_to_pico),
             window: budget_window(duration.as_deref()),
+            enforcement: limits
+                .enforcement
+                .or_else(|| template_limits.and_then(|t| t.enforcement)),
+            home: limits.home_region.as_deref().map(Arc::from),
+            version: own.updated_at.max(template.map_or(0, |t| t.updated_at)),
         }
     }
 
@@ -210,6 +261,17 @@ impl Subject {
             metric,
             window,
             period: window.index(now_ms),
+        }
+    }
+
+    /// The region issuing this subject's rights when its limits are
+    /// `strict`; `None` when they are `available`. An entity stored without
+    /// a home (made before homes existed, and not updated since) is enforced
+    /// as `available` until its next update gives it one.
+    fn strict_home(&self, default: Enforcement) -> Option<Arc<str>> {
+        match self.enforcement.unwrap_or(default) {
+            Enforcement::Strict => self.home.clone(),
+            Enforcement::Available => None,
         }
     }
 }
@@ -245,8 +307,15 @@ pub fn spend_report(
     now_ms: u64,
 ) -> serde_json::Value {
     // The same resolution admission uses, so both read the same counter.
-    let template = budget_id.and_then(|b| state.budget(b)).map(|t| &t.limits);
-    let subject = Subject::new(scope, entity, String::new(), limits, template);
+    let template = budget_id.and_then(|b| state.budget(b)).map(|t| Source {
+        limits: &t.limits,
+        updated_at: t.updated_at,
+    });
+    let own = Source {
+        limits,
+        updated_at: 0,
+    };
+    let subject = Subject::new(scope, entity, String::new(), own, template);
     let window = subject.window;
     let id = subject.id(Metric::Spend, window, now_ms);
     let reading = counters.reading(&id);
@@ -277,19 +346,24 @@ fn subjects(
     model_group: &str,
 ) -> Vec<Subject> {
     let template = |id: &Option<String>| {
-        id.as_ref()
-            .and_then(|b| state.budget(b))
-            .map(|b| b.limits.clone())
+        id.as_ref().and_then(|b| state.budget(b)).map(|b| Source {
+            limits: &b.limits,
+            updated_at: b.updated_at,
+        })
     };
     let mut out = Vec::new();
     if let Principal::Key(caller) = principal {
         let key = &caller.key;
+        let alias = key.key_alias.as_deref().unwrap_or(&key.key_name);
         out.push(Subject::new(
             Scope::Key,
             &key.token,
-            format!("key {}", key.key_alias.as_deref().unwrap_or(&key.key_name)),
-            &key.limits,
-            template(&key.budget_id).as_ref(),
+            format!("key {alias}"),
+            Source {
+                limits: &key.limits,
+                updated_at: key.updated_at,
+            },
+            template(&key.budget_id),
         ));
         let rpm = key.model_rpm_limit.get(model_group).copied();
         let tpm = key.model_tpm_limit.get(model_group).copied();
@@ -300,16 +374,18 @@ fn subjects(
                 tpm_limit: tpm,
                 max_budget: budget.map(|b: &ModelBudget| b.budget_limit),
                 budget_duration: budget.and_then(|b| b.time_period.clone()),
+                enforcement: key.limits.enforcement,
+                home_region: key.limits.home_region.clone(),
                 ..Limits::default()
             };
             out.push(Subject::new(
                 Scope::KeyModel,
                 &format!("{}/{model_group}", key.token),
-                format!(
-                    "key {} on model {model_group}",
-                    key.key_alias.as_deref().unwrap_or(&key.key_name)
-                ),
-                &limits,
+                format!("key {alias} on model {model_group}"),
+                Source {
+                    limits: &limits,
+                    updated_at: key.updated_at,
+                },
                 None,
             ));
         }
@@ -321,7 +397,10 @@ fn subjects(
                 Scope::Tag,
                 tag,
                 format!("tag {tag}"),
-                &Limits::default(),
+                Source {
+                    limits: &Limits::default(),
+                    updated_at: 0,
+                },
                 None,
             ));
         }
@@ -330,8 +409,11 @@ fn subjects(
                 Scope::Team,
                 &team.team_id,
                 format!("team {}", team.team_id),
-                &team.limits,
-                template(&team.budget_id).as_ref(),
+                Source {
+                    limits: &team.limits,
+                    updated_at: team.updated_at,
+                },
+                template(&team.budget_id),
             ));
         }
         if let Some(user) = key.user_id.as_ref().and_then(|u| state.user(u)) {
@@ -339,8 +421,11 @@ fn subjects(
                 Scope::User,
                 &user.user_id,
                 format!("user {}", user.user_id),
-                &user.limits,
-                template(&user.budget_id).as_ref(),
+                Source {
+                    limits: &user.limits,
+                    updated_at: user.updated_at,
+                },
+                template(&user.budget_id),
             ));
         }
     }
@@ -349,8 +434,11 @@ fn subjects(
             Scope::Customer,
             &customer.user_id,
             format!("customer {}", customer.user_id),
-            &customer.limits,
-            template(&customer.budget_id).as_ref(),
+            Source {
+                limits: &customer.limits,
+                updated_at: customer.updated_at,
+            },
+            template(&customer.budget_id),
         ));
     }
     out
@@ -367,6 +455,9 @@ pub struct Reservation {
     /// it ends before the provider reported usage.
     pub worst: Usage,
     worst_cost: Cost,
+    /// Set on the provider request as its `max_tokens` when the request set
+    /// none and a `strict` token or budget limit needs its worst case bounded.
+    pub output_cap: Option<u64>,
     settled: bool,
 }
 
@@ -440,17 +531,183 @@ impl Drop for Reservation {
     }
 }
 
+/// What admission works with: this node's counters, rights and metadata.
+pub struct Limiter<'a> {
+    pub counters: &'a Arc<Counters>,
+    pub rights: &'a Rights,
+    pub metadata: &'a Region,
+    /// Enforcement where an entity names none (`meridian.enforcement`).
+    pub default: Enforcement,
+    /// How long a request may wait for `strict` rights.
+    pub wait: Duration,
+}
+
+/// Rounds of "ask for rights, try again" before a request is refused: other
+/// requests on this node may take what one round brought.
+const STRICT_ROUNDS: usize = 3;
+
 /// Admits or refuses a request for `deployment`, reserving on admission.
 /// Proxy admins and the master key are not limited (their spend is not
 /// attributed to any entity either).
-pub fn admit(
+///
+/// `available` limits are checked against this node's view with no wait.
+/// `strict` limits spend rights this node holds; when it holds too few, the
+/// request waits (at most `wait`) for the home region's ledger to grant
+/// more, and is refused — saying where the headroom is — when it cannot.
+pub async fn admit(
+    limiter: &Limiter<'_>,
+    principal: &Principal,
+    demand: &Demand,
+    deployment: &Deployment,
+    now_ms: u64,
+) -> Result<Reservation> {
+    for round in 1..=STRICT_ROUNDS {
+        let step = limiter.metadata.read(|state| {
+            try_admit(
+                limiter.counters,
+                state,
+                principal,
+                demand,
+                deployment,
+                now_ms,
+                limiter.default,
+            )
+        })?;
+        let shorts = match step {
+            Step::Admitted {
+                reservation,
+                strict,
+            } => {
+                if let Some((ticket, asks)) = strict {
+                    for ask in &asks {
+                        limiter.rights.touch(ask);
+                    }
+                    // Spent rights must survive a crash before the provider
+                    // is called, or a restarted node could spend them again.
+                    limiter.counters.durable(ticket).await;
+                }
+                return Ok(*reservation);
+            }
+            Step::Short(shorts) => shorts,
+        };
+        let asking =
+            futures_util::future::join_all(shorts.iter().map(|s| limiter.rights.obtain(&s.ask)));
+        let Ok(answers) = tokio::time::timeout(limiter.wait, asking).await else {
+            let s = &shorts[0];
+            return Err(s.refuse(
+                limiter.rights,
+                format!(
+                    "It is enforced strictly, and region {} (which issues its rights) did not grant more within {} ms.",
+                    s.ask.home,
+                    limiter.wait.as_millis()
+                ),
+            ));
+        };
+        for (s, answer) in shorts.iter().zip(answers) {
+            match answer {
+                Ok(None) => {}
+                Ok(Some(reply)) if reply.granted > 0 => {}
+                Ok(Some(reply)) => return Err(s.exhausted(limiter.rights, &reply)),
+                Err(e) => {
+                    return Err(
+                        s.refuse(limiter.rights, format!("It is enforced strictly, and {e}."))
+                    );
+                }
+            }
+        }
+        if round == STRICT_ROUNDS {
+            return Err(shorts[0].refuse(
+                limiter.rights,
+                "It is enforced strictly, and other requests on this node took the rights it obtained.".into(),
+            ));
+        }
+    }
+    Err(Error::Internal("admission ended without an answer".into()))
+}
+
+/// A `strict` limit this node holds too few rights for.
+struct Short {
+    ask: Ask,
+    refusal: Exceeded,
+}
+
+impl Short {
+    /// The refusal, with `note` saying why the rights could not be had.
+    fn refuse(&self, rights: &Rights, note: String) -> Error {
+        let held = rights.held(&self.ask.id);
+        let mut refusal = self.refusal.clone();
+        refusal.strict = Some(format!(
+            "{note} This node holds {held} of the {} this request needs.",
+            self.ask.need
+        ));
+        Error::LimitExceeded(Box::new(refusal))
+    }
+
+    /// The ledger had too little left to grant: the limit is used up, or its
+    /// rights are held by other regions' nodes.
+    fn exhausted(
+        &self,
+        rights: &Rights,
+        reply: &meridian_consensus::metadata::GrantReply,
+    ) -> Error {
+        let me = rights.region();
+        let elsewhere: Vec<String> = reply
+            .outstanding_by_region
+            .iter()
+            .filter(|(region, held)| region.as_str() != me && **held > 0)
+            .map(|(region, held)| format!("{region} ({held})"))
+            .collect();
+        if elsewhere.is_empty() {
+            let mut refusal = self.refusal.clone();
+            refusal.used = refusal.used.max(reply.limit.saturating_sub(reply.pool));
+            return Error::LimitExceeded(Box::new(refusal));
+        }
+        self.refuse(
+            rights,
+            format!(
+                "It is enforced strictly: {} of {} is unissued, and the rest is held by nodes in other regions: {} (spent, reserved, or given back once idle).",
+                reply.pool,
+                reply.limit,
+                elsewhere.join(", ")
+            ),
+        )
+    }
+}
+
+enum Step {
+    /// Reserved. Under `strict` limits: the change to make durable before
+    /// the call, and the rights spent.
+    Admitted {
+        reservation: Box<Reservation>,
+        strict: Option<(Ticket, Vec<Ask>)>,
+    },
+    /// Nothing reserved: these `strict` limits need rights first.
+    Short(Vec<Short>),
+}
+
+/// One limit a request is checked against.
+struct Check<'a> {
+    subject: &'a Subject,
+    kind: LimitKind,
+    id: CounterId,
+    need: u64,
+    limit: u64,
+    /// The global use as this node sees it.
+    used: u64,
+    retry_after_s: Option<u64>,
+    home: Option<Arc<str>>,
+}
+
+/// Checks every limit and reserves if all admit, atomically.
+fn try_admit(
     counters: &Arc<Counters>,
     state: &MetadataState,
     principal: &Principal,
     demand: &Demand,
     deployment: &Deployment,
     now_ms: u64,
-) -> Result<Reservation> {
+    default: Enforcement,
+) -> Result<Step> {
     let who = match principal {
         Principal::Master => Who::default(),
         Principal::Key(c) => Who {
@@ -460,9 +717,32 @@ pub fn admit(
             end_user: None,
         },
     };
+    let subjects = if principal.is_admin() {
+        Vec::new()
+    } else {
+        subjects(state, principal, demand, &deployment.model_group)
+    };
+    // A strict token or budget limit needs the worst case bounded: the
+    // prompt's upper bound, and an output cap when the request sets none.
+    let bounded = subjects
+        .iter()
+        .any(|s| s.strict_home(default).is_some() && (s.tpm.is_some() || s.budget.is_some()));
+    let (prompt, output, output_cap) = match (bounded, demand.max_tokens) {
+        (false, max) => (
+            demand.prompt_tokens,
+            max.unwrap_or(DEFAULT_OUTPUT_RESERVE),
+            None,
+        ),
+        (true, Some(max)) => (demand.prompt_tokens_max, max, None),
+        (true, None) => (
+            demand.prompt_tokens_max,
+            STRICT_OUTPUT_CAP,
+            Some(STRICT_OUTPUT_CAP),
+        ),
+    };
     let worst = Usage {
-        prompt_tokens: demand.prompt_tokens,
-        completion_tokens: demand.max_tokens.unwrap_or(DEFAULT_OUTPUT_RESERVE),
+        prompt_tokens: prompt,
+        completion_tokens: output,
         ..Usage::default()
     };
     let mut reservation = Reservation {
@@ -475,133 +755,177 @@ pub fn admit(
         },
         worst,
         worst_cost: deployment.price.map_or(Cost(0), |p| p.cost(&worst)),
+        output_cap,
         settled: false,
     };
-    if principal.is_admin() {
-        return Ok(reservation);
-    }
-    let subjects = subjects(state, principal, demand, &deployment.model_group);
     if subjects.is_empty() {
-        return Ok(reservation);
+        return Ok(Step::Admitted {
+            reservation: Box::new(reservation),
+            strict: None,
+        });
     }
-    let tokens = demand
-        .prompt_tokens
-        .saturating_add(demand.max_tokens.unwrap_or(0));
+    let tokens = match (bounded, demand.max_tokens) {
+        (false, max) => demand.prompt_tokens.saturating_add(max.unwrap_or(0)),
+        (true, _) => prompt.saturating_add(output),
+    };
     let cost = u64::try_from(reservation.worst_cost.0).unwrap_or(u64::MAX);
     let window = Window::Rate.index(now_ms);
     let reset_s = (Window::Rate.start(window + 1) - now_ms).div_ceil(1000);
-    let rate = |s: &Subject, metric: Metric| {
-        let current = s.id(metric, Window::Rate, now_ms);
-        let mut previous = current.clone();
-        previous.period = current.period.saturating_sub(1);
-        (current, previous)
-    };
-    let (outcome, _) = counters.update(
-        |t| -> std::result::Result<(Vec<Held>, Headroom), Exceeded> {
-            let mut headroom = Headroom {
-                reset_s,
-                ..Headroom::default()
+    let (outcome, ticket) = counters.update(|t| -> std::result::Result<_, Box<Exceeded>> {
+        let mut headroom = Headroom {
+            reset_s,
+            ..Headroom::default()
+        };
+        let mut checks = Vec::new();
+        for s in &subjects {
+            let home = s.strict_home(default);
+            // Available rate limits read the sliding estimate; strict ones
+            // hold exactly within each calendar minute.
+            let rate_used = |metric| {
+                let current = s.id(metric, Window::Rate, now_ms);
+                let used = match home {
+                    Some(_) => t.value(&current),
+                    None => {
+                        let mut previous = current.clone();
+                        previous.period = current.period.saturating_sub(1);
+                        sliding_estimate(t.value(&current), t.value(&previous), now_ms)
+                    }
+                };
+                (current, used)
             };
-            let refuse = |kind, s: &Subject, limit, used, retry_after_s, headroom| Exceeded {
+            let check = |kind, id: CounterId, need, limit, used, retry_after_s| Check {
+                subject: s,
                 kind,
-                subject: s.label.clone(),
+                id,
+                need,
                 limit,
                 used,
                 retry_after_s,
-                headroom,
+                home: home.clone(),
             };
-            // Check everything first: a refused request reserves nothing.
-            for s in &subjects {
-                if let Some(rpm) = s.rpm {
-                    let (cur, prev) = rate(s, Metric::Requests);
-                    let used = sliding_estimate(t.value(&cur), t.value(&prev), now_ms);
-                    Headroom::note(
-                        &mut headroom.requests,
-                        rpm,
-                        rpm.saturating_sub(used.saturating_add(1)),
-                    );
-                    if used.saturating_add(1) > rpm {
-                        headroom.requests = Some((rpm, 0));
-                        return Err(refuse(
-                            LimitKind::Requests,
-                            s,
-                            rpm,
-                            used,
-                            Some(reset_s),
-                            headroom,
-                        ));
-                    }
-                }
-                if let Some(tpm) = s.tpm {
-                    let (cur, prev) = rate(s, Metric::Tokens);
-                    let used = sliding_estimate(t.value(&cur), t.value(&prev), now_ms);
-                    Headroom::note(
-                        &mut headroom.tokens,
-                        tpm,
-                        tpm.saturating_sub(used.saturating_add(tokens)),
-                    );
-                    if used.saturating_add(tokens) > tpm {
-                        headroom.tokens = Some((tpm, tpm.saturating_sub(used)));
-                        return Err(refuse(
-                            LimitKind::Tokens,
-                            s,
-                            tpm,
-                            used,
-                            Some(reset_s),
-                            headroom,
-                        ));
-                    }
-                }
-                if let Some(max) = s.parallel {
-                    let used = t.value(&s.id(Metric::Parallel, Window::Lifetime, now_ms));
-                    if used.saturating_add(1) > max {
-                        return Err(refuse(LimitKind::Parallel, s, max, used, Some(1), headroom));
-                    }
-                }
-                if let Some(budget) = s.budget {
-                    let used = t.value(&s.id(Metric::Spend, s.window, now_ms));
-                    if used.saturating_add(cost) > budget {
-                        let retry = s
-                            .window
-                            .end(s.window.index(now_ms))
-                            .map(|end| (end - now_ms).div_ceil(1000));
-                        return Err(refuse(LimitKind::Budget, s, budget, used, retry, headroom));
-                    }
-                }
+            if let Some(rpm) = s.rpm {
+                let (id, used) = rate_used(Metric::Requests);
+                Headroom::note(
+                    &mut headroom.requests,
+                    rpm,
+                    rpm.saturating_sub(used.saturating_add(1)),
+                );
+                checks.push(check(LimitKind::Requests, id, 1, rpm, used, Some(reset_s)));
             }
-            let mut held = Vec::new();
-            for s in &subjects {
-                if s.rpm.is_some() {
-                    t.add(&rate(s, Metric::Requests).0, 1, 0);
-                }
-                if s.tpm.is_some() {
-                    let id = rate(s, Metric::Tokens).0;
-                    t.add(&id, tokens, 0);
-                    held.push(Held::Tokens(id, tokens));
-                }
-                if s.parallel.is_some() {
-                    let id = s.id(Metric::Parallel, Window::Lifetime, now_ms);
-                    t.add(&id, 1, 0);
-                    held.push(Held::Parallel(id));
-                }
-                // Spend is counted for every subject; reserved only where limited.
+            if let Some(tpm) = s.tpm {
+                let (id, used) = rate_used(Metric::Tokens);
+                Headroom::note(
+                    &mut headroom.tokens,
+                    tpm,
+                    tpm.saturating_sub(used.saturating_add(tokens)),
+                );
+                checks.push(check(
+                    LimitKind::Tokens,
+                    id,
+                    tokens,
+                    tpm,
+                    used,
+                    Some(reset_s),
+                ));
+            }
+            if let Some(max) = s.parallel {
+                let id = s.id(Metric::Parallel, Window::Lifetime, now_ms);
+                let used = t.value(&id);
+                checks.push(check(LimitKind::Parallel, id, 1, max, used, Some(1)));
+            }
+            if let Some(budget) = s.budget {
                 let id = s.id(Metric::Spend, s.window, now_ms);
-                let reserve = if s.budget.is_some() { cost } else { 0 };
-                t.add(&id, reserve, 0);
-                held.push(Held::Spend(id, reserve));
+                let used = t.value(&id);
+                let retry = s
+                    .window
+                    .end(id.period)
+                    .map(|end| (end - now_ms).div_ceil(1000));
+                checks.push(check(LimitKind::Budget, id, cost, budget, used, retry));
             }
-            Ok((held, headroom))
-        },
-    );
+        }
+        // Check everything first: a refused request reserves nothing.
+        let mut shorts = Vec::new();
+        let mut spent = Vec::new();
+        for c in &checks {
+            let refusal = |headroom: Headroom| Exceeded {
+                kind: c.kind,
+                subject: c.subject.label.clone(),
+                limit: c.limit,
+                used: c.used,
+                retry_after_s: c.retry_after_s,
+                headroom,
+                strict: None,
+            };
+            let mut refused = headroom;
+            match c.kind {
+                LimitKind::Requests => refused.requests = Some((c.limit, 0)),
+                LimitKind::Tokens => {
+                    refused.tokens = Some((c.limit, c.limit.saturating_sub(c.used)))
+                }
+                _ => {}
+            }
+            match &c.home {
+                None if c.used.saturating_add(c.need) > c.limit => {
+                    return Err(Box::new(refusal(refused)));
+                }
+                None => {}
+                // More than the whole limit can never be admitted.
+                Some(_) if c.need > c.limit => return Err(Box::new(refusal(refused))),
+                Some(home) => {
+                    let ask = Ask {
+                        id: c.id.clone(),
+                        home: home.clone(),
+                        need: c.need,
+                        limit: c.limit,
+                        limit_version: c.subject.version,
+                    };
+                    if rights::available(t, &c.id) >= c.need {
+                        spent.push(ask);
+                    } else {
+                        shorts.push(Short {
+                            ask,
+                            refusal: refusal(refused),
+                        });
+                    }
+                }
+            }
+        }
+        if !shorts.is_empty() {
+            return Ok((Vec::new(), headroom, shorts, spent));
+        }
+        let mut held = Vec::new();
+        for c in &checks {
+            t.add(&c.id, c.need, 0);
+            match c.kind {
+                LimitKind::Requests => {}
+                LimitKind::Tokens => held.push(Held::Tokens(c.id.clone(), c.need)),
+                LimitKind::Parallel => held.push(Held::Parallel(c.id.clone())),
+                LimitKind::Budget => held.push(Held::Spend(c.id.clone(), c.need)),
+            }
+        }
+        // Spend is counted for every subject, limited or not.
+        for s in subjects.iter().filter(|s| s.budget.is_none()) {
+            held.push(Held::Spend(s.id(Metric::Spend, s.window, now_ms), 0));
+        }
+        Ok((held, headroom, Vec::new(), spent))
+    });
     match outcome {
-        Ok((held, headroom)) => {
+        Ok((_, _, shorts, _)) if !shorts.is_empty() => {
+            reservation.settled = true;
+            Ok(Step::Short(shorts))
+        }
+        Ok((held, headroom, _, spent)) => {
             reservation.held = held;
             reservation.headroom = headroom;
-            Ok(reservation)
+            let strict = (!spent.is_empty()).then_some((ticket, spent));
+            Ok(Step::Admitted {
+                reservation: Box::new(reservation),
+                strict,
+            })
         }
         Err(exceeded) => {
             reservation.settled = true;
-            Err(Error::LimitExceeded(Box::new(exceeded)))
+            Err(Error::LimitExceeded(exceeded))
         }
     }
 }

@@ -21,6 +21,7 @@ use meridian_replication::gossip::{PeerList, WallClock};
 use meridian_replication::metadata_sync::{
     MetadataSync, RemoteRegion, RemoteRegions, SyncConfig, sync_service,
 };
+use meridian_replication::rights::{Rights, rights_service};
 use meridian_replication::{Counters, Gossip, GossipConfig, Peer, gossip_service};
 use meridian_storage::{Durability, Store};
 use tonic::service::Routes;
@@ -67,10 +68,20 @@ pub async fn single_node(
         std::future::pending(),
     )?;
     let spend_log = start_spend_log(store, config, seams.clock.clone(), std::future::pending());
+    let rights = start_rights(
+        &metadata,
+        &counters,
+        Arc::new(Vec::new),
+        Dialer::tcp(),
+        ClusterSecret::new(None).map_err(|e| Error::Internal(e.to_string()))?,
+        wall_clock(seams.clock.clone()),
+        std::future::pending(),
+    );
     Ok(crate::node::Local {
         metadata,
         counters,
         spend_log,
+        rights,
     })
 }
 
@@ -100,14 +111,25 @@ pub async fn start_region(
     counters: Arc<Counters>,
     clock: Arc<dyn Clock>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<Region> {
+) -> Result<(Region, Arc<Rights>)> {
     let cluster = &settings.cluster;
     let api_url = cluster
         .advertise_url
         .clone()
         .unwrap_or_else(|| format!("http://{api_addr}"));
+    let wall = wall_clock(clock);
     let Some(listen) = cluster.listen else {
-        return single_node_region(&settings.region, store, api_url).await;
+        let region = single_node_region(&settings.region, store, api_url).await?;
+        let rights = start_rights(
+            &region,
+            &counters,
+            Arc::new(Vec::new),
+            Dialer::tcp(),
+            ClusterSecret::new(None).map_err(|e| Error::Internal(e.to_string()))?,
+            wall,
+            shutdown,
+        );
+        return Ok((region, rights));
     };
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -154,7 +176,6 @@ pub async fn start_region(
     };
     let region = Region::start(config, store, Arc::new(transport)).await?;
 
-    let wall: WallClock = Arc::new(move || clock.since_epoch().as_millis() as u64);
     let gossip_config = GossipConfig {
         interval: cluster.gossip_interval,
         ..GossipConfig::default()
@@ -170,13 +191,15 @@ pub async fn start_region(
         wall.clone(),
         &gossip_config,
     ))
-    .add_service(sync_service(region.clone(), secret.clone()));
+    .add_service(sync_service(region.clone(), secret.clone()))
+    .add_service(rights_service(region.clone(), secret.clone(), wall.clone()));
     let secret_for_sync = secret.clone();
+    let secret_for_rights = secret.clone();
     let gossip = Gossip::new(
-        counters,
+        counters.clone(),
         dialer,
         secret,
-        wall,
+        wall.clone(),
         gossip_peers(&region, cluster),
         gossip_config,
     );
@@ -196,6 +219,15 @@ pub async fn start_region(
         SyncConfig::default(),
     );
     tokio::spawn(metadata_sync.run(until_stopped()));
+    let rights = start_rights(
+        &region,
+        &counters,
+        remote_regions(cluster),
+        Dialer::tcp(),
+        secret_for_rights,
+        wall,
+        until_stopped(),
+    );
     let serving = until_stopped();
     tokio::spawn(async move {
         if let Err(e) = meridian_link::serve(listener, routes, serving).await {
@@ -206,13 +238,54 @@ pub async fn start_region(
         shutdown.await;
         let _ = stop.send(true);
     });
-    Ok(region)
+    Ok((region, rights))
+}
+
+/// Unix milliseconds from the node's clock, for the replication tasks.
+fn wall_clock(clock: Arc<dyn Clock>) -> WallClock {
+    Arc::new(move || clock.since_epoch().as_millis() as u64)
+}
+
+/// How long an inter-region request for rights may take.
+const RIGHTS_DEADLINE: Duration = Duration::from_secs(2);
+/// How often unused rights are looked for, and how long unused they are
+/// kept before they are given back to the ledger.
+const RIGHTS_SWEEP: Duration = Duration::from_secs(1);
+const RIGHTS_IDLE: Duration = Duration::from_secs(5);
+
+/// This node's rights to `strict` limits, and the task that gives back the
+/// ones it stops using.
+pub fn start_rights(
+    region: &Region,
+    counters: &Arc<Counters>,
+    remote: RemoteRegions,
+    dialer: Dialer,
+    secret: ClusterSecret,
+    clock: WallClock,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Arc<Rights> {
+    let rights = Rights::new(
+        region.clone(),
+        counters.clone(),
+        remote,
+        dialer,
+        secret,
+        clock,
+        RIGHTS_DEADLINE,
+    );
+    tokio::spawn(
+        rights
+            .clone()
+            .run_returns(RIGHTS_SWEEP, RIGHTS_IDLE, shutdown),
+    );
+    rights
 }
 
 /// Metadata is synced with every configured remote region (through any of
 /// its nodes).
 fn remote_regions(cluster: &crate::config::ClusterSettings) -> RemoteRegions {
     let delay = cluster.inject_region_delay;
+    let cut = partition_file(cluster);
     let regions: Vec<RemoteRegion> = cluster
         .remote_regions
         .iter()
@@ -223,6 +296,7 @@ fn remote_regions(cluster: &crate::config::ClusterSettings) -> RemoteRegions {
                 .map(|addr| Peer {
                     addr: addr.clone(),
                     delay,
+                    cut_while: cut.clone(),
                 })
                 .collect(),
         })
@@ -236,6 +310,7 @@ fn gossip_peers(region: &Region, cluster: &crate::config::ClusterSettings) -> Pe
     let region = region.clone();
     let me = cluster.raft_id;
     let delay = cluster.inject_region_delay;
+    let cut = partition_file(cluster);
     let remote: Vec<Peer> = cluster
         .remote_regions
         .values()
@@ -243,6 +318,7 @@ fn gossip_peers(region: &Region, cluster: &crate::config::ClusterSettings) -> Pe
         .map(|addr| Peer {
             addr: addr.clone(),
             delay,
+            cut_while: cut.clone(),
         })
         .collect();
     // Configured peers count until Raft knows the membership (a node that
@@ -273,6 +349,10 @@ fn gossip_peers(region: &Region, cluster: &crate::config::ClusterSettings) -> Pe
 /// Opens this node's counters from `store` and starts the task that makes
 /// its own changes durable (until `shutdown`). `node` is the node's Raft id:
 /// unique in its region, so `(region, node, incarnation)` names one writer.
+fn partition_file(cluster: &crate::config::ClusterSettings) -> Option<Arc<std::path::Path>> {
+    cluster.inject_partition_file.as_deref().map(Arc::from)
+}
+
 pub fn start_counters(
     region: &str,
     node: u64,

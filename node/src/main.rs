@@ -290,7 +290,7 @@ fn run_serve(
                 let _ = flusher_stopped.await;
             },
         )?;
-        let region = meridian_node::cluster::start_region(
+        let (region, rights) = meridian_node::cluster::start_region(
             &config.node,
             store,
             bound,
@@ -311,6 +311,7 @@ fn run_serve(
             metadata: region,
             counters,
             spend_log,
+            rights,
         };
         let node = Node::new(config, &master_key, seams, local);
         let metadata = node.metadata.clone();

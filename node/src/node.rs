@@ -43,6 +43,7 @@ pub struct Local {
     pub metadata: Region,
     pub counters: Arc<Counters>,
     pub spend_log: Arc<SpendLog>,
+    pub rights: Arc<meridian_replication::rights::Rights>,
 }
 
 pub struct Node {
@@ -55,6 +56,10 @@ pub struct Node {
     pub counters: Arc<Counters>,
     /// Per-request spend rows served by this node (`/spend/logs`).
     pub spend_log: Arc<SpendLog>,
+    /// Rights this node holds to `strict` limits, and the asking for more.
+    pub rights: Arc<meridian_replication::rights::Rights>,
+    pub default_enforcement: meridian_consensus::metadata::Enforcement,
+    pub strict_wait: std::time::Duration,
     pub region: String,
     pub data_dir: PathBuf,
     pub router: ModelRouter,
@@ -78,6 +83,9 @@ impl Node {
             metadata: local.metadata,
             counters: local.counters,
             spend_log: local.spend_log,
+            rights: local.rights,
+            default_enforcement: config.default_enforcement,
+            strict_wait: config.strict_wait,
             region: config.node.region,
             data_dir: config.node.data_dir,
             router: ModelRouter::new(config.deployments),

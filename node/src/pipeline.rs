@@ -70,20 +70,20 @@ where
         .ok_or_else(|| Error::ModelNotFound {
             model: model.to_owned(),
         })?;
-    let reservation = node.metadata.read(|state| {
-        admission::admit(
-            &node.counters,
-            state,
-            &ctx.principal,
-            demand,
-            &deployment,
-            node.now_ms(),
-        )
-    })?;
+    let limiter = admission::Limiter {
+        counters: &node.counters,
+        rights: &node.rights,
+        metadata: &node.metadata,
+        default: node.default_enforcement,
+        wait: node.strict_wait,
+    };
+    let reservation =
+        admission::admit(&limiter, &ctx.principal, demand, &deployment, node.now_ms()).await?;
     let cx = CallContext {
         deployment: &deployment,
         upstream: node.upstream.as_ref(),
         clock: node.clock.as_ref(),
+        output_cap: reservation.output_cap,
     };
     let started = Instant::now();
     let result = call(node.providers.get(deployment.provider), cx).await;

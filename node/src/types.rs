@@ -54,6 +54,14 @@ impl ChatRequest {
     pub fn output_limit(&self) -> Option<u32> {
         self.max_completion_tokens.or(self.max_tokens)
     }
+
+    /// Sets `max_tokens` to `cap` when the request limits its output in no
+    /// way.
+    pub fn cap_output(&mut self, cap: u64) {
+        if self.output_limit().is_none() {
+            self.max_tokens = Some(u32::try_from(cap).unwrap_or(u32::MAX));
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]

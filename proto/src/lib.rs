@@ -12,6 +12,8 @@
 //! - [`gossip::v1`]: counter deltas and anti-entropy between every node of
 //!   every region.
 //! - [`sync::v1`]: metadata documents' changes between regions.
+//! - [`rights::v1`]: rights of `strict` limits, asked of the entity's home
+//!   region.
 
 /// Version of the inter-node protocol. Nodes refuse peers with a different major.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -40,5 +42,14 @@ pub mod sync {
     /// [`v1::metadata_sync_server::MetadataSyncServer`] and their messages.
     pub mod v1 {
         tonic::include_proto!("meridian.sync.v1");
+    }
+}
+
+/// Rights of `strict` limits (`meridian.rights.v1`).
+pub mod rights {
+    /// Version 1: [`v1::rights_client::RightsClient`],
+    /// [`v1::rights_server::RightsServer`] and their messages.
+    pub mod v1 {
+        tonic::include_proto!("meridian.rights.v1");
     }
 }

@@ -25,13 +25,15 @@ pub type WallClock = Arc<dyn Fn() -> u64 + Send + Sync>;
 /// membership changes are picked up.
 pub type PeerList = Arc<dyn Fn() -> Vec<Peer> + Send + Sync>;
 
-/// A peer's inter-node address (`host:port`), and a delay added before every
-/// message to it (zero, except to emulate inter-region latency in tests and
-/// demos).
+/// A peer's inter-node address (`host:port`), and two faults that tests and
+/// demos inject into the link to it: a delay added before every message
+/// (inter-region latency), and a file whose existence cuts the link (a
+/// partition). Both are off in production.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Peer {
     pub addr: String,
     pub delay: Duration,
+    pub cut_while: Option<Arc<std::path::Path>>,
 }
 
 impl Peer {
@@ -39,6 +41,20 @@ impl Peer {
         Self {
             addr: addr.into(),
             delay: Duration::ZERO,
+            cut_while: None,
+        }
+    }
+
+    /// Crosses the link: waits out its delay, fails while it is cut.
+    pub async fn reach(&self) -> Result<(), meridian_link::CallError> {
+        tokio::time::sleep(self.delay).await;
+        match &self.cut_while {
+            Some(path) if path.exists() => Err(meridian_link::CallError::Unreachable(format!(
+                "link to {} cut while {} exists",
+                self.addr,
+                path.display()
+            ))),
+            _ => Ok(()),
         }
     }
 }
@@ -239,7 +255,7 @@ impl Gossip {
         peer: &Peer,
         push: pb::PushRequest,
     ) -> Result<(), meridian_link::CallError> {
-        tokio::time::sleep(peer.delay).await;
+        peer.reach().await?;
         let mut client = self.client(&peer.addr)?;
         let mut request = Request::new(push);
         self.secret.stamp(&mut request, self.config.deadline);
@@ -282,7 +298,7 @@ impl Gossip {
     /// One anti-entropy exchange: send this node's digest, merge what the
     /// peer says this node lacks. Returns how many slots changed.
     pub async fn sync_with(&self, peer: &Peer) -> Result<usize, meridian_link::CallError> {
-        tokio::time::sleep(peer.delay).await;
+        peer.reach().await?;
         let mut client = self.client(&peer.addr)?;
         let mut request = Request::new(wire::digest_to_wire(&self.counters.digest()));
         self.secret.stamp(&mut request, self.config.deadline);

@@ -451,7 +451,7 @@ impl MetadataSync {
     }
 
     async fn ask_cursor(&self, peer: &Peer, to: &str) -> Result<u64, CallError> {
-        tokio::time::sleep(peer.delay).await;
+        peer.reach().await?;
         let mut client = self.client(peer)?;
         let mut request = Request::new(pb::CursorRequest {
             from_region: self.region.name().to_string(),
@@ -470,7 +470,7 @@ impl MetadataSync {
         through: u64,
         entities: Vec<pb::EntityChanges>,
     ) -> Result<u64, CallError> {
-        tokio::time::sleep(peer.delay).await;
+        peer.reach().await?;
         let mut client = self.client(peer)?;
         let mut request = Request::new(pb::PushRequest {
             from_region: self.region.name().to_string(),

@@ -110,6 +110,7 @@ async fn probe(node: &Node, d: &Deployment) -> Result<(), String> {
         deployment: d,
         upstream: node.upstream.as_ref(),
         clock: node.clock.as_ref(),
+        output_cap: None,
     };
     let provider = node.providers.get(d.provider);
     let call = async {

@@ -32,9 +32,15 @@ pub async fn chat(
     let wants_usage = req.wants_stream_usage();
     let model = req.model.clone();
     let demand = Demand::for_chat(&req);
-    let called = pipeline::route_and_call(&node, &ctx, &model, &demand, |p, cx| p.chat(cx, req))
-        .await
-        .map_err(fail)?;
+    let called = pipeline::route_and_call(&node, &ctx, &model, &demand, |p, cx| {
+        let mut req = req;
+        if let Some(cap) = cx.output_cap {
+            req.cap_output(cap);
+        }
+        p.chat(cx, req)
+    })
+    .await
+    .map_err(fail)?;
     Ok(finish(&node, &ctx, called, wants_usage).await)
 }
 
@@ -50,10 +56,17 @@ pub async fn completion(
         .unwrap_or(false);
     let model = req.model.clone();
     let demand = Demand::for_completion(&req);
-    let called =
-        pipeline::route_and_call(&node, &ctx, &model, &demand, |p, cx| p.completion(cx, req))
-            .await
-            .map_err(|e| ApiError::new(e, Format::OpenAi).with_request_id(&ctx.request_id))?;
+    let called = pipeline::route_and_call(&node, &ctx, &model, &demand, |p, cx| {
+        let mut req = req;
+        if req.max_tokens.is_none()
+            && let Some(cap) = cx.output_cap
+        {
+            req.max_tokens = Some(u32::try_from(cap).unwrap_or(u32::MAX));
+        }
+        p.completion(cx, req)
+    })
+    .await
+    .map_err(|e| ApiError::new(e, Format::OpenAi).with_request_id(&ctx.request_id))?;
     Ok(finish(&node, &ctx, called, wants_usage).await)
 }
 

@@ -37,6 +37,12 @@ pub struct Config {
     /// How long `/spend/logs` rows are kept
     /// (`general_settings.maximum_spend_logs_retention_period`).
     pub spend_log_retention: Duration,
+    /// How limits are enforced where the entity says nothing
+    /// (`meridian.enforcement`; default `available`).
+    pub default_enforcement: meridian_consensus::metadata::Enforcement,
+    /// How long a request under a `strict` limit may wait for rights from
+    /// the limit's home region before it is refused (`meridian.strict_wait_ms`).
+    pub strict_wait: Duration,
     pub disable: Disabled,
     /// Keys present in the file that Meridian accepts but does not act on.
     pub ignored: Vec<Ignored>,
@@ -91,6 +97,9 @@ pub struct ClusterSettings {
     /// Added to every message sent to another region, to demonstrate and test
     /// inter-region latency on one machine. Zero in production.
     pub inject_region_delay: std::time::Duration,
+    /// While this file exists, every link to another region is cut (tests
+    /// and demos of partitions on one machine). `None` in production.
+    pub inject_partition_file: Option<PathBuf>,
 }
 
 impl Default for ClusterSettings {
@@ -105,6 +114,7 @@ impl Default for ClusterSettings {
             remote_regions: std::collections::BTreeMap::new(),
             gossip_interval: std::time::Duration::from_millis(100),
             inject_region_delay: std::time::Duration::ZERO,
+            inject_partition_file: None,
         }
     }
 }

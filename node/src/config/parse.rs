@@ -124,6 +124,8 @@ impl Config {
             ],
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             spend_log_retention: crate::spendlog::DEFAULT_RETENTION,
+            default_enforcement: Default::default(),
+            strict_wait: DEFAULT_STRICT_WAIT,
             disable: Disabled::default(),
             ignored: Vec::new(),
             unset_env: Vec::new(),
@@ -218,6 +220,8 @@ impl Parser<'_> {
             deployments: Vec::new(),
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             spend_log_retention: crate::spendlog::DEFAULT_RETENTION,
+            default_enforcement: Default::default(),
+            strict_wait: DEFAULT_STRICT_WAIT,
             disable: Disabled::default(),
             ignored: Vec::new(),
             unset_env: Vec::new(),
@@ -523,6 +527,29 @@ impl Parser<'_> {
                                 self.err(&path, "milliseconds up to 10000 (tests and demos only)")
                             );
                         }
+                    }
+                }
+                "inject_partition_file" => {
+                    config.node.cluster.inject_partition_file =
+                        Some(self.required_string(Some(v), &path)?.into())
+                }
+                "enforcement" => {
+                    config.default_enforcement = match self
+                        .required_string(Some(v), &path)?
+                        .as_str()
+                    {
+                        "available" => meridian_consensus::metadata::Enforcement::Available,
+                        "strict" => meridian_consensus::metadata::Enforcement::Strict,
+                        other => {
+                            return Err(self
+                                .err(&path, format!("`available` or `strict`, found `{other}`")));
+                        }
+                    }
+                }
+                "strict_wait_ms" => {
+                    config.strict_wait = match self.integer(Some(v), &path)? {
+                        Some(n) if (1..=60_000).contains(&n) => Duration::from_millis(n),
+                        _ => return Err(self.err(&path, "milliseconds between 1 and 60000")),
                     }
                 }
                 "raft_snapshot_every" => {
@@ -906,7 +933,11 @@ impl Parser<'_> {
 }
 
 const NOT_YET: &str = "not supported by Meridian yet; ignored";
-const MERIDIAN_KEYS: &str = "node_id, region, host, port, data_dir, raft_id, cluster_listen, advertise_url, cluster_secret, peers, raft_snapshot_every, remote_regions, gossip_interval_ms, inject_region_delay_ms, disable_admin_endpoints, disable_llm_api_endpoints, disable_admin_ui";
+/// How long a request may wait for a `strict` limit's rights by default:
+/// a few cross-region round trips and a Raft write.
+const DEFAULT_STRICT_WAIT: Duration = Duration::from_millis(500);
+
+const MERIDIAN_KEYS: &str = "node_id, region, host, port, data_dir, raft_id, cluster_listen, advertise_url, cluster_secret, peers, raft_snapshot_every, remote_regions, gossip_interval_ms, inject_region_delay_ms, inject_partition_file, enforcement, strict_wait_ms, disable_admin_endpoints, disable_llm_api_endpoints, disable_admin_ui";
 const AZURE_DEFAULT_API_VERSION: &str = "2024-10-21";
 
 /// Deployment timeout defaults. `router_settings.timeout` wins over

@@ -31,6 +31,9 @@ pub struct CallContext<'a> {
     pub deployment: &'a Deployment,
     pub upstream: &'a dyn UpstreamClient,
     pub clock: &'a dyn Clock,
+    /// The `max_tokens` to send when the request set none (a `strict` limit
+    /// needs its worst case bounded); `None`: send the request as it is.
+    pub output_cap: Option<u64>,
 }
 
 /// A finished (non-streaming) answer: an OpenAI-shaped JSON body and its usage.

@@ -83,11 +83,7 @@ mod tests {
     /// Runs `ops` against a ledger with `limit`, holders computing what they
     /// may spend with `available`; the first instant the escrow invariant
     /// breaks, says how.
-    fn check(
-        limit: u64,
-        ops: &[Op],
-        available: fn(&Slot, &Slot) -> u64,
-    ) -> Result<(), String> {
+    fn check(limit: u64, ops: &[Op], available: fn(&Slot, &Slot) -> u64) -> Result<(), String> {
         let mut ledger = Ledger::default();
         let mut rights = [Slot::default(); N];
         let mut consumed = [Slot::default(); N];

@@ -1,0 +1,383 @@
+//! Rights of `strict` limits between nodes and regions (see `crdt::escrow`
+//! for why they keep a limit exact, and `meridian_consensus::metadata::ledger`
+//! for the issuer).
+//!
+//! - [`Rights`], on every node: asks the ledger of a limit's home region for
+//!   rights when this node holds too few ([`Rights::obtain`]: the home region
+//!   itself is asked through its own Raft log, another region over
+//!   `meridian.rights.v1`), records the grants in this node's own slot of the
+//!   rights counter, and gives back rights it has not used for a while
+//!   ([`Rights::run_returns`]), so traffic that moves to another region finds
+//!   the headroom there.
+//! - [`rights_service`]: answers other regions' requests by proposing them to
+//!   this region's ledger (forwarded to the leader).
+//!
+//! Only the asking for rights waits on the network, and only when a node runs
+//! out: spending held rights is a memory operation on the request path.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use meridian_consensus::Region;
+use meridian_consensus::metadata::{Command, GrantReply, GrantRequest, Holder, Outcome};
+use meridian_link::{ClusterSecret, Dialer, with_deadline};
+use meridian_proto::rights::v1 as pb;
+use pb::rights_client::RightsClient;
+pub use pb::rights_server::RightsServer;
+use tonic::{Request, Response, Status};
+
+use crate::Error;
+use crate::counters::Counters;
+use crate::crdt::{CounterId, escrow};
+use crate::gossip::WallClock;
+use crate::metadata_sync::RemoteRegions;
+
+/// What a node asks for: rights to `id` (a limited counter), from the ledger
+/// of region `home`, under `limit` as of `limit_version`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ask {
+    pub id: CounterId,
+    pub home: Arc<str>,
+    pub need: u64,
+    pub limit: u64,
+    pub limit_version: u64,
+}
+
+impl Ask {
+    fn rights_id(&self) -> CounterId {
+        rights_id(&self.id)
+    }
+}
+
+/// The counter holding the rights to `id`.
+fn rights_id(id: &CounterId) -> CounterId {
+    id.with_metric(id.metric.rights().unwrap_or(id.metric))
+}
+
+/// What this node holds of rights to `id` and may still spend.
+pub fn available(t: &crate::Txn<'_>, id: &CounterId) -> u64 {
+    escrow::available(&t.own(&rights_id(id)), &t.own(id))
+}
+
+/// A counter this node holds rights to, and when it last spent them.
+struct Used {
+    ask: Ask,
+    at_ms: u64,
+}
+
+pub struct Rights {
+    region: Region,
+    counters: Arc<Counters>,
+    remote: RemoteRegions,
+    dialer: Dialer,
+    secret: ClusterSecret,
+    clock: WallClock,
+    deadline: Duration,
+    /// One request per counter at a time: requests that queue behind it find
+    /// the rights it brought.
+    asking: Mutex<HashMap<CounterId, Arc<tokio::sync::Mutex<()>>>>,
+    used: Mutex<HashMap<CounterId, Used>>,
+    next_peer: AtomicUsize,
+}
+
+impl Rights {
+    pub fn new(
+        region: Region,
+        counters: Arc<Counters>,
+        remote: RemoteRegions,
+        dialer: Dialer,
+        secret: ClusterSecret,
+        clock: WallClock,
+        deadline: Duration,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            region,
+            counters,
+            remote,
+            dialer,
+            secret,
+            clock,
+            deadline,
+            asking: Mutex::default(),
+            used: Mutex::default(),
+            next_peer: AtomicUsize::new(0),
+        })
+    }
+
+    /// This node's region.
+    pub fn region(&self) -> &str {
+        &self.counters.me().region
+    }
+
+    /// What this node holds of rights to `id` and may still spend.
+    pub fn held(&self, id: &CounterId) -> u64 {
+        self.counters.read(|t| available(t, id))
+    }
+
+    /// Notes that rights to `ask.id` were spent now (they are given back
+    /// after a while without use).
+    pub fn touch(&self, ask: &Ask) {
+        let at_ms = (self.clock)();
+        lock(&self.used).insert(
+            ask.id.clone(),
+            Used {
+                ask: ask.clone(),
+                at_ms,
+            },
+        );
+    }
+
+    /// Makes this node hold at least `ask.need` rights if the ledger can
+    /// grant them. `None`: it held enough already; else the ledger's answer
+    /// (whose `granted` is 0 when its pool could not cover the need).
+    pub async fn obtain(&self, ask: &Ask) -> Result<Option<GrantReply>, Error> {
+        let turn = self.turn(&ask.id);
+        let _turn = turn.lock().await;
+        if self.held(&ask.id) >= ask.need {
+            return Ok(None);
+        }
+        let returned = self.counters.read(|t| t.own(&ask.rights_id()).n);
+        let reply = self.call(ask, ask.need, returned).await?;
+        self.record(ask, &reply);
+        Ok(Some(reply))
+    }
+
+    /// Gives back every right to `ask.id` this node holds and has not spent:
+    /// made durable here before the ledger is told, so it can never be
+    /// spent twice. If the ledger does not hear of it now, it does with this
+    /// node's next request for the counter.
+    pub async fn give_back(&self, ask: &Ask) -> Result<u64, Error> {
+        let turn = self.turn(&ask.id);
+        let _turn = turn.lock().await;
+        let rights = ask.rights_id();
+        let ((amount, returned), ticket) = self.counters.update(|t| {
+            let amount = available(t, &ask.id);
+            t.add(&rights, 0, amount);
+            (amount, t.own(&rights).n)
+        });
+        if amount == 0 {
+            return Ok(0);
+        }
+        self.counters.durable(ticket).await;
+        let reply = self.call(ask, 0, returned).await?;
+        self.record(ask, &reply);
+        Ok(amount)
+    }
+
+    /// Every `every`, gives back the rights of counters unused for `idle`,
+    /// and forgets counters whose period is over.
+    pub async fn run_returns(
+        self: Arc<Self>,
+        every: Duration,
+        idle: Duration,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
+        tokio::pin!(shutdown);
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let idle_ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                _ = tick.tick() => {}
+            }
+            let now = (self.clock)();
+            let due: Vec<Ask> = {
+                let mut used = lock(&self.used);
+                used.retain(|id, _| id.ends_at().is_none_or(|end| end > now));
+                used.values()
+                    .filter(|u| u.at_ms.saturating_add(idle_ms) <= now)
+                    .map(|u| u.ask.clone())
+                    .collect()
+            };
+            for ask in due {
+                match self.give_back(&ask).await {
+                    Ok(amount) => {
+                        lock(&self.used).remove(&ask.id);
+                        if amount > 0 {
+                            tracing::debug!(counter = ?ask.id, amount, "idle rights given back");
+                        }
+                    }
+                    Err(e) => tracing::debug!(error = %e, "giving back rights failed; retrying"),
+                }
+            }
+            lock(&self.asking).retain(|_, turn| Arc::strong_count(turn) > 1);
+        }
+    }
+
+    fn turn(&self, id: &CounterId) -> Arc<tokio::sync::Mutex<()>> {
+        lock(&self.asking).entry(id.clone()).or_default().clone()
+    }
+
+    /// Raises this node's slot to what the ledger says it has issued here.
+    fn record(&self, ask: &Ask, reply: &GrantReply) {
+        let rights = ask.rights_id();
+        let (_, _ticket) = self.counters.update(|t| {
+            let add = escrow::grant_delta(&t.own(&rights), reply.issued);
+            t.add(&rights, add, 0);
+        });
+        // Forgetting a grant (a crash before it is written) only loses
+        // rights: nothing waits for it to be durable.
+    }
+
+    async fn call(&self, ask: &Ask, need: u64, returned: u64) -> Result<GrantReply, Error> {
+        let me = self.counters.me();
+        let request = GrantRequest {
+            counter: ask.id.encode(),
+            holder: Holder {
+                region: me.region.to_string(),
+                node: me.node,
+                incarnation: me.incarnation,
+            },
+            need,
+            returned,
+            limit: ask.limit,
+            limit_version: ask.limit_version,
+            ends_at_ms: ask.id.window.end(ask.id.period),
+        };
+        if *ask.home == *self.region.name().as_str() {
+            return propose(&self.region, request, (self.clock)()).await;
+        }
+        let unreachable = |reason: String| Error::HomeUnreachable {
+            home: ask.home.to_string(),
+            reason,
+        };
+        let peers = (self.remote)()
+            .into_iter()
+            .find(|r| *r.name == *ask.home)
+            .map(|r| r.peers)
+            .unwrap_or_default();
+        if peers.is_empty() {
+            return Err(unreachable("no node of it is configured".into()));
+        }
+        let start = self.next_peer.fetch_add(1, Ordering::Relaxed);
+        let mut last = String::new();
+        for i in 0..peers.len() {
+            let peer = &peers[(start + i) % peers.len()];
+            let attempt = async {
+                peer.reach().await?;
+                let mut client = RightsClient::new(self.dialer.channel(&peer.addr)?);
+                let mut call = Request::new(to_wire(&ask.home, &request));
+                self.secret.stamp(&mut call, self.deadline);
+                with_deadline(self.deadline, client.grant(call)).await
+            };
+            match attempt.await {
+                Ok(reply) => return Ok(from_wire(reply)),
+                Err(e) => last = format!("{}: {e}", peer.addr),
+            }
+        }
+        Err(unreachable(last))
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+async fn propose(region: &Region, request: GrantRequest, at_ms: u64) -> Result<GrantReply, Error> {
+    let outcome = region
+        .propose(Command::Grant(request), at_ms)
+        .await
+        .map_err(|e| Error::Ledger(e.to_string()))?;
+    match outcome {
+        Outcome::Done { records, .. } => records
+            .into_iter()
+            .next()
+            .and_then(|r| serde_json::from_value(r).ok())
+            .ok_or_else(|| Error::Ledger("a grant without a reply".into())),
+        Outcome::Refused { message, .. } => Err(Error::Ledger(message)),
+    }
+}
+
+fn to_wire(home: &str, r: &GrantRequest) -> pb::GrantRequest {
+    pb::GrantRequest {
+        home_region: home.to_owned(),
+        counter: r.counter.clone(),
+        holder_region: r.holder.region.clone(),
+        holder_node: r.holder.node,
+        holder_incarnation: r.holder.incarnation,
+        need: r.need,
+        returned: r.returned,
+        limit: r.limit,
+        limit_version: r.limit_version,
+        ends_at_ms: r.ends_at_ms,
+    }
+}
+
+fn from_wire(reply: pb::GrantReply) -> GrantReply {
+    GrantReply {
+        issued: reply.issued,
+        granted: reply.granted,
+        pool: reply.pool,
+        limit: reply.limit,
+        outstanding_by_region: reply.outstanding_by_region.into_iter().collect(),
+    }
+}
+
+/// Answers other regions' requests for rights.
+pub struct RightsService {
+    region: Region,
+    secret: ClusterSecret,
+    clock: WallClock,
+}
+
+/// The rights service of `region`, for the node's inter-node routes. Calls
+/// without `secret` (when one is set), and calls meant for another region,
+/// are refused.
+pub fn rights_service(
+    region: Region,
+    secret: ClusterSecret,
+    clock: WallClock,
+) -> RightsServer<RightsService> {
+    RightsServer::new(RightsService {
+        region,
+        secret,
+        clock,
+    })
+}
+
+#[tonic::async_trait]
+impl pb::rights_server::Rights for RightsService {
+    async fn grant(
+        &self,
+        request: Request<pb::GrantRequest>,
+    ) -> Result<Response<pb::GrantReply>, Status> {
+        self.secret.check(request.metadata())?;
+        let r = request.into_inner();
+        let me = self.region.name().as_str();
+        if r.home_region != me {
+            return Err(Status::failed_precondition(format!(
+                "this node serves region {me:?}, not {:?}",
+                r.home_region
+            )));
+        }
+        if r.counter.len() > 4096 || r.holder_region.len() > 64 {
+            return Err(Status::invalid_argument("counter or region too long"));
+        }
+        let request = GrantRequest {
+            counter: r.counter,
+            holder: Holder {
+                region: r.holder_region,
+                node: r.holder_node,
+                incarnation: r.holder_incarnation,
+            },
+            need: r.need,
+            returned: r.returned,
+            limit: r.limit,
+            limit_version: r.limit_version,
+            ends_at_ms: r.ends_at_ms,
+        };
+        let reply = propose(&self.region, request, (self.clock)())
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        Ok(Response::new(pb::GrantReply {
+            issued: reply.issued,
+            granted: reply.granted,
+            pool: reply.pool,
+            limit: reply.limit,
+            outstanding_by_region: reply.outstanding_by_region.into_iter().collect(),
+        }))
+    }
+}
