@@ -632,13 +632,22 @@ struct Short {
 }
 
 impl Short {
+    /// Rights as the limit counts them: dollars for budgets.
+    fn amount(&self, rights: u64) -> String {
+        match self.refusal.kind {
+            LimitKind::Budget => format!("${}", Cost(u128::from(rights))),
+            _ => rights.to_string(),
+        }
+    }
+
     /// The refusal, with `note` saying why the rights could not be had.
     fn refuse(&self, rights: &Rights, note: String) -> Error {
         let held = rights.held(&self.ask.id);
         let mut refusal = self.refusal.clone();
         refusal.strict = Some(format!(
-            "{note} This node holds {held} of the {} this request needs.",
-            self.ask.need
+            "{note} This node holds {} of the {} this request needs.",
+            self.amount(held),
+            self.amount(self.ask.need)
         ));
         Error::LimitExceeded(Box::new(refusal))
     }
@@ -650,12 +659,16 @@ impl Short {
         rights: &Rights,
         reply: &meridian_consensus::metadata::GrantReply,
     ) -> Error {
-        let me = rights.region();
+        let (me, mine) = (rights.region(), rights.outstanding_here(&self.ask.id));
         let elsewhere: Vec<String> = reply
             .outstanding_by_region
             .iter()
-            .filter(|(region, held)| region.as_str() != me && **held > 0)
-            .map(|(region, held)| format!("{region} ({held})"))
+            .map(|(region, held)| match region.as_str() == me {
+                true => (region, held.saturating_sub(mine)),
+                false => (region, *held),
+            })
+            .filter(|(_, held)| *held > 0)
+            .map(|(region, held)| format!("{region} ({})", self.amount(held)))
             .collect();
         if elsewhere.is_empty() {
             let mut refusal = self.refusal.clone();
@@ -665,9 +678,9 @@ impl Short {
         self.refuse(
             rights,
             format!(
-                "It is enforced strictly: {} of {} is unissued, and the rest is held by nodes in other regions: {} (spent, reserved, or given back once idle).",
-                reply.pool,
-                reply.limit,
+                "It is enforced strictly: {} of {} is unissued, and the rest is held by other nodes, in {} (spent, reserved, or given back once idle).",
+                self.amount(reply.pool),
+                self.amount(reply.limit),
                 elsewhere.join(", ")
             ),
         )

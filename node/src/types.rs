@@ -324,6 +324,23 @@ impl From<OpenAiUsage> for Usage {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn an_output_cap_applies_only_to_requests_without_a_limit() {
+        let mut open = ChatRequest::default();
+        open.cap_output(4096);
+        assert_eq!(open.max_tokens, Some(4096));
+        let mut limited = ChatRequest {
+            max_completion_tokens: Some(7),
+            ..ChatRequest::default()
+        };
+        limited.cap_output(4096);
+        assert_eq!(
+            (limited.max_tokens, limited.output_limit()),
+            (None, Some(7))
+        );
+    }
+
     use super::*;
 
     #[test]

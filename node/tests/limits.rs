@@ -251,3 +251,99 @@ async fn team_customer_and_per_model_limits_apply() {
     assert_eq!(ask(&n, &m, hi("gpt")).await.0, 429);
     assert_eq!(ask(&n, &m, hi("claude")).await.0, 200);
 }
+
+/// Waits, if needed, until the current calendar minute has at least `need`
+/// left, so a strict per-minute count is not split by a window boundary.
+async fn room_in_this_minute(need: std::time::Duration) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    let into = std::time::Duration::from_millis((now.as_millis() % 60_000) as u64);
+    if std::time::Duration::from_secs(60) - into < need {
+        tokio::time::sleep(std::time::Duration::from_secs(60) - into).await;
+    }
+}
+
+#[tokio::test]
+async fn strict_requests_per_minute_admit_exactly_the_limit() {
+    let n = gateway().await;
+    let k = key(&n, json!({ "rpm_limit": 5, "enforcement": "strict" })).await;
+    room_in_this_minute(std::time::Duration::from_secs(10)).await;
+    let mut admitted = 0;
+    for _ in 0..12 {
+        let (status, _, body) = ask(&n, &k, hi("gpt")).await;
+        match status {
+            200 => admitted += 1,
+            429 => {
+                assert_eq!(body["error"]["type"], "rate_limit_exceeded");
+                let message = body["error"]["message"].as_str().unwrap();
+                assert!(message.contains("5 of 5 requests per minute"), "{message}");
+            }
+            other => panic!("{other}: {body}"),
+        }
+    }
+    assert_eq!(admitted, 5, "one node holds every right: exactly the limit");
+}
+
+#[tokio::test]
+async fn a_strict_budget_reserves_a_bounded_worst_case_and_never_overshoots() {
+    let n = gateway().await;
+    // No max_tokens: the request is capped at the strict output bound, and
+    // its tokens are reserved as the prompt's bytes plus that cap.
+    let tokens = key(&n, json!({ "enforcement": "strict", "tpm_limit": 100000 })).await;
+    let (status, headers, body) = ask(&n, &tokens, hi("gpt")).await;
+    assert_eq!(status, 200, "{body}");
+    let remaining: u64 = header(&headers, "x-ratelimit-remaining-tokens")
+        .parse()
+        .unwrap();
+    assert!(
+        remaining <= 100_000 - meridian_node::admission::STRICT_OUTPUT_CAP,
+        "{remaining}"
+    );
+    let k = key(&n, json!({ "max_budget": 0.0002, "enforcement": "strict" })).await;
+    // A worst case beyond the whole budget can never be admitted.
+    let (status, _, body) = ask(&n, &k, hi("priced")).await;
+    assert_eq!(
+        (status, &body["error"]["type"]),
+        (429, &json!("budget_exceeded"))
+    );
+    let body = json!({ "model": "priced", "max_tokens": 10,
+        "messages": [{ "role": "user", "content": "hi" }] });
+    let mut costs = 0f64;
+    let refusal = loop {
+        let (status, headers, reply) = ask(&n, &k, body.clone()).await;
+        if status != 200 {
+            break (status, reply);
+        }
+        costs += header(&headers, "x-meridian-response-cost")
+            .parse::<f64>()
+            .unwrap();
+        assert!(costs < 1.0, "the budget never stopped the key");
+    };
+    assert_eq!(refusal.0, 429);
+    assert_eq!(
+        refusal.1["error"]["type"], "budget_exceeded",
+        "{}",
+        refusal.1
+    );
+    assert!(costs > 0.0001, "stopped early at {costs}");
+    assert!(costs <= 0.0002 + 1e-12, "spent {costs} of 0.0002");
+}
+
+#[tokio::test]
+async fn a_limit_enforced_strictly_by_default_names_no_mode_per_key() {
+    let n = node_yaml(&format!("{MODELS}meridian:\n  enforcement: strict\n")).await;
+    let k = key(&n, json!({ "rpm_limit": 2 })).await;
+    room_in_this_minute(std::time::Duration::from_secs(10)).await;
+    let statuses: Vec<u16> =
+        futures_util::future::join_all((0..6).map(|_| async { ask(&n, &k, hi("gpt")).await.0 }))
+            .await;
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        2,
+        "{statuses:?}"
+    );
+    // An entity may still opt out of the default.
+    let loose = key(&n, json!({ "rpm_limit": 2, "enforcement": "available" })).await;
+    assert_eq!(ask(&n, &loose, hi("gpt")).await.0, 200);
+}

@@ -116,6 +116,12 @@ impl Rights {
         self.counters.read(|t| available(t, id))
     }
 
+    /// Rights to `id` the ledger has issued to this node and it has not
+    /// given back (spent ones included).
+    pub fn outstanding_here(&self, id: &CounterId) -> u64 {
+        self.counters.read(|t| t.own(&rights_id(id)).net())
+    }
+
     /// Notes that rights to `ask.id` were spent now (they are given back
     /// after a while without use).
     pub fn touch(&self, ask: &Ask) {
