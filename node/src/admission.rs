@@ -659,15 +659,9 @@ impl Short {
         rights: &Rights,
         reply: &meridian_consensus::metadata::GrantReply,
     ) -> Error {
-        let (me, mine) = (rights.region(), rights.outstanding_here(&self.ask.id));
-        let elsewhere: Vec<String> = reply
-            .outstanding_by_region
-            .iter()
-            .map(|(region, held)| match region.as_str() == me {
-                true => (region, held.saturating_sub(mine)),
-                false => (region, *held),
-            })
-            .filter(|(_, held)| *held > 0)
+        let elsewhere: Vec<String> = rights
+            .unspent_elsewhere(&self.ask.id, reply)
+            .into_iter()
             .map(|(region, held)| format!("{region} ({})", self.amount(held)))
             .collect();
         if elsewhere.is_empty() {
@@ -678,7 +672,7 @@ impl Short {
         self.refuse(
             rights,
             format!(
-                "It is enforced strictly: {} of {} is unissued, and the rest is held by other nodes, in {} (spent, reserved, or given back once idle).",
+                "It is enforced strictly: {} of {} is unissued, and unspent rights are held by other nodes, in {} (they are given back after a few seconds unused).",
                 self.amount(reply.pool),
                 self.amount(reply.limit),
                 elsewhere.join(", ")

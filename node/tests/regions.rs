@@ -80,10 +80,12 @@ meridian:
   cluster_listen: 127.0.0.1:{cluster}
   gossip_interval_ms: {GOSSIP_MS}
   inject_region_delay_ms: {DELAY_MS}
+  inject_partition_file: {cut}
   peers:
 {peers}  remote_regions:
 {remote}",
                 data = dir.path().join(format!("{region}-{id}-data")).display(),
+                cut = dir.path().join("cut").display(),
             );
             std::fs::write(&config, yaml).unwrap();
             nodes.push(Proc {
@@ -104,6 +106,21 @@ meridian:
             world.wait_ready(i).await;
         }
         world
+    }
+
+    /// Cuts (or heals) every link between regions, both ways.
+    fn partition(&self, cut: bool) {
+        let file = self._dir.path().join("cut");
+        match cut {
+            true => std::fs::write(file, b"").unwrap(),
+            false => std::fs::remove_file(file).unwrap(),
+        }
+    }
+
+    fn in_region(&self, region: &str) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|i| self.nodes[*i].region == region)
+            .collect()
     }
 
     /// Up, and its region has a leader (admin writes work).
@@ -451,4 +468,129 @@ async fn one_requests_spend_reaches_every_node_quickly() {
         times[times.len() / 2],
         times[times.len() * 99 / 100]
     );
+}
+
+/// Waits, if needed, until the current calendar minute has at least `need`
+/// left: a strict per-minute limit counts per calendar minute.
+async fn room_in_this_minute(need: Duration) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    let into = Duration::from_millis((now.as_millis() % 60_000) as u64);
+    if Duration::from_secs(60) - into < need {
+        tokio::time::sleep(Duration::from_secs(60) - into).await;
+    }
+}
+
+/// `strict`: the same traffic as the `available` test above never gets more
+/// than the limit through, because every node spends only rights the key's
+/// home region (us-east) granted it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_strict_rate_limit_never_exceeds_its_limit_across_regions() {
+    let world = World::start(&["us-east", "eu-west"], 2).await;
+    let key = "sk-regions-strict-rate";
+    world
+        .key_everywhere(key, json!({ "rpm_limit": 20, "enforcement": "strict" }))
+        .await;
+    let n = world.nodes.len();
+    room_in_this_minute(Duration::from_secs(20)).await;
+    let started = Instant::now();
+    let (mut admitted, mut by_region, mut elsewhere) = (0u64, [0u64; 2], 0);
+    let sent = 60u32;
+    for i in 0..sent as usize {
+        let seen = world.chat(i % n, key).await;
+        match seen.status {
+            200 => {
+                admitted += 1;
+                by_region[usize::from(world.nodes[i % n].region == "eu-west")] += 1;
+            }
+            429 => {
+                assert_eq!(seen.body["error"]["type"], "rate_limit_exceeded");
+                let message = seen.body["error"]["message"].as_str().unwrap();
+                elsewhere += usize::from(message.contains("held by other nodes"));
+            }
+            other => panic!("unexpected status {other}: {}", seen.body),
+        }
+    }
+    let rate = f64::from(sent) / started.elapsed().as_secs_f64();
+    println!(
+        "strict: admitted {admitted} of {sent} at {rate:.0}/s (us-east {}, eu-west {}); limit 20; {elsewhere} refusals named rights held by other nodes",
+        by_region[0], by_region[1]
+    );
+    assert!(admitted <= 20, "strict admitted {admitted} > 20");
+    assert!(by_region[0] > 0 && by_region[1] > 0, "{by_region:?}");
+    assert!(
+        admitted >= 12,
+        "strict admitted only {admitted} of a limit of 20"
+    );
+}
+
+/// `strict` under a partition: eu-west keeps spending the rights it holds,
+/// then refuses, saying the home region cannot be reached; us-east spends the
+/// rest. Neither side, nor both together, ever goes past the budget, and
+/// after the heal every node agrees on the spend the clients were told.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_strict_budget_holds_while_the_regions_are_partitioned() {
+    let world = World::start(&["us-east", "eu-west"], 2).await;
+    let key = "sk-regions-strict-budget";
+    let budget = 0.001;
+    world
+        .key_everywhere(
+            key,
+            json!({ "max_budget": budget, "enforcement": "strict" }),
+        )
+        .await;
+    let n = world.nodes.len();
+    let (us, eu) = (world.in_region("us-east"), world.in_region("eu-west"));
+    // A few calls everywhere, so eu-west holds rights when the link goes.
+    let mut acknowledged = 0.0;
+    for i in 0..n {
+        let seen = world.chat(i, key).await;
+        assert_eq!(seen.status, 200, "{}", seen.body);
+        acknowledged += seen.cost;
+    }
+    world.partition(true);
+    let mut unreachable = 0;
+    let mut refusals_in_a_row = 0;
+    let mut i = 0;
+    while refusals_in_a_row < 2 * n {
+        let node = [us[0], eu[0], us[1], eu[1]][i % 4];
+        let seen = world.chat(node, key).await;
+        i += 1;
+        assert!(i < 2000, "the budget never stopped the key");
+        match seen.status {
+            200 => {
+                acknowledged += seen.cost;
+                refusals_in_a_row = 0;
+            }
+            429 => {
+                assert_eq!(seen.body["error"]["type"], "budget_exceeded");
+                let message = seen.body["error"]["message"].as_str().unwrap();
+                if message.contains("could not be reached") {
+                    assert!(eu.contains(&node), "{message}");
+                    unreachable += 1;
+                }
+                refusals_in_a_row += 1;
+            }
+            other => panic!("unexpected status {other}: {}", seen.body),
+        }
+        assert!(
+            acknowledged <= budget + 1e-12,
+            "served ${acknowledged} of ${budget} during the partition"
+        );
+    }
+    println!(
+        "strict under partition: served ${acknowledged:.6} of ${budget} in {i} calls; {unreachable} eu-west refusals named the unreachable home"
+    );
+    assert!(
+        unreachable > 0,
+        "eu-west never said its home was unreachable"
+    );
+    assert!(acknowledged > budget * 0.5, "stopped early: {acknowledged}");
+    world.partition(false);
+    let took = world
+        .converged(key, acknowledged, Duration::from_secs(5))
+        .await;
+    println!("after the heal every node agreed within {took:?}");
+    assert!(acknowledged <= budget + 1e-12);
 }

@@ -116,10 +116,29 @@ impl Rights {
         self.counters.read(|t| available(t, id))
     }
 
-    /// Rights to `id` the ledger has issued to this node and it has not
-    /// given back (spent ones included).
-    pub fn outstanding_here(&self, id: &CounterId) -> u64 {
-        self.counters.read(|t| t.own(&rights_id(id)).net())
+    /// Per region, the rights to `id` the ledger's `reply` says are out
+    /// and that, as far as this node's view of the counter tells, are not
+    /// spent; this node's own excluded. Where the headroom a refused request
+    /// could not get is.
+    pub fn unspent_elsewhere(&self, id: &CounterId, reply: &GrantReply) -> Vec<(String, u64)> {
+        let reading = self.counters.reading(id);
+        let (mine, my_use) = self
+            .counters
+            .read(|t| (t.own(&rights_id(id)).net(), t.own(id).net()));
+        let me = self.region();
+        reply
+            .outstanding_by_region
+            .iter()
+            .map(|(region, out)| {
+                let used = reading.by_region.get(region.as_str()).copied().unwrap_or(0);
+                let (out, used) = match region.as_str() == me {
+                    true => (out.saturating_sub(mine), used.saturating_sub(my_use)),
+                    false => (*out, used),
+                };
+                (region.clone(), out.saturating_sub(used))
+            })
+            .filter(|(_, unspent)| *unspent > 0)
+            .collect()
     }
 
     /// Notes that rights to `ask.id` were spent now (they are given back
