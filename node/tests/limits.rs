@@ -255,9 +255,8 @@ async fn team_customer_and_per_model_limits_apply() {
 /// Waits, if needed, until the current calendar minute has at least `need`
 /// left, so a strict per-minute count is not split by a window boundary.
 async fn room_in_this_minute(need: std::time::Duration) {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap();
+    // The nodes under test read the same clock.
+    let now = meridian_node::clock::Clock::since_epoch(&meridian_node::clock::SystemClock);
     let into = std::time::Duration::from_millis((now.as_millis() % 60_000) as u64);
     if std::time::Duration::from_secs(60) - into < need {
         tokio::time::sleep(std::time::Duration::from_secs(60) - into).await;

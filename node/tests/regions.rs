@@ -473,9 +473,8 @@ async fn one_requests_spend_reaches_every_node_quickly() {
 /// Waits, if needed, until the current calendar minute has at least `need`
 /// left: a strict per-minute limit counts per calendar minute.
 async fn room_in_this_minute(need: Duration) {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap();
+    // The nodes under test read the same clock.
+    let now = meridian_node::clock::Clock::since_epoch(&meridian_node::clock::SystemClock);
     let into = Duration::from_millis((now.as_millis() % 60_000) as u64);
     if Duration::from_secs(60) - into < need {
         tokio::time::sleep(Duration::from_secs(60) - into).await;
