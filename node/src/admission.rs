@@ -1,5 +1,5 @@
 //! Admission: budgets and rate limits, against this node's view of the global
-//! counters — memory only, no network or disk wait.
+//! counters — memory only, no network or disk wait (but see `strict` below).
 //!
 //! Sits after routing (the chosen deployment prices the reservation) and
 //! before the provider call. A request reserves its worst case on every
@@ -12,6 +12,11 @@
 //! node's merged value. Other nodes' admissions reach this node one gossip
 //! interval plus one network delay later: that is the overshoot bound of
 //! `available` mode (see the README's guarantees).
+//!
+//! A `strict` limit admits while this node holds enough rights to it
+//! (`meridian_replication::rights`), granted by the entity's home region:
+//! never more than the limit in all. Spending held rights is as local as the
+//! `available` check; only a node that runs out waits, bounded, for a grant.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -609,9 +614,20 @@ pub async fn admit(
                 Ok(Some(reply)) if reply.granted > 0 => {}
                 Ok(Some(reply)) => return Err(s.exhausted(limiter.rights, &reply)),
                 Err(e) => {
-                    return Err(
-                        s.refuse(limiter.rights, format!("It is enforced strictly, and {e}."))
-                    );
+                    // The reason names inter-node addresses: logged, not
+                    // told to the client.
+                    tracing::debug!(home = %s.ask.home, error = %e, "no rights from the home region");
+                    let note = match e {
+                        meridian_replication::Error::HomeUnreachable { .. } => format!(
+                            "It is enforced strictly, and region {} (which issues its rights) could not be reached.",
+                            s.ask.home
+                        ),
+                        _ => format!(
+                            "It is enforced strictly, and the rights ledger of region {} is not available.",
+                            s.ask.home
+                        ),
+                    };
+                    return Err(s.refuse(limiter.rights, note));
                 }
             }
         }

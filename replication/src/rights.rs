@@ -160,11 +160,13 @@ impl Rights {
     pub async fn obtain(&self, ask: &Ask) -> Result<Option<GrantReply>, Error> {
         let turn = self.turn(&ask.id);
         let _turn = turn.lock().await;
-        if self.held(&ask.id) >= ask.need {
+        let held = self.held(&ask.id);
+        if held >= ask.need {
             return Ok(None);
         }
         let returned = self.counters.read(|t| t.own(&ask.rights_id()).n);
-        let reply = self.call(ask, ask.need, returned).await?;
+        // Only the shortfall: what this node holds counts towards the need.
+        let reply = self.call(ask, ask.need - held, returned).await?;
         self.record(ask, &reply);
         Ok(Some(reply))
     }
