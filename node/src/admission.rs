@@ -708,6 +708,13 @@ enum Step {
     Short(Vec<Short>),
 }
 
+/// What the check under the counters' lock found.
+enum Checked {
+    /// Reserved: what is held, the headroom left, the `strict` rights spent.
+    Reserved(Vec<Held>, Headroom, Vec<Ask>),
+    Short(Vec<Short>),
+}
+
 /// One limit a request is checked against.
 struct Check<'a> {
     subject: &'a Subject,
@@ -914,7 +921,7 @@ fn try_admit(
             }
         }
         if !shorts.is_empty() {
-            return Ok((Vec::new(), headroom, shorts, spent));
+            return Ok(Checked::Short(shorts));
         }
         let mut held = Vec::new();
         for c in &checks {
@@ -930,14 +937,14 @@ fn try_admit(
         for s in subjects.iter().filter(|s| s.budget.is_none()) {
             held.push(Held::Spend(s.id(Metric::Spend, s.window, now_ms), 0));
         }
-        Ok((held, headroom, Vec::new(), spent))
+        Ok(Checked::Reserved(held, headroom, spent))
     });
     match outcome {
-        Ok((_, _, shorts, _)) if !shorts.is_empty() => {
+        Ok(Checked::Short(shorts)) => {
             reservation.settled = true;
             Ok(Step::Short(shorts))
         }
-        Ok((held, headroom, _, spent)) => {
+        Ok(Checked::Reserved(held, headroom, spent)) => {
             reservation.held = held;
             reservation.headroom = headroom;
             let strict = (!spent.is_empty()).then_some((ticket, spent));

@@ -49,6 +49,29 @@ pub async fn single_node_region(
     Ok(region)
 }
 
+/// A region of one that no other node can reach, and its rights to `strict`
+/// limits (all issued by its own ledger).
+async fn lone_region(
+    region: &str,
+    store: Arc<dyn Store>,
+    api_url: String,
+    counters: &Arc<Counters>,
+    clock: WallClock,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(Region, Arc<Rights>)> {
+    let region = single_node_region(region, store, api_url).await?;
+    let secret = ClusterSecret::new(None).map_err(|e| Error::Internal(e.to_string()))?;
+    let rights = start_rights(
+        &region,
+        counters,
+        Arc::new(Vec::new),
+        secret,
+        clock,
+        shutdown,
+    );
+    Ok((region, rights))
+}
+
 /// A region of one with its counters and spend log, for embedding (tests,
 /// simulations): their tasks run until the runtime stops.
 pub async fn single_node(
@@ -58,7 +81,6 @@ pub async fn single_node(
 ) -> Result<crate::node::Local> {
     let settings = &config.node;
     let api_url = format!("http://{}", settings.listen);
-    let metadata = single_node_region(&settings.region, store.clone(), api_url).await?;
     let counters = start_counters(
         &settings.region,
         settings.cluster.raft_id,
@@ -67,16 +89,16 @@ pub async fn single_node(
         &seams.rng,
         std::future::pending(),
     )?;
-    let spend_log = start_spend_log(store, config, seams.clock.clone(), std::future::pending());
-    let rights = start_rights(
-        &metadata,
+    let (metadata, rights) = lone_region(
+        &settings.region,
+        store.clone(),
+        api_url,
         &counters,
-        Arc::new(Vec::new),
-        Dialer::tcp(),
-        ClusterSecret::new(None).map_err(|e| Error::Internal(e.to_string()))?,
         wall_clock(seams.clock.clone()),
         std::future::pending(),
-    );
+    )
+    .await?;
+    let spend_log = start_spend_log(store, config, seams.clock.clone(), std::future::pending());
     Ok(crate::node::Local {
         metadata,
         counters,
@@ -119,17 +141,7 @@ pub async fn start_region(
         .unwrap_or_else(|| format!("http://{api_addr}"));
     let wall = wall_clock(clock);
     let Some(listen) = cluster.listen else {
-        let region = single_node_region(&settings.region, store, api_url).await?;
-        let rights = start_rights(
-            &region,
-            &counters,
-            Arc::new(Vec::new),
-            Dialer::tcp(),
-            ClusterSecret::new(None).map_err(|e| Error::Internal(e.to_string()))?,
-            wall,
-            shutdown,
-        );
-        return Ok((region, rights));
+        return lone_region(&settings.region, store, api_url, &counters, wall, shutdown).await;
     };
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -223,7 +235,6 @@ pub async fn start_region(
         &region,
         &counters,
         remote_regions(cluster),
-        Dialer::tcp(),
         secret_for_rights,
         wall,
         until_stopped(),
@@ -255,11 +266,10 @@ const RIGHTS_IDLE: Duration = Duration::from_secs(5);
 
 /// This node's rights to `strict` limits, and the task that gives back the
 /// ones it stops using.
-pub fn start_rights(
+fn start_rights(
     region: &Region,
     counters: &Arc<Counters>,
     remote: RemoteRegions,
-    dialer: Dialer,
     secret: ClusterSecret,
     clock: WallClock,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
@@ -268,7 +278,7 @@ pub fn start_rights(
         region.clone(),
         counters.clone(),
         remote,
-        dialer,
+        Dialer::tcp(),
         secret,
         clock,
         RIGHTS_DEADLINE,

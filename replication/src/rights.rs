@@ -286,12 +286,12 @@ impl Rights {
             let attempt = async {
                 peer.reach().await?;
                 let mut client = RightsClient::new(self.dialer.channel(&peer.addr)?);
-                let mut call = Request::new(to_wire(&ask.home, &request));
+                let mut call = Request::new(request_to_wire(&ask.home, &request));
                 self.secret.stamp(&mut call, self.deadline);
                 with_deadline(self.deadline, client.grant(call)).await
             };
             match attempt.await {
-                Ok(reply) => return Ok(from_wire(reply)),
+                Ok(reply) => return Ok(reply_from_wire(reply)),
                 Err(e) => last = format!("{}: {e}", peer.addr),
             }
         }
@@ -318,7 +318,7 @@ async fn propose(region: &Region, request: GrantRequest, at_ms: u64) -> Result<G
     }
 }
 
-fn to_wire(home: &str, r: &GrantRequest) -> pb::GrantRequest {
+fn request_to_wire(home: &str, r: &GrantRequest) -> pb::GrantRequest {
     pb::GrantRequest {
         home_region: home.to_owned(),
         counter: r.counter.clone(),
@@ -333,7 +333,33 @@ fn to_wire(home: &str, r: &GrantRequest) -> pb::GrantRequest {
     }
 }
 
-fn from_wire(reply: pb::GrantReply) -> GrantReply {
+fn request_from_wire(r: pb::GrantRequest) -> GrantRequest {
+    GrantRequest {
+        counter: r.counter,
+        holder: Holder {
+            region: r.holder_region,
+            node: r.holder_node,
+            incarnation: r.holder_incarnation,
+        },
+        need: r.need,
+        returned: r.returned,
+        limit: r.limit,
+        limit_version: r.limit_version,
+        ends_at_ms: r.ends_at_ms,
+    }
+}
+
+fn reply_to_wire(reply: GrantReply) -> pb::GrantReply {
+    pb::GrantReply {
+        issued: reply.issued,
+        granted: reply.granted,
+        pool: reply.pool,
+        limit: reply.limit,
+        outstanding_by_region: reply.outstanding_by_region.into_iter().collect(),
+    }
+}
+
+fn reply_from_wire(reply: pb::GrantReply) -> GrantReply {
     GrantReply {
         issued: reply.issued,
         granted: reply.granted,
@@ -383,28 +409,43 @@ impl pb::rights_server::Rights for RightsService {
         if r.counter.len() > 4096 || r.holder_region.len() > 64 {
             return Err(Status::invalid_argument("counter or region too long"));
         }
-        let request = GrantRequest {
-            counter: r.counter,
-            holder: Holder {
-                region: r.holder_region,
-                node: r.holder_node,
-                incarnation: r.holder_incarnation,
-            },
-            need: r.need,
-            returned: r.returned,
-            limit: r.limit,
-            limit_version: r.limit_version,
-            ends_at_ms: r.ends_at_ms,
-        };
-        let reply = propose(&self.region, request, (self.clock)())
+        let reply = propose(&self.region, request_from_wire(r), (self.clock)())
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?;
-        Ok(Response::new(pb::GrantReply {
-            issued: reply.issued,
-            granted: reply.granted,
-            pool: reply.pool,
-            limit: reply.limit,
-            outstanding_by_region: reply.outstanding_by_region.into_iter().collect(),
-        }))
+        Ok(Response::new(reply_to_wire(reply)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_and_replies_survive_the_wire() {
+        let request = GrantRequest {
+            counter: vec![1, 2, 3],
+            holder: Holder {
+                region: "eu-west".into(),
+                node: 2,
+                incarnation: 9,
+            },
+            need: 5,
+            returned: 3,
+            limit: 20,
+            limit_version: 7,
+            ends_at_ms: Some(60_000),
+        };
+        assert_eq!(
+            request_from_wire(request_to_wire("us-east", &request)),
+            request
+        );
+        let reply = GrantReply {
+            issued: 8,
+            granted: 5,
+            pool: 12,
+            limit: 20,
+            outstanding_by_region: [("eu-west".to_owned(), 8)].into(),
+        };
+        assert_eq!(reply_from_wire(reply_to_wire(reply.clone())), reply);
     }
 }

@@ -38,7 +38,7 @@ use serde_json::{Map, Value};
 
 use super::command::{Command, Kind, MergeSummary, Outcome, Proposal, Refusal, RemoteChanges};
 use super::doc::{Actor, DocError, EntityDoc};
-use super::ledger::{GrantReply, GrantRequest, LEDGER_GRACE_MS, Ledger};
+use super::ledger::{GrantReply, GrantRequest, Ledger, long_over};
 use super::records::{
     BudgetRecord, CustomerRecord, KeyRecord, ModelRecord, TeamRecord, UserRecord,
 };
@@ -938,10 +938,7 @@ impl Planner<'_> {
     fn grant(&mut self, request: &GrantRequest) -> Outcome {
         // A period long over (a node with a very slow clock): its ledger may
         // be gone, and a new one must not hand its headroom out again.
-        if request
-            .ends_at_ms
-            .is_some_and(|end| end.saturating_add(LEDGER_GRACE_MS) < self.at_ms)
-        {
+        if long_over(request.ends_at_ms, self.at_ms) {
             return done(vec![to_json(&GrantReply::default())], vec![]);
         }
         let mut ledger = self
@@ -955,7 +952,7 @@ impl Planner<'_> {
             .state
             .ledger_expiry
             .iter()
-            .take_while(|(end, _)| end.saturating_add(LEDGER_GRACE_MS) < self.at_ms)
+            .take_while(|(end, _)| long_over(Some(*end), self.at_ms))
             .take(MAX_LEDGERS_DROPPED)
         {
             if *counter != request.counter {
@@ -1939,7 +1936,7 @@ mod tests {
         }
         assert_eq!(copy.ledger(b"c1"), state.ledger(b"c1"));
         // A period long over gets nothing, and its ledger is not made again.
-        let late = 60_001 + LEDGER_GRACE_MS;
+        let late = 60_001 + crate::metadata::ledger::LEDGER_GRACE_MS;
         let (out, changes) = state.apply(&at(late, grant(b"c0", 1, 60_000)));
         assert_eq!(reply(&out).granted, 0);
         assert!(changes.is_empty());

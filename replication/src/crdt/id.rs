@@ -51,17 +51,6 @@ impl Metric {
             _ => None,
         }
     }
-
-    /// The metric these rights are for; `None` for a counted metric.
-    pub fn rights_for(self) -> Option<Metric> {
-        match self {
-            Metric::SpendRights => Some(Metric::Spend),
-            Metric::RequestRights => Some(Metric::Requests),
-            Metric::TokenRights => Some(Metric::Tokens),
-            Metric::ParallelRights => Some(Metric::Parallel),
-            _ => None,
-        }
-    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
