@@ -53,6 +53,8 @@ pub struct Demand {
     pub prompt_tokens_max: u64,
     /// The request's `max_tokens` (or `max_completion_tokens`).
     pub max_tokens: Option<u64>,
+    /// The request's tags (`tags`, `metadata.tags`, `x-litellm-tags`).
+    pub tags: Vec<String>,
 }
 
 impl Demand {
@@ -67,6 +69,7 @@ impl Demand {
             prompt_tokens: Self::estimate(text, req.messages.len()),
             prompt_tokens_max: Self::upper_bound(text, req.messages.len()),
             max_tokens: req.output_limit().map(u64::from),
+            tags: Vec::new(),
         }
     }
 
@@ -80,6 +83,7 @@ impl Demand {
             prompt_tokens: Self::estimate(text, n),
             prompt_tokens_max: Self::upper_bound(text, n),
             max_tokens: req.max_tokens.map(u64::from),
+            tags: Vec::new(),
         }
     }
 
@@ -104,6 +108,7 @@ impl Demand {
             // of their length too.
             prompt_tokens_max: Self::upper_bound(text, 0),
             max_tokens: Some(0),
+            tags: Vec::new(),
         }
     }
 
@@ -394,21 +399,6 @@ fn subjects(
                 None,
             ));
         }
-        // Tags have no limits of their own; their spend is counted.
-        let team_tags = caller.team.iter().flat_map(|t| t.tags.iter());
-        let tags: std::collections::BTreeSet<&String> = key.tags.iter().chain(team_tags).collect();
-        for tag in tags {
-            out.push(Subject::new(
-                Scope::Tag,
-                tag,
-                format!("tag {tag}"),
-                Source {
-                    limits: &Limits::default(),
-                    updated_at: 0,
-                },
-                None,
-            ));
-        }
         if let Some(team) = &caller.team {
             out.push(Subject::new(
                 Scope::Team,
@@ -434,6 +424,32 @@ fn subjects(
             ));
         }
     }
+    for tag in request_tags(state, principal, demand) {
+        let subject = match state.tag(tag) {
+            Some(record) => Subject::new(
+                Scope::Tag,
+                tag,
+                format!("tag {tag}"),
+                Source {
+                    limits: &record.limits,
+                    updated_at: record.updated_at,
+                },
+                template(&record.budget_id),
+            ),
+            // A tag without a record has no limits; its spend is counted.
+            None => Subject::new(
+                Scope::Tag,
+                tag,
+                format!("tag {tag}"),
+                Source {
+                    limits: &Limits::default(),
+                    updated_at: 0,
+                },
+                None,
+            ),
+        };
+        out.push(subject);
+    }
     if let Some(customer) = demand.customer.as_ref().and_then(|c| state.customer(c)) {
         out.push(Subject::new(
             Scope::Customer,
@@ -447,6 +463,44 @@ fn subjects(
         ));
     }
     out
+}
+
+/// The tags a request is charged to, each once: its key's and its team's
+/// (set by admins, always counted), and those the request names itself that
+/// exist as tag records (a request can name any string; counting only known
+/// tags keeps callers from minting counters).
+fn request_tags<'a>(
+    state: &'a MetadataState,
+    principal: &'a Principal,
+    demand: &'a Demand,
+) -> std::collections::BTreeSet<&'a str> {
+    let mut tags = std::collections::BTreeSet::new();
+    if let Principal::Key(caller) = principal {
+        let team_tags = caller.team.iter().flat_map(|t| t.tags.iter());
+        tags.extend(caller.key.tags.iter().chain(team_tags).map(String::as_str));
+    }
+    tags.extend(
+        demand
+            .tags
+            .iter()
+            .map(String::as_str)
+            .filter(|t| state.tag(t).is_some()),
+    );
+    tags
+}
+
+/// The tags a request's spend log row lists: all it carries, known or not.
+fn logged_tags(principal: &Principal, demand: &Demand) -> Vec<String> {
+    let mut tags: Vec<String> = demand.tags.clone();
+    if let Principal::Key(caller) = principal {
+        let team_tags = caller.team.iter().flat_map(|t| t.tags.iter());
+        for tag in caller.key.tags.iter().chain(team_tags) {
+            if !tags.contains(tag) {
+                tags.push(tag.clone());
+            }
+        }
+    }
+    tags
 }
 
 /// What a request holds on the counters until it settles.
@@ -474,6 +528,9 @@ pub struct Who {
     pub team_id: Option<String>,
     pub user_id: Option<String>,
     pub end_user: Option<String>,
+    /// Every tag of the request, its key and its team (LiteLLM's
+    /// `request_tags`).
+    pub tags: Vec<String>,
 }
 
 enum Held {
@@ -744,7 +801,7 @@ fn try_admit(
             api_key: c.key.token.clone(),
             team_id: c.key.team_id.clone(),
             user_id: c.key.user_id.clone(),
-            end_user: None,
+            ..Who::default()
         },
     };
     let subjects = if principal.is_admin() {
@@ -781,6 +838,7 @@ fn try_admit(
         headroom: Headroom::default(),
         who: Who {
             end_user: demand.customer.clone(),
+            tags: logged_tags(principal, demand),
             ..who
         },
         worst,

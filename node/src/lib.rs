@@ -25,5 +25,6 @@ pub mod secret;
 pub mod serve;
 pub mod spendlog;
 pub mod sse;
+pub mod tags;
 pub mod types;
 pub mod upstream;

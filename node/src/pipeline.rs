@@ -33,6 +33,20 @@ pub struct RequestCtx {
     pub principal: Principal,
     /// When the gateway received the request.
     pub received: Instant,
+    /// Tags from the `x-litellm-tags` header (the body's are added to the
+    /// request's [`Demand`]).
+    pub tags: Vec<String>,
+}
+
+/// Every tag a request carries: its header's, then its body's (taken out of
+/// the body, which is forwarded without them).
+pub fn request_tags(
+    ctx: &RequestCtx,
+    extra: &mut serde_json::Map<String, serde_json::Value>,
+) -> Result<Vec<String>> {
+    let mut tags = ctx.tags.clone();
+    crate::tags::take_from_body(extra, &mut tags)?;
+    Ok(tags)
 }
 
 /// The result of the call stage, with what the edge needs for its headers.
@@ -182,6 +196,7 @@ impl Settlement {
             team_id: who.team_id.clone(),
             user: who.user_id.clone(),
             end_user: who.end_user.clone(),
+            request_tags: who.tags.clone(),
             model_group: self.deployment.model_group.clone(),
             model_id: self.deployment.id.clone(),
             region: self.log.region.clone(),

@@ -32,6 +32,9 @@ pub struct SpendRow {
     pub user: Option<String>,
     /// The customer (the request's `user` field).
     pub end_user: Option<String>,
+    /// The tags of the request, its key and its team.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub request_tags: Vec<String>,
     pub model_group: String,
     /// The deployment that served it.
     pub model_id: String,

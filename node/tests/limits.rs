@@ -252,6 +252,137 @@ async fn team_customer_and_per_model_limits_apply() {
     assert_eq!(ask(&n, &m, hi("claude")).await.0, 200);
 }
 
+#[tokio::test]
+async fn tags_have_budgets_and_limits_from_keys_bodies_and_headers() {
+    let n = gateway().await;
+    let created = ok(post(
+        &n,
+        "/tag/new",
+        MASTER,
+        json!({ "name": "eng", "rpm_limit": 3, "description": "Engineering" }),
+    )
+    .await);
+    assert_eq!(created["message"], "Tag eng created successfully");
+    assert_eq!(created["tag"]["rpm_limit"], 3);
+    assert_eq!(created["tag"]["home_region"], "local");
+    let (status, again) = post(&n, "/tag/new", MASTER, json!({ "name": "eng" })).await;
+    assert_eq!(status, 400, "{again}");
+    let (status, bad) = post(&n, "/tag/new", MASTER, json!({ "name": "a,b" })).await;
+    assert_eq!(
+        (status, bad["error"]["param"].clone()),
+        (400, json!("name"))
+    );
+
+    // The tag's three requests a minute, spent three ways: a key that carries
+    // the tag, a body that names it, a header that names it.
+    let tagged = key(&n, json!({ "tags": ["eng"] })).await;
+    let plain = key(&n, json!({})).await;
+    assert_eq!(ask(&n, &tagged, hi("gpt")).await.0, 200);
+    let mut in_body = hi("gpt");
+    in_body["metadata"] = json!({ "tags": ["eng"] });
+    assert_eq!(ask(&n, &plain, in_body).await.0, 200);
+    let chat = "/v1/chat/completions";
+    let tag_header = [("x-litellm-tags", "eng, other")];
+    let (status, _, body) =
+        send(&n, "POST", chat, Some(&plain), &tag_header, Some(hi("gpt"))).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _, body) =
+        send(&n, "POST", chat, Some(&plain), &tag_header, Some(hi("gpt"))).await;
+    assert_eq!(status, 429, "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("tag eng"), "{message}");
+    assert_eq!(ask(&n, &tagged, hi("gpt")).await.0, 429);
+    // Untagged requests, and tags without a record, are not limited by it.
+    assert_eq!(ask(&n, &plain, hi("gpt")).await.0, 200);
+    let mut unknown = hi("gpt");
+    unknown["tags"] = json!(["other"]);
+    assert_eq!(ask(&n, &plain, unknown).await.0, 200);
+    let mut wrong = hi("gpt");
+    wrong["tags"] = json!("eng");
+    let (status, _, body) = ask(&n, &plain, wrong).await;
+    assert_eq!(
+        (status, body["error"]["param"].clone()),
+        (400, json!("tags"))
+    );
+
+    // A budget, with the global spend reported by /tag/info.
+    ok(post(
+        &n,
+        "/tag/new",
+        MASTER,
+        json!({ "name": "cost", "max_budget": 0.00005, "budget_duration": "30d" }),
+    )
+    .await);
+    let mut priced = json!({ "model": "priced", "max_tokens": 10, "tags": ["cost"],
+        "messages": [{ "role": "user", "content": "hi" }] });
+    let mut spent = 0.0;
+    let refusal = loop {
+        let (status, headers, body) = ask(&n, &plain, priced.clone()).await;
+        if status != 200 {
+            break body;
+        }
+        spent += header(&headers, "x-meridian-response-cost")
+            .parse::<f64>()
+            .unwrap();
+        assert!(spent < 0.001, "the tag's budget never stopped spending");
+    };
+    assert_eq!(refusal["error"]["type"], "budget_exceeded", "{refusal}");
+    assert!(spent > 0.0 && spent <= 0.00005 + 1e-12, "spent {spent}");
+    let info = ok(post(&n, "/tag/info", MASTER, json!({ "names": ["cost", "eng"] })).await);
+    let reported = info["cost"]["spend"].as_f64().unwrap();
+    assert!((reported - spent).abs() < 1e-12, "{info}");
+    assert_eq!(info["cost"]["litellm_budget_table"]["max_budget"], 0.00005);
+    assert_eq!(info["eng"]["litellm_budget_table"]["rpm_limit"], 3);
+    assert!(info["cost"]["budget_period"]["end"].is_string(), "{info}");
+    let (status, missing) = post(
+        &n,
+        "/tag/info",
+        MASTER,
+        json!({ "names": ["cost", "nope"] }),
+    )
+    .await;
+    assert_eq!(status, 404, "{missing}");
+    assert!(missing.to_string().contains("nope"), "{missing}");
+    let rows = ok(get(&n, "/spend/logs?limit=1", MASTER).await);
+    assert_eq!(rows[0]["request_tags"], json!(["cost"]), "{rows}");
+
+    // Raising the limit takes effect at once; deleting the tag lifts it.
+    let updated = ok(post(
+        &n,
+        "/tag/update",
+        MASTER,
+        json!({ "name": "eng", "rpm_limit": 100 }),
+    )
+    .await);
+    assert_eq!(updated["tag"]["rpm_limit"], 100);
+    assert_eq!(ask(&n, &tagged, hi("gpt")).await.0, 200);
+    priced["tags"] = json!(["cost"]);
+    ok(post(&n, "/tag/delete", MASTER, json!({ "name": "cost" })).await);
+    assert_eq!(ask(&n, &plain, priced).await.0, 200);
+    assert_eq!(
+        post(&n, "/tag/delete", MASTER, json!({ "name": "cost" }))
+            .await
+            .0,
+        404
+    );
+    let list = ok(get(&n, "/tag/list", MASTER).await);
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["eng"]);
+    // Only admins manage tags; keys without a role may not read them.
+    assert_eq!(
+        post(&n, "/tag/new", &plain, json!({ "name": "mine" }))
+            .await
+            .0,
+        403
+    );
+    assert_eq!(get(&n, "/tag/list", &plain).await.0, 403);
+}
+
 /// Waits, if needed, until the current calendar minute has at least `need`
 /// left, so a strict per-minute count is not split by a window boundary.
 async fn room_in_this_minute(need: std::time::Duration) {

@@ -581,6 +581,79 @@ async fn a_strict_budget_holds_while_the_regions_are_partitioned() {
     println!("every node agreed on ${acknowledged:.6} within {took:?}");
 }
 
+/// Tags are entities like keys: a tag made in eu-west with a `strict` rate
+/// limit (its rights issued by eu-west) limits a key made in us-east that
+/// carries it, in both regions, and both regions report the tag's spend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_made_in_one_region_limits_strictly_in_both() {
+    let world = World::start(&["us-east", "eu-west"], 1).await;
+    let (us, eu) = (world.in_region("us-east")[0], world.in_region("eu-west")[0]);
+    let tag = json!({ "name": "batch", "rpm_limit": 6, "enforcement": "strict" });
+    let (status, made) = world.call(eu, "POST", "/tag/new", MASTER, Some(tag)).await;
+    assert_eq!(status, 200, "{made}");
+    assert_eq!(made["tag"]["home_region"], "eu-west");
+    let names = json!({ "names": ["batch"] });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while world
+        .call(us, "POST", "/tag/info", MASTER, Some(names.clone()))
+        .await
+        .0
+        != 200
+    {
+        assert!(Instant::now() < deadline, "the tag never reached us-east");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let key = "sk-regions-tagged";
+    world
+        .key_everywhere(key, json!({ "tags": ["batch"] }))
+        .await;
+    room_in_this_minute(Duration::from_secs(15)).await;
+    let (mut admitted, mut by_region, mut acknowledged) = (0, [0; 2], 0.0);
+    for i in 0..16 {
+        let node = [us, eu][i % 2];
+        let seen = world.chat(node, key).await;
+        match seen.status {
+            200 => {
+                admitted += 1;
+                by_region[i % 2] += 1;
+                acknowledged += seen.cost;
+            }
+            429 => assert!(
+                seen.body["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("tag batch"),
+                "{}",
+                seen.body
+            ),
+            other => panic!("unexpected status {other}: {}", seen.body),
+        }
+    }
+    println!(
+        "strict tag limit 6: admitted {admitted} of 16 (us-east {}, eu-west {})",
+        by_region[0], by_region[1]
+    );
+    assert!(admitted <= 6, "strict tag admitted {admitted} > 6");
+    assert!(by_region[0] > 0 && by_region[1] > 0, "{by_region:?}");
+    let deadline = Instant::now() + Duration::from_secs(2);
+    for node in [us, eu] {
+        loop {
+            let (_, info) = world
+                .call(node, "POST", "/tag/info", MASTER, Some(names.clone()))
+                .await;
+            let spend = info["batch"]["spend"].as_f64().unwrap_or(-1.0);
+            if (spend - acknowledged).abs() < 1e-9 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {node} reports {spend}, clients saw {acknowledged}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
 /// Drives `nodes` in turn until each refused twice in a row, never serving
 /// more than `budget` in all; returns the refusals' messages.
 async fn drive(

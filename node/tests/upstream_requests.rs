@@ -54,6 +54,14 @@ async fn openai_requests_are_forwarded_with_the_upstream_model_and_usage_request
         up.body, expected,
         "unknown parameters pass through untouched"
     );
+    // Tags are the gateway's: taken out of what is forwarded.
+    let mut tagged = body.clone();
+    tagged["tags"] = json!(["eng"]);
+    tagged["metadata"] = json!({ "tags": ["ops"], "trace": "t-1" });
+    assert_eq!(gw.post("/v1/chat/completions", tagged).await.status, 200);
+    let mut expected_tagged = expected.clone();
+    expected_tagged["metadata"] = json!({ "trace": "t-1" });
+    assert_eq!(one(&fake).body, expected_tagged);
 
     let mut stream = body.clone();
     stream["stream"] = json!(true);

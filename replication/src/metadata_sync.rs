@@ -178,6 +178,7 @@ fn kind_to_wire(kind: Kind) -> pb::Kind {
         Kind::Customer => pb::Kind::Customer,
         Kind::Budget => pb::Kind::Budget,
         Kind::Model => pb::Kind::Model,
+        Kind::Tag => pb::Kind::Tag,
     }
 }
 
@@ -191,6 +192,7 @@ fn kind_from_wire(value: i32) -> Option<Kind> {
         pb::Kind::Customer => Some(Kind::Customer),
         pb::Kind::Budget => Some(Kind::Budget),
         pb::Kind::Model => Some(Kind::Model),
+        pb::Kind::Tag => Some(Kind::Tag),
     }
 }
 

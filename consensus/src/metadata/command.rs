@@ -17,16 +17,18 @@ pub enum Kind {
     Customer,
     Budget,
     Model,
+    Tag,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 7] = [
         Kind::Key,
         Kind::Team,
         Kind::User,
         Kind::Customer,
         Kind::Budget,
         Kind::Model,
+        Kind::Tag,
     ];
 
     /// Prefix of the kind's records in the state column family.
@@ -38,6 +40,7 @@ impl Kind {
             Kind::Customer => "c/",
             Kind::Budget => "b/",
             Kind::Model => "m/",
+            Kind::Tag => "g/",
         }
     }
 
@@ -50,6 +53,7 @@ impl Kind {
             Kind::Customer => "customer",
             Kind::Budget => "budget",
             Kind::Model => "model",
+            Kind::Tag => "tag",
         }
     }
 }

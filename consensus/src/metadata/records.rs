@@ -1,5 +1,5 @@
 //! The metadata records a region replicates: virtual keys, teams, users,
-//! customers (end users), budgets and model deployments. Field names follow
+//! customers (end users), tags, budgets and model deployments. Field names follow
 //! LiteLLM's API so admin bodies map onto them directly.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -185,6 +185,32 @@ pub struct CustomerRecord {
     pub metadata: Map<String, Value>,
     pub created_at: u64,
     pub updated_at: u64,
+}
+
+/// A tag (`/tag/*`): a label that keys, teams and requests carry. Spend is
+/// counted per tag whether or not a record exists; a record gives the tag
+/// limits, and makes request-supplied tags count (a request can name any
+/// string, so only tags an admin created are charged from the request).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TagRecord {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Model groups or deployment ids the tag is meant for.
+    #[serde(default)]
+    pub models: Vec<String>,
+    #[serde(flatten)]
+    pub limits: Limits,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub soft_budget: Option<f64>,
+    #[serde(default)]
+    pub metadata: Map<String, Value>,
+    pub created_at: u64,
+    pub updated_at: u64,
+    #[serde(default)]
+    pub created_by: String,
 }
 
 /// A budget template (`/budget/*`), referenced by `budget_id`.

@@ -40,7 +40,7 @@ use super::command::{Command, Kind, MergeSummary, Outcome, Proposal, Refusal, Re
 use super::doc::{Actor, DocError, EntityDoc};
 use super::ledger::{GrantReply, GrantRequest, Ledger, long_over};
 use super::records::{
-    BudgetRecord, CustomerRecord, KeyRecord, ModelRecord, TeamRecord, UserRecord,
+    BudgetRecord, CustomerRecord, KeyRecord, ModelRecord, TagRecord, TeamRecord, UserRecord,
 };
 
 /// A durable effect of applying a command.
@@ -169,7 +169,10 @@ pub struct OutboxLimits {
 
 /// Whether records of `kind` have a home region (they carry limits).
 fn has_home(kind: Kind) -> bool {
-    matches!(kind, Kind::Key | Kind::Team | Kind::User | Kind::Customer)
+    matches!(
+        kind,
+        Kind::Key | Kind::Team | Kind::User | Kind::Customer | Kind::Tag
+    )
 }
 
 /// Expired ledgers dropped per grant (bounds the work of one command).
@@ -194,6 +197,7 @@ pub struct MetadataState {
     customers: BTreeMap<String, Arc<CustomerRecord>>,
     budgets: BTreeMap<String, Arc<BudgetRecord>>,
     models: BTreeMap<String, Arc<ModelRecord>>,
+    tags: BTreeMap<String, Arc<TagRecord>>,
     docs: HashMap<EntityKey, StoredDoc>,
     /// Each document by its change number (only its latest).
     by_seq: BTreeMap<u64, EntityKey>,
@@ -239,6 +243,7 @@ enum Typed {
     Customer(Arc<CustomerRecord>),
     Budget(Arc<BudgetRecord>),
     Model(Arc<ModelRecord>),
+    Tag(Arc<TagRecord>),
 }
 
 /// Parses `json` as `kind`'s record named `id`; returns it and its canonical
@@ -261,6 +266,7 @@ fn parse_typed(kind: Kind, id: &str, json: Value) -> Result<(Typed, Value), Stri
         Kind::Customer => parse(json).map(|(r, j)| (Typed::Customer(r), j))?,
         Kind::Budget => parse(json).map(|(r, j)| (Typed::Budget(r), j))?,
         Kind::Model => parse(json).map(|(r, j)| (Typed::Model(r), j))?,
+        Kind::Tag => parse(json).map(|(r, j)| (Typed::Tag(r), j))?,
     })
 }
 
@@ -320,6 +326,7 @@ impl MetadataState {
             customers: BTreeMap::new(),
             budgets: BTreeMap::new(),
             models: BTreeMap::new(),
+            tags: BTreeMap::new(),
             docs: HashMap::new(),
             by_seq: BTreeMap::new(),
             seq: 0,
@@ -374,6 +381,14 @@ impl MetadataState {
         self.customers.get(id)
     }
 
+    pub fn tag(&self, name: &str) -> Option<&Arc<TagRecord>> {
+        self.tags.get(name)
+    }
+
+    pub fn tags(&self) -> impl Iterator<Item = &Arc<TagRecord>> {
+        self.tags.values()
+    }
+
     pub fn budget(&self, id: &str) -> Option<&Arc<BudgetRecord>> {
         self.budgets.get(id)
     }
@@ -400,6 +415,7 @@ impl MetadataState {
             Kind::Customer => self.customers.get(id).map(|r| to_json(&**r)),
             Kind::Budget => self.budgets.get(id).map(|r| to_json(&**r)),
             Kind::Model => self.models.get(id).map(|r| to_json(&**r)),
+            Kind::Tag => self.tags.get(id).map(|r| to_json(&**r)),
         }
     }
 
@@ -546,6 +562,7 @@ impl MetadataState {
             Kind::Customer => self.customers.contains_key(id),
             Kind::Budget => self.budgets.contains_key(id),
             Kind::Model => self.models.contains_key(id),
+            Kind::Tag => self.tags.contains_key(id),
         }
     }
 
@@ -569,6 +586,9 @@ impl MetadataState {
             Typed::Model(r) => {
                 self.models.insert(id.to_owned(), r);
                 self.models_generation = next_generation();
+            }
+            Typed::Tag(r) => {
+                self.tags.insert(id.to_owned(), r);
             }
         }
     }
@@ -595,6 +615,9 @@ impl MetadataState {
             Kind::Model => {
                 self.models.remove(id);
                 self.models_generation = next_generation();
+            }
+            Kind::Tag => {
+                self.tags.remove(id);
             }
         }
     }
@@ -641,6 +664,9 @@ impl MetadataState {
             Kind::Model => {
                 self.models.insert(id_owned(), parse(kind, id, json)?);
                 self.models_generation = next_generation();
+            }
+            Kind::Tag => {
+                self.tags.insert(id_owned(), parse(kind, id, json)?);
             }
         }
         Ok(())
@@ -743,6 +769,7 @@ impl MetadataState {
         others(&mut missing, &self.docs, Kind::Customer, &self.customers);
         others(&mut missing, &self.docs, Kind::Budget, &self.budgets);
         others(&mut missing, &self.docs, Kind::Model, &self.models);
+        others(&mut missing, &self.docs, Kind::Tag, &self.tags);
         missing.sort();
         let mut changes = Vec::new();
         for (kind, id) in missing {
@@ -800,6 +827,7 @@ impl MetadataState {
         all(&mut out, Kind::Customer, &self.customers);
         all(&mut out, Kind::Budget, &self.budgets);
         all(&mut out, Kind::Model, &self.models);
+        all(&mut out, Kind::Tag, &self.tags);
         out
     }
 
@@ -1275,6 +1303,7 @@ pub fn id_field(kind: Kind) -> &'static str {
         Kind::User | Kind::Customer => "user_id",
         Kind::Budget => "budget_id",
         Kind::Model => "model_id",
+        Kind::Tag => "name",
     }
 }
 
@@ -1562,6 +1591,51 @@ mod tests {
             "a repeated batch changes nothing: {changes:?}"
         );
         assert_eq!(eu.documents(), before);
+    }
+
+    #[test]
+    fn tags_have_limits_a_home_and_replicate() {
+        let (mut us, mut eu) = (MetadataState::new(US), MetadataState::new(EU));
+        let create = Command::Create {
+            kind: Kind::Tag,
+            record: json!({"name": "eng", "max_budget": 5.0, "budget_duration": "30d",
+                "enforcement": "strict", "created_at": 0, "updated_at": 0}),
+        };
+        let (out, _) = us.apply(&at(1_000, create.clone()));
+        assert!(matches!(out, Outcome::Done { .. }), "{out:?}");
+        let (again, _) = us.apply(&at(1_500, create));
+        assert!(
+            matches!(
+                again,
+                Outcome::Refused {
+                    reason: Refusal::AlreadyExists,
+                    ..
+                }
+            ),
+            "{again:?}"
+        );
+        ship(&us, &mut eu);
+        eu.apply(&at(
+            2_000,
+            update(Kind::Tag, "eng", json!({"rpm_limit": 30})),
+        ));
+        ship(&eu, &mut us);
+        for s in [&us, &eu] {
+            let tag = s.tag("eng").unwrap();
+            assert_eq!(tag.limits.max_budget, Some(5.0), "{}", s.region());
+            assert_eq!(tag.limits.rpm_limit, Some(30), "{}", s.region());
+            assert_eq!(tag.limits.home_region.as_deref(), Some(US));
+        }
+        eu.apply(&at(
+            3_000,
+            Command::Delete {
+                kind: Kind::Tag,
+                ids: vec!["eng".into()],
+            },
+        ));
+        ship(&eu, &mut us);
+        assert!(us.tag("eng").is_none() && eu.tag("eng").is_none());
+        assert_eq!(us.records(), eu.records());
     }
 
     #[test]

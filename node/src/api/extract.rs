@@ -47,10 +47,13 @@ impl FromRequestParts<Arc<Node>> for Ctx {
             .and_then(|v| v.to_str().ok())
             .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
             .map_or_else(|| node.request_id(), str::to_owned);
+        let tags = crate::tags::from_header(&parts.headers)
+            .map_err(|e| ApiError::new(e, Format::for_path(parts.uri.path())))?;
         Ok(Ctx(RequestCtx {
             request_id,
             principal,
             received,
+            tags,
         }))
     }
 }

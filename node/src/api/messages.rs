@@ -21,12 +21,19 @@ use crate::providers::Outcome;
 pub async fn create(
     State(node): State<Arc<Node>>,
     Ctx(ctx): Ctx,
-    JsonBody(body): JsonBody<serde_json::Value>,
+    JsonBody(mut body): JsonBody<serde_json::Value>,
 ) -> Result<Response, ApiError> {
     let fail = |e| ApiError::new(e, Format::Anthropic).with_request_id(&ctx.request_id);
+    let mut tags = ctx.tags.clone();
+    if let Some(fields) = body.as_object_mut() {
+        crate::tags::take_from_body(fields, &mut tags).map_err(fail)?;
+    }
     let req = messages_to_chat(body).map_err(fail)?;
     let model = req.model.clone();
-    let demand = Demand::for_chat(&req);
+    let demand = Demand {
+        tags,
+        ..Demand::for_chat(&req)
+    };
     let called = pipeline::route_and_call(&node, &ctx, &model, &demand, |p, cx| p.chat(cx, req))
         .await
         .map_err(fail)?;

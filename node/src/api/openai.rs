@@ -31,7 +31,12 @@ pub async fn chat(
     }
     let wants_usage = req.wants_stream_usage();
     let model = req.model.clone();
-    let demand = Demand::for_chat(&req);
+    let mut req = req;
+    let tags = pipeline::request_tags(&ctx, &mut req.extra).map_err(fail)?;
+    let demand = Demand {
+        tags,
+        ..Demand::for_chat(&req)
+    };
     let called = pipeline::route_and_call(&node, &ctx, &model, &demand, |p, cx| {
         let mut req = req;
         if let Some(cap) = cx.output_cap {
@@ -54,8 +59,14 @@ pub async fn completion(
         .as_ref()
         .and_then(|o| o.include_usage)
         .unwrap_or(false);
+    let fail = |e| ApiError::new(e, Format::OpenAi).with_request_id(&ctx.request_id);
     let model = req.model.clone();
-    let demand = Demand::for_completion(&req);
+    let mut req = req;
+    let tags = pipeline::request_tags(&ctx, &mut req.extra).map_err(fail)?;
+    let demand = Demand {
+        tags,
+        ..Demand::for_completion(&req)
+    };
     let called = pipeline::route_and_call(&node, &ctx, &model, &demand, |p, cx| {
         let mut req = req;
         if req.max_tokens.is_none()
@@ -66,7 +77,7 @@ pub async fn completion(
         p.completion(cx, req)
     })
     .await
-    .map_err(|e| ApiError::new(e, Format::OpenAi).with_request_id(&ctx.request_id))?;
+    .map_err(fail)?;
     Ok(finish(&node, &ctx, called, wants_usage).await)
 }
 
@@ -103,12 +114,18 @@ pub async fn embeddings(
     Ctx(ctx): Ctx,
     JsonBody(req): JsonBody<EmbeddingsRequest>,
 ) -> Result<Response, ApiError> {
+    let fail = |e| ApiError::new(e, Format::OpenAi).with_request_id(&ctx.request_id);
     let model = req.model.clone();
-    let demand = Demand::for_embeddings(&req);
+    let mut req = req;
+    let tags = pipeline::request_tags(&ctx, &mut req.extra).map_err(fail)?;
+    let demand = Demand {
+        tags,
+        ..Demand::for_embeddings(&req)
+    };
     let called =
         pipeline::route_and_call(&node, &ctx, &model, &demand, |p, cx| p.embeddings(cx, req))
             .await
-            .map_err(|e| ApiError::new(e, Format::OpenAi).with_request_id(&ctx.request_id))?;
+            .map_err(fail)?;
     let headroom = called.reservation.headroom;
     let mut s = settlement(&node, &ctx, &called.deployment, called.reservation);
     s.observe(called.output.usage);

@@ -57,12 +57,27 @@ pub async fn call_with_headers(
     key: Option<&str>,
     body: Option<Value>,
 ) -> (u16, http::HeaderMap, Value) {
+    send(node, method, path, key, &[], body).await
+}
+
+/// A call with extra request headers.
+pub async fn send(
+    node: &Arc<Node>,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    headers: &[(&str, &str)],
+    body: Option<Value>,
+) -> (u16, http::HeaderMap, Value) {
     let mut req = Request::builder()
         .method(method)
         .uri(path)
         .header("content-type", "application/json");
     if let Some(k) = key {
         req = req.header("authorization", format!("Bearer {k}"));
+    }
+    for (name, value) in headers {
+        req = req.header(*name, *value);
     }
     let req = req
         .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))

@@ -1,4 +1,5 @@
-//! `/team/*`, `/user/*`, `/customer/*`, `/budget/*` and `/cluster/status`.
+//! `/team/*`, `/user/*`, `/customer/*`, `/budget/*` and `/cluster/*`
+//! (tags are in `tags.rs`).
 
 use std::sync::Arc;
 
@@ -84,13 +85,13 @@ const CUSTOMER_IGNORED: &[&str] = &["default_model", "spend"];
 const BUDGET_FIELDS: &[&str] = &["budget_id", "soft_budget", "model_max_budget"];
 const BUDGET_IGNORED: &[&str] = &["budget_reset_at", "spend"];
 
-fn fields_with_limits(known: &[&'static str]) -> Vec<&'static str> {
+pub(super) fn fields_with_limits(known: &[&'static str]) -> Vec<&'static str> {
     [known, LIMITS].concat()
 }
 
 /// Creates a `kind` record from checked fields (timestamps come from the
 /// proposal).
-async fn create<T: DeserializeOwned>(
+pub(super) async fn create<T: DeserializeOwned>(
     node: &Node,
     kind: Kind,
     mut fields: Map<String, Value>,
@@ -117,7 +118,7 @@ async fn create<T: DeserializeOwned>(
 }
 
 /// Updates fields of an existing record, checked against what it would become.
-async fn patch<T: DeserializeOwned>(
+pub(super) async fn patch<T: DeserializeOwned>(
     node: &Node,
     kind: Kind,
     id: &str,
@@ -189,7 +190,7 @@ async fn delete_all(
 
 /// `POST /<kind>/update {<id_field>, ...}` for admins: the known fields,
 /// checked, as a patch of the record.
-async fn admin_update<T: DeserializeOwned>(
+pub(super) async fn admin_update<T: DeserializeOwned>(
     node: &Node,
     p: &Principal,
     body: Value,

@@ -12,6 +12,7 @@ mod entities;
 mod keys;
 mod models;
 mod spend;
+mod tags;
 
 use std::sync::Arc;
 
@@ -56,6 +57,11 @@ pub fn routes() -> Router<Arc<Node>> {
         .route("/customer/info", get(entities::customer_info))
         .route("/customer/block", post(entities::customer_block))
         .route("/customer/unblock", post(entities::customer_unblock))
+        .route("/tag/new", post(tags::new))
+        .route("/tag/update", post(tags::update))
+        .route("/tag/delete", post(tags::delete))
+        .route("/tag/info", post(tags::info))
+        .route("/tag/list", get(tags::list))
         .route("/budget/new", post(entities::budget_new))
         .route("/budget/update", post(entities::budget_update))
         .route("/budget/delete", post(entities::budget_delete))
