@@ -89,6 +89,8 @@ pub enum DocError {
     MissingDeps(Vec<ChangeHash>),
     #[error("the entity is deleted")]
     Deleted,
+    #[error("storage: {0}")]
+    Storage(String),
     #[error("a record needs at least one field")]
     EmptyRecord,
     #[error("field name {0:?} is reserved")]

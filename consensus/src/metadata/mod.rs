@@ -12,6 +12,6 @@ pub use doc::{Actor, DocError, EntityDoc};
 pub use ledger::{GrantReply, GrantRequest, Holder, Ledger};
 pub use records::*;
 pub use state::{
-    Change, MetadataState, Outbox, OutboxLimits, OutgoingDoc, Plan, StoredDoc, id_field,
+    Change, DocSource, MetadataState, Outbox, OutboxLimits, OutgoingDoc, Plan, StoredDoc, id_field,
     token_bytes,
 };

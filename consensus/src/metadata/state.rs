@@ -17,7 +17,12 @@
 //!
 //! Every entity the region ever held has an [`EntityDoc`] (see `doc`), kept as
 //! its saved bytes: an automerge document in memory costs ~19 KB, saved ~0.4
-//! KB. A deleted entity keeps its document, tombstoned, so that another
+//! KB. Documents are cold data — only metadata changes and the cross-region
+//! sync read them — so a state with a [`DocSource`] (the state machine's
+//! store) holds in memory only the documents its latest commit changed, until
+//! [`MetadataState::flushed`]; it reads the rest from the source. (At a
+//! million keys, holding every document would cost ~0.7 GiB and ~10 s of
+//! start-up.) A state without a source holds them all. A deleted entity keeps its document, tombstoned, so that another
 //! region's concurrent edit cannot bring it back. Local commands change the
 //! documents as the region's [`Actor`] at the proposal's `at_ms`, so every
 //! replica of the region holds byte-identical documents;
@@ -55,11 +60,15 @@ pub enum Change {
         kind: Kind,
         id: String,
     },
-    /// An entity's document, as [`StoredDoc::encode`] writes it.
+    /// An entity's document, as [`StoredDoc::encode`] writes it, with its
+    /// change number and the one it had before (if any), for the index of
+    /// documents by change number.
     Doc {
         kind: Kind,
         id: String,
         bytes: Vec<u8>,
+        seq: u64,
+        replaces: Option<u64>,
     },
     /// How far another region's changes are merged.
     Cursor {
@@ -139,6 +148,16 @@ impl StoredDoc {
     }
 }
 
+/// Where a state reads the documents it does not hold in memory: what was
+/// written from its [`Change::Doc`]s.
+pub trait DocSource: Send + Sync + std::fmt::Debug {
+    /// An entity's document ([`StoredDoc::encode`] bytes).
+    fn get(&self, kind: Kind, id: &str) -> Result<Option<Vec<u8>>, String>;
+    /// At most `limit` entities whose documents last changed after change
+    /// number `after`, with that number, in change order.
+    fn changed_after(&self, after: u64, limit: usize) -> Result<Vec<(u64, Kind, String)>, String>;
+}
+
 /// A document to send to another region.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OutgoingDoc {
@@ -212,6 +231,8 @@ pub struct MetadataState {
     /// counter; and by the time they may be dropped.
     ledgers: BTreeMap<Vec<u8>, Ledger>,
     ledger_expiry: BTreeSet<(u64, Vec<u8>)>,
+    /// Where documents not in `docs` are; `None`: `docs` holds them all.
+    source: Option<Arc<dyn DocSource>>,
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -287,6 +308,8 @@ enum Effect {
         kind: Kind,
         id: Arc<str>,
         doc: StoredDoc,
+        /// The change number of the document this one replaces.
+        replaces: Option<u64>,
     },
     Cursor {
         region: String,
@@ -305,11 +328,19 @@ enum Effect {
 pub struct Plan {
     outcome: Outcome,
     effects: Vec<Effect>,
+    /// A document could not be read from the source: the plan is not a
+    /// decision and must not be committed (the state machine stops, as on
+    /// any storage failure).
+    fault: Option<String>,
 }
 
 impl Plan {
     pub fn outcome(&self) -> &Outcome {
         &self.outcome
+    }
+
+    pub fn fault(&self) -> Option<&str> {
+        self.fault.as_deref()
     }
 }
 
@@ -333,6 +364,7 @@ impl MetadataState {
             cursors: BTreeMap::new(),
             ledgers: BTreeMap::new(),
             ledger_expiry: BTreeSet::new(),
+            source: None,
             names: BTreeSet::new(),
         }
     }
@@ -421,14 +453,100 @@ impl MetadataState {
 
     /// An entity's document (deleted entities included).
     pub fn document(&self, kind: Kind, id: &str) -> Option<Result<EntityDoc, DocError>> {
-        self.docs
-            .get(&(kind, Arc::from(id)))
-            .map(|d| EntityDoc::load(&d.saved))
+        match self.stored_doc(&(kind, Arc::from(id))) {
+            Ok(doc) => doc.map(|d| EntityDoc::load(&d.saved)),
+            Err(e) => Some(Err(DocError::Storage(e))),
+        }
     }
 
-    /// How many documents the state holds (deleted entities included).
-    pub fn document_count(&self) -> usize {
-        self.docs.len()
+    /// How many documents the state has (deleted entities included). Reads
+    /// the whole index of a source: for tools and tests.
+    pub fn document_count(&self) -> Result<usize, String> {
+        let stored = match &self.source {
+            None => return Ok(self.docs.len()),
+            Some(source) => source.changed_after(0, usize::MAX)?,
+        };
+        let new = self
+            .docs
+            .keys()
+            .filter(|key| {
+                !stored
+                    .iter()
+                    .any(|(_, kind, id)| *kind == key.0 && **id == *key.1)
+            })
+            .count();
+        Ok(stored.len() + new)
+    }
+
+    /// Reads documents not held in memory from `source`, whose documents
+    /// were written from this state's changes, the latest with change number
+    /// `seq`; and lets go of those held.
+    pub fn attach_documents(&mut self, source: Arc<dyn DocSource>, seq: u64) {
+        self.seq = self.seq.max(seq);
+        self.source = Some(source);
+        self.flushed();
+    }
+
+    /// Every change returned so far is written to the source: the documents
+    /// held in memory can be let go. (Without a source, nothing happens.)
+    pub fn flushed(&mut self) {
+        if self.source.is_some() {
+            self.docs = HashMap::new();
+            self.by_seq = BTreeMap::new();
+        }
+    }
+
+    /// An entity's document: held in memory, else from the source.
+    fn stored_doc(
+        &self,
+        key: &EntityKey,
+    ) -> Result<Option<std::borrow::Cow<'_, StoredDoc>>, String> {
+        if let Some(doc) = self.docs.get(key) {
+            return Ok(Some(std::borrow::Cow::Borrowed(doc)));
+        }
+        let Some(source) = &self.source else {
+            return Ok(None);
+        };
+        match source.get(key.0, &key.1)? {
+            None => Ok(None),
+            Some(bytes) => StoredDoc::decode(&bytes)
+                .map(|d| Some(std::borrow::Cow::Owned(d)))
+                .map_err(|e| format!("{} `{}`'s stored document: {e}", key.0.noun(), key.1)),
+        }
+    }
+
+    /// Entities whose documents changed after `after`, in change order, at
+    /// most `limit` from the source (then every one held in memory), and
+    /// whether the source had more.
+    fn changed_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<(Vec<(u64, EntityKey)>, bool), String> {
+        let mut out: Vec<(u64, EntityKey)> = Vec::new();
+        let mut more = false;
+        if let Some(source) = &self.source {
+            let stored = source.changed_after(after, limit)?;
+            more = stored.len() >= limit;
+            out.extend(
+                stored
+                    .into_iter()
+                    .map(|(seq, kind, id)| (seq, (kind, Arc::from(id))))
+                    // A document held in memory is newer than its stored copy.
+                    .filter(|(_, key)| !self.docs.contains_key(key)),
+            );
+        }
+        let cap = match (more, out.last()) {
+            (true, Some((seq, _))) => *seq,
+            _ => u64::MAX,
+        };
+        out.extend(
+            self.by_seq
+                .range(after.saturating_add(1)..=cap)
+                .map(|(seq, key)| (*seq, key.clone())),
+        );
+        out.sort_by_key(|(seq, _)| *seq);
+        Ok((out, more))
     }
 
     /// The latest change number: it grows with every document change.
@@ -456,8 +574,20 @@ impl MetadataState {
             through: self.seq.max(after),
             docs: Vec::new(),
         };
+        let (changed, more) = match self.changed_after(after, limits.max_scan) {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(error = %e, "documents to sync could not be read");
+                out.through = after;
+                return out;
+            }
+        };
+        if more && let Some((seq, _)) = changed.last() {
+            // The source had more than were read: only these are covered.
+            out.through = out.through.min(*seq);
+        }
         let (mut bytes, mut scanned) = (0usize, 0usize);
-        for (seq, key) in self.by_seq.range(after.saturating_add(1)..) {
+        for (seq, key) in &changed {
             if out.docs.len() >= limits.max_docs
                 || bytes >= limits.max_bytes
                 || scanned >= limits.max_scan
@@ -467,8 +597,14 @@ impl MetadataState {
                 break;
             }
             scanned += 1;
-            let Some(doc) = self.docs.get(key) else {
-                continue;
+            let doc = match self.stored_doc(key) {
+                Ok(Some(doc)) => doc,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "a document to sync could not be read");
+                    out.through = seq - 1;
+                    break;
+                }
             };
             if doc.echo.as_deref() == Some(to_region) {
                 continue;
@@ -499,15 +635,18 @@ impl MetadataState {
             now: proposal.at_ms / 1000,
             next_seq: self.seq,
             effects: Vec::new(),
+            fault: None,
         };
         match planner.command(&proposal.command) {
             Ok(outcome) => Plan {
                 outcome,
                 effects: planner.effects,
+                fault: planner.fault,
             },
             Err(refused) => Plan {
                 outcome: refused,
                 effects: Vec::new(),
+                fault: planner.fault,
             },
         }
     }
@@ -531,12 +670,19 @@ impl MetadataState {
                     self.remove(kind, &id);
                     changes.push(Change::Delete { kind, id });
                 }
-                Effect::Doc { kind, id, mut doc } => {
+                Effect::Doc {
+                    kind,
+                    id,
+                    mut doc,
+                    replaces,
+                } => {
                     doc.echo = doc.echo.map(|name| self.intern(&name));
                     changes.push(Change::Doc {
                         kind,
                         id: id.to_string(),
                         bytes: doc.encode(),
+                        seq: doc.seq,
+                        replaces,
                     });
                     self.install_doc((kind, id), doc);
                 }
@@ -792,6 +938,8 @@ impl MetadataState {
                         kind,
                         id: id.clone(),
                         bytes: stored.encode(),
+                        seq: stored.seq,
+                        replaces: None,
                     });
                     self.install_doc((kind, Arc::from(id.as_str())), stored);
                 }
@@ -832,15 +980,16 @@ impl MetadataState {
     }
 
     /// Every document as `(kind, id, StoredDoc::encode bytes)`, in change
-    /// order.
-    pub fn documents(&self) -> Vec<(Kind, String, Vec<u8>)> {
-        self.by_seq
-            .values()
-            .filter_map(|key| {
-                let doc = self.docs.get(key)?;
-                Some((key.0, key.1.to_string(), doc.encode()))
-            })
-            .collect()
+    /// order (from the source too: a snapshot reads them all).
+    pub fn documents(&self) -> Result<Vec<(Kind, String, Vec<u8>)>, String> {
+        let (changed, _) = self.changed_after(0, usize::MAX)?;
+        let mut out = Vec::with_capacity(changed.len());
+        for (_, key) in changed {
+            if let Some(doc) = self.stored_doc(&key)? {
+                out.push((key.0, key.1.to_string(), doc.encode()));
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -853,6 +1002,8 @@ struct Planner<'a> {
     /// The last change number handed out so far.
     next_seq: u64,
     effects: Vec<Effect>,
+    /// Why a document could not be read, if one could not.
+    fault: Option<String>,
 }
 
 /// A refusal ends planning; its plan has no effects.
@@ -1090,7 +1241,9 @@ impl Planner<'_> {
         let actor = &self.state.actor;
         let at = self.at_ms;
         let key: EntityKey = (kind, Arc::from(id));
-        let current = match self.state.docs.get(&key) {
+        let stored = self.current_doc(&key)?;
+        let replaces = stored.as_ref().map(|d| d.seq);
+        let current = match stored {
             Some(stored) => Some(EntityDoc::load(&stored.saved).map_err(failed)?),
             None => None,
         };
@@ -1134,8 +1287,21 @@ impl Planner<'_> {
                 echo: None,
                 saved: doc.save().into_boxed_slice(),
             },
+            replaces,
         });
         Ok(())
+    }
+
+    /// An entity's current document; a read failure ends planning, faulted.
+    fn current_doc(&mut self, key: &EntityKey) -> Planned<Option<StoredDoc>> {
+        match self.state.stored_doc(key) {
+            Ok(doc) => Ok(doc.map(std::borrow::Cow::into_owned)),
+            Err(e) => {
+                let refusal = invalid(format!("storage: {e}"));
+                self.fault = Some(e);
+                Err(refusal)
+            }
+        }
     }
 
     /// `record` plus the fields `doc` holds that this build's record type
@@ -1181,7 +1347,11 @@ impl Planner<'_> {
         }
         // Every document the batch names, merged in order (an entity may
         // appear more than once), with whether it changed.
-        let mut work: BTreeMap<EntityKey, (EntityDoc, bool, &[String])> = BTreeMap::new();
+        // Per entity: its document, whether the batch changed it, the source's
+        // heads for it, and the change number of the document it replaces.
+        #[allow(clippy::type_complexity)]
+        let mut work: BTreeMap<EntityKey, (EntityDoc, bool, &[String], Option<u64>)> =
+            BTreeMap::new();
         for entity in entities {
             let (kind, id) = (entity.kind, entity.id.as_str());
             let failed =
@@ -1193,15 +1363,15 @@ impl Planner<'_> {
             let slot = match work.entry(key) {
                 std::collections::btree_map::Entry::Occupied(slot) => slot.into_mut(),
                 std::collections::btree_map::Entry::Vacant(slot) => {
-                    let current = match self.state.docs.get(slot.key()) {
-                        Some(stored) => Some(EntityDoc::load(&stored.saved).map_err(failed)?),
-                        None => None,
-                    };
-                    match current {
-                        Some(doc) => slot.insert((doc, false, &[])),
+                    let stored = self.current_doc(slot.key())?;
+                    match stored {
+                        Some(stored) => {
+                            let doc = EntityDoc::load(&stored.saved).map_err(failed)?;
+                            slot.insert((doc, false, &[], Some(stored.seq)))
+                        }
                         None => {
                             let doc = EntityDoc::from_changes(&entity.changes).map_err(failed)?;
-                            slot.insert((doc, true, &entity.heads))
+                            slot.insert((doc, true, &entity.heads, None))
                         }
                     }
                 }
@@ -1213,7 +1383,7 @@ impl Planner<'_> {
         }
         let source_name: Arc<str> = Arc::from(source);
         let mut merged = 0u64;
-        for ((kind, id), (doc, changed, heads)) in work {
+        for ((kind, id), (doc, changed, heads, replaces)) in work {
             if !changed {
                 continue;
             }
@@ -1264,6 +1434,7 @@ impl Planner<'_> {
                     echo,
                     saved: doc.save().into_boxed_slice(),
                 },
+                replaces,
             });
         }
         // Everything in (since, through] is merged now; with nothing missed
@@ -1484,7 +1655,7 @@ mod tests {
         let run = || {
             let mut s = MetadataState::new(US);
             let outcomes: Vec<Outcome> = commands.iter().map(|c| s.apply(c).0).collect();
-            (s.records(), s.documents(), outcomes)
+            (s.records(), s.documents().unwrap(), outcomes)
         };
         let (records, documents, outcomes) = run();
         let again = run();
@@ -1516,7 +1687,7 @@ mod tests {
             "every record has its document"
         );
         assert_eq!(s.records(), records, "records reload into the same state");
-        assert_eq!(s.documents(), documents);
+        assert_eq!(s.documents().unwrap(), documents);
         assert_eq!(
             s.team("t1").unwrap().members.get("u1"),
             Some(&TeamRole::Admin)
@@ -1583,14 +1754,14 @@ mod tests {
         assert_eq!(eu.key_by_hash(&hash), us.key_by_hash(&hash));
         assert_eq!(eu.records(), us.records());
         // Nothing new: nothing changes, the cursor stays.
-        let before = eu.documents();
+        let before = eu.documents().unwrap();
         let (out, changes) = eu.apply(&at(0, batch(&us, EU, 0)));
         assert_eq!(MergeSummary::from_outcome(&out).unwrap().merged, 0);
         assert!(
             changes.is_empty(),
             "a repeated batch changes nothing: {changes:?}"
         );
-        assert_eq!(eu.documents(), before);
+        assert_eq!(eu.documents().unwrap(), before);
     }
 
     #[test]
@@ -1669,7 +1840,7 @@ mod tests {
         let (mut us, mut eu) = (MetadataState::new(US), MetadataState::new(EU));
         us.apply(&at(1_000, key(T1)));
         ship(&us, &mut eu);
-        let (records, documents, seq) = (eu.records(), eu.documents(), eu.change_seq());
+        let (records, documents, seq) = (eu.records(), eu.documents().unwrap(), eu.change_seq());
         let good = match batch(&us, EU, 0) {
             Command::MergeRemote { entities, .. } => entities[0].clone(),
             other => panic!("{other:?}"),
@@ -1722,7 +1893,7 @@ mod tests {
             );
             assert!(changes.is_empty());
             assert_eq!(
-                (eu.records(), eu.documents(), eu.change_seq()),
+                (eu.records(), eu.documents().unwrap(), eu.change_seq()),
                 (records.clone(), documents.clone(), seq)
             );
             assert_eq!(eu.sync_cursor(US), us.change_seq());
@@ -1931,10 +2102,10 @@ mod tests {
     fn plan_changes_nothing_until_committed() {
         let mut s = MetadataState::new(US);
         let plan = s.plan(&at(1_000, key(T1)));
-        assert!(s.key(T1).is_none() && s.document_count() == 0);
+        assert!(s.key(T1).is_none() && s.document_count().unwrap() == 0);
         assert!(matches!(plan.outcome(), Outcome::Done { .. }));
         s.commit(plan);
-        assert!(s.key(T1).is_some() && s.document_count() == 1);
+        assert!(s.key(T1).is_some() && s.document_count().unwrap() == 1);
         assert_eq!(s.change_seq(), 1);
     }
 

@@ -10,7 +10,8 @@
 //!
 //! Layout of [`Cf::State`]: records under their kind's prefix (`k/<token>`,
 //! `t/<team_id>`, ...), each entity's document under `d/` plus the same
-//! (`d/k/<token>`), the sync cursor of each remote region under
+//! (`d/k/<token>`), an index of documents by change number under `_seq/`
+//! plus the number (big-endian) naming the record key, the sync cursor of each remote region under
 //! `_cursor/<region>`, the rights ledgers of `strict` limits under `_ledger/`
 //! plus the counter's bytes, and the applied and membership markers.
 
@@ -42,6 +43,10 @@ const MEMBERSHIP: &[u8] = b"_membership";
 const CURRENT_SNAPSHOT: &[u8] = b"current";
 
 const DOC_PREFIX: &[u8] = b"d/";
+const SEQ_PREFIX: &[u8] = b"_seq/";
+/// Present once every document is in the `_seq/` index (stores written
+/// before the index get it at their first start).
+const DOCS_INDEXED: &[u8] = b"_docs_indexed";
 const CURSOR_PREFIX: &[u8] = b"_cursor/";
 const LEDGER_PREFIX: &[u8] = b"_ledger/";
 
@@ -87,6 +92,68 @@ fn doc_key(kind: Kind, id: &str) -> Vec<u8> {
     k
 }
 
+fn seq_key(seq: u64) -> Vec<u8> {
+    let mut k = SEQ_PREFIX.to_vec();
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// `k/<token>` → `(Kind::Key, token)`.
+fn parse_record_key(key: &[u8]) -> Option<(Kind, String)> {
+    let kind = Kind::ALL
+        .into_iter()
+        .find(|k| key.starts_with(k.prefix().as_bytes()))?;
+    let id = std::str::from_utf8(key.get(kind.prefix().len()..)?).ok()?;
+    Some((kind, id.to_owned()))
+}
+
+/// The documents the state does not hold in memory: read from the store.
+struct StoreDocs(Arc<dyn Store>);
+
+impl std::fmt::Debug for StoreDocs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StoreDocs")
+    }
+}
+
+impl crate::metadata::DocSource for StoreDocs {
+    fn get(&self, kind: Kind, id: &str) -> Result<Option<Vec<u8>>, String> {
+        self.0
+            .get(Cf::State, &doc_key(kind, id))
+            .map_err(|e| e.to_string())
+    }
+
+    fn changed_after(&self, after: u64, limit: usize) -> Result<Vec<(u64, Kind, String)>, String> {
+        let Some(from) = after.checked_add(1) else {
+            return Ok(Vec::new());
+        };
+        let rows = self
+            .0
+            .range(
+                Cf::State,
+                &seq_key(from),
+                Some(&prefix_end(SEQ_PREFIX)),
+                limit,
+            )
+            .map_err(|e| e.to_string())?;
+        rows.into_iter()
+            .map(|(key, value)| {
+                let seq = key
+                    .get(SEQ_PREFIX.len()..)
+                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                    .map(u64::from_be_bytes);
+                match (seq, parse_record_key(&value)) {
+                    (Some(seq), Some((kind, id))) => Ok((seq, kind, id)),
+                    _ => Err(format!(
+                        "bad document index entry {:?}",
+                        String::from_utf8_lossy(&key)
+                    )),
+                }
+            })
+            .collect()
+    }
+}
+
 fn ledger_key(counter: &[u8]) -> Vec<u8> {
     let mut k = LEDGER_PREFIX.to_vec();
     k.extend_from_slice(counter);
@@ -114,7 +181,19 @@ pub fn stage(batch: &mut WriteBatch, changes: Vec<Change>) {
         match change {
             Change::Put { kind, id, json } => batch.put(Cf::State, record_key(kind, &id), json),
             Change::Delete { kind, id } => batch.delete(Cf::State, record_key(kind, &id)),
-            Change::Doc { kind, id, bytes } => batch.put(Cf::State, doc_key(kind, &id), bytes),
+            Change::Doc {
+                kind,
+                id,
+                bytes,
+                seq,
+                replaces,
+            } => {
+                if let Some(old) = replaces.filter(|old| *old != seq) {
+                    batch.delete(Cf::State, seq_key(old));
+                }
+                batch.put(Cf::State, seq_key(seq), record_key(kind, &id));
+                batch.put(Cf::State, doc_key(kind, &id), bytes)
+            }
             Change::Cursor { region, seq } => {
                 batch.put(Cf::State, cursor_key(&region), seq.to_be_bytes().to_vec())
             }
@@ -128,6 +207,27 @@ pub fn stage(batch: &mut WriteBatch, changes: Vec<Change>) {
             } => batch.delete(Cf::State, ledger_key(&counter)),
         };
     }
+}
+
+/// Adds every document `state` holds in memory to `batch`, with the `_seq/`
+/// index and the marker saying the index is complete.
+fn stage_documents(batch: &mut WriteBatch, state: &MetadataState) -> io::Result<()> {
+    let mut changes = Vec::new();
+    for (kind, id, bytes) in state.documents().map_err(io_error)? {
+        let seq = crate::metadata::StoredDoc::decode(&bytes)
+            .map_err(io_error)?
+            .seq;
+        changes.push(Change::Doc {
+            kind,
+            id,
+            bytes,
+            seq,
+            replaces: None,
+        });
+    }
+    stage(batch, changes);
+    batch.put(Cf::State, DOCS_INDEXED, Vec::new());
+    Ok(())
 }
 
 fn write_lock<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
@@ -162,29 +262,6 @@ impl StateMachine {
         store
             .scan(
                 Cf::State,
-                DOC_PREFIX,
-                Some(&prefix_end(DOC_PREFIX)),
-                &mut |key, value| {
-                    let rest = key.get(DOC_PREFIX.len()..).unwrap_or_default();
-                    let Some(kind) = Kind::ALL
-                        .into_iter()
-                        .find(|k| rest.starts_with(k.prefix().as_bytes()))
-                    else {
-                        return Err(engine(format!(
-                            "unknown document key {:?}",
-                            String::from_utf8_lossy(key)
-                        )));
-                    };
-                    let id = String::from_utf8_lossy(
-                        rest.get(kind.prefix().len()..).unwrap_or_default(),
-                    );
-                    state.load_doc(kind, &id, value).map_err(engine)
-                },
-            )
-            .map_err(io_error)?;
-        store
-            .scan(
-                Cf::State,
                 CURSOR_PREFIX,
                 Some(&prefix_end(CURSOR_PREFIX)),
                 &mut |key, value| {
@@ -208,16 +285,54 @@ impl StateMachine {
                 },
             )
             .map_err(io_error)?;
-        let adopted = state.adopt_records();
-        if !adopted.is_empty() {
-            tracing::info!(
-                documents = adopted.len(),
-                "made documents for records stored without one"
-            );
+        if store
+            .get(Cf::State, DOCS_INDEXED)
+            .map_err(io_error)?
+            .is_none()
+        {
+            // Written before the index (or before documents): read every
+            // document once, give records without one a document, and index
+            // them all.
+            store
+                .scan(
+                    Cf::State,
+                    DOC_PREFIX,
+                    Some(&prefix_end(DOC_PREFIX)),
+                    &mut |key, value| {
+                        let rest = key.get(DOC_PREFIX.len()..).unwrap_or_default();
+                        let Some(kind) = Kind::ALL
+                            .into_iter()
+                            .find(|k| rest.starts_with(k.prefix().as_bytes()))
+                        else {
+                            return Err(engine(format!(
+                                "unknown document key {:?}",
+                                String::from_utf8_lossy(key)
+                            )));
+                        };
+                        let id = String::from_utf8_lossy(
+                            rest.get(kind.prefix().len()..).unwrap_or_default(),
+                        );
+                        state.load_doc(kind, &id, value).map_err(engine)
+                    },
+                )
+                .map_err(io_error)?;
+            let adopted = state.adopt_records();
+            if !adopted.is_empty() {
+                tracing::info!(
+                    documents = adopted.len(),
+                    "made documents for records stored without one"
+                );
+            }
             let mut batch = WriteBatch::default();
-            stage(&mut batch, adopted);
+            stage_documents(&mut batch, &state)?;
             store.write(batch, Durability::Power).map_err(io_error)?;
         }
+        let seq = store
+            .last(Cf::State, SEQ_PREFIX, Some(&prefix_end(SEQ_PREFIX)))
+            .map_err(io_error)?
+            .and_then(|(key, _)| <[u8; 8]>::try_from(key.get(SEQ_PREFIX.len()..)?).ok())
+            .map_or(0, u64::from_be_bytes);
+        state.attach_documents(Arc::new(StoreDocs(store.clone())), seq);
         let read = |key: &[u8]| -> io::Result<Option<Vec<u8>>> {
             store.get(Cf::State, key).map_err(io_error)
         };
@@ -276,7 +391,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             let applied = read_lock(&self.applied).clone();
             (
                 state.records(),
-                state.documents(),
+                state.documents().map_err(io_error)?,
                 state.sync_cursors().clone(),
                 state.ledgers(),
                 applied,
@@ -356,6 +471,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     // The state machine is the state's only writer: the plan
                     // made under the read lock still holds when committed.
                     let plan = read_lock(&self.state).plan(proposal);
+                    if let Some(fault) = plan.fault() {
+                        return Err(io_error(fault));
+                    }
                     let (outcome, changes) = write_lock(&self.state).commit(plan);
                     (outcome, changes, None)
                 }
@@ -368,7 +486,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     Some(StoredMembershipOf::<TypeConfig>::new(log_id, m.clone())),
                 ),
             };
+            let wrote_docs = changes.iter().any(|c| matches!(c, Change::Doc { .. }));
             self.persist(changes, &log_id, membership.as_ref())?;
+            if wrote_docs {
+                write_lock(&self.state).flushed();
+            }
             {
                 let mut applied = write_lock(&self.applied);
                 applied.0 = log_id;
@@ -404,7 +526,6 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         for (kind, id, encoded) in &body.docs {
             let bytes = STANDARD.decode(encoded).map_err(io_error)?;
             state.load_doc(*kind, id, &bytes).map_err(io_error)?;
-            batch.put(Cf::State, doc_key(*kind, id), bytes);
         }
         for (region, seq) in &body.cursors {
             state.load_cursor(region, *seq);
@@ -417,7 +538,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 .map_err(io_error)?;
             batch.put(Cf::State, ledger_key(&counter), json.as_bytes().to_vec());
         }
-        stage(&mut batch, state.adopt_records());
+        state.adopt_records();
+        stage_documents(&mut batch, &state)?;
         batch.put(
             Cf::State,
             APPLIED,
@@ -440,6 +562,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.store
             .write(batch, Durability::Power)
             .map_err(io_error)?;
+        let seq = state.change_seq();
+        state.attach_documents(Arc::new(StoreDocs(self.store.clone())), seq);
         *write_lock(&self.state) = state;
         *write_lock(&self.applied) = (meta.last_log_id, meta.last_membership.clone());
         Ok(())

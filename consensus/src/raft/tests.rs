@@ -154,7 +154,7 @@ fn a_single_node_applies_proposals_and_restarts_from_disk() {
             .await
             .ok();
         raft.shutdown().await.unwrap();
-        let documents = state.read().unwrap().documents();
+        let documents = state.read().unwrap().documents().unwrap();
         assert_eq!(documents.len(), 1, "the key's document");
         documents
     });
@@ -166,7 +166,7 @@ fn a_single_node_applies_proposals_and_restarts_from_disk() {
             "applied state is durable"
         );
         assert_eq!(
-            state.read().unwrap().documents(),
+            state.read().unwrap().documents().unwrap(),
             documents,
             "documents too"
         );
@@ -179,12 +179,12 @@ fn a_single_node_applies_proposals_and_restarts_from_disk() {
             .await
             .unwrap();
         assert_eq!(
-            replica.shared_state().read().unwrap().documents(),
+            replica.shared_state().read().unwrap().documents().unwrap(),
             documents
         );
         let reopened = StateMachine::open(fresh, "test").unwrap();
         assert_eq!(
-            reopened.shared_state().read().unwrap().documents(),
+            reopened.shared_state().read().unwrap().documents().unwrap(),
             documents
         );
         let raft =
