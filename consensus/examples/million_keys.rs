@@ -52,7 +52,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or(1_000_000);
     let dir = tempfile::tempdir()?;
     {
-        let store = RocksStore::open(dir.path())?;
+        let store: Arc<dyn Store> = Arc::new(RocksStore::open(dir.path())?);
+        // A node opens its state machine before anything is applied (which
+        // marks the store's document index as complete).
+        drop(StateMachine::open(store.clone(), REGION)?);
         let started = Instant::now();
         let mut state = MetadataState::new(REGION);
         let mut batch = WriteBatch::default();

@@ -265,12 +265,3 @@ pub struct ModelRecord {
     pub created_at: u64,
     pub updated_at: u64,
 }
-
-#[cfg(test)]
-mod size_probe {
-    #[test]
-    fn sizes() {
-        println!("KeyRecord {}", std::mem::size_of::<super::KeyRecord>());
-        println!("Limits {}", std::mem::size_of::<super::Limits>());
-    }
-}

@@ -487,6 +487,19 @@ impl MetadataState {
         self.flushed();
     }
 
+    /// The documents held in memory: change number, kind and id.
+    pub fn document_index(&self) -> Vec<(u64, Kind, Arc<str>)> {
+        self.by_seq
+            .iter()
+            .map(|(seq, (kind, id))| (*seq, *kind, id.clone()))
+            .collect()
+    }
+
+    /// How many documents are held in memory (all, without a source).
+    pub fn documents_in_memory(&self) -> usize {
+        self.docs.len()
+    }
+
     /// Every change returned so far is written to the source: the documents
     /// held in memory can be let go. (Without a source, nothing happens.)
     pub fn flushed(&mut self) {
