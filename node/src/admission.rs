@@ -424,31 +424,28 @@ fn subjects(
             ));
         }
     }
+    let no_limits = Limits::default();
     for tag in request_tags(state, principal, demand) {
-        let subject = match state.tag(tag) {
-            Some(record) => Subject::new(
-                Scope::Tag,
-                tag,
-                format!("tag {tag}"),
-                Source {
-                    limits: &record.limits,
-                    updated_at: record.updated_at,
-                },
-                template(&record.budget_id),
-            ),
-            // A tag without a record has no limits; its spend is counted.
-            None => Subject::new(
-                Scope::Tag,
-                tag,
-                format!("tag {tag}"),
-                Source {
-                    limits: &Limits::default(),
-                    updated_at: 0,
-                },
-                None,
-            ),
-        };
-        out.push(subject);
+        // A tag without a record has no limits; its spend is counted.
+        let record = state.tag(tag);
+        let own = record.map_or(
+            Source {
+                limits: &no_limits,
+                updated_at: 0,
+            },
+            |r| Source {
+                limits: &r.limits,
+                updated_at: r.updated_at,
+            },
+        );
+        let budget_id = record.and_then(|r| r.budget_id.clone());
+        out.push(Subject::new(
+            Scope::Tag,
+            tag,
+            format!("tag {tag}"),
+            own,
+            template(&budget_id),
+        ));
     }
     if let Some(customer) = demand.customer.as_ref().and_then(|c| state.customer(c)) {
         out.push(Subject::new(
