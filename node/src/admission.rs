@@ -355,8 +355,8 @@ fn subjects(
     demand: &Demand,
     model_group: &str,
 ) -> Vec<Subject> {
-    let template = |id: &Option<String>| {
-        id.as_ref().and_then(|b| state.budget(b)).map(|b| Source {
+    let template = |id: Option<&str>| {
+        id.and_then(|b| state.budget(b)).map(|b| Source {
             limits: &b.limits,
             updated_at: b.updated_at,
         })
@@ -373,7 +373,7 @@ fn subjects(
                 limits: &key.limits,
                 updated_at: key.updated_at,
             },
-            template(&key.budget_id),
+            template(key.budget_id.as_deref()),
         ));
         let rpm = key.model_rpm_limit.get(model_group).copied();
         let tpm = key.model_tpm_limit.get(model_group).copied();
@@ -408,7 +408,7 @@ fn subjects(
                     limits: &team.limits,
                     updated_at: team.updated_at,
                 },
-                template(&team.budget_id),
+                template(team.budget_id.as_deref()),
             ));
         }
         if let Some(user) = key.user_id.as_ref().and_then(|u| state.user(u)) {
@@ -420,7 +420,7 @@ fn subjects(
                     limits: &user.limits,
                     updated_at: user.updated_at,
                 },
-                template(&user.budget_id),
+                template(user.budget_id.as_deref()),
             ));
         }
     }
@@ -438,13 +438,12 @@ fn subjects(
                 updated_at: r.updated_at,
             },
         );
-        let budget_id = record.and_then(|r| r.budget_id.clone());
         out.push(Subject::new(
             Scope::Tag,
             tag,
             format!("tag {tag}"),
             own,
-            template(&budget_id),
+            template(record.and_then(|r| r.budget_id.as_deref())),
         ));
     }
     if let Some(customer) = demand.customer.as_ref().and_then(|c| state.customer(c)) {
@@ -456,7 +455,7 @@ fn subjects(
                 limits: &customer.limits,
                 updated_at: customer.updated_at,
             },
-            template(&customer.budget_id),
+            template(customer.budget_id.as_deref()),
         ));
     }
     out

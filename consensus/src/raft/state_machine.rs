@@ -209,25 +209,12 @@ pub fn stage(batch: &mut WriteBatch, changes: Vec<Change>) {
     }
 }
 
-/// Adds every document `state` holds in memory to `batch`, with the `_seq/`
-/// index and the marker saying the index is complete.
-fn stage_documents(batch: &mut WriteBatch, state: &MetadataState) -> io::Result<()> {
-    let mut changes = Vec::new();
-    for (kind, id, bytes) in state.documents().map_err(io_error)? {
-        let seq = crate::metadata::StoredDoc::decode(&bytes)
-            .map_err(io_error)?
-            .seq;
-        changes.push(Change::Doc {
-            kind,
-            id,
-            bytes,
-            seq,
-            replaces: None,
-        });
-    }
-    stage(batch, changes);
-    batch.put(Cf::State, DOCS_INDEXED, Vec::new());
-    Ok(())
+/// The `_seq/` index entries of the documents `state` holds in memory.
+fn index_entries(state: &MetadataState) -> impl Iterator<Item = (Vec<u8>, Vec<u8>)> {
+    state
+        .document_index()
+        .into_iter()
+        .map(|(seq, kind, id)| (seq_key(seq), record_key(kind, &id)))
 }
 
 fn write_lock<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
@@ -300,18 +287,12 @@ impl StateMachine {
                     Some(&prefix_end(DOC_PREFIX)),
                     &mut |key, value| {
                         let rest = key.get(DOC_PREFIX.len()..).unwrap_or_default();
-                        let Some(kind) = Kind::ALL
-                            .into_iter()
-                            .find(|k| rest.starts_with(k.prefix().as_bytes()))
-                        else {
+                        let Some((kind, id)) = parse_record_key(rest) else {
                             return Err(engine(format!(
                                 "unknown document key {:?}",
                                 String::from_utf8_lossy(key)
                             )));
                         };
-                        let id = String::from_utf8_lossy(
-                            rest.get(kind.prefix().len()..).unwrap_or_default(),
-                        );
                         state.load_doc(kind, &id, value).map_err(engine)
                     },
                 )
@@ -327,8 +308,8 @@ impl StateMachine {
             // marker goes last, so an interrupted start indexes again.
             let mut batch = WriteBatch::default();
             stage(&mut batch, adopted);
-            for (seq, kind, id) in state.document_index() {
-                batch.put(Cf::State, seq_key(seq), record_key(kind, &id));
+            for (key, entity) in index_entries(&state) {
+                batch.put(Cf::State, key, entity);
                 if batch.ops.len() >= 10_000 {
                     let full = std::mem::take(&mut batch);
                     store.write(full, Durability::Process).map_err(io_error)?;
@@ -536,6 +517,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         for (kind, id, encoded) in &body.docs {
             let bytes = STANDARD.decode(encoded).map_err(io_error)?;
             state.load_doc(*kind, id, &bytes).map_err(io_error)?;
+            batch.put(Cf::State, doc_key(*kind, id), bytes);
         }
         for (region, seq) in &body.cursors {
             state.load_cursor(region, *seq);
@@ -548,8 +530,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 .map_err(io_error)?;
             batch.put(Cf::State, ledger_key(&counter), json.as_bytes().to_vec());
         }
-        state.adopt_records();
-        stage_documents(&mut batch, &state)?;
+        stage(&mut batch, state.adopt_records());
+        for (key, entity) in index_entries(&state) {
+            batch.put(Cf::State, key, entity);
+        }
+        batch.put(Cf::State, DOCS_INDEXED, Vec::new());
         batch.put(
             Cf::State,
             APPLIED,

@@ -20,7 +20,7 @@ use crate::types::{ChatRequest, CompletionRequest, EmbeddingsRequest};
 pub async fn chat(
     State(node): State<Arc<Node>>,
     Ctx(ctx): Ctx,
-    JsonBody(req): JsonBody<ChatRequest>,
+    JsonBody(mut req): JsonBody<ChatRequest>,
 ) -> Result<Response, ApiError> {
     let fail = |e| ApiError::new(e, Format::OpenAi).with_request_id(&ctx.request_id);
     if req.messages.is_empty() {
@@ -31,7 +31,6 @@ pub async fn chat(
     }
     let wants_usage = req.wants_stream_usage();
     let model = req.model.clone();
-    let mut req = req;
     let tags = pipeline::request_tags(&ctx, &mut req.extra).map_err(fail)?;
     let demand = Demand {
         tags,
@@ -52,7 +51,7 @@ pub async fn chat(
 pub async fn completion(
     State(node): State<Arc<Node>>,
     Ctx(ctx): Ctx,
-    JsonBody(req): JsonBody<CompletionRequest>,
+    JsonBody(mut req): JsonBody<CompletionRequest>,
 ) -> Result<Response, ApiError> {
     let wants_usage = req
         .stream_options
@@ -61,7 +60,6 @@ pub async fn completion(
         .unwrap_or(false);
     let fail = |e| ApiError::new(e, Format::OpenAi).with_request_id(&ctx.request_id);
     let model = req.model.clone();
-    let mut req = req;
     let tags = pipeline::request_tags(&ctx, &mut req.extra).map_err(fail)?;
     let demand = Demand {
         tags,
@@ -112,11 +110,10 @@ async fn finish(
 pub async fn embeddings(
     State(node): State<Arc<Node>>,
     Ctx(ctx): Ctx,
-    JsonBody(req): JsonBody<EmbeddingsRequest>,
+    JsonBody(mut req): JsonBody<EmbeddingsRequest>,
 ) -> Result<Response, ApiError> {
     let fail = |e| ApiError::new(e, Format::OpenAi).with_request_id(&ctx.request_id);
     let model = req.model.clone();
-    let mut req = req;
     let tags = pipeline::request_tags(&ctx, &mut req.extra).map_err(fail)?;
     let demand = Demand {
         tags,
