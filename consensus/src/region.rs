@@ -141,8 +141,15 @@ impl Region {
             node_id: config.node_id,
         };
         let first = config.initial_members.keys().next().copied();
+        let mut members = config.initial_members.clone();
+        let first = if meridian_bugs::on(meridian_bugs::Bug::BootstrapEverywhere) {
+            members.retain(|id, _| *id == config.node_id);
+            Some(config.node_id)
+        } else {
+            first
+        };
         if first == Some(config.node_id) && !region.raft.is_initialized().await.map_err(fatal)? {
-            match region.raft.initialize(config.initial_members.clone()).await {
+            match region.raft.initialize(members).await {
                 Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
                 Err(e) => return Err(Error::Config(format!("bootstrapping the region: {e}"))),
             }

@@ -13,10 +13,19 @@
 //!
 //! With recording on, every request (method, path, query, headers, JSON body) is
 //! kept so tests can assert exactly what reached the upstream.
+//!
+//! [`UpstreamOptions`] shape it for load tests: added latency, the number of
+//! output tokens (chat and messages answers: the `usage` reported and, for
+//! streams, the number of content chunks) and a seeded error rate. The defaults
+//! answer the fixtures exactly as recorded. Every body is built once at start,
+//! so a request costs a JSON peek and reference-count bumps; with recording off
+//! the hot path takes no lock.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,8 +34,14 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::serve::ListenerExt;
+use serde::Deserialize;
+use serde::de::IgnoredAny;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
+
+use crate::Error;
+use crate::seeded;
 
 const OPENAI_CHAT: &str = include_str!("../../fixtures/openai/chat.json");
 const OPENAI_CHAT_TOOL: &str = include_str!("../../fixtures/openai/chat_tool_call.json");
@@ -39,6 +54,52 @@ const ANTHROPIC_MESSAGES: &str = include_str!("../../fixtures/anthropic/messages
 const ANTHROPIC_TOOL_USE: &str = include_str!("../../fixtures/anthropic/messages_tool_use.json");
 const ANTHROPIC_STREAM: &str = include_str!("../../fixtures/anthropic/messages_stream.jsonl");
 
+/// Most output tokens [`UpstreamOptions::output_tokens`] accepts: every answer
+/// is held in memory, and a load test wants realistic answers, not huge ones.
+pub const MAX_OUTPUT_TOKENS: u32 = 100_000;
+
+/// How the fake answers when the model name asks for nothing special. The
+/// default is the fixtures as recorded, at once, never failing.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct UpstreamOptions {
+    /// Waited before every answer, errors included.
+    pub latency: Duration,
+    /// Output tokens of chat and messages answers: the `usage` reported and,
+    /// for streams, the number of content chunks (one token each). `None`
+    /// keeps the fixtures' seven tokens in three chunks.
+    pub output_tokens: Option<u32>,
+    /// Fraction of requests answered 500 in the provider's error shape.
+    pub error_rate: f64,
+    /// Picks which requests fail: the n-th request received (from 0) fails
+    /// when [`fails`]`(seed, error_rate, n)`, so a fixed seed fails a fixed
+    /// number of any N requests, whatever order they race in.
+    pub seed: u64,
+}
+
+impl UpstreamOptions {
+    /// Rejects an error rate that is not a fraction (NaN included) and token
+    /// counts above [`MAX_OUTPUT_TOKENS`].
+    pub fn validate(&self) -> Result<(), Error> {
+        if !(0.0..=1.0).contains(&self.error_rate) {
+            return Err(Error::InvalidOption(format!(
+                "error rate {} is not a fraction between 0 and 1",
+                self.error_rate
+            )));
+        }
+        if self.output_tokens.is_some_and(|n| n > MAX_OUTPUT_TOKENS) {
+            return Err(Error::InvalidOption(format!(
+                "output tokens above {MAX_OUTPUT_TOKENS}"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Whether an upstream with this seed and error rate fails its `n`-th request.
+pub fn fails(seed: u64, error_rate: f64, n: u64) -> bool {
+    seeded::chance(seed, n, error_rate)
+}
+
 /// One request as the fake received it.
 #[derive(Debug, Clone)]
 pub struct Recorded {
@@ -50,12 +111,29 @@ pub struct Recorded {
     pub body: Value,
 }
 
-#[derive(Default)]
 struct Shared {
     record: bool,
     recorded: Mutex<Vec<Recorded>>,
     /// Holds `gated` streams mid-way until a test opens it.
     gate: tokio::sync::Notify,
+    options: UpstreamOptions,
+    answers: Answers,
+    /// Numbers requests for the error-rate choice; touched only when the rate
+    /// is above zero.
+    received: AtomicU64,
+}
+
+impl Shared {
+    fn new(record: bool, options: UpstreamOptions) -> Self {
+        Self {
+            record,
+            recorded: Mutex::default(),
+            gate: tokio::sync::Notify::new(),
+            answers: Answers::build(options.output_tokens),
+            options,
+            received: AtomicU64::new(0),
+        }
+    }
 }
 
 pub struct FakeUpstream {
@@ -67,22 +145,29 @@ pub struct FakeUpstream {
 impl FakeUpstream {
     /// Starts on an ephemeral port of 127.0.0.1.
     pub async fn start(record: bool) -> std::io::Result<Self> {
+        Self::start_with(record, UpstreamOptions::default()).await
+    }
+
+    /// Starts on an ephemeral port of 127.0.0.1, shaped by `options`.
+    pub async fn start_with(record: bool, options: UpstreamOptions) -> std::io::Result<Self> {
         let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
-        Ok(Self::serve(listener, record))
+        Ok(Self::serve_with(listener, record, options))
     }
 
     /// Serves on a listener the caller bound.
     pub fn serve(listener: TcpListener, record: bool) -> Self {
+        Self::serve_with(listener, record, UpstreamOptions::default())
+    }
+
+    /// Serves on a listener the caller bound, shaped by `options`.
+    pub fn serve_with(listener: TcpListener, record: bool, options: UpstreamOptions) -> Self {
         let addr = listener
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
-        let shared = Arc::new(Shared {
-            record,
-            ..Shared::default()
-        });
+        let shared = Arc::new(Shared::new(record, options));
         let app = router(shared.clone());
         let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
+            let _ = serve_router(listener, app).await;
         });
         Self { addr, shared, task }
     }
@@ -114,8 +199,30 @@ impl Drop for FakeUpstream {
     }
 }
 
+/// Serves the fake shaped by `options`, recording off, until the process ends
+/// (`meridian-loadtest upstream`).
+pub async fn serve_forever(listener: TcpListener, options: UpstreamOptions) -> std::io::Result<()> {
+    serve_router(listener, router_with(options)).await
+}
+
+/// Serves with Nagle's algorithm off: a stream is many small writes, and
+/// Nagle holding each until the previous one is acknowledged (which a
+/// delayed ACK postpones by ~40 ms) would measure the kernel, not the gateway.
+async fn serve_router(listener: TcpListener, app: Router) -> std::io::Result<()> {
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    axum::serve(listener, app).await
+}
+
+/// The fake with default options and recording off, for a standalone server.
 pub fn router_for_binary() -> Router {
-    router(Arc::new(Shared::default()))
+    router_with(UpstreamOptions::default())
+}
+
+/// The fake shaped by `options`, recording off, for a standalone server.
+pub fn router_with(options: UpstreamOptions) -> Router {
+    router(Arc::new(Shared::new(false, options)))
 }
 
 fn router(shared: Arc<Shared>) -> Router {
@@ -130,14 +237,63 @@ enum Api {
     Messages,
 }
 
+/// The few request fields the fake looks at, borrowed from the body where
+/// possible so the hot path does not build a JSON tree.
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct Peek<'a> {
+    #[serde(borrow)]
+    model: Option<Cow<'a, str>>,
+    stream: Option<bool>,
+    stream_options: Option<StreamOptions>,
+    /// Zero-sized elements: counting them allocates nothing.
+    tools: Option<Vec<IgnoredAny>>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct StreamOptions {
+    include_usage: Option<bool>,
+}
+
+impl Peek<'_> {
+    /// Reads a body; one that is not JSON, or has a field of an unexpected
+    /// type, is read as leniently as a JSON tree would be.
+    fn parse(bytes: &[u8]) -> Peek<'_> {
+        serde_json::from_slice(bytes).unwrap_or_else(|_| {
+            Peek::from_value(&serde_json::from_slice(bytes).unwrap_or(Value::Null))
+        })
+    }
+
+    fn from_value(body: &Value) -> Peek<'static> {
+        Peek {
+            model: body
+                .get("model")
+                .and_then(Value::as_str)
+                .map(|m| Cow::Owned(m.to_owned())),
+            stream: body.get("stream").and_then(Value::as_bool),
+            stream_options: Some(StreamOptions {
+                include_usage: body
+                    .pointer("/stream_options/include_usage")
+                    .and_then(Value::as_bool),
+            }),
+            tools: body
+                .get("tools")
+                .and_then(Value::as_array)
+                .map(|t| vec![IgnoredAny; t.len()]),
+        }
+    }
+}
+
 async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
-    let path = parts.uri.path().to_owned();
+    let path = parts.uri.path();
     let bytes = axum::body::to_bytes(body, 64 * 1024 * 1024)
         .await
         .unwrap_or_default();
-    let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    if shared.record {
+    let peek = if shared.record {
+        let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        let peek = Peek::from_value(&body);
         let headers = parts
             .headers
             .iter()
@@ -150,17 +306,20 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
             .collect();
         let recorded = Recorded {
             method: parts.method.to_string(),
-            path: path.clone(),
+            path: path.to_owned(),
             query: parts.uri.query().map(str::to_owned),
             headers,
-            body: body.clone(),
+            body,
         };
         shared
             .recorded
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(recorded);
-    }
+        peek
+    } else {
+        Peek::parse(&bytes)
+    };
     let api = if path.ends_with("/chat/completions") {
         Api::Chat
     } else if path.ends_with("/messages") {
@@ -172,15 +331,37 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
     } else {
         return (StatusCode::NOT_FOUND, "no such endpoint").into_response();
     };
+    let options = &shared.options;
+    // Numbered on arrival, before any wait, so the n-th request is the n-th to arrive.
+    let failed = options.error_rate > 0.0
+        && fails(
+            options.seed,
+            options.error_rate,
+            shared.received.fetch_add(1, Ordering::Relaxed),
+        );
+    if !options.latency.is_zero() {
+        tokio::time::sleep(options.latency).await;
+    }
+    if failed {
+        let body = match api {
+            Api::Messages => shared.answers.anthropic_500.clone(),
+            _ => shared.answers.openai_500.clone(),
+        };
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [(header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response();
+    }
     // Azure names the model in the path, everyone else in the body.
     let model = path
         .split("/deployments/")
         .nth(1)
         .and_then(|rest| rest.split('/').next())
-        .or_else(|| body.get("model").and_then(Value::as_str))
-        .unwrap_or_default()
-        .to_owned();
-    if let Some(code) = after(&model, "error-").and_then(|c| c.parse::<u16>().ok()) {
+        .or(peek.model.as_deref())
+        .unwrap_or_default();
+    if let Some(code) = after(model, "error-").and_then(|c| c.parse::<u16>().ok()) {
         return error(api, code);
     }
     if model.contains("garbage") {
@@ -194,34 +375,47 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
     if model.contains("timeout") {
         tokio::time::sleep(Duration::from_secs(3600)).await;
     }
-    if let Some(ms) = after(&model, "slow-").and_then(|c| c.parse::<u64>().ok()) {
+    if let Some(ms) = after(model, "slow-").and_then(|c| c.parse::<u64>().ok()) {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
-    let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
-    let include_usage = body
-        .pointer("/stream_options/include_usage")
-        .and_then(Value::as_bool)
+    let stream = peek.stream.unwrap_or(false);
+    let include_usage = peek
+        .stream_options
+        .and_then(|o| o.include_usage)
         .unwrap_or(false);
-    let tools = body
-        .get("tools")
-        .and_then(Value::as_array)
-        .is_some_and(|t| !t.is_empty());
-    let gate = model.contains("gated").then_some(shared);
-    match (api, stream) {
-        (Api::Chat, false) => json_body(if tools { OPENAI_CHAT_TOOL } else { OPENAI_CHAT }),
-        (Api::Chat, true) => sse(openai_frames(OPENAI_CHAT_STREAM, include_usage), gate),
-        (Api::Completion, false) => json_body(OPENAI_COMPLETION),
-        (Api::Completion, true) => {
-            sse(openai_frames(OPENAI_COMPLETION_STREAM, include_usage), gate)
+    let tools = peek.tools.is_some_and(|t| !t.is_empty());
+    let gated = model.contains("gated");
+    let answers = &shared.answers;
+    let frames = match (api, stream) {
+        (Api::Chat, false) => {
+            return json_body(if tools {
+                Bytes::from_static(OPENAI_CHAT_TOOL.trim_ascii_end().as_bytes())
+            } else {
+                answers.chat.clone()
+            });
         }
-        (Api::Embeddings, _) => json_body(OPENAI_EMBEDDINGS),
-        (Api::Messages, false) => json_body(if tools {
-            ANTHROPIC_TOOL_USE
-        } else {
-            ANTHROPIC_MESSAGES
-        }),
-        (Api::Messages, true) => sse(anthropic_frames(), gate),
-    }
+        (Api::Completion, false) => {
+            return json_body(Bytes::from_static(
+                OPENAI_COMPLETION.trim_ascii_end().as_bytes(),
+            ));
+        }
+        (Api::Embeddings, _) => {
+            return json_body(Bytes::from_static(
+                OPENAI_EMBEDDINGS.trim_ascii_end().as_bytes(),
+            ));
+        }
+        (Api::Messages, false) => {
+            return json_body(if tools {
+                Bytes::from_static(ANTHROPIC_TOOL_USE.trim_ascii_end().as_bytes())
+            } else {
+                answers.messages.clone()
+            });
+        }
+        (Api::Chat, true) => answers.chat_stream.pick(include_usage),
+        (Api::Completion, true) => answers.completion_stream.pick(include_usage),
+        (Api::Messages, true) => answers.messages_stream.clone(),
+    };
+    sse(frames, gated.then_some(shared))
 }
 
 fn after<'a>(model: &'a str, marker: &str) -> Option<&'a str> {
@@ -234,25 +428,13 @@ fn after<'a>(model: &'a str, marker: &str) -> Option<&'a str> {
     )
 }
 
-fn json_body(text: &'static str) -> Response {
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        text.trim_end(),
-    )
-        .into_response()
+fn json_body(body: Bytes) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 fn error(api: Api, code: u16) -> Response {
     let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let body = match api {
-        Api::Messages => {
-            json!({"type": "error", "error": {"type": "fake_error", "message": format!("fake upstream error {code}")}})
-        }
-        _ => {
-            json!({"error": {"message": format!("fake upstream error {code}"), "type": "fake_error", "param": null, "code": format!("fake_{code}")}})
-        }
-    };
-    let mut response = (status, axum::Json(body)).into_response();
+    let mut response = (status, axum::Json(error_body(api, code))).into_response();
     if code == 429 {
         response
             .headers_mut()
@@ -261,22 +443,31 @@ fn error(api: Api, code: u16) -> Response {
     response
 }
 
+/// The provider's error shape for an HTTP `code`.
+fn error_body(api: Api, code: u16) -> Value {
+    match api {
+        Api::Messages => {
+            json!({"type": "error", "error": {"type": "fake_error", "message": format!("fake upstream error {code}")}})
+        }
+        _ => {
+            json!({"error": {"message": format!("fake upstream error {code}"), "type": "fake_error", "param": null, "code": format!("fake_{code}")}})
+        }
+    }
+}
+
 /// Events sent before a `gated` stream waits.
 const GATED_AFTER: usize = 2;
 
-fn sse(frames: Vec<String>, gate: Option<Arc<Shared>>) -> Response {
-    let stream = futures_util::stream::unfold(
-        (frames.into_iter().enumerate(), gate),
-        |(mut it, gate)| async move {
-            let (i, frame) = it.next()?;
-            if i == GATED_AFTER
-                && let Some(shared) = &gate
-            {
-                shared.gate.notified().await;
-            }
-            Some((Ok::<_, Infallible>(Bytes::from(frame)), (it, gate)))
-        },
-    );
+fn sse(frames: Arc<[Bytes]>, gate: Option<Arc<Shared>>) -> Response {
+    let stream = futures_util::stream::unfold((0, frames, gate), |(i, frames, gate)| async move {
+        let frame = frames.get(i)?.clone();
+        if i == GATED_AFTER
+            && let Some(shared) = &gate
+        {
+            shared.gate.notified().await;
+        }
+        Some((Ok::<_, Infallible>(frame), (i + 1, frames, gate)))
+    });
     let mut response = Response::new(Body::from_stream(stream));
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -285,34 +476,323 @@ fn sse(frames: Vec<String>, gate: Option<Arc<Shared>>) -> Response {
     response
 }
 
+/// Every body the fake sends outside the named test behaviours, built once
+/// from the fixtures and the options: answering costs a reference-count bump,
+/// not a serialization.
+struct Answers {
+    chat: Bytes,
+    messages: Bytes,
+    chat_stream: OpenAiStream,
+    completion_stream: OpenAiStream,
+    messages_stream: Arc<[Bytes]>,
+    openai_500: Bytes,
+    anthropic_500: Bytes,
+}
+
+/// An OpenAI stream's SSE frames with and without the final usage chunk.
+struct OpenAiStream {
+    with_usage: Arc<[Bytes]>,
+    without_usage: Arc<[Bytes]>,
+}
+
+impl OpenAiStream {
+    fn new(lines: &[String]) -> Self {
+        Self {
+            with_usage: openai_frames(lines, true),
+            without_usage: openai_frames(lines, false),
+        }
+    }
+
+    fn pick(&self, include_usage: bool) -> Arc<[Bytes]> {
+        if include_usage {
+            self.with_usage.clone()
+        } else {
+            self.without_usage.clone()
+        }
+    }
+}
+
+impl Answers {
+    fn build(output_tokens: Option<u32>) -> Self {
+        let fixture = |text: &'static str| Bytes::from_static(text.trim_ascii_end().as_bytes());
+        let (chat, messages) = match output_tokens {
+            None => (fixture(OPENAI_CHAT), fixture(ANTHROPIC_MESSAGES)),
+            Some(n) => (openai_chat(n), anthropic_messages(n)),
+        };
+        let to_bytes = |v: &Value| Bytes::from(serde_json::to_vec(v).unwrap_or_default());
+        Self {
+            chat,
+            messages,
+            chat_stream: OpenAiStream::new(&openai_chat_stream(output_tokens)),
+            completion_stream: OpenAiStream::new(&jsonl_lines(OPENAI_COMPLETION_STREAM)),
+            messages_stream: anthropic_frames(output_tokens),
+            openai_500: to_bytes(&error_body(Api::Chat, 500)),
+            anthropic_500: to_bytes(&error_body(Api::Messages, 500)),
+        }
+    }
+}
+
+fn jsonl_lines(jsonl: &str) -> Vec<String> {
+    jsonl
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
 /// OpenAI's streaming: chunks as `data:` lines; the usage chunk (the last line)
 /// only when asked for; then `[DONE]`.
-fn openai_frames(jsonl: &str, include_usage: bool) -> Vec<String> {
-    let lines: Vec<&str> = jsonl.lines().filter(|l| !l.trim().is_empty()).collect();
+fn openai_frames(lines: &[String], include_usage: bool) -> Arc<[Bytes]> {
     let keep = if include_usage {
         lines.len()
     } else {
         lines.len().saturating_sub(1)
     };
-    let mut frames: Vec<String> = lines[..keep]
+    lines
         .iter()
-        .map(|l| format!("data: {l}\n\n"))
-        .collect();
-    frames.push("data: [DONE]\n\n".into());
-    frames
+        .take(keep)
+        .map(|l| Bytes::from(format!("data: {l}\n\n")))
+        .chain([Bytes::from_static(b"data: [DONE]\n\n")])
+        .collect()
 }
 
-fn anthropic_frames() -> Vec<String> {
-    ANTHROPIC_STREAM
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+/// The words of generated answers, in turn: one per token.
+const WORDS: [&str; 5] = ["Hello", " from", " the", " fake", " upstream."];
+
+fn word(i: u32) -> &'static str {
+    WORDS[i as usize % WORDS.len()]
+}
+
+fn text(tokens: u32) -> String {
+    (0..tokens).map(word).collect()
+}
+
+/// A fixture as a JSON tree. The fixtures are compiled in; one that did not
+/// parse would be answered as `null` rather than take the process down.
+fn parse_fixture(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_default()
+}
+
+fn set(value: &mut Value, pointer: &str, to: impl Into<Value>) {
+    if let Some(slot) = value.pointer_mut(pointer) {
+        *slot = to.into();
+    }
+}
+
+fn openai_usage(chunk: &mut Value, tokens: u32) {
+    let prompt = chunk
+        .pointer("/usage/prompt_tokens")
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    set(chunk, "/usage/completion_tokens", tokens);
+    set(chunk, "/usage/total_tokens", prompt + u64::from(tokens));
+}
+
+fn openai_chat(tokens: u32) -> Bytes {
+    let mut answer = parse_fixture(OPENAI_CHAT);
+    set(&mut answer, "/choices/0/message/content", text(tokens));
+    openai_usage(&mut answer, tokens);
+    Bytes::from(serde_json::to_vec(&answer).unwrap_or_default())
+}
+
+fn anthropic_messages(tokens: u32) -> Bytes {
+    let mut answer = parse_fixture(ANTHROPIC_MESSAGES);
+    set(&mut answer, "/content/0/text", text(tokens));
+    set(&mut answer, "/usage/output_tokens", tokens);
+    Bytes::from(serde_json::to_vec(&answer).unwrap_or_default())
+}
+
+/// Replaces a stream's content events with `tokens` copies of the first one,
+/// each carrying one word (via `set_word`); the events before and after stay,
+/// passed through `fix_rest` (for the usage they report).
+fn regenerate(
+    events: Vec<Value>,
+    is_content: impl Fn(&Value) -> bool,
+    tokens: u32,
+    set_word: impl Fn(&mut Value, &'static str),
+    fix_rest: impl Fn(&mut Value),
+) -> Vec<Value> {
+    let (Some(first), Some(last)) = (
+        events.iter().position(&is_content),
+        events.iter().rposition(&is_content),
+    ) else {
+        return events;
+    };
+    let template = events[first].clone();
+    let mut out = events[..first].to_vec();
+    out.extend((0..tokens).map(|i| {
+        let mut event = template.clone();
+        set_word(&mut event, word(i));
+        event
+    }));
+    out.extend(events[last + 1..].iter().cloned().map(|mut event| {
+        fix_rest(&mut event);
+        event
+    }));
+    out
+}
+
+fn openai_chat_stream(tokens: Option<u32>) -> Vec<String> {
+    let Some(tokens) = tokens else {
+        return jsonl_lines(OPENAI_CHAT_STREAM);
+    };
+    let chunks = jsonl_lines(OPENAI_CHAT_STREAM)
+        .iter()
+        .map(|l| parse_fixture(l))
+        .collect();
+    let is_content = |c: &Value| {
+        c.pointer("/choices/0/delta/content")
+            .and_then(Value::as_str)
+            .is_some_and(|s| !s.is_empty())
+    };
+    regenerate(
+        chunks,
+        is_content,
+        tokens,
+        |c, w| set(c, "/choices/0/delta/content", w),
+        |c| openai_usage(c, tokens),
+    )
+    .iter()
+    .map(Value::to_string)
+    .collect()
+}
+
+/// Anthropic's streaming: named events, each `event:` then `data:`.
+fn anthropic_frames(tokens: Option<u32>) -> Arc<[Bytes]> {
+    let events: Vec<Value> = jsonl_lines(ANTHROPIC_STREAM)
+        .iter()
+        .map(|l| parse_fixture(l))
+        .collect();
+    let events = match tokens {
+        None => events,
+        Some(tokens) => regenerate(
+            events,
+            |e| e["event"] == "content_block_delta",
+            tokens,
+            |e, w| set(e, "/data/delta/text", w),
+            |e| {
+                if e["event"] == "message_delta" {
+                    set(e, "/data/usage/output_tokens", tokens);
+                }
+            },
+        ),
+    };
+    events
+        .iter()
         .map(|v| {
-            format!(
+            Bytes::from(format!(
                 "event: {}\ndata: {}\n\n",
                 v["event"].as_str().unwrap_or("message"),
                 v["data"]
-            )
+            ))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    fn data_lines(frames: &[Bytes]) -> Vec<Value> {
+        frames
+            .iter()
+            .filter_map(|f| {
+                let text = std::str::from_utf8(f).unwrap();
+                let data = text.lines().find_map(|l| l.strip_prefix("data: "))?;
+                serde_json::from_str(data).ok()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn default_answers_are_the_fixtures_as_recorded() {
+        let answers = Answers::build(None);
+        assert_eq!(answers.chat, OPENAI_CHAT.trim_end().as_bytes());
+        assert_eq!(answers.messages, ANTHROPIC_MESSAGES.trim_end().as_bytes());
+        let lines: Vec<&str> = OPENAI_CHAT_STREAM.lines().collect();
+        let frames = answers.chat_stream.pick(false);
+        assert_eq!(frames.len(), lines.len()); // the usage line dropped, [DONE] added
+        assert_eq!(frames[1], format!("data: {}\n\n", lines[1]).as_bytes());
+        assert_eq!(frames.last().unwrap(), &b"data: [DONE]\n\n"[..]);
+        assert_eq!(answers.chat_stream.pick(true).len(), lines.len() + 1);
+        assert_eq!(
+            answers.messages_stream.len(),
+            ANTHROPIC_STREAM.lines().count()
+        );
+    }
+
+    #[test]
+    fn output_tokens_shape_usage_and_chunks() {
+        let answers = Answers::build(Some(12));
+        let chat: Value = serde_json::from_slice(&answers.chat).unwrap();
+        assert_eq!(chat["usage"]["completion_tokens"], 12);
+        assert_eq!(chat["usage"]["total_tokens"], 24);
+        assert_eq!(chat["choices"][0]["message"]["content"], text(12));
+
+        let chunks = data_lines(&answers.chat_stream.pick(true));
+        let content = chunks
+            .iter()
+            .filter(|c| {
+                c["choices"][0]["delta"]["content"]
+                    .as_str()
+                    .is_some_and(|s| !s.is_empty())
+            })
+            .count();
+        assert_eq!(content, 12);
+        assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+        assert_eq!(chunks.last().unwrap()["usage"]["completion_tokens"], 12);
+
+        let messages: Value = serde_json::from_slice(&answers.messages).unwrap();
+        assert_eq!(messages["usage"]["output_tokens"], 12);
+        let events = data_lines(&answers.messages_stream);
+        let deltas = events
+            .iter()
+            .filter(|e| e["type"] == "content_block_delta")
+            .count();
+        assert_eq!(deltas, 12);
+        let usage = events
+            .iter()
+            .find(|e| e["type"] == "message_delta")
+            .unwrap();
+        assert_eq!(usage["usage"]["output_tokens"], 12);
+        assert_eq!(events.last().unwrap()["type"], "message_stop");
+    }
+
+    #[test]
+    fn zero_output_tokens_is_an_empty_answer() {
+        let answers = Answers::build(Some(0));
+        let chunks = data_lines(&answers.chat_stream.pick(true));
+        assert_eq!(chunks.len(), 3); // role, finish, usage
+    }
+
+    #[test]
+    fn peek_reads_typed_and_lenient_bodies_alike() {
+        let body = br#"{"model":"gpt-4o","stream":true,"stream_options":{"include_usage":true},"tools":[{"type":"function"}]}"#;
+        let peek = Peek::parse(body);
+        assert_eq!(peek.model.as_deref(), Some("gpt-4o"));
+        assert_eq!(peek.stream, Some(true));
+        assert_eq!(peek.tools.map(|t| t.len()), Some(1));
+        // A field of an unexpected type does not lose the others.
+        let peek = Peek::parse(br#"{"model":"m","stream":"yes"}"#);
+        assert_eq!(peek.model.as_deref(), Some("m"));
+        assert_eq!(peek.stream, None);
+        assert!(Peek::parse(b"not json").model.is_none());
+    }
+
+    #[test]
+    fn options_are_validated() {
+        assert!(UpstreamOptions::default().validate().is_ok());
+        let bad = UpstreamOptions {
+            error_rate: 1.5,
+            ..UpstreamOptions::default()
+        };
+        assert!(bad.validate().is_err());
+        let nan = UpstreamOptions {
+            error_rate: f64::NAN,
+            ..UpstreamOptions::default()
+        };
+        assert!(nan.validate().is_err());
+    }
 }

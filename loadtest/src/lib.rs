@@ -1,8 +1,17 @@
 //! `meridian-loadtest`: tools for measuring Meridian from the outside.
 //!
 //! Owns the fast fake LLM upstream ([`fake_upstream`]), shared with the node's
-//! integration tests, and (later) the open-loop load generator and the
-//! side-by-side report. It must not depend on `meridian-node` internals: it talks
-//! to a gateway only over HTTP, as a user would.
+//! integration tests, the open-loop load generator ([`run`]) and its reports
+//! ([`report`]). It must not depend on `meridian-node` internals: it talks to a
+//! gateway only over HTTP, as a user would.
 
+mod error;
 pub mod fake_upstream;
+pub mod report;
+mod result;
+pub mod run;
+pub mod seeded;
+
+pub use error::Error;
+pub use result::{CurvePoint, RunResult, Summary};
+pub use run::{Load, RunOptions, run};

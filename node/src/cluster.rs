@@ -65,6 +65,7 @@ async fn lone_region(
         &region,
         counters,
         Arc::new(Vec::new),
+        Dialer::tcp(),
         secret,
         clock,
         shutdown,
@@ -122,10 +123,45 @@ pub fn start_spend_log(
     log
 }
 
+/// How a node reaches the other nodes and is reached by them: TCP in
+/// production, a simulated network under turmoil.
+pub struct PeerNet {
+    /// Dials peers (Raft, gossip, metadata sync, rights).
+    pub dialer: Dialer,
+    /// This node's inter-node address as its peers dial it.
+    pub own_addr: String,
+    /// Serves the inter-node services until the shutdown future resolves.
+    pub serve: ServePeers,
+}
+
+/// Serves `Routes` until the future resolves (see [`PeerNet::serve`]).
+pub type ServePeers = Box<
+    dyn FnOnce(
+            Routes,
+            futures_util::future::BoxFuture<'static, ()>,
+        ) -> futures_util::future::BoxFuture<
+            'static,
+            std::result::Result<(), meridian_link::Error>,
+        > + Send,
+>;
+
+impl PeerNet {
+    /// Peers over TCP: serves on `listener`, dials with TCP.
+    pub fn tcp(listener: tokio::net::TcpListener, own_addr: String) -> Self {
+        Self {
+            dialer: Dialer::tcp(),
+            own_addr,
+            serve: Box::new(move |routes, shutdown| {
+                Box::pin(meridian_link::serve(listener, routes, shutdown))
+            }),
+        }
+    }
+}
+
 /// Joins (or forms) this node's region as configured, gossips `counters` with
 /// every peer of every region, and serves peers (Raft and gossip on one
-/// listener) until `shutdown` resolves. `api_addr` is where this node's HTTP
-/// API listens.
+/// listener, `cluster_listen`, over TCP) until `shutdown` resolves. `api_addr`
+/// is where this node's HTTP API listens.
 pub async fn start_region(
     settings: &NodeSettings,
     store: Arc<dyn Store>,
@@ -139,8 +175,8 @@ pub async fn start_region(
         .advertise_url
         .clone()
         .unwrap_or_else(|| format!("http://{api_addr}"));
-    let wall = wall_clock(clock);
     let Some(listen) = cluster.listen else {
+        let wall = wall_clock(clock);
         return lone_region(&settings.region, store, api_url, &counters, wall, shutdown).await;
     };
     let listener = tokio::net::TcpListener::bind(listen)
@@ -153,6 +189,30 @@ pub async fn start_region(
             .map_err(|e| Error::io("reading the peer listener's address", e))?
             .to_string(),
     };
+    let net = PeerNet::tcp(listener, own_addr);
+    let seed = cluster.raft_id;
+    start_region_on(
+        settings, store, api_url, counters, clock, seed, net, shutdown,
+    )
+    .await
+}
+
+/// [`start_region`] over any network: the region's Raft group (election
+/// timers seeded with `seed`), gossip, metadata sync and rights, all dialing
+/// and served through `net`, until `shutdown` resolves.
+#[allow(clippy::too_many_arguments)]
+pub async fn start_region_on(
+    settings: &NodeSettings,
+    store: Arc<dyn Store>,
+    api_url: String,
+    counters: Arc<Counters>,
+    clock: Arc<dyn Clock>,
+    seed: u64,
+    net: PeerNet,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(Region, Arc<Rights>)> {
+    let cluster = &settings.cluster;
+    let wall = wall_clock(clock);
     let mut members: BTreeMap<u64, Member> = cluster
         .peers
         .iter()
@@ -169,19 +229,19 @@ pub async fn start_region(
     members.insert(
         cluster.raft_id,
         Member {
-            raft_addr: own_addr,
+            raft_addr: net.own_addr.clone(),
             api_url,
         },
     );
     let secret = ClusterSecret::new(cluster.secret.as_ref().map(|s| s.expose()))
         .map_err(|e| Error::Internal(e.to_string()))?;
-    let dialer = Dialer::tcp();
+    let dialer = net.dialer;
     let transport = GrpcTransport::new(settings.region.clone(), secret.clone(), dialer.clone());
     let config = RegionConfig {
         region: RegionId::new(settings.region.clone()),
         node_id: cluster.raft_id,
         initial_members: members,
-        seed: cluster.raft_id,
+        seed,
         heartbeat: Duration::from_millis(100),
         election_timeout: (Duration::from_millis(500), Duration::from_millis(1000)),
         snapshot_every: cluster.snapshot_every,
@@ -205,12 +265,10 @@ pub async fn start_region(
     ))
     .add_service(sync_service(region.clone(), secret.clone()))
     .add_service(rights_service(region.clone(), secret.clone(), wall.clone()));
-    let secret_for_sync = secret.clone();
-    let secret_for_rights = secret.clone();
     let gossip = Gossip::new(
         counters.clone(),
-        dialer,
-        secret,
+        dialer.clone(),
+        secret.clone(),
         wall.clone(),
         gossip_peers(&region, cluster),
         gossip_config,
@@ -226,8 +284,8 @@ pub async fn start_region(
     let metadata_sync = MetadataSync::new(
         region.clone(),
         remote_regions(cluster),
-        Dialer::tcp(),
-        secret_for_sync,
+        dialer.clone(),
+        secret.clone(),
         SyncConfig::default(),
     );
     tokio::spawn(metadata_sync.run(until_stopped()));
@@ -235,13 +293,14 @@ pub async fn start_region(
         &region,
         &counters,
         remote_regions(cluster),
-        secret_for_rights,
+        dialer,
+        secret,
         wall,
         until_stopped(),
     );
-    let serving = until_stopped();
+    let serving = (net.serve)(routes, Box::pin(until_stopped()));
     tokio::spawn(async move {
-        if let Err(e) = meridian_link::serve(listener, routes, serving).await {
+        if let Err(e) = serving.await {
             tracing::error!(error = %e, "the peer listener stopped");
         }
     });
@@ -270,6 +329,7 @@ fn start_rights(
     region: &Region,
     counters: &Arc<Counters>,
     remote: RemoteRegions,
+    dialer: Dialer,
     secret: ClusterSecret,
     clock: WallClock,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
@@ -278,7 +338,7 @@ fn start_rights(
         region.clone(),
         counters.clone(),
         remote,
-        Dialer::tcp(),
+        dialer,
         secret,
         clock,
         RIGHTS_DEADLINE,

@@ -167,6 +167,10 @@ impl Counters {
                     return Ok(());
                 }
             };
+            let mut counter = counter;
+            if meridian_bugs::on(meridian_bugs::Bug::ForgetOwnSlot) {
+                counter.forget(&me);
+            }
             let own = counter.slot(&me);
             if own != Slot::default() {
                 table.durable_own.insert(id.clone(), own);
@@ -226,6 +230,17 @@ impl Counters {
             changed: false,
         };
         f(&txn)
+    }
+
+    /// Every counter this node holds, in id order (for checkers, debugging
+    /// and tests: it copies the whole table).
+    pub fn snapshot(&self) -> BTreeMap<CounterId, PnCounter> {
+        let table = self.lock();
+        table
+            .counters
+            .iter()
+            .map(|(id, c)| (id.clone(), c.clone()))
+            .collect()
     }
 
     pub fn reading(&self, id: &CounterId) -> Reading {
@@ -374,6 +389,11 @@ impl Counters {
         let mut changed = 0;
         for (id, replica, slot) in slots {
             if expired(&id, now_ms, retention_ms) {
+                continue;
+            }
+            if meridian_bugs::on(meridian_bugs::Bug::DropRemoteDeltas)
+                && replica.region != self.me.region
+            {
                 continue;
             }
             if replica == self.me {

@@ -15,7 +15,7 @@
 //! Only the asking for rights waits on the network, and only when a node runs
 //! out: spending held rights is a memory operation on the request path.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -78,7 +78,8 @@ pub struct Rights {
     /// One request per counter at a time: requests that queue behind it find
     /// the rights it brought.
     asking: Mutex<HashMap<CounterId, Arc<tokio::sync::Mutex<()>>>>,
-    used: Mutex<HashMap<CounterId, Used>>,
+    /// Ordered: the sweep gives rights back in this order (replayable).
+    used: Mutex<BTreeMap<CounterId, Used>>,
     next_peer: AtomicUsize,
 }
 

@@ -8,6 +8,14 @@
 
 use std::net::SocketAddr;
 
+pub mod faults;
+pub mod invariants;
+pub mod net;
+pub mod oracle;
+pub mod report;
+pub mod upstream;
+pub mod world;
+
 /// axum's listener seam over turmoil's simulated TCP.
 pub struct SimListener(pub turmoil::net::TcpListener);
 

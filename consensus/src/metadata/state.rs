@@ -1405,7 +1405,12 @@ impl Planner<'_> {
                 .record()
                 .map_err(|e| invalid(format!("{} `{id}` from {source}: {e}", kind.noun())))?;
             match record {
-                Some(fields) => {
+                Some(mut fields) => {
+                    if kind == Kind::Key
+                        && meridian_bugs::on(meridian_bugs::Bug::IgnoreRemoteBlocks)
+                    {
+                        fields.insert("blocked".into(), Value::Bool(false));
+                    }
                     let named = fields.get(id_field(kind)).and_then(Value::as_str);
                     if named != Some(&*id) {
                         return Err(invalid(format!(

@@ -18,6 +18,7 @@ use axum::routing::{MethodRouter, get, post};
 
 pub use error_response::{ApiError, Format};
 pub use extract::parse_json;
+pub use respond::COST_HEADER;
 
 use crate::error::Error;
 use crate::node::Node;

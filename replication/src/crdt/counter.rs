@@ -99,12 +99,22 @@ impl PnCounter {
     /// Merges one slot as received from a peer; whether anything changed.
     pub fn merge_slot(&mut self, replica: &Replica, slot: &Slot) -> bool {
         match self.slots.get_mut(replica) {
+            Some(mine) if meridian_bugs::on(meridian_bugs::Bug::MergeAdds) => {
+                mine.p += slot.p;
+                mine.n += slot.n;
+                slot.p + slot.n > 0
+            }
             Some(mine) => mine.join(slot),
             None => {
                 self.slots.insert(replica.clone(), *slot);
                 true
             }
         }
+    }
+
+    /// Drops `replica`'s slot (only the simulator's injected bugs do this).
+    pub fn forget(&mut self, replica: &Replica) {
+        self.slots.remove(replica);
     }
 
     /// Merges a whole counter; whether anything changed.

@@ -1,0 +1,382 @@
+//! Reports for people: one self-contained HTML page (inline SVG and CSS, no
+//! script, nothing fetched) drawing any number of runs on the same plots —
+//! a latency-by-percentile curve, throughput over time — and a table.
+//! `run` writes it for one run; comparing runs passes several.
+
+use std::fmt::Write as _;
+
+use crate::result::ms;
+use crate::{Load, RunResult};
+
+/// Series colours, in turn (a colour-blind-safe palette).
+const COLOURS: [&str; 8] = [
+    "#0072b2", "#d55e00", "#009e73", "#cc79a7", "#e69f00", "#56b4e9", "#000000", "#f0e442",
+];
+
+/// Percentile axis ticks, as (nines, label): 90 is one nine, 99 two, ...
+const PERCENTILE_TICKS: [(f64, &str); 8] = [
+    (0.0, "0"),
+    (std::f64::consts::LOG10_2, "50"), // -log10(0.5)
+    (1.0, "90"),
+    (2.0, "99"),
+    (3.0, "99.9"),
+    (4.0, "99.99"),
+    (5.0, "99.999"),
+    (6.0, "99.9999"),
+];
+
+/// The whole report page for `runs`, each a labelled series.
+pub fn html(title: &str, runs: &[RunResult]) -> String {
+    let mut page = String::new();
+    let title = escape(title);
+    let _ = write!(
+        page,
+        r#"<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>{title}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2rem; color: #222; max-width: 64rem; }}
+table {{ border-collapse: collapse; font-size: 0.9rem; }}
+th, td {{ border: 1px solid #ccc; padding: 0.25rem 0.5rem; text-align: right; }}
+th:first-child, td:first-child {{ text-align: left; }}
+svg {{ font-size: 12px; }}
+.note {{ color: #555; font-size: 0.9rem; }}
+</style>
+</head>
+<body>
+<h1>{title}</h1>
+<p class="note">Open-loop latencies count from each request's intended send time, so a
+generator or gateway falling behind shows as latency rather than as requests never sent.
+Percentiles are on a log scale of nines.</p>
+<h2>Latency by percentile</h2>
+{latency}
+<h2>Throughput (successful answers per second)</h2>
+{throughput}
+<h2>Runs</h2>
+{table}
+</body>
+</html>
+"#,
+        latency = latency_plot(runs),
+        throughput = throughput_plot(runs),
+        table = table(runs),
+    );
+    page
+}
+
+fn nines(percentile: f64) -> f64 {
+    -(1.0 - percentile / 100.0).max(1e-9).log10()
+}
+
+fn latency_plot(runs: &[RunResult]) -> String {
+    let series: Vec<Series<'_>> = runs
+        .iter()
+        .map(|run| Series {
+            label: &run.label,
+            points: run
+                .latency_curve
+                .iter()
+                .map(|p| (nines(p.percentile), p.us as f64 / 1000.0))
+                .collect(),
+        })
+        .collect();
+    let deepest = series
+        .iter()
+        .flat_map(|s| s.points.iter().map(|p| p.0))
+        .fold(2.0, f64::max)
+        .ceil();
+    let x_ticks = PERCENTILE_TICKS
+        .iter()
+        .filter(|(x, _)| *x <= deepest)
+        .map(|(x, label)| (*x, (*label).to_owned()))
+        .collect();
+    let (y_max, y_ticks) = linear_ticks(max_y(&series));
+    Plot {
+        x_label: "percentile",
+        y_label: "latency (ms)",
+        x_max: deepest,
+        y_max,
+        x_ticks,
+        y_ticks,
+        series,
+        steps: false,
+    }
+    .svg()
+}
+
+fn throughput_plot(runs: &[RunResult]) -> String {
+    let series: Vec<Series<'_>> = runs
+        .iter()
+        .map(|run| Series {
+            label: &run.label,
+            points: run
+                .per_second
+                .iter()
+                .enumerate()
+                .map(|(second, &count)| (second as f64, count as f64))
+                .collect(),
+        })
+        .collect();
+    let seconds = runs.iter().map(|r| r.per_second.len()).max().unwrap_or(0);
+    let (x_max, x_ticks) = linear_ticks(seconds as f64);
+    let (y_max, y_ticks) = linear_ticks(max_y(&series));
+    Plot {
+        x_label: "seconds",
+        y_label: "requests / s",
+        x_max,
+        y_max,
+        x_ticks,
+        y_ticks,
+        series,
+        steps: true,
+    }
+    .svg()
+}
+
+fn max_y(series: &[Series<'_>]) -> f64 {
+    series
+        .iter()
+        .flat_map(|s| s.points.iter().map(|p| p.1))
+        .fold(0.0, f64::max)
+}
+
+/// A round axis maximum at or above `max`, with about five ticks (steps of
+/// 1, 2 or 5 times a power of ten) labelled to the step's precision.
+fn linear_ticks(max: f64) -> (f64, Vec<(f64, String)>) {
+    let max = if max.is_finite() && max > 0.0 {
+        max
+    } else {
+        1.0
+    };
+    let rough = max / 5.0;
+    let magnitude = 10f64.powf(rough.log10().floor());
+    let step = [1.0, 2.0, 5.0, 10.0]
+        .into_iter()
+        .map(|m| m * magnitude)
+        .find(|s| *s >= rough)
+        .unwrap_or(10.0 * magnitude);
+    let top = (max / step).ceil() * step;
+    let decimals = (-step.log10().floor()).max(0.0) as usize;
+    let count = (top / step).round() as usize;
+    let ticks = (0..=count)
+        .map(|i| {
+            let v = i as f64 * step;
+            (v, format!("{v:.decimals$}"))
+        })
+        .collect();
+    (top, ticks)
+}
+
+struct Series<'a> {
+    label: &'a str,
+    points: Vec<(f64, f64)>,
+}
+
+/// A line chart from zero to (`x_max`, `y_max`).
+struct Plot<'a> {
+    x_label: &'a str,
+    y_label: &'a str,
+    x_max: f64,
+    y_max: f64,
+    x_ticks: Vec<(f64, String)>,
+    y_ticks: Vec<(f64, String)>,
+    series: Vec<Series<'a>>,
+    /// Draw each point as a one-unit-wide step (per-second buckets).
+    steps: bool,
+}
+
+const WIDTH: f64 = 760.0;
+const HEIGHT: f64 = 360.0;
+const LEFT: f64 = 70.0;
+const RIGHT: f64 = 20.0;
+const TOP: f64 = 20.0;
+const BOTTOM: f64 = 50.0;
+
+impl Plot<'_> {
+    fn x(&self, v: f64) -> f64 {
+        LEFT + v / self.x_max * (WIDTH - LEFT - RIGHT)
+    }
+
+    fn y(&self, v: f64) -> f64 {
+        HEIGHT - BOTTOM - v / self.y_max * (HEIGHT - TOP - BOTTOM)
+    }
+
+    fn svg(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" role="img">"#
+        );
+        let (left, right) = (self.x(0.0), self.x(self.x_max));
+        let (bottom, top) = (self.y(0.0), self.y(self.y_max));
+        for (v, label) in &self.y_ticks {
+            let y = self.y(*v);
+            let _ = writeln!(
+                s,
+                r##"<line x1="{left:.1}" y1="{y:.1}" x2="{right:.1}" y2="{y:.1}" stroke="#e5e5e5"/><text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"##,
+                left - 6.0,
+                y + 4.0,
+                escape(label)
+            );
+        }
+        for (v, label) in &self.x_ticks {
+            let x = self.x(*v);
+            let _ = writeln!(
+                s,
+                r##"<line x1="{x:.1}" y1="{top:.1}" x2="{x:.1}" y2="{bottom:.1}" stroke="#e5e5e5"/><text x="{x:.1}" y="{:.1}" text-anchor="middle">{}</text>"##,
+                bottom + 16.0,
+                escape(label)
+            );
+        }
+        let _ = writeln!(
+            s,
+            r##"<polyline points="{left:.1},{top:.1} {left:.1},{bottom:.1} {right:.1},{bottom:.1}" fill="none" stroke="#444"/>"##
+        );
+        let _ = writeln!(
+            s,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
+            (left + right) / 2.0,
+            HEIGHT - 10.0,
+            escape(self.x_label)
+        );
+        let _ = writeln!(
+            s,
+            r#"<text transform="translate(16 {:.1}) rotate(-90)" text-anchor="middle">{}</text>"#,
+            (top + bottom) / 2.0,
+            escape(self.y_label)
+        );
+        for (i, series) in self.series.iter().enumerate() {
+            let colour = COLOURS[i % COLOURS.len()];
+            let mut points = String::new();
+            for &(x, y) in &series.points {
+                let _ = write!(points, "{:.1},{:.1} ", self.x(x), self.y(y));
+                if self.steps {
+                    let _ = write!(points, "{:.1},{:.1} ", self.x(x + 1.0), self.y(y));
+                }
+            }
+            let label = escape(series.label);
+            let _ = writeln!(
+                s,
+                r#"<polyline points="{}" fill="none" stroke="{colour}" stroke-width="2"><title>{label}</title></polyline>"#,
+                points.trim_end()
+            );
+            // Legend, top left inside the plot.
+            let y = top + 14.0 + 18.0 * i as f64;
+            let _ = writeln!(
+                s,
+                r#"<rect x="{:.1}" y="{:.1}" width="12" height="12" fill="{colour}"/><text x="{:.1}" y="{:.1}">{label}</text>"#,
+                left + 10.0,
+                y - 10.0,
+                left + 28.0,
+                y
+            );
+        }
+        s.push_str("</svg>");
+        s
+    }
+}
+
+fn table(runs: &[RunResult]) -> String {
+    let mut s = String::from(
+        "<table>\n<tr><th>run</th><th>load</th><th>requests</th><th>ok</th><th>failed</th>\
+         <th>req/s</th><th>p50</th><th>p90</th><th>p99</th><th>p99.9</th><th>max</th>\
+         <th>mean</th><th>ttfb p50</th><th>ttfb p99</th><th>late sends</th></tr>\n",
+    );
+    for run in runs {
+        let load = match run.load {
+            Load::Rate(rate) => format!("{rate}/s"),
+            Load::Concurrency(c) => format!("{c} concurrent"),
+        };
+        let failed = if run.errors.is_empty() {
+            "0".to_owned()
+        } else {
+            let list: Vec<String> = run
+                .errors
+                .iter()
+                .map(|(k, v)| format!("{k}: {v}"))
+                .collect();
+            list.join(", ")
+        };
+        let ttfb = |us: u64| {
+            if run.ttfb.count == 0 {
+                "–".to_owned()
+            } else {
+                ms(us)
+            }
+        };
+        let _ = writeln!(
+            s,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1}</td>\
+             <td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
+             <td>{}</td><td>{}</td><td>{}</td></tr>",
+            escape(&run.label),
+            escape(&load),
+            run.requests,
+            run.successes,
+            escape(&failed),
+            run.throughput_rps,
+            ms(run.latency.p50_us),
+            ms(run.latency.p90_us),
+            ms(run.latency.p99_us),
+            ms(run.latency.p999_us),
+            ms(run.latency.max_us),
+            ms(run.latency.mean_us.round() as u64),
+            ttfb(run.ttfb.p50_us),
+            ttfb(run.ttfb.p99_us),
+            run.late_sends,
+        );
+    }
+    s.push_str("</table>");
+    s
+}
+
+/// Text safe inside HTML and SVG elements and quoted attributes.
+fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ticks_are_round_and_cover_the_max() {
+        let (top, ticks) = linear_ticks(973.0);
+        assert_eq!(top, 1000.0);
+        assert_eq!(ticks.len(), 6);
+        assert_eq!(ticks[1].1, "200");
+        let (top, ticks) = linear_ticks(0.37);
+        assert!((top - 0.4).abs() < 1e-9);
+        assert_eq!(ticks[1].1, "0.1");
+        assert_eq!(linear_ticks(0.0).0, 1.0);
+        assert_eq!(linear_ticks(f64::NAN).0, 1.0);
+    }
+
+    #[test]
+    fn labels_are_escaped() {
+        assert_eq!(
+            escape(r#"<a href="x">&'"#),
+            "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
+        );
+    }
+
+    #[test]
+    fn an_empty_report_is_still_a_page() {
+        let page = html("nothing", &[]);
+        assert!(page.contains("<svg"));
+        assert!(page.ends_with("</html>\n"));
+    }
+}

@@ -1,0 +1,158 @@
+//! Faults, all derived from the world's seed: what goes wrong, where, when
+//! and for how long. The same seed always yields the same schedule.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{Rng as _, SeedableRng as _};
+
+use crate::world::Spec;
+
+/// One thing that goes wrong for a while.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// Every link between the regions is cut.
+    SplitRegions,
+    /// One node is cut off from every other node.
+    Isolate(String),
+    /// Messages from the first node to the second are lost (one way).
+    OneWay(String, String),
+    /// Messages between two nodes are held, then delivered all at once.
+    Hold(String, String),
+    /// Each message between two nodes is lost with this probability (in
+    /// thousandths); a lost TCP message breaks the connection.
+    Lossy(String, String, u32),
+    /// The node's process dies, then starts again from its store.
+    Crash(String),
+    /// Whoever leads the region when the fault starts dies, then restarts.
+    KillLeader(String),
+    /// The provider fails every n-th request.
+    UpstreamErrors(u64),
+    /// The provider answers this many milliseconds late.
+    UpstreamSlow(u64),
+}
+
+impl Fault {
+    /// A short label for tables.
+    pub fn label(&self) -> String {
+        match self {
+            Fault::SplitRegions => "split".into(),
+            Fault::Isolate(h) => format!("isolate {h}"),
+            Fault::OneWay(a, b) => format!("oneway {a}>{b}"),
+            Fault::Hold(a, b) => format!("hold {a}-{b}"),
+            Fault::Lossy(a, b, p) => format!("lossy {a}-{b} {p}‰"),
+            Fault::Crash(h) => format!("crash {h}"),
+            Fault::KillLeader(r) => format!("kill-leader {r}"),
+            Fault::UpstreamErrors(n) => format!("upstream-5xx 1/{n}"),
+            Fault::UpstreamSlow(ms) => format!("upstream-slow {ms}ms"),
+        }
+    }
+}
+
+/// A fault and when it holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    pub start: Duration,
+    pub end: Duration,
+    pub fault: Fault,
+}
+
+/// Everything the seed decides about a world's faults.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plan {
+    /// Each node's wall-clock offset, in milliseconds.
+    pub skew_ms: BTreeMap<String, i64>,
+    /// Sorted by start.
+    pub events: Vec<Event>,
+}
+
+impl Plan {
+    pub fn generate(spec: &Spec) -> Plan {
+        let mut rng = StdRng::seed_from_u64(spec.seed ^ 0x5eed_fa17);
+        let hosts = spec.node_hosts();
+        let max_skew = spec.max_skew.as_millis() as i64;
+        let skew_ms = hosts
+            .iter()
+            .map(|h| (h.clone(), rng.random_range(-max_skew..=max_skew)))
+            .collect();
+        let (from, to) = (spec.faults_from, spec.heal_at());
+        let window = (to - from).as_millis() as u64;
+        let mut events = Vec::new();
+        // The partition between regions whose length the sweep plots
+        // against: present in every world with two or more regions.
+        if spec.regions.len() > 1 {
+            let len = rng.random_range(window / 10..=window * 6 / 10);
+            let start = rng.random_range(0..=window - len);
+            events.push(event(from, start, len, Fault::SplitRegions));
+        }
+        let pick = |rng: &mut StdRng| hosts[rng.random_range(0..hosts.len())].clone();
+        for _ in 0..spec.extra_faults {
+            let fault = match rng.random_range(0..8u32) {
+                0 => Fault::Isolate(pick(&mut rng)),
+                1 => Fault::OneWay(pick(&mut rng), pick(&mut rng)),
+                2 => Fault::Hold(pick(&mut rng), pick(&mut rng)),
+                3 => Fault::Lossy(pick(&mut rng), pick(&mut rng), rng.random_range(5..50)),
+                4 => Fault::Crash(pick(&mut rng)),
+                5 => {
+                    Fault::KillLeader(spec.regions[rng.random_range(0..spec.regions.len())].clone())
+                }
+                6 => Fault::UpstreamErrors(rng.random_range(2..6)),
+                _ => Fault::UpstreamSlow(rng.random_range(100..1500)),
+            };
+            if let Fault::OneWay(a, b) | Fault::Hold(a, b) | Fault::Lossy(a, b, _) = &fault
+                && a == b
+            {
+                continue;
+            }
+            let len = rng.random_range(300..=(window / 3).max(301));
+            let start = rng.random_range(0..=window.saturating_sub(len));
+            events.push(event(from, start, len, fault));
+        }
+        events.sort_by_key(|e| e.start);
+        Plan { skew_ms, events }
+    }
+
+    /// How long the regions were split (zero if never).
+    pub fn split_length(&self) -> Duration {
+        self.events
+            .iter()
+            .filter(|e| e.fault == Fault::SplitRegions)
+            .map(|e| e.end - e.start)
+            .sum()
+    }
+
+    pub fn labels(&self) -> Vec<String> {
+        self.events.iter().map(|e| e.fault.label()).collect()
+    }
+}
+
+fn event(from: Duration, start_ms: u64, len_ms: u64, fault: Fault) -> Event {
+    let start = from + Duration::from_millis(start_ms);
+    Event {
+        start,
+        end: start + Duration::from_millis(len_ms),
+        fault,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_seed_fixes_the_schedule() {
+        let a = Plan::generate(&Spec::new(3));
+        assert_eq!(a, Plan::generate(&Spec::new(3)));
+        assert_ne!(a, Plan::generate(&Spec::new(4)));
+        let spec = Spec::new(3);
+        for e in &a.events {
+            assert!(
+                e.start >= spec.faults_from && e.end <= spec.heal_at(),
+                "{e:?}"
+            );
+        }
+        assert!(a.split_length() > Duration::ZERO);
+        assert!(a.skew_ms.values().all(|s| s.unsigned_abs() <= 2000));
+    }
+}

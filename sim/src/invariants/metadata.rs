@@ -1,0 +1,39 @@
+//! Guarantees: metadata is identical across regions after the heal — every
+//! node holds the same records, field for field.
+
+use super::{End, Invariant, View};
+
+pub struct MetadataIdentical;
+
+impl Invariant for MetadataIdentical {
+    fn name(&self) -> &'static str {
+        "metadata_identical"
+    }
+
+    fn guarantee(&self) -> &'static str {
+        "every node of every region holds the same records after the heal"
+    }
+
+    fn after(&mut self, view: &View, _end: &End<'_>) -> Result<(), String> {
+        let Some(first) = view.nodes.first() else {
+            return Err("no node is running".into());
+        };
+        let records = first.records();
+        for other in &view.nodes[1..] {
+            let theirs = other.records();
+            if let Some((id, _)) = records.iter().find(|(k, v)| theirs.get(*k) != Some(*v)) {
+                return Err(format!(
+                    "{} and {} differ on {id:?}",
+                    first.host, other.host
+                ));
+            }
+            if let Some(id) = theirs.keys().find(|k| !records.contains_key(*k)) {
+                return Err(format!(
+                    "{} lacks {id:?}, which {} holds",
+                    first.host, other.host
+                ));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,201 @@
+//! The guarantees a world is held to, one file each. Every checker sees the
+//! running nodes at each sample while faults run ([`Invariant::during`]) and
+//! once after everything healed ([`Invariant::after`]), with what the clients
+//! observed (the [`Oracle`]).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use meridian_consensus::metadata::Kind;
+use meridian_node::node::Node;
+use meridian_node::secret::Secret;
+use meridian_replication::crdt::{CounterId, Metric, PnCounter, Replica, Scope};
+
+use crate::oracle::Oracle;
+use crate::world::Spec;
+
+mod committed;
+mod convergence;
+mod leaders;
+mod metadata;
+mod overshoot;
+mod revocation;
+mod spend;
+mod strict;
+
+/// One guarantee.
+pub trait Invariant {
+    fn name(&self) -> &'static str;
+    /// One line: what it guarantees.
+    fn guarantee(&self) -> &'static str;
+    /// Checked at every sample while the world runs.
+    fn during(&mut self, _view: &View) -> Result<(), String> {
+        Ok(())
+    }
+    /// Checked once, after the heal and the settling time.
+    fn after(&mut self, _view: &View, _end: &End<'_>) -> Result<(), String> {
+        Ok(())
+    }
+    /// A measured figure, when the checker has one (overshoot).
+    fn measure(&self) -> Option<f64> {
+        None
+    }
+}
+
+/// Every invariant, for `spec`.
+pub fn all(spec: &Spec) -> Vec<Box<dyn Invariant>> {
+    vec![
+        Box::new(leaders::OneLeaderPerTerm::default()),
+        Box::new(committed::CommittedMetadataKept),
+        Box::new(convergence::CountersConverge::new(spec)),
+        Box::new(spend::AcknowledgedSpendKept::new(spec)),
+        Box::new(strict::StrictNeverExceeded::new(spec)),
+        Box::new(overshoot::AvailableOvershootBounded::new(spec)),
+        Box::new(revocation::RevokedKeyRefused::new(spec)),
+        Box::new(metadata::MetadataIdentical),
+    ]
+}
+
+/// The running nodes at one instant.
+pub struct View {
+    pub at: Duration,
+    pub nodes: Vec<NodeView>,
+}
+
+pub struct NodeView {
+    pub host: String,
+    pub region: String,
+    pub state: String,
+    pub term: u64,
+    pub applied: Option<u64>,
+    pub me: Replica,
+    pub counters: BTreeMap<CounterId, PnCounter>,
+    node: Arc<Node>,
+}
+
+impl NodeView {
+    pub fn of(host: &str, node: &Arc<Node>) -> NodeView {
+        let status = node.metadata.status();
+        NodeView {
+            host: host.to_owned(),
+            region: node.region.clone(),
+            state: status.state,
+            term: status.term,
+            applied: status.applied_index,
+            me: node.counters.me().clone(),
+            counters: node.counters.snapshot(),
+            node: node.clone(),
+        }
+    }
+
+    /// Every metadata record this node holds, parsed (field order aside).
+    pub fn records(&self) -> BTreeMap<(Kind, String), serde_json::Value> {
+        self.node.metadata.read(|s| {
+            s.records()
+                .into_iter()
+                .map(|(kind, id, json)| {
+                    let value = serde_json::from_slice(&json).unwrap_or(serde_json::Value::Null);
+                    ((kind, id), value)
+                })
+                .collect()
+        })
+    }
+
+    pub fn has_key(&self, key: &str) -> bool {
+        let hash = Secret::new(key).sha256();
+        self.node.metadata.read(|s| s.key_by_hash(&hash).is_some())
+    }
+
+    /// Counter values (zeros left out: a counter a node never heard of reads 0).
+    pub fn values(&self) -> BTreeMap<&CounterId, u64> {
+        self.counters
+            .iter()
+            .map(|(id, c)| (id, c.value()))
+            .filter(|(_, v)| *v > 0)
+            .collect()
+    }
+}
+
+impl View {
+    /// A compact summary for replay comparisons.
+    pub fn fingerprint(&self) -> String {
+        let nodes: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| {
+                let total: u64 = n.counters.values().map(PnCounter::value).sum();
+                format!(
+                    "{}:{}:{}:{:?}:{}",
+                    n.host, n.state, n.term, n.applied, total
+                )
+            })
+            .collect();
+        format!("{:>7} {}", self.at.as_millis(), nodes.join(" "))
+    }
+}
+
+/// What the checks after the heal also see.
+pub struct End<'a> {
+    pub oracle: &'a Oracle,
+    pub converged_after: Option<Duration>,
+}
+
+/// Whether every node holds the same counter values and the same records.
+pub fn agree(view: &View) -> bool {
+    first_disagreement(view).is_none()
+}
+
+/// The first difference between two nodes, described.
+pub fn first_disagreement(view: &View) -> Option<String> {
+    let first = view.nodes.first()?;
+    let values = first.values();
+    for other in &view.nodes[1..] {
+        let theirs = other.values();
+        if theirs != values {
+            let id = values
+                .iter()
+                .find(|(id, v)| theirs.get(*id) != Some(*v))
+                .map(|(id, _)| (*id).clone())
+                .or_else(|| {
+                    theirs
+                        .keys()
+                        .find(|id| !values.contains_key(*id))
+                        .map(|id| (*id).clone())
+                });
+            return Some(format!(
+                "{} and {} differ on counter {id:?}: {:?} vs {:?}",
+                first.host,
+                other.host,
+                id.as_ref().and_then(|i| values.get(i)),
+                id.as_ref().and_then(|i| theirs.get(i)),
+            ));
+        }
+    }
+    let records = first.records();
+    for other in &view.nodes[1..] {
+        let theirs = other.records();
+        if theirs != records {
+            let differing = records
+                .iter()
+                .find(|(k, v)| theirs.get(*k) != Some(*v))
+                .map(|(k, _)| k.clone())
+                .or_else(|| theirs.keys().find(|k| !records.contains_key(*k)).cloned());
+            return Some(format!(
+                "{} and {} differ on record {differing:?}",
+                first.host, other.host
+            ));
+        }
+    }
+    None
+}
+
+/// The counter entity of a key (its stored hash).
+pub fn key_entity(key: &str) -> String {
+    hex::encode(Secret::new(key).sha256())
+}
+
+/// Whether `id` is the spend of the key whose entity is `entity`.
+pub fn is_key_spend(id: &CounterId, entity: &str) -> bool {
+    id.scope == Scope::Key && id.metric == Metric::Spend && &*id.entity == entity
+}

@@ -1,0 +1,813 @@
+//! A world: R regions × N real gateway nodes, a provider, clients that send
+//! LLM calls and admin operations, a fault schedule from the seed, and the
+//! invariants checked while the faults run and again after everything heals.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, UNIX_EPOCH};
+
+use meridian_bugs::Bug;
+use meridian_node::clock::{Clock, SeededRng, SkewedClock};
+use meridian_node::cluster::{PeerNet, start_counters, start_region_on, start_spend_log};
+use meridian_node::node::{Local, Node, Seams};
+use meridian_node::secret::Secret;
+use rand::rngs::StdRng;
+use rand::{Rng as _, SeedableRng as _};
+use serde_json::json;
+
+use crate::faults::{Fault, Plan};
+use crate::invariants::{self, NodeView, View};
+use crate::net::{Answer, SimUpstream, call};
+use crate::oracle::{Oracle, picodollars};
+use crate::upstream::{Provider, Trouble};
+
+pub const MASTER_KEY: &str = "sk-sim-master";
+const SECRET: &str = "sim-cluster-secret";
+/// The keys the clients use.
+pub const PLAIN: &str = "sk-plain";
+pub const AVAILABLE: &str = "sk-available";
+pub const STRICT: &str = "sk-strict";
+pub const REVOKED: &str = "sk-revoked";
+/// Price per token of the world's one deployment.
+const INPUT_COST: f64 = 0.000_001;
+const OUTPUT_COST: f64 = 0.000_002;
+const MAX_TOKENS: u64 = 20;
+
+/// What a world is made of. Everything else comes from the seed.
+#[derive(Clone, Debug)]
+pub struct Spec {
+    pub seed: u64,
+    pub regions: Vec<String>,
+    pub nodes_per_region: u64,
+    /// Faults run from here until the heal.
+    pub faults_from: Duration,
+    /// Length of the traffic-and-faults phase.
+    pub faulty_for: Duration,
+    /// Faults besides the split between regions.
+    pub extra_faults: usize,
+    /// Wall clocks differ by up to this much either way.
+    pub max_skew: Duration,
+    /// After the heal, counters and metadata must agree within this.
+    pub converge_within: Duration,
+    /// A revoked key must be refused everywhere within this after the heal.
+    pub revoke_within: Duration,
+    /// `max_budget` (dollars per `budget_period`) of the limited keys.
+    pub budget: f64,
+    pub budget_period: &'static str,
+    /// Gap between one client's calls.
+    pub call_every: Duration,
+    pub gossip_interval: Duration,
+    pub bugs: Vec<Bug>,
+}
+
+impl Spec {
+    pub fn new(seed: u64) -> Spec {
+        Spec {
+            seed,
+            regions: vec!["us-east".into(), "eu-west".into()],
+            nodes_per_region: 3,
+            faults_from: Duration::from_secs(4),
+            faulty_for: Duration::from_secs(20),
+            extra_faults: 4,
+            max_skew: Duration::from_secs(2),
+            converge_within: Duration::from_secs(10),
+            revoke_within: Duration::from_secs(10),
+            budget: 0.002,
+            budget_period: "10s",
+            call_every: Duration::from_millis(60),
+            gossip_interval: Duration::from_millis(100),
+            bugs: Vec::new(),
+        }
+    }
+
+    pub fn heal_at(&self) -> Duration {
+        self.faults_from + self.faulty_for
+    }
+
+    pub fn node_hosts(&self) -> Vec<String> {
+        self.regions
+            .iter()
+            .flat_map(|r| (1..=self.nodes_per_region).map(move |i| host(r, i)))
+            .collect()
+    }
+
+    fn region_of(&self, host: &str) -> String {
+        self.regions
+            .iter()
+            .find(|r| host.starts_with(&format!("{r}-")))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Picodollars one served call costs.
+    pub fn call_cost(&self) -> u64 {
+        let dollars = crate::upstream::PROMPT_TOKENS as f64 * INPUT_COST
+            + crate::upstream::COMPLETION_TOKENS as f64 * OUTPUT_COST;
+        (dollars * 1e12).round() as u64
+    }
+
+    /// Most one call can be charged: its reservation (a prompt of "hi" is
+    /// far below 100 tokens, plus `max_tokens`).
+    pub fn worst_call(&self) -> u64 {
+        let dollars = 100.0 * INPUT_COST + MAX_TOKENS as f64 * OUTPUT_COST;
+        (dollars * 1e12).round() as u64
+    }
+
+    pub fn budget_pico(&self) -> u64 {
+        (self.budget * 1e12).round() as u64
+    }
+}
+
+fn host(region: &str, i: u64) -> String {
+    format!("{region}-{i}")
+}
+
+/// A running node, as the checkers reach it.
+#[derive(Clone)]
+pub struct Live {
+    pub node: Arc<Node>,
+}
+
+pub type Registry = Arc<Mutex<BTreeMap<String, Live>>>;
+type Shared<T> = Arc<Mutex<T>>;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A checker's verdict.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Violation {
+    pub invariant: String,
+    pub at_ms: u64,
+    pub message: String,
+}
+
+/// What one world showed.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Outcome {
+    pub seed: u64,
+    pub faults: Vec<String>,
+    /// How long the regions were split.
+    pub split_ms: u64,
+    pub violations: Vec<Violation>,
+    /// From the heal until every node agreed on every counter and record.
+    pub converged_after_ms: Option<u64>,
+    /// Worst overshoot of the `available` key's budget in one period,
+    /// as a fraction of the budget; and the same for `strict` (must be 0).
+    pub available_overshoot: f64,
+    pub strict_overshoot: f64,
+    pub served: u64,
+    /// The oracle's trace and the checkers' samples: equal for equal seeds.
+    pub trace: Vec<String>,
+}
+
+/// Simulated wall time: turmoil's clock from a fixed epoch.
+struct SimClock;
+
+impl Clock for SimClock {
+    fn since_epoch(&self) -> Duration {
+        turmoil::since_epoch().unwrap_or_default()
+    }
+}
+
+fn config_yaml(spec: &Spec, host_name: &str, raft_id: u64) -> String {
+    let region = spec.region_of(host_name);
+    let peers: String = (1..=spec.nodes_per_region)
+        .map(|i| {
+            let h = host(&region, i);
+            format!(
+                "    - {{raft_id: {i}, cluster_addr: \"{h}:7000\", api_url: \"http://{h}:4000\"}}\n"
+            )
+        })
+        .collect();
+    let remote: String = spec
+        .regions
+        .iter()
+        .filter(|r| **r != region)
+        .map(|r| {
+            let addrs: Vec<String> = (1..=spec.nodes_per_region)
+                .map(|i| format!("\"{}:7000\"", host(r, i)))
+                .collect();
+            format!("    {r}: [{}]\n", addrs.join(", "))
+        })
+        .collect();
+    let remote = if remote.is_empty() {
+        "  remote_regions: {}\n".to_owned()
+    } else {
+        format!("  remote_regions:\n{remote}")
+    };
+    format!(
+        "model_list:
+  - model_name: gpt
+    litellm_params:
+      model: openai/gpt-sim
+      api_base: http://upstream:9000/v1
+      api_key: sk-provider
+      input_cost_per_token: {INPUT_COST}
+      output_cost_per_token: {OUTPUT_COST}
+general_settings:
+  master_key: {MASTER_KEY}
+meridian:
+  node_id: {host_name}
+  region: {region}
+  raft_id: {raft_id}
+  cluster_listen: 0.0.0.0:7000
+  cluster_secret: {SECRET}
+  gossip_interval_ms: {gossip}
+  peers:
+{peers}{remote}",
+        gossip = spec.gossip_interval.as_millis(),
+    )
+}
+
+/// Starts one node on the current (simulated) host from `store`, registers
+/// it, and serves its HTTP API until the host stops.
+async fn run_node(
+    spec: Spec,
+    name: String,
+    raft_id: u64,
+    skew_ms: i64,
+    boot: u64,
+    store: Arc<dyn meridian_storage::Store>,
+    registry: Registry,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let env = BTreeMap::<String, String>::new();
+    let yaml = config_yaml(&spec, &name, raft_id);
+    let config = meridian_node::config::parse_str(&yaml, "sim.yaml", &env, false)?;
+    let clock: Arc<dyn Clock> = Arc::new(SkewedClock {
+        inner: SimClock,
+        skew_ms,
+    });
+    let seed = spec.seed ^ raft_id.wrapping_mul(0x9e37_79b9) ^ boot.wrapping_mul(0x85eb_ca6b);
+    let seams = Seams {
+        upstream: Arc::new(SimUpstream),
+        clock: clock.clone(),
+        rng: SeededRng::from_seed(seed ^ name.len() as u64),
+    };
+    let counters = start_counters(
+        &config.node.region,
+        raft_id,
+        store.clone(),
+        meridian_storage::Durability::Process,
+        &seams.rng,
+        std::future::pending(),
+    )?;
+    let net = PeerNet {
+        dialer: crate::sim_dialer(),
+        own_addr: format!("{name}:7000"),
+        serve: Box::new(|routes, shutdown| {
+            Box::pin(async move {
+                let listener = turmoil::net::TcpListener::bind("0.0.0.0:7000")
+                    .await
+                    .map_err(|e| meridian_link::Error::Serve(e.to_string()))?;
+                crate::serve_peers(listener, routes, shutdown).await
+            })
+        }),
+    };
+    let (metadata, rights) = start_region_on(
+        &config.node,
+        store.clone(),
+        format!("http://{name}:4000"),
+        counters.clone(),
+        clock.clone(),
+        seed,
+        net,
+        std::future::pending(),
+    )
+    .await?;
+    let spend_log = start_spend_log(store, &config, clock, std::future::pending());
+    let local = Local {
+        metadata,
+        counters,
+        spend_log,
+        rights,
+    };
+    let node = Node::new(config, &Secret::new(MASTER_KEY), seams, local);
+    lock(&registry).insert(name, Live { node: node.clone() });
+    let listener = crate::SimListener(turmoil::net::TcpListener::bind("0.0.0.0:4000").await?);
+    meridian_node::serve::serve(listener, node, std::future::pending()).await?;
+    Ok(())
+}
+
+fn chat_body() -> serde_json::Value {
+    json!({"model": "gpt", "max_tokens": MAX_TOKENS, "messages": [{"role": "user", "content": "hi"}]})
+}
+
+/// One region's LLM traffic until the heal, open loop (a call starts every
+/// `call_every`, whether or not earlier ones have finished): calls rotate over
+/// the keys and over the region's nodes; a node that cannot be reached is
+/// skipped, as a load balancer would.
+async fn llm_client(
+    spec: Spec,
+    region: String,
+    oracle: Shared<Oracle>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let mut rng = StdRng::seed_from_u64(spec.seed ^ region.len() as u64 ^ 0xc11e);
+    let keys = [PLAIN, AVAILABLE, STRICT];
+    let start = Duration::from_secs(3);
+    tokio::time::sleep(start.saturating_sub(turmoil::elapsed())).await;
+    let mut calls = Vec::new();
+    let mut n = 0u64;
+    while turmoil::elapsed() < spec.heal_at() {
+        let key = keys[(n % 3) as usize];
+        let nodes: Vec<String> = (0..spec.nodes_per_region)
+            .map(|i| host(&region, 1 + (n + i) % spec.nodes_per_region))
+            .collect();
+        let oracle = oracle.clone();
+        calls.push(tokio::spawn(async move {
+            let mut answer = Answer::Unsent("no node".into());
+            for node in nodes {
+                let url = format!("http://{node}:4000/v1/chat/completions");
+                answer = call(&url, key, Some(&chat_body()), Duration::from_secs(5)).await;
+                if !matches!(answer, Answer::Unsent(_)) {
+                    break;
+                }
+            }
+            record_call(&oracle, key, &answer);
+        }));
+        n += 1;
+        let jitter = Duration::from_millis(rng.random_range(0..20));
+        tokio::time::sleep(spec.call_every + jitter).await;
+    }
+    for c in calls {
+        c.await?;
+    }
+    Ok(())
+}
+
+fn record_call(oracle: &Shared<Oracle>, key: &str, answer: &Answer) {
+    let now = turmoil::elapsed();
+    let mut o = lock(oracle);
+    let summary = {
+        let calls = o.calls.entry(key.to_owned()).or_default();
+        match answer {
+            Answer::Got {
+                status: 200,
+                headers,
+                ..
+            } => {
+                let cost = headers
+                    .get(meridian_node::api::COST_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(picodollars)
+                    .unwrap_or(0);
+                calls.served += 1;
+                calls.acknowledged_pico += cost;
+                format!("{key} 200 {cost}")
+            }
+            Answer::Got { status, .. } => {
+                calls.refused += 1;
+                format!("{key} {status}")
+            }
+            Answer::InDoubt(_) => {
+                calls.in_doubt += 1;
+                format!("{key} in-doubt")
+            }
+            Answer::Unsent(_) => {
+                calls.unsent += 1;
+                format!("{key} unsent")
+            }
+        }
+    };
+    o.note(now, summary);
+}
+
+/// Admin traffic: the keys, then a key created every second through some
+/// node, a block of the revoked key made in the last region, and after the
+/// heal the revoked key tried on every node until each refuses it.
+async fn admin_client(
+    spec: Spec,
+    oracle: Shared<Oracle>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let hosts = spec.node_hosts();
+    let mut rng = StdRng::seed_from_u64(spec.seed ^ 0xad31);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let budget = spec.budget;
+    let period = spec.budget_period;
+    let first_region: Vec<String> = hosts
+        .iter()
+        .filter(|h| spec.region_of(h) == spec.regions[0])
+        .cloned()
+        .collect();
+    let setup = [
+        json!({"key": PLAIN}),
+        json!({"key": AVAILABLE, "max_budget": budget, "budget_duration": period}),
+        json!({"key": STRICT, "max_budget": budget, "budget_duration": period, "enforcement": "strict"}),
+        json!({"key": REVOKED}),
+    ];
+    for body in setup {
+        admin_until_done(&first_region, "/key/generate", &body, &oracle).await;
+    }
+    let block_at = spec.faults_from + spec.faulty_for * 2 / 5;
+    let last_region: Vec<String> = hosts
+        .iter()
+        .filter(|h| spec.region_of(h) == *spec.regions.last().unwrap_or(&String::new()))
+        .cloned()
+        .collect();
+    let mut made = 0u64;
+    while turmoil::elapsed() < spec.heal_at() {
+        if oracle_blocked(&oracle).is_none() && turmoil::elapsed() >= block_at {
+            admin_until_done(
+                &last_region,
+                "/key/block",
+                &json!({"key": REVOKED}),
+                &oracle,
+            )
+            .await;
+            let now = turmoil::elapsed();
+            let mut o = lock(&oracle);
+            o.blocked_at = Some(now);
+            o.note(now, "blocked sk-revoked");
+            continue;
+        }
+        made += 1;
+        let key = format!("sk-made-{made}");
+        let node = &hosts[rng.random_range(0..hosts.len())];
+        let answer = call(
+            &format!("http://{node}:4000/key/generate"),
+            MASTER_KEY,
+            Some(&json!({ "key": key })),
+            Duration::from_secs(3),
+        )
+        .await;
+        if let Answer::Got { status: 200, .. } = answer {
+            let now = turmoil::elapsed();
+            let mut o = lock(&oracle);
+            o.created.insert(key.clone(), now);
+            o.note(now, format!("created {key} via {node}"));
+        }
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+    }
+    // After the heal: every node must come to refuse the revoked key.
+    let deadline = spec.heal_at() + spec.revoke_within;
+    let mut pending: Vec<String> = hosts.clone();
+    while !pending.is_empty() && turmoil::elapsed() < deadline {
+        let mut still = Vec::new();
+        for node in pending {
+            let answer = call(
+                &format!("http://{node}:4000/v1/models"),
+                REVOKED,
+                None,
+                Duration::from_secs(1),
+            )
+            .await;
+            if let Answer::Got { status: 401, .. } = answer {
+                let now = turmoil::elapsed();
+                let mut o = lock(&oracle);
+                o.refused_revoked.insert(node.clone(), Some(now));
+            } else {
+                still.push(node);
+            }
+        }
+        pending = still;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut o = lock(&oracle);
+    for node in pending {
+        o.refused_revoked.insert(node, None);
+    }
+    Ok(())
+}
+
+fn oracle_blocked(oracle: &Shared<Oracle>) -> Option<Duration> {
+    lock(oracle).blocked_at
+}
+
+/// Retries an admin write over `nodes` until one acknowledges it (a write
+/// that already happened answers 400/409 from then on, which also ends it).
+async fn admin_until_done(
+    nodes: &[String],
+    path: &str,
+    body: &serde_json::Value,
+    oracle: &Shared<Oracle>,
+) {
+    for attempt in 0usize.. {
+        let node = &nodes[attempt % nodes.len()];
+        let answer = call(
+            &format!("http://{node}:4000{path}"),
+            MASTER_KEY,
+            Some(body),
+            Duration::from_secs(3),
+        )
+        .await;
+        match answer {
+            Answer::Got { status: 200, .. } => {
+                let now = turmoil::elapsed();
+                let mut o = lock(oracle);
+                if let Some(key) = body.get("key").and_then(|k| k.as_str())
+                    && path == "/key/generate"
+                {
+                    o.created.insert(key.to_owned(), now);
+                }
+                o.note(now, format!("{path} {body} via {node}"));
+                return;
+            }
+            Answer::Got { status, .. } if (400..500).contains(&status) && attempt > 0 => return,
+            _ => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+/// Applies the start (`on`) or end of a fault to the world.
+/// `killed` remembers, per event, which leader a `KillLeader` took down.
+#[allow(clippy::too_many_arguments)]
+fn apply(
+    sim: &mut turmoil::Sim<'_>,
+    spec: &Spec,
+    index: usize,
+    fault: &Fault,
+    on: bool,
+    provider: &Provider,
+    registry: &Registry,
+    killed: &mut BTreeMap<usize, String>,
+) {
+    let hosts = spec.node_hosts();
+    let cross = |sim: &turmoil::Sim<'_>, on: bool| {
+        for a in &hosts {
+            for b in &hosts {
+                if a < b && spec.region_of(a) != spec.region_of(b) {
+                    if on {
+                        sim.partition(a.as_str(), b.as_str());
+                    } else {
+                        sim.repair(a.as_str(), b.as_str());
+                    }
+                }
+            }
+        }
+    };
+    match fault {
+        Fault::SplitRegions => cross(sim, on),
+        Fault::Isolate(h) => {
+            for other in hosts.iter().filter(|o| *o != h) {
+                if on {
+                    sim.partition(h.as_str(), other.as_str());
+                } else {
+                    sim.repair(h.as_str(), other.as_str());
+                }
+            }
+        }
+        Fault::OneWay(a, b) => {
+            if on {
+                sim.partition_oneway(a.as_str(), b.as_str());
+            } else {
+                sim.repair_oneway(a.as_str(), b.as_str());
+            }
+        }
+        Fault::Hold(a, b) => {
+            if on {
+                sim.hold(a.as_str(), b.as_str());
+            } else {
+                sim.release(a.as_str(), b.as_str());
+            }
+        }
+        Fault::Lossy(a, b, permille) => {
+            let rate = if on {
+                f64::from(*permille) / 1000.0
+            } else {
+                0.0
+            };
+            sim.set_link_fail_rate(a.as_str(), b.as_str(), rate);
+        }
+        Fault::Crash(h) => crash_or_restart(sim, h, on, registry),
+        Fault::KillLeader(region) => {
+            if on {
+                let leader = lock(registry).iter().find_map(|(name, live)| {
+                    (spec.region_of(name) == *region && live.node.metadata.is_leader())
+                        .then(|| name.clone())
+                });
+                if let Some(leader) = leader {
+                    crash_or_restart(sim, &leader, true, registry);
+                    killed.insert(index, leader);
+                }
+            } else if let Some(leader) = killed.remove(&index) {
+                crash_or_restart(sim, &leader, false, registry);
+            }
+        }
+        Fault::UpstreamErrors(n) => {
+            let now = provider.current();
+            provider.set(Trouble {
+                fail_every: if on { *n } else { 0 },
+                ..now
+            });
+        }
+        Fault::UpstreamSlow(ms) => {
+            let now = provider.current();
+            provider.set(Trouble {
+                slow: if on {
+                    Duration::from_millis(*ms)
+                } else {
+                    Duration::ZERO
+                },
+                ..now
+            });
+        }
+    }
+}
+
+fn crash_or_restart(sim: &mut turmoil::Sim<'_>, host: &str, crash: bool, registry: &Registry) {
+    if crash {
+        if sim.is_host_running(host) {
+            lock(registry).remove(host);
+            sim.crash(host);
+        }
+    } else if !sim.is_host_running(host) {
+        sim.bounce(host);
+    }
+}
+
+/// Reads every running node.
+fn view(registry: &Registry, at: Duration) -> View {
+    let nodes = lock(registry)
+        .iter()
+        .map(|(name, live)| NodeView::of(name, &live.node))
+        .collect();
+    View { at, nodes }
+}
+
+/// Runs one world to the end and reports what it showed. A setup error
+/// (the world could not be built or stopped early) is an `Err`; a broken
+/// guarantee is a [`Violation`] in the outcome.
+pub fn run(spec: &Spec) -> Result<Outcome, String> {
+    meridian_bugs::switch_on(&spec.bugs);
+    let outcome = run_world(spec);
+    meridian_bugs::switch_on(&[]);
+    outcome
+}
+
+fn run_world(spec: &Spec) -> Result<Outcome, String> {
+    let plan = Plan::generate(spec);
+    let end =
+        spec.heal_at() + spec.converge_within.max(spec.revoke_within) + Duration::from_secs(5);
+    let mut sim = turmoil::Builder::new()
+        .rng_seed(spec.seed)
+        .epoch(UNIX_EPOCH + Duration::from_secs(1_800_000_000))
+        .simulation_duration(end + Duration::from_secs(30))
+        .tcp_capacity(65_536)
+        .build();
+    let registry: Registry = Arc::default();
+    let oracle: Shared<Oracle> = Arc::default();
+    let provider = Arc::new(Provider::default());
+    {
+        let provider = provider.clone();
+        sim.host("upstream", move || {
+            let provider = provider.clone();
+            async move {
+                crate::upstream::serve(provider).await?;
+                Ok(())
+            }
+        });
+    }
+    let boots: Shared<BTreeMap<String, u64>> = Arc::default();
+    for region in &spec.regions {
+        for i in 1..=spec.nodes_per_region {
+            let name = host(region, i);
+            let store: Arc<dyn meridian_storage::Store> =
+                Arc::new(meridian_storage::MemStore::new());
+            let skew = plan.skew_ms.get(&name).copied().unwrap_or(0);
+            let (spec, registry, boots) = (spec.clone(), registry.clone(), boots.clone());
+            sim.host(name.clone(), move || {
+                let boot = {
+                    let mut b = lock(&boots);
+                    let n = b.entry(name.clone()).or_default();
+                    *n += 1;
+                    *n
+                };
+                let (spec, name, store, registry) =
+                    (spec.clone(), name.clone(), store.clone(), registry.clone());
+                async move {
+                    run_node(spec, name, i, skew, boot, store, registry)
+                        .await
+                        .map_err(|e| e.to_string().into())
+                }
+            });
+        }
+    }
+    for region in &spec.regions {
+        let (spec, region_name, oracle) = (spec.clone(), region.clone(), oracle.clone());
+        sim.client(format!("client-{region}"), async move {
+            llm_client(spec, region_name, oracle)
+                .await
+                .map_err(|e| e.to_string().into())
+        });
+    }
+    {
+        let (spec, oracle) = (spec.clone(), oracle.clone());
+        sim.client("admin", async move {
+            admin_client(spec, oracle)
+                .await
+                .map_err(|e| e.to_string().into())
+        });
+    }
+
+    let mut checks = invariants::all(spec);
+    let mut violations = Vec::new();
+    let mut killed = BTreeMap::new();
+    let mut started = vec![false; plan.events.len()];
+    let mut ended = vec![false; plan.events.len()];
+    let mut samples = Vec::new();
+    let mut converged_after = None;
+    let sample_every = Duration::from_millis(20);
+    let mut next_sample = Duration::ZERO;
+    loop {
+        let clients_done = sim.step().map_err(|e| e.to_string())?;
+        let now = sim.elapsed();
+        for (i, event) in plan.events.iter().enumerate() {
+            let heal = now >= spec.heal_at();
+            if !started[i] && now >= event.start && !heal {
+                started[i] = true;
+                apply(
+                    &mut sim,
+                    spec,
+                    i,
+                    &event.fault,
+                    true,
+                    &provider,
+                    &registry,
+                    &mut killed,
+                );
+            }
+            if started[i] && !ended[i] && (now >= event.end || heal) {
+                ended[i] = true;
+                apply(
+                    &mut sim,
+                    spec,
+                    i,
+                    &event.fault,
+                    false,
+                    &provider,
+                    &registry,
+                    &mut killed,
+                );
+            }
+        }
+        if now >= next_sample {
+            next_sample = now + sample_every;
+            let v = view(&registry, now);
+            for check in &mut checks {
+                if let Err(message) = check.during(&v) {
+                    // The first breach of each guarantee is the one to read.
+                    if !violations
+                        .iter()
+                        .any(|x: &Violation| x.invariant == check.name())
+                    {
+                        violations.push(Violation {
+                            invariant: check.name().to_owned(),
+                            at_ms: now.as_millis() as u64,
+                            message,
+                        });
+                    }
+                }
+            }
+            if now >= spec.heal_at()
+                && converged_after.is_none()
+                && v.nodes.len() == spec.node_hosts().len()
+                && invariants::agree(&v)
+            {
+                converged_after = Some(now - spec.heal_at());
+            }
+            if now.as_millis() % 1000 < 20 {
+                samples.push(v.fingerprint());
+            }
+        }
+        let settled = converged_after.is_some() || now >= spec.heal_at() + spec.converge_within;
+        if clients_done && settled {
+            break;
+        }
+    }
+    let last = view(&registry, sim.elapsed());
+    let oracle = lock(&oracle).clone();
+    let end_state = invariants::End {
+        oracle: &oracle,
+        converged_after,
+    };
+    for check in &mut checks {
+        if let Err(message) = check.after(&last, &end_state) {
+            violations.push(Violation {
+                invariant: check.name().to_owned(),
+                at_ms: last.at.as_millis() as u64,
+                message,
+            });
+        }
+    }
+    let overshoot = |name: &str| {
+        checks
+            .iter()
+            .find(|c| c.name() == name)
+            .and_then(|c| c.measure())
+            .unwrap_or(0.0)
+    };
+    let mut trace = oracle.trace.clone();
+    trace.extend(samples);
+    Ok(Outcome {
+        seed: spec.seed,
+        faults: plan.labels(),
+        split_ms: plan.split_length().as_millis() as u64,
+        available_overshoot: overshoot("available_overshoot_bounded"),
+        strict_overshoot: overshoot("strict_never_exceeded"),
+        violations,
+        converged_after_ms: converged_after.map(|d| d.as_millis() as u64),
+        served: oracle.calls.values().map(|c| c.served).sum(),
+        trace,
+    })
+}
