@@ -5,7 +5,10 @@
 //! bytes, ~0.4 KB) for cross-region sync, which stays in the store.
 //!
 //! `cargo run -p meridian-consensus --example million_keys -- 1000000` (the dev
-//! profile, like every build here: RocksDB is compiled in one profile only)
+//! profile, like every build here: RocksDB is compiled in one profile only).
+//! `... -- 1000000 --keep DIR` leaves the store in `DIR/db`, where
+//! `meridian serve --data-dir DIR` (region `us-east`) starts on it: the way to
+//! measure the LLM path of a node holding a million keys.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -50,9 +53,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .get(1)
         .and_then(|a| a.parse().ok())
         .unwrap_or(1_000_000);
-    let dir = tempfile::tempdir()?;
+    let temp = tempfile::tempdir()?;
+    let dir = match args.iter().position(|a| a == "--keep") {
+        Some(i) => {
+            std::path::PathBuf::from(args.get(i + 1).ok_or("--keep needs a directory")?).join("db")
+        }
+        None => temp.path().to_path_buf(),
+    };
     {
-        let store: Arc<dyn Store> = Arc::new(RocksStore::open(dir.path())?);
+        let store: Arc<dyn Store> = Arc::new(RocksStore::open(&dir)?);
         // A node opens its state machine before anything is applied (which
         // marks the store's document index as complete).
         drop(StateMachine::open(store.clone(), REGION)?);
@@ -81,7 +90,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     // Load in a fresh process, so its RSS is what a restarted node pays.
     let status = std::process::Command::new(std::env::current_exe()?)
-        .args(["--load", &dir.path().display().to_string(), &n.to_string()])
+        .args(["--load", &dir.display().to_string(), &n.to_string()])
         .status()?;
     if !status.success() {
         return Err("the load phase failed".into());

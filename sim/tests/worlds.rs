@@ -2,7 +2,7 @@
 //! provider, clients, seeded faults) run through the `meridian-sim` binary,
 //! each in its own process, as a user would run them. Every guarantee holds
 //! on every CI seed, every known bug is caught on at least one of them, and
-//! a seed replays the same trace.
+//! every CI seed replays the same trace in a second process.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -26,11 +26,16 @@ fn sim(args: &[&str]) -> (bool, String) {
     (out.status.success(), text)
 }
 
+/// Each CI seed runs twice, in two processes, and the traces must match.
 #[test]
-fn every_guarantee_holds_on_the_ci_seeds() {
-    let (ok, out) = sim(&["--seeds", CI_SEEDS, "--jobs", "2"]);
+fn every_guarantee_holds_on_the_ci_seeds_and_each_replays() {
+    let (ok, out) = sim(&["--seeds", CI_SEEDS, "--jobs", "2", "--check-determinism"]);
     println!("{out}");
     assert!(ok && !out.contains("VIOLATION"), "{out}");
+    assert!(
+        out.contains("every seed replayed the same trace twice"),
+        "{out}"
+    );
     // Four rows, one per seed, each with calls served.
     let rows: Vec<&str> = out
         .lines()

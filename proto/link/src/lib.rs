@@ -197,6 +197,16 @@ impl fmt::Debug for ClusterSecret {
 /// Builds a lazily connecting channel to an endpoint.
 type Dial = dyn Fn(Endpoint) -> Channel + Send + Sync;
 
+/// A call abandoned at its deadline resets its stream; its answer may still
+/// arrive. HTTP/2 ignores frames for a stream it remembers resetting and
+/// answers frames for one it forgot with another reset. How long it remembers
+/// is measured on the real clock (in `h2`), so under the simulator a short
+/// memory made the number of messages on the wire depend on how fast the
+/// machine ran. Remembering many, long, keeps it independent of the real
+/// clock, and costs a few dozen bytes per stream.
+const RESET_STREAMS_KEPT: usize = 4096;
+const RESET_STREAMS_FOR: Duration = Duration::from_secs(600);
+
 /// One lazily connected channel per peer address, reused by every call to it.
 /// Cheap to clone.
 #[derive(Clone)]
@@ -247,7 +257,9 @@ impl Dialer {
             .tcp_nodelay(true)
             .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
             .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-            .keep_alive_while_idle(true);
+            .keep_alive_while_idle(true)
+            .http2_max_concurrent_reset_streams(RESET_STREAMS_KEPT)
+            .http2_reset_stream_duration(RESET_STREAMS_FOR);
         let channel = (self.dial)(endpoint);
         channels.insert(addr.to_owned(), channel.clone());
         Ok(channel)
