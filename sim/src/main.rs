@@ -54,6 +54,9 @@ struct Args {
     /// Length of the faulty phase, in seconds [default: 20].
     #[arg(long)]
     faulty_secs: Option<u64>,
+    /// Largest wall-clock skew of a node, either way, in ms [default: 2000].
+    #[arg(long)]
+    max_skew_ms: Option<u64>,
     /// Worlds run at once [default: the number of CPUs].
     #[arg(long)]
     jobs: Option<usize>,
@@ -110,6 +113,9 @@ impl Args {
         if let Some(s) = self.faulty_secs {
             spec.faulty_for = std::time::Duration::from_secs(s);
         }
+        if let Some(ms) = self.max_skew_ms {
+            spec.max_skew = std::time::Duration::from_millis(ms);
+        }
         Ok(spec)
     }
 
@@ -124,6 +130,9 @@ impl Args {
         }
         if let Some(s) = self.faulty_secs {
             flags.extend(["--faulty-secs".to_owned(), s.to_string()]);
+        }
+        if let Some(ms) = self.max_skew_ms {
+            flags.extend(["--max-skew-ms".to_owned(), ms.to_string()]);
         }
         flags
     }
