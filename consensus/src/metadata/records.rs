@@ -299,3 +299,36 @@ pub struct ModelRecord {
     pub created_at: u64,
     pub updated_at: u64,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metadata_reads_and_writes_as_an_object() {
+        let empty: KeyRecord = serde_json::from_value(
+            serde_json::json!({"token": "t", "key_name": "k", "created_at": 1, "updated_at": 1}),
+        )
+        .unwrap();
+        assert_eq!(empty.metadata, Extra::default());
+        assert_eq!(
+            serde_json::to_value(&empty).unwrap()["metadata"],
+            serde_json::json!({})
+        );
+        let with: KeyRecord = serde_json::from_value(serde_json::json!({
+            "token": "t", "key_name": "k", "created_at": 1, "updated_at": 1,
+            "metadata": {"team": "search", "n": 2}
+        }))
+        .unwrap();
+        assert_eq!(with.metadata.get().map(|m| m.len()), Some(2));
+        assert_eq!(
+            serde_json::to_value(&with).unwrap()["metadata"],
+            serde_json::json!({"team": "search", "n": 2})
+        );
+        let explicit_empty: KeyRecord = serde_json::from_value(serde_json::json!({
+            "token": "t", "key_name": "k", "created_at": 1, "updated_at": 1, "metadata": {}
+        }))
+        .unwrap();
+        assert_eq!(explicit_empty, empty);
+    }
+}
