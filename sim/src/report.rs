@@ -6,6 +6,12 @@ use std::path::Path;
 
 use crate::world::Outcome;
 
+/// "never" or the milliseconds to convergence.
+fn converged(o: &Outcome) -> String {
+    o.converged_after_ms
+        .map_or_else(|| "never".to_owned(), |d| d.to_string())
+}
+
 pub fn table_header() -> String {
     format!(
         "{:>6} {:>8} {:>10} {:>12} {:>10} {:>10} {:>7}  faults",
@@ -19,8 +25,7 @@ pub fn table_row(o: &Outcome) -> String {
         o.seed,
         o.split_ms,
         o.violations.len(),
-        o.converged_after_ms
-            .map_or_else(|| "never".to_owned(), |d| d.to_string()),
+        converged(o),
         o.available_overshoot * 100.0,
         o.strict_overshoot * 100.0,
         o.served,
@@ -70,8 +75,7 @@ pub fn markdown(outcomes: &[Outcome]) -> String {
             o.seed,
             o.split_ms,
             o.violations.len(),
-            o.converged_after_ms
-                .map_or_else(|| "never".to_owned(), |d| d.to_string()),
+            converged(o),
             o.available_overshoot * 100.0,
             o.strict_overshoot * 100.0,
             o.served,

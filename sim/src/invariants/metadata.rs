@@ -1,7 +1,7 @@
 //! Guarantees: metadata is identical across regions after the heal — every
 //! node holds the same records, field for field.
 
-use super::{End, Invariant, View};
+use super::{End, Invariant, View, first_difference};
 
 pub struct MetadataIdentical;
 
@@ -20,16 +20,9 @@ impl Invariant for MetadataIdentical {
         };
         let records = first.records();
         for other in &view.nodes[1..] {
-            let theirs = other.records();
-            if let Some((id, _)) = records.iter().find(|(k, v)| theirs.get(*k) != Some(*v)) {
+            if let Some(id) = first_difference(&records, &other.records()) {
                 return Err(format!(
                     "{} and {} differ on {id:?}",
-                    first.host, other.host
-                ));
-            }
-            if let Some(id) = theirs.keys().find(|k| !records.contains_key(*k)) {
-                return Err(format!(
-                    "{} lacks {id:?}, which {} holds",
                     first.host, other.host
                 ));
             }

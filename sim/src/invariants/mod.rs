@@ -146,43 +146,41 @@ pub fn agree(view: &View) -> bool {
     first_disagreement(view).is_none()
 }
 
-/// The first difference between two nodes, described.
+/// The first key on which two maps differ (present in one only, or with
+/// different values).
+pub fn first_difference<'a, K: Ord, V: PartialEq>(
+    a: &'a BTreeMap<K, V>,
+    b: &'a BTreeMap<K, V>,
+) -> Option<&'a K> {
+    a.iter()
+        .find(|(k, v)| b.get(*k) != Some(*v))
+        .map(|(k, _)| k)
+        .or_else(|| b.keys().find(|k| !a.contains_key(*k)))
+}
+
+/// The first difference between two nodes (counters, then records),
+/// described.
 pub fn first_disagreement(view: &View) -> Option<String> {
     let first = view.nodes.first()?;
     let values = first.values();
     for other in &view.nodes[1..] {
         let theirs = other.values();
-        if theirs != values {
-            let id = values
-                .iter()
-                .find(|(id, v)| theirs.get(*id) != Some(*v))
-                .map(|(id, _)| (*id).clone())
-                .or_else(|| {
-                    theirs
-                        .keys()
-                        .find(|id| !values.contains_key(*id))
-                        .map(|id| (*id).clone())
-                });
+        if let Some(id) = first_difference(&values, &theirs) {
             return Some(format!(
                 "{} and {} differ on counter {id:?}: {:?} vs {:?}",
                 first.host,
                 other.host,
-                id.as_ref().and_then(|i| values.get(i)),
-                id.as_ref().and_then(|i| theirs.get(i)),
+                values.get(*id),
+                theirs.get(*id),
             ));
         }
     }
     let records = first.records();
     for other in &view.nodes[1..] {
         let theirs = other.records();
-        if theirs != records {
-            let differing = records
-                .iter()
-                .find(|(k, v)| theirs.get(*k) != Some(*v))
-                .map(|(k, _)| k.clone())
-                .or_else(|| theirs.keys().find(|k| !records.contains_key(*k)).cloned());
+        if let Some(id) = first_difference(&records, &theirs) {
             return Some(format!(
-                "{} and {} differ on record {differing:?}",
+                "{} and {} differ on record {id:?}",
                 first.host, other.host
             ));
         }
