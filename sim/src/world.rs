@@ -617,12 +617,21 @@ fn crash_or_restart(sim: &mut turmoil::Sim<'_>, host: &str, crash: bool, registr
 }
 
 /// Reads every running node.
-fn view(registry: &Registry, at: Duration) -> View {
+fn view(registry: &Registry, oracle: &Shared<Oracle>, at: Duration) -> View {
     let nodes = lock(registry)
         .iter()
         .map(|(name, live)| NodeView::of(name, &live.node))
         .collect();
-    View { at, nodes }
+    let acknowledged = lock(oracle)
+        .calls
+        .iter()
+        .map(|(key, calls)| (key.clone(), calls.acknowledged_pico))
+        .collect();
+    View {
+        at,
+        nodes,
+        acknowledged,
+    }
 }
 
 /// Runs one world to the end and reports what it showed. A setup error
@@ -743,7 +752,7 @@ fn run_world(spec: &Spec) -> Result<Outcome, String> {
         }
         if now >= next_sample {
             next_sample = now + sample_every;
-            let v = view(&registry, now);
+            let v = view(&registry, &oracle, now);
             for check in &mut checks {
                 if let Err(message) = check.during(&v) {
                     // The first breach of each guarantee is the one to read.
@@ -775,7 +784,7 @@ fn run_world(spec: &Spec) -> Result<Outcome, String> {
             break;
         }
     }
-    let last = view(&registry, sim.elapsed());
+    let last = view(&registry, &oracle, sim.elapsed());
     let oracle = lock(&oracle).clone();
     let end_state = invariants::End {
         oracle: &oracle,

@@ -61,6 +61,8 @@ pub fn all(spec: &Spec) -> Vec<Box<dyn Invariant>> {
 pub struct View {
     pub at: Duration,
     pub nodes: Vec<NodeView>,
+    /// Per key, the picodollars clients had been told they were charged.
+    pub acknowledged: BTreeMap<String, u64>,
 }
 
 pub struct NodeView {
