@@ -12,8 +12,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${LITELLM_VENV:-$HOME/.cache/meridian/litellm-venv}
-# The newest 1.x that pip resolved and that started against the fake upstream.
-VERSION=${LITELLM_VERSION:-1.79.3}
+# The newest 1.x whose dependencies all resolve from the package index here
+# (1.103.8 and later, and 1.104+, ask for a certifi release it does not have yet).
+VERSION=${LITELLM_VERSION:-1.103.7}
 
 log() { printf '== %s\n' "$*" >&2; }
 
@@ -32,7 +33,11 @@ fi
 stamp="$VENV/.litellm-version"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$VERSION" ] || [ ! -x "$VENV/bin/litellm" ]; then
   log "installing litellm[proxy]==$VERSION (a few minutes)"
-  "$VENV/bin/pip" install -q --disable-pip-version-check "litellm[proxy]==$VERSION"
+  "$VENV/bin/pip" install -q --disable-pip-version-check --no-cache-dir "litellm[proxy]==$VERSION"
+  # An install cut short can leave the package recorded but its command not
+  # written; installing the one package again writes it.
+  [ -x "$VENV/bin/litellm" ] ||
+    "$VENV/bin/pip" install -q --disable-pip-version-check --no-cache-dir --force-reinstall --no-deps "litellm==$VERSION"
   echo "$VERSION" >"$stamp"
 fi
 log "$("$VENV/bin/python" -c 'import importlib.metadata as m; print("litellm", m.version("litellm"))') in $VENV"

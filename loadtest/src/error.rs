@@ -18,4 +18,17 @@ pub enum Error {
     /// A request the generator could not even build (a bad header value).
     #[error("building a request: {0}")]
     Request(#[from] http::Error),
+    /// `/proc` could not be read or parsed.
+    #[error("reading /proc: {0}")]
+    Proc(String),
+    /// A child process (gateway, fake upstream) could not be started.
+    #[error("starting {program}: {source}")]
+    Spawn {
+        program: String,
+        source: std::io::Error,
+    },
+    /// A gateway under comparison did not come up, refused its setup calls,
+    /// or died; `reason` ends with the tail of its log when there is one.
+    #[error("{row}: {reason}")]
+    Gateway { row: String, reason: String },
 }

@@ -1,10 +1,12 @@
 //! Reports for people: one self-contained HTML page (inline SVG and CSS, no
 //! script, nothing fetched) drawing any number of runs on the same plots —
 //! a latency-by-percentile curve, throughput over time — and a table.
-//! `run` writes it for one run; comparing runs passes several.
+//! `run` writes it for one run; `compare` adds its side-by-side table
+//! ([`comparison_html`]).
 
 use std::fmt::Write as _;
 
+use crate::compare::Comparison;
 use crate::result::ms;
 use crate::{Load, RunResult};
 
@@ -27,10 +29,82 @@ const PERCENTILE_TICKS: [(f64, &str); 8] = [
 
 /// The whole report page for `runs`, each a labelled series.
 pub fn html(title: &str, runs: &[RunResult]) -> String {
-    let mut page = String::new();
+    let body = format!(
+        "{OPEN_LOOP_NOTE}\n<h2>Latency by percentile</h2>\n{latency}\n\
+         <h2>Throughput (successful answers per second)</h2>\n{throughput}\n\
+         <h2>Runs</h2>\n{table}\n",
+        latency = latency_plot(runs),
+        throughput = throughput_plot(runs),
+        table = table(runs),
+    );
+    page(title, &body)
+}
+
+/// The report of `meridian-loadtest compare`: the machine and the command,
+/// the comparison table, how to read it, then the usual plots and runs
+/// table (open-loop runs on the latency plot, closed-loop ones on the
+/// throughput plot).
+pub fn comparison_html(title: &str, c: &Comparison) -> String {
+    let fixed: Vec<RunResult> = c.rows.iter().map(|r| r.fixed_rate.clone()).collect();
+    let max: Vec<RunResult> = c.rows.iter().map(|r| r.max_throughput.clone()).collect();
+    let mut facts = String::from("<ul class=\"note\">\n");
+    let _ = writeln!(facts, "<li>Date: {}</li>", escape(&c.date));
+    let _ = writeln!(
+        facts,
+        "<li>Machine: {} cores ({}), {} MiB of memory; everything below ran on it at once</li>",
+        c.machine.cores,
+        escape(&c.machine.cpu_model),
+        c.machine.memory_mib
+    );
+    for build in &c.builds {
+        let _ = writeln!(facts, "<li>{}</li>", escape(build));
+    }
+    let _ = writeln!(
+        facts,
+        "<li>Command: <code>{}</code></li>",
+        escape(&c.command)
+    );
+    facts.push_str("</ul>\n");
+    let mut notes = String::from("<ul class=\"note\">\n");
+    for note in &c.notes {
+        let _ = writeln!(notes, "<li>{}</li>", escape(note));
+    }
+    notes.push_str("</ul>\n");
+    let mut missing = String::new();
+    for (what, list) in [("skipped", &c.skipped), ("failed", &c.failed)] {
+        for n in list {
+            let _ = writeln!(
+                missing,
+                "<p class=\"note\"><b>{} {what}:</b> {}</p>",
+                escape(n.row.name()),
+                escape(&n.reason)
+            );
+        }
+    }
+    let all: Vec<RunResult> = fixed.iter().chain(&max).cloned().collect();
+    let body = format!(
+        "{facts}<h2>Side by side</h2>\n{comparison}\n{missing}{notes}\
+         <h2>Latency by percentile, open loop at {rate}/s</h2>\n{OPEN_LOOP_NOTE}\n{latency}\n\
+         <h2>Closed loop at {concurrency} in flight: successful answers per second</h2>\n{throughput}\n\
+         <h2>Runs</h2>\n{table}\n",
+        comparison = comparison_table(c),
+        rate = c.settings.rate,
+        concurrency = c.settings.concurrency,
+        latency = latency_plot(&fixed),
+        throughput = throughput_plot(&max),
+        table = table(&all),
+    );
+    page(title, &body)
+}
+
+const OPEN_LOOP_NOTE: &str = r#"<p class="note">Open-loop latencies count from each request's intended send time, so a
+generator or gateway falling behind shows as latency rather than as requests never sent.
+Percentiles are on a log scale of nines.</p>"#;
+
+/// A self-contained page around `body` (HTML).
+fn page(title: &str, body: &str) -> String {
     let title = escape(title);
-    let _ = write!(
-        page,
+    format!(
         r#"<!doctype html>
 <html lang="en">
 <head>
@@ -38,7 +112,7 @@ pub fn html(title: &str, runs: &[RunResult]) -> String {
 <title>{title}</title>
 <style>
 body {{ font-family: system-ui, sans-serif; margin: 2rem; color: #222; max-width: 64rem; }}
-table {{ border-collapse: collapse; font-size: 0.9rem; }}
+table {{ border-collapse: collapse; font-size: 0.9rem; margin-bottom: 1rem; }}
 th, td {{ border: 1px solid #ccc; padding: 0.25rem 0.5rem; text-align: right; }}
 th:first-child, td:first-child {{ text-align: left; }}
 svg {{ font-size: 12px; }}
@@ -47,23 +121,71 @@ svg {{ font-size: 12px; }}
 </head>
 <body>
 <h1>{title}</h1>
-<p class="note">Open-loop latencies count from each request's intended send time, so a
-generator or gateway falling behind shows as latency rather than as requests never sent.
-Percentiles are on a log scale of nines.</p>
-<h2>Latency by percentile</h2>
-{latency}
-<h2>Throughput (successful answers per second)</h2>
-{throughput}
-<h2>Runs</h2>
-{table}
-</body>
+{body}</body>
 </html>
-"#,
-        latency = latency_plot(runs),
-        throughput = throughput_plot(runs),
-        table = table(runs),
+"#
+    )
+}
+
+fn signed_ms(us: i64) -> String {
+    format!("{:+.2} ms", us as f64 / 1000.0)
+}
+
+fn comparison_table(c: &Comparison) -> String {
+    let mut s = String::from(
+        "<table>\n<tr><th>row</th><th>ok / sent</th><th>p50</th><th>p90</th><th>p99</th>\
+         <th>p99.9</th><th>overhead p50</th><th>overhead p90</th><th>overhead p99</th>\
+         <th>overhead p99.9</th><th>max req/s</th><th>× direct</th>\
+         <th>CPU s / 1k req at rate</th><th>CPU s / 1k req at max</th><th>idle CPU</th>\
+         <th>RSS idle</th><th>RSS after</th><th>processes</th>\
+         <th>upstream CPU s / 1k at rate</th><th>generator CPU s / 1k at rate</th></tr>\n",
     );
-    page
+    let opt = |v: Option<f64>, decimals: usize| {
+        v.map_or_else(|| "–".to_owned(), |v| format!("{v:.decimals$}"))
+    };
+    for r in &c.rows {
+        let l = &r.fixed_rate.latency;
+        let overhead: Vec<String> = match r.overhead {
+            Some(o) => [o.p50_us, o.p90_us, o.p99_us, o.p999_us]
+                .into_iter()
+                .map(signed_ms)
+                .collect(),
+            None => vec!["–".to_owned(); 4],
+        };
+        let _ = writeln!(
+            s,
+            "<tr><td title=\"{}\">{}</td><td>{} / {}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
+             <td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.0}</td><td>{}</td><td>{}</td>\
+             <td>{}</td><td>{}</td><td>{:.1} MiB</td><td>{:.1} MiB</td><td>{} ({})</td>\
+             <td>{}</td><td>{}</td></tr>",
+            escape(&r.description),
+            escape(r.row.name()),
+            r.fixed_rate.successes,
+            r.fixed_rate.requests,
+            ms(l.p50_us),
+            ms(l.p90_us),
+            ms(l.p99_us),
+            ms(l.p999_us),
+            overhead[0],
+            overhead[1],
+            overhead[2],
+            overhead[3],
+            r.max_throughput.throughput_rps,
+            opt(r.throughput_ratio, 3),
+            opt(r.cpu_s_per_1k, 3),
+            opt(r.cpu_s_per_1k_max, 3),
+            r.idle_cpu_percent
+                .map_or_else(|| "–".to_owned(), |p| format!("{p:.1} %")),
+            r.rss_idle_kib as f64 / 1024.0,
+            r.rss_after_kib as f64 / 1024.0,
+            r.processes,
+            escape(&r.measured),
+            opt(r.upstream_cpu_s_per_1k, 3),
+            opt(r.generator_cpu_s_per_1k, 3),
+        );
+    }
+    s.push_str("</table>");
+    s
 }
 
 fn nines(percentile: f64) -> f64 {

@@ -32,6 +32,10 @@ pub struct RunResult {
     /// Requests of the measured window (warm-up excluded), all answered,
     /// failed or timed out by the time the run ends.
     pub requests: u64,
+    /// Every request sent and completed, warm-up included: what a process
+    /// served while the whole run lasted (CPU per request in `compare`).
+    #[serde(default)]
+    pub sent_total: u64,
     /// Of `requests`, how many asked for a stream.
     pub streams: u64,
     /// Answered 2xx with a complete body.

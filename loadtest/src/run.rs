@@ -64,6 +64,10 @@ pub enum Load {
 pub struct RunOptions {
     /// The gateway's base URL, plain `http://` (`http://127.0.0.1:4000`).
     pub url: String,
+    /// More base URLs of the same service (the other nodes of a region, or
+    /// of other regions): request `i` goes to the `i mod n`-th of `url`
+    /// followed by these, so load is spread evenly and reproducibly.
+    pub extra_urls: Vec<String>,
     /// Appended to `url`; picks the request format: `/chat/completions`,
     /// `/completions`, `/embeddings` (never streamed) or `/messages` (Anthropic).
     pub path: String,
@@ -94,6 +98,7 @@ impl Default for RunOptions {
     fn default() -> Self {
         Self {
             url: "http://127.0.0.1:4000".into(),
+            extra_urls: Vec::new(),
             path: "/v1/chat/completions".into(),
             key: None,
             model: "mock-chat".into(),
@@ -201,7 +206,7 @@ pub async fn run(opts: RunOptions) -> Result<RunResult, Error> {
         end,
     });
     let tally = collect(rx, Tally::new(measure_from), &ctx, progress).await;
-    Ok(tally.into_result(&opts, ctx.target.uri.to_string()))
+    Ok(tally.into_result(&opts, ctx.target.describe()))
 }
 
 /// [`Load`] made concrete for this run.
@@ -334,7 +339,7 @@ impl Ctx {
         let sent = Instant::now();
         let intended = intended.unwrap_or(sent);
         self.sent.fetch_add(1, Ordering::Relaxed);
-        let outcome = match self.target.request(stream) {
+        let outcome = match self.target.request(i, stream) {
             Ok(request) => tokio::time::timeout(self.timeout, self.send(request))
                 .await
                 .unwrap_or(Outcome::Timeout),
@@ -377,7 +382,8 @@ impl Ctx {
 /// Where requests go and what they carry: bodies serialized once, cloned
 /// per request as reference-count bumps.
 struct Target {
-    uri: Uri,
+    /// One per base URL; request `i` goes to `uris[i % len]`. Never empty.
+    uris: Vec<Uri>,
     /// The API has a streamed form (all but embeddings).
     streams: bool,
     anthropic: bool,
@@ -388,19 +394,20 @@ struct Target {
 
 impl Target {
     fn new(opts: &RunOptions) -> Result<Self, Error> {
-        let url = format!("{}{}", opts.url.trim_end_matches('/'), opts.path);
+        let uris = std::iter::once(&opts.url)
+            .chain(&opts.extra_urls)
+            .map(|base| full_uri(base, &opts.path))
+            .collect::<Result<Vec<Uri>, Error>>()?;
+        // The first URL's path without any query: all share `opts.path`.
+        let path = uris
+            .first()
+            .map(|u| u.path().to_owned())
+            .unwrap_or_default();
+        let path = path.as_str();
         let bad = |reason: &str| Error::Url {
-            url: url.clone(),
+            url: format!("{}{}", opts.url.trim_end_matches('/'), opts.path),
             reason: reason.into(),
         };
-        let uri: Uri = url.parse().map_err(|_| bad("not a URL"))?;
-        if uri.scheme_str() != Some("http") {
-            return Err(bad("only plain http:// is supported"));
-        }
-        if uri.host().is_none() {
-            return Err(bad("no host"));
-        }
-        let path = uri.path();
         let anthropic = path.ends_with("/messages");
         let embeddings = path.ends_with("/embeddings");
         let model = opts.model.as_str();
@@ -446,7 +453,7 @@ impl Target {
             }
         };
         let target = Self {
-            uri,
+            uris,
             streams: !embeddings,
             anthropic,
             auth,
@@ -454,13 +461,25 @@ impl Target {
             streamed: Bytes::from(serde_json::to_vec(&streamed)?),
         };
         // Surfaces a request that cannot be built now, not once per send.
-        target.request(false)?;
+        target.request(0, false)?;
         Ok(target)
     }
 
-    fn request(&self, stream: bool) -> Result<Request<Full<Bytes>>, Error> {
+    /// The URLs requests go to, for the result.
+    fn describe(&self) -> String {
+        let all: Vec<String> = self.uris.iter().map(Uri::to_string).collect();
+        all.join(" ")
+    }
+
+    /// Request number `i`, to its share of the URLs.
+    fn request(&self, i: u64, stream: bool) -> Result<Request<Full<Bytes>>, Error> {
+        let n = self.uris.len() as u64;
+        let uri = usize::try_from(i % n.max(1))
+            .ok()
+            .and_then(|at| self.uris.get(at))
+            .ok_or_else(|| Error::InvalidOption("no target URL".into()))?;
         let mut request =
-            Request::post(self.uri.clone()).header(header::CONTENT_TYPE, "application/json");
+            Request::post(uri.clone()).header(header::CONTENT_TYPE, "application/json");
         if let Some((name, value)) = &self.auth {
             request = request.header(name, value.clone());
         }
@@ -470,6 +489,23 @@ impl Target {
         let body = if stream { &self.streamed } else { &self.plain };
         Ok(request.body(Full::new(body.clone()))?)
     }
+}
+
+/// `base` + `path` as a URI, checked to be plain `http://` with a host.
+fn full_uri(base: &str, path: &str) -> Result<Uri, Error> {
+    let url = format!("{}{path}", base.trim_end_matches('/'));
+    let bad = |reason: &str| Error::Url {
+        url: url.clone(),
+        reason: reason.into(),
+    };
+    let uri: Uri = url.parse().map_err(|_| bad("not a URL"))?;
+    if uri.scheme_str() != Some("http") {
+        return Err(bad("only plain http:// is supported"));
+    }
+    if uri.host().is_none() {
+        return Err(bad("no host"));
+    }
+    Ok(uri)
 }
 
 /// What the collector accumulates from samples of the measured window.
@@ -573,6 +609,7 @@ impl Tally {
             max_tokens: opts.max_tokens,
             seed: opts.seed,
             requests: self.requests,
+            sent_total: self.completed,
             streams: self.streams,
             successes: self.successes,
             errors: self.errors,
@@ -731,11 +768,11 @@ mod tests {
         let chat = target("/v1/chat/completions").unwrap();
         let streamed: serde_json::Value = serde_json::from_slice(&chat.streamed).unwrap();
         assert_eq!(streamed["stream_options"]["include_usage"], true);
-        let request = chat.request(false).unwrap();
+        let request = chat.request(0, false).unwrap();
         assert_eq!(request.headers()[header::AUTHORIZATION], "Bearer sk-1");
 
         let messages = target("/v1/messages").unwrap();
-        let request = messages.request(true).unwrap();
+        let request = messages.request(0, true).unwrap();
         assert_eq!(request.headers()["x-api-key"], "sk-1");
         assert!(!target("/v1/embeddings").unwrap().streams);
         assert!(target("/v1/nothing").is_err());

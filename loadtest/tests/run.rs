@@ -90,6 +90,30 @@ async fn open_loop_sends_every_scheduled_request() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extra_urls_share_the_load_evenly() {
+    let first = FakeUpstream::start(true).await.unwrap();
+    let second = FakeUpstream::start(true).await.unwrap();
+    let result = run(RunOptions {
+        extra_urls: vec![second.base_url()],
+        duration: Duration::from_millis(500),
+        warmup: Duration::ZERO,
+        ..options(&first)
+    })
+    .await
+    .unwrap();
+    assert_eq!(result.requests, 100);
+    assert_eq!(result.successes, 100, "{:?}", result.errors);
+    assert_eq!(result.sent_total, 100);
+    assert_eq!(first.take_requests().len(), 50);
+    assert_eq!(second.take_requests().len(), 50);
+    assert!(
+        result.target.contains(&second.addr.to_string()),
+        "{}",
+        result.target
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn anthropic_messages_stream_too() {
     let upstream = FakeUpstream::start(false).await.unwrap();
     let result = run(RunOptions {

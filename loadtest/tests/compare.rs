@@ -1,0 +1,249 @@
+//! `meridian-loadtest compare`: the CLI end to end on the `direct` row, the
+//! overhead and ratio arithmetic, and the `/proc` readings on this very
+//! process. Like the other tiers here, nothing asserts how fast anything is.
+//! One test loads a real gateway and is ignored by default:
+//! `MERIDIAN_BIN=target/debug/meridian cargo test -p meridian-loadtest --test compare -- --ignored`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use meridian_loadtest::compare::{Comparison, Overhead, RowKind, cpu_s_per_1k, ratio};
+use meridian_loadtest::{Summary, procfs};
+
+const BIN: &str = env!("CARGO_BIN_EXE_meridian-loadtest");
+
+/// Runs `compare` with short phases and `extra` arguments; its JSON back.
+fn compare(dir: &Path, extra: &[&str]) -> (Comparison, String) {
+    let json = dir.join("compare.json");
+    let html = dir.join("compare.html");
+    let child = Command::new(BIN)
+        .args([
+            "compare",
+            "--rate",
+            "100",
+            "--duration",
+            "1",
+            "--warmup",
+            "0.5",
+            "--concurrency",
+            "4",
+            "--throughput-duration",
+            "1",
+            "--json",
+            json.to_str().unwrap(),
+            "--html",
+            html.to_str().unwrap(),
+        ])
+        .args(extra)
+        .env_remove("MERIDIAN_BIN")
+        .env_remove("LITELLM_VENV")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "compare failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // Its work directory (logs, data directories) is gone.
+    let work = std::env::temp_dir().join(format!("meridian-compare-{pid}-0"));
+    assert!(!work.exists(), "{} left behind", work.display());
+    let comparison: Comparison = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let page = std::fs::read_to_string(&html).unwrap();
+    (comparison, page)
+}
+
+#[test]
+fn compare_runs_the_direct_row_and_skips_what_is_not_asked_for() {
+    let dir = tempfile_dir("direct");
+    let (c, page) = compare(&dir, &["--rows", "litellm,direct"]);
+
+    assert_eq!(c.rows.len(), 1, "{c:#?}");
+    let direct = &c.rows[0];
+    assert_eq!(direct.row, RowKind::Direct);
+    // 100/s for 1 s, the warm-up not counted.
+    assert_eq!(direct.fixed_rate.requests, 100);
+    assert_eq!(
+        direct.fixed_rate.successes, 100,
+        "{:?}",
+        direct.fixed_rate.errors
+    );
+    assert_eq!(direct.fixed_rate.sent_total, 150);
+    assert!(direct.max_throughput.successes > 0);
+    assert!(direct.max_throughput.errors.is_empty());
+    // Against itself: no overhead, a ratio of one.
+    assert_eq!(direct.overhead, Some(Overhead::default()));
+    assert_eq!(direct.throughput_ratio, Some(1.0));
+    assert_eq!(direct.processes, 1);
+    assert_eq!(direct.measured, "fake upstream");
+    assert!(direct.cpu_s_per_1k.is_some_and(|c| c >= 0.0));
+    assert!(direct.cpu_s_per_1k_max.is_some_and(|c| c >= 0.0));
+    assert!(direct.generator_cpu_s_per_1k.is_some_and(|c| c >= 0.0));
+    assert!(direct.rss_idle_kib > 0);
+    assert!(direct.rss_after_kib > 0);
+
+    // LiteLLM was named but not asked for: skipped, saying how to ask.
+    assert_eq!(c.skipped.len(), 1);
+    assert_eq!(c.skipped[0].row, RowKind::Litellm);
+    assert!(c.skipped[0].reason.contains("--litellm"), "{:?}", c.skipped);
+    assert!(c.failed.is_empty());
+
+    // The report states where and how it ran.
+    assert!(c.machine.cores > 0);
+    assert!(c.machine.memory_mib > 0);
+    assert!(c.command.contains("--rows litellm,direct"), "{}", c.command);
+    assert!(c.date.ends_with(" UTC"), "{}", c.date);
+    assert!(c.builds.iter().any(|b| b.contains("dev-profile")));
+
+    assert!(page.contains("Side by side"));
+    assert!(page.contains("direct"));
+    assert!(page.contains("litellm skipped"));
+    assert!(page.contains(&c.date));
+    assert!(!page.contains("<script"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn compare_refuses_meridian_rows_without_a_binary() {
+    let output = Command::new(BIN)
+        .args(["compare", "--rows", "direct,meridian-1"])
+        .env_remove("MERIDIAN_BIN")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--meridian-bin"), "{stderr}");
+
+    let output = Command::new(BIN)
+        .args(["compare", "--rows", "direct,envoy"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("unknown row"));
+}
+
+#[test]
+fn overhead_is_the_difference_at_each_percentile() {
+    let direct = Summary {
+        count: 1000,
+        p50_us: 1_800,
+        p90_us: 2_200,
+        p99_us: 2_400,
+        p999_us: 4_700,
+        ..Summary::default()
+    };
+    let gateway = Summary {
+        count: 1000,
+        p50_us: 4_250,
+        p90_us: 5_950,
+        p99_us: 13_940,
+        p999_us: 4_000,
+        ..Summary::default()
+    };
+    assert_eq!(
+        Overhead::between(&gateway, &direct),
+        Overhead {
+            p50_us: 2_450,
+            p90_us: 3_750,
+            p99_us: 11_540,
+            // Faster than direct in the tail: noise, kept negative.
+            p999_us: -700,
+        }
+    );
+    assert_eq!(Overhead::between(&direct, &direct), Overhead::default());
+
+    assert_eq!(
+        ratio(980.0, 6_240.0).map(|r| (r * 1000.0).round()),
+        Some(157.0)
+    );
+    assert_eq!(ratio(100.0, 0.0), None);
+    assert_eq!(ratio(f64::NAN, 10.0), None);
+    assert_eq!(ratio(0.0, 10.0), Some(0.0));
+
+    // 150 ticks at 100/s over 500 requests: 1.5 s, 3 s per 1,000.
+    assert_eq!(cpu_s_per_1k(150, 100, 500), Some(3.0));
+    assert_eq!(cpu_s_per_1k(150, 100, 0), None);
+    assert_eq!(cpu_s_per_1k(0, 100, 10), Some(0.0));
+}
+
+#[test]
+fn proc_readings_of_this_process() {
+    let me = std::process::id();
+    let before = procfs::stat(me).unwrap();
+    assert_eq!(before.pid, me);
+    assert!(before.ppid > 0);
+    // Some CPU work; the count can only grow.
+    let mut x = 0u64;
+    for i in 0..20_000_000u64 {
+        x = x.wrapping_mul(31).wrapping_add(i);
+    }
+    std::hint::black_box(x);
+    let after = procfs::stat(me).unwrap();
+    assert!(after.cpu.own >= before.cpu.own);
+
+    assert!(procfs::rss_kib(me).unwrap() > 0);
+    assert!(procfs::clock_ticks_per_second() > 0);
+
+    // A child is part of this process's tree, and its memory is counted.
+    let mut child = Command::new("sleep").arg("30").spawn().unwrap();
+    let tree = procfs::tree(&[me]).unwrap();
+    assert!(tree.contains(&me));
+    assert!(tree.contains(&child.id()), "{tree:?}");
+    assert!(procfs::tree_rss_kib(&[me]).unwrap() >= procfs::rss_kib(me).unwrap());
+    assert!(procfs::tree_cpu_ticks(&[me]).unwrap() >= after.cpu.own);
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let machine = procfs::Machine::read();
+    assert!(machine.cores > 0);
+    assert!(machine.memory_mib > 0);
+}
+
+/// A Meridian row end to end: a real gateway, a virtual key, both phases.
+#[test]
+#[ignore = "needs a meridian binary in MERIDIAN_BIN"]
+fn compare_loads_one_meridian_node_through_a_virtual_key() {
+    let Some(bin) = std::env::var_os("MERIDIAN_BIN") else {
+        panic!("set MERIDIAN_BIN to a meridian binary");
+    };
+    let dir = tempfile_dir("meridian");
+    let (c, page) = compare(
+        &dir,
+        &[
+            "--rows",
+            "direct,meridian-1",
+            "--meridian-bin",
+            bin.to_str().unwrap(),
+        ],
+    );
+    assert!(c.failed.is_empty(), "{:?}", c.failed);
+    let row = c.rows.iter().find(|r| r.row == RowKind::Meridian1).unwrap();
+    assert_eq!(row.fixed_rate.requests, 100);
+    assert_eq!(row.fixed_rate.successes, 100, "{:?}", row.fixed_rate.errors);
+    assert!(row.max_throughput.errors.is_empty());
+    assert_eq!(row.processes, 1);
+    assert_eq!(row.measured, "gateway");
+    assert!(row.key.contains("virtual key"));
+    assert!(row.overhead.is_some());
+    assert!(row.throughput_ratio.is_some());
+    assert!(row.rss_idle_kib > 0);
+    assert!(page.contains("meridian-1"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A fresh directory for one test's outputs.
+fn tempfile_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "meridian-compare-test-{name}-{}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
