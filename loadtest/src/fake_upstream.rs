@@ -8,7 +8,11 @@
 //! | `garbage`       | HTTP 200 with a body that is not JSON                   |
 //! | `timeout`       | never answers                                           |
 //! | `slow-<ms>`     | answers after `<ms>` milliseconds                       |
+//! | `context-window` | HTTP 400 `context_length_exceeded`, as OpenAI says it   |
+//! | `content-policy` | HTTP 400 `content_policy_violation`                    |
+//! | `fail-<n>-<code>` | HTTP `<code>` for the first `<n>` requests naming this model, then as usual |
 //! | `gated`         | streams its first two events, then waits for [`FakeUpstream::open_gate`] |
+//! | `broken`        | sends part of its answer (two events of a stream), then, 100 ms later, drops the connection |
 //! | anything else   | the fixture answer (a tool call when `tools` are sent)  |
 //!
 //! With recording on, every request (method, path, query, headers, JSON body) is
@@ -121,6 +125,11 @@ struct Shared {
     /// Numbers requests for the error-rate choice; touched only when the rate
     /// is above zero.
     received: AtomicU64,
+    /// Requests seen per `fail-<n>-<code>` model name.
+    failing: Mutex<BTreeMap<String, u64>>,
+    /// While non-zero, every request is answered with this status (an outage
+    /// switched on and off by a test).
+    outage: std::sync::atomic::AtomicU16,
 }
 
 impl Shared {
@@ -132,6 +141,8 @@ impl Shared {
             answers: Answers::build(options.output_tokens),
             options,
             received: AtomicU64::new(0),
+            failing: Mutex::default(),
+            outage: std::sync::atomic::AtomicU16::new(0),
         }
     }
 }
@@ -174,6 +185,13 @@ impl FakeUpstream {
 
     pub fn base_url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// Answers every request with `status` from now on (`None`: as usual again).
+    pub fn set_outage(&self, status: Option<u16>) {
+        self.shared
+            .outage
+            .store(status.unwrap_or(0), Ordering::Relaxed);
     }
 
     /// Lets one held `gated` stream continue.
@@ -364,6 +382,35 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
     if let Some(code) = after(model, "error-").and_then(|c| c.parse::<u16>().ok()) {
         return error(api, code);
     }
+    match shared.outage.load(Ordering::Relaxed) {
+        0 => {}
+        code => return error(api, code),
+    }
+    for (marker, code, message) in [
+        (
+            "context-window",
+            "context_length_exceeded",
+            "This model's maximum context length is 8192 tokens.",
+        ),
+        (
+            "content-policy",
+            "content_policy_violation",
+            "Your request was rejected by the safety system.",
+        ),
+    ] {
+        if model.contains(marker) {
+            let body = json!({"error": {"message": message, "type": "invalid_request_error", "param": "messages", "code": code}});
+            return (StatusCode::BAD_REQUEST, axum::Json(body)).into_response();
+        }
+    }
+    if let Some((n, code)) = fail_first(model) {
+        let mut seen = shared.failing.lock().unwrap_or_else(|p| p.into_inner());
+        let count = seen.entry(model.to_owned()).or_default();
+        *count += 1;
+        if *count <= n {
+            return error(api, code);
+        }
+    }
     if model.contains("garbage") {
         return (
             StatusCode::OK,
@@ -386,6 +433,16 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
     let tools = peek.tools.is_some_and(|t| !t.is_empty());
     let gated = model.contains("gated");
     let answers = &shared.answers;
+    if model.contains("broken") {
+        let whole = match (api, stream) {
+            (Api::Chat, false) => vec![answers.chat.clone()],
+            (Api::Messages, false) => vec![answers.messages.clone()],
+            (Api::Chat, true) => answers.chat_stream.pick(include_usage).to_vec(),
+            (Api::Messages, true) => answers.messages_stream.to_vec(),
+            _ => vec![Bytes::from_static(OPENAI_COMPLETION.as_bytes())],
+        };
+        return broken(whole, stream);
+    }
     let frames = match (api, stream) {
         (Api::Chat, false) => {
             return json_body(if tools {
@@ -426,6 +483,45 @@ fn after<'a>(model: &'a str, marker: &str) -> Option<&'a str> {
             .next()
             .unwrap_or(rest),
     )
+}
+
+/// `fail-<n>-<code>`: `(n, code)`.
+fn fail_first(model: &str) -> Option<(u64, u16)> {
+    let n: u64 = after(model, "fail-")?.parse().ok()?;
+    let code = after(model, &format!("fail-{n}-"))?.parse().ok()?;
+    Some((n, code))
+}
+
+/// Part of an answer, then a transport error: two events of a stream, or
+/// half of a JSON body.
+fn broken(mut parts: Vec<Bytes>, stream: bool) -> Response {
+    if stream {
+        parts.truncate(GATED_AFTER);
+    } else if let Some(body) = parts.first_mut() {
+        *body = body.slice(..body.len() / 2);
+    }
+    // The break comes a moment later, so the part sent is on its way first
+    // (a gateway has handed a stream to its client by then).
+    let cut = futures_util::stream::once(async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        Err(std::io::Error::other(
+            "the fake upstream broke the connection",
+        ))
+    });
+    let items = futures_util::StreamExt::chain(
+        futures_util::stream::iter(parts.into_iter().map(Ok::<_, std::io::Error>)),
+        cut,
+    );
+    let mut response = Response::new(Body::from_stream(items));
+    let kind = if stream {
+        "text/event-stream"
+    } else {
+        "application/json"
+    };
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(kind));
+    response
 }
 
 fn json_body(body: Bytes) -> Response {

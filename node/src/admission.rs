@@ -55,6 +55,10 @@ pub struct Demand {
     pub max_tokens: Option<u64>,
     /// The request's tags (`tags`, `metadata.tags`, `x-litellm-tags`).
     pub tags: Vec<String>,
+    /// Already counted against requests-per-minute limits: a retry or
+    /// fallback of the same client request is admitted again (the next
+    /// deployment's price), but counts once.
+    pub counted: bool,
 }
 
 impl Demand {
@@ -70,6 +74,7 @@ impl Demand {
             prompt_tokens_max: Self::upper_bound(text, req.messages.len()),
             max_tokens: req.output_limit().map(u64::from),
             tags: Vec::new(),
+            counted: false,
         }
     }
 
@@ -84,6 +89,7 @@ impl Demand {
             prompt_tokens_max: Self::upper_bound(text, n),
             max_tokens: req.max_tokens.map(u64::from),
             tags: Vec::new(),
+            counted: false,
         }
     }
 
@@ -109,6 +115,7 @@ impl Demand {
             prompt_tokens_max: Self::upper_bound(text, 0),
             max_tokens: Some(0),
             tags: Vec::new(),
+            counted: false,
         }
     }
 
@@ -897,7 +904,15 @@ fn try_admit(
                     rpm,
                     rpm.saturating_sub(used.saturating_add(1)),
                 );
-                checks.push(check(LimitKind::Requests, id, 1, rpm, used, Some(reset_s)));
+                let need = u64::from(!demand.counted);
+                checks.push(check(
+                    LimitKind::Requests,
+                    id,
+                    need,
+                    rpm,
+                    used,
+                    Some(reset_s),
+                ));
             }
             if let Some(tpm) = s.tpm {
                 let (id, used) = rate_used(Metric::Tokens);

@@ -83,6 +83,17 @@ impl Principal {
         }
     }
 
+    /// Regions the caller's requests may be served in: the key's policy, else
+    /// its team's; `None` means anywhere. Set in a key's or team's `metadata`
+    /// as `allowed_model_region: "eu"` (LiteLLM's name) or
+    /// `allowed_regions: ["eu-west-1", "eu-central-1"]`. No routing
+    /// decision, fallbacks included, goes outside it.
+    pub fn residency(&self) -> Option<Vec<String>> {
+        let Principal::Key(c) = self else { return None };
+        residency_of(c.key.metadata.get())
+            .or_else(|| c.team.as_ref().and_then(|t| residency_of(t.metadata.get())))
+    }
+
     /// The models the caller may use, said for a 403 message.
     pub fn allowed_models(&self) -> Vec<String> {
         match self {
@@ -108,6 +119,21 @@ impl Principal {
         }
         routes.is_empty() || routes.iter().any(|r| route_matches(r, path))
     }
+}
+
+/// The residency policy a record's metadata sets, if any.
+fn residency_of(
+    metadata: Option<&serde_json::Map<String, serde_json::Value>>,
+) -> Option<Vec<String>> {
+    let m = metadata?;
+    let mut regions: Vec<String> = Vec::new();
+    if let Some(serde_json::Value::String(r)) = m.get("allowed_model_region") {
+        regions.push(r.clone());
+    }
+    if let Some(serde_json::Value::Array(list)) = m.get("allowed_regions") {
+        regions.extend(list.iter().filter_map(|v| v.as_str().map(str::to_owned)));
+    }
+    (!regions.is_empty() || m.contains_key("allowed_regions")).then_some(regions)
 }
 
 fn allows(list: &[String], group: &str) -> bool {

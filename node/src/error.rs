@@ -74,6 +74,16 @@ pub enum Error {
     #[error("{}", .0.message())]
     LimitExceeded(Box<crate::admission::Exceeded>),
 
+    /// Every deployment of the group is cooling down or over its limits (429,
+    /// in LiteLLM's wording, with when to retry), or none is one the request
+    /// may use (`retry_after: None`: residency, tags; 400).
+    #[error("{}", no_deployments_message(model_group, reason, *retry_after))]
+    NoDeployments {
+        model_group: String,
+        reason: String,
+        retry_after: Option<Duration>,
+    },
+
     #[error("Request body is larger than the limit of {limit_bytes} bytes.")]
     PayloadTooLarge { limit_bytes: usize },
 
@@ -122,6 +132,18 @@ pub enum Error {
     Internal(String),
 }
 
+fn no_deployments_message(group: &str, reason: &str, retry_after: Option<Duration>) -> String {
+    match retry_after {
+        Some(d) => format!(
+            "No deployments available for selected model, Try again in {} seconds. Passed model={group}. {reason}.",
+            d.as_secs_f64().ceil().max(1.0)
+        ),
+        None => {
+            format!("No deployments available for selected model. Passed model={group}. {reason}.")
+        }
+    }
+}
+
 impl Error {
     pub fn invalid(message: impl Into<String>, param: Option<&str>) -> Self {
         Error::InvalidRequest {
@@ -159,6 +181,7 @@ impl Error {
             | Error::PayloadTooLarge { .. }
             | Error::LimitExceeded(_)
             | Error::Disabled { .. } => Side::Client,
+            Error::NoDeployments { .. } => Side::Upstream,
             Error::UpstreamStatus { .. }
             | Error::UpstreamTimeout { .. }
             | Error::UpstreamUnreachable { .. }

@@ -16,6 +16,7 @@ pub mod cluster;
 pub mod config;
 pub mod credentials;
 pub mod error;
+pub mod health;
 pub mod node;
 pub mod pipeline;
 pub mod pricing;

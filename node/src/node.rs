@@ -63,6 +63,8 @@ pub struct Node {
     pub region: String,
     pub data_dir: PathBuf,
     pub router: ModelRouter,
+    /// Background health checks and their latest round.
+    pub health: crate::health::Health,
     pub providers: Providers,
     pub auth: Authenticator,
     pub max_request_bytes: usize,
@@ -77,6 +79,7 @@ impl Node {
     pub fn new(config: Config, master_key: &Secret, seams: Seams, local: Local) -> Arc<Self> {
         let sealer =
             crate::credentials::Sealer::new(config.salt_key.as_ref().unwrap_or(master_key));
+        let router = ModelRouter::new(config.deployments, config.router, &config.node.region);
         Arc::new(Self {
             sealer,
             node_id: config.node.node_id,
@@ -88,7 +91,8 @@ impl Node {
             strict_wait: config.strict_wait,
             region: config.node.region,
             data_dir: config.node.data_dir,
-            router: ModelRouter::new(config.deployments),
+            router,
+            health: crate::health::Health::new(config.health_checks),
             providers: Providers::default(),
             auth: Authenticator::new(master_key),
             max_request_bytes: config.max_request_bytes,

@@ -25,6 +25,7 @@ use crate::error::{Error, Result};
 use crate::node::Node;
 use crate::pricing::Cost;
 use crate::providers::{CallContext, Provider};
+use crate::router::{Choice, ErrorClass, InFlight, Want};
 use crate::types::Usage;
 
 /// Per-request facts the stages share.
@@ -49,6 +50,31 @@ pub fn request_tags(
     Ok(tags)
 }
 
+/// The extra attempts a request took (`x-meridian-attempted-retries`,
+/// `x-meridian-attempted-fallbacks`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tries {
+    pub retries: u32,
+    pub fallbacks: u32,
+}
+
+/// The call that answered, held until its answer is settled: in flight on
+/// its deployment (for `least-busy`) until then, and its token estimate
+/// corrected (for `usage-based-routing`).
+pub struct Attempt {
+    _in_flight: InFlight,
+    live: Arc<crate::router::Live>,
+    minute: u64,
+    estimated: u64,
+}
+
+impl Attempt {
+    fn settled(&self, tokens: u64) {
+        self.live
+            .correct_tokens(self.minute, self.estimated, tokens);
+    }
+}
+
 /// The result of the call stage, with what the edge needs for its headers.
 pub struct Called<T> {
     pub deployment: Arc<Deployment>,
@@ -57,19 +83,28 @@ pub struct Called<T> {
     pub upstream_time: Duration,
     /// What the request holds on the counters; settled with the answer.
     pub reservation: Reservation,
+    pub attempt: Attempt,
+    pub tries: Tries,
 }
 
-/// Route, admit, then call. Routing comes first because the deployment
-/// decides the adapter, the URL, the timeouts and the price.
+/// Route, admit, call — and on failure retry, then fall back, as
+/// `router_settings` says. Routing comes first because the deployment decides
+/// the adapter, the URL, the timeouts and the price.
+///
+/// A failed attempt gives its reservation back before the next is admitted
+/// (on the next deployment's price); the client request counts once against
+/// requests-per-minute limits. Only the response head is awaited here: once
+/// a stream is handed to the client, nothing is retried.
 pub async fn route_and_call<T, F>(
     node: &Node,
     ctx: &RequestCtx,
     model: &str,
     demand: &Demand,
+    request_fallbacks: Option<&[String]>,
     call: F,
 ) -> Result<Called<T>>
 where
-    F: for<'a> FnOnce(&'a dyn Provider, CallContext<'a>) -> BoxFuture<'a, Result<T>>,
+    F: for<'a> Fn(&'a dyn Provider, CallContext<'a>) -> BoxFuture<'a, Result<T>>,
 {
     if !ctx.principal.may_use_model(model) {
         return Err(Error::ModelNotAllowed {
@@ -78,12 +113,14 @@ where
         });
     }
     node.refresh_models();
-    let deployment = node
-        .router
-        .pick(model, &node.rng)
-        .ok_or_else(|| Error::ModelNotFound {
-            model: model.to_owned(),
-        })?;
+    let router = &node.router;
+    let settings = router.settings();
+    let residency = ctx.principal.residency();
+    let want = Want {
+        tags: &demand.tags,
+        residency: residency.as_deref(),
+        tokens: demand.prompt_tokens,
+    };
     let limiter = admission::Limiter {
         counters: &node.counters,
         rights: &node.rights,
@@ -91,36 +128,162 @@ where
         default: node.default_enforcement,
         wait: node.strict_wait,
     };
-    let reservation =
-        admission::admit(&limiter, &ctx.principal, demand, &deployment, node.now_ms()).await?;
-    let cx = CallContext {
-        deployment: &deployment,
-        upstream: node.upstream.as_ref(),
-        clock: node.clock.as_ref(),
-        output_cap: reservation.output_cap,
-    };
-    let started = Instant::now();
-    let result = call(node.providers.get(deployment.provider), cx).await;
-    let upstream_time = started.elapsed();
-    match result {
-        Ok(output) => Ok(Called {
-            deployment,
-            output,
-            upstream_time,
-            reservation,
-        }),
-        Err(e) => {
+    let mut tries = Tries::default();
+    let mut again: Option<Demand> = None;
+    // The requested group, then (once it has failed) its fallbacks.
+    let mut chain = vec![model.to_owned()];
+    let mut last: Option<Error> = None;
+    let mut at = 0;
+    while let Some(target) = chain.get(at).cloned() {
+        at += 1;
+        if at > 1 {
+            tries.fallbacks += 1;
+        }
+        let mut retries = 0;
+        let failure = loop {
+            let now = Instant::now();
+            let member = match router.choose_target(&target, &want, now, &node.rng) {
+                Choice::Chosen(m) => m,
+                Choice::Unknown => {
+                    break Error::ModelNotFound {
+                        model: target.clone(),
+                    };
+                }
+                Choice::Unavailable(u) => {
+                    break Error::NoDeployments {
+                        model_group: target.clone(),
+                        reason: u.reason,
+                        retry_after: u.retry_after,
+                    };
+                }
+            };
+            let deployment = member.deployment.clone();
+            let reservation = admission::admit(
+                &limiter,
+                &ctx.principal,
+                again.as_ref().unwrap_or(demand),
+                &deployment,
+                node.now_ms(),
+            )
+            .await?;
+            if again.is_none() {
+                again = Some(Demand {
+                    counted: true,
+                    ..demand.clone()
+                });
+            }
+            let minute = router.minute(now);
+            let in_flight = member.live.start(minute, want.tokens);
+            let cx = CallContext {
+                deployment: &deployment,
+                upstream: node.upstream.as_ref(),
+                clock: node.clock.as_ref(),
+                output_cap: reservation.output_cap,
+            };
+            let started = Instant::now();
+            let result = call(node.providers.get(deployment.provider), cx).await;
+            let upstream_time = started.elapsed();
+            let e = match result {
+                Ok(output) => {
+                    member.live.succeeded(Instant::now(), upstream_time);
+                    return Ok(Called {
+                        deployment,
+                        output,
+                        upstream_time,
+                        reservation,
+                        attempt: Attempt {
+                            _in_flight: in_flight,
+                            live: member.live.clone(),
+                            minute,
+                            estimated: want.tokens,
+                        },
+                        tries,
+                    });
+                }
+                Err(e) => e,
+            };
             reservation.release();
+            drop(in_flight);
+            let Some(class) = ErrorClass::of(&e) else {
+                return Err(e);
+            };
+            let cooled = router.failed(&member, class, Instant::now(), &e.to_string());
             tracing::warn!(
                 request_id = %ctx.request_id,
                 deployment = %deployment.id,
                 model_group = %deployment.model_group,
+                class = class.name(),
+                cooled_down = cooled,
                 error = %e,
                 "upstream call failed"
             );
-            Err(e)
+            let elsewhere = router.others_ready(&target, &deployment.id, Instant::now());
+            let cooling = member.live.cooling_until(Instant::now()).is_some();
+            // Out of retries, or the whole group is cooling down: fail fast
+            // (to the fallbacks) rather than wait out a cooldown.
+            if retries >= settings.retries_for(class) || (cooling && !elsewhere) {
+                break e;
+            }
+            retries += 1;
+            tries.retries += 1;
+            let upstream_wait = match &e {
+                Error::UpstreamStatus {
+                    retry_after: Some(s),
+                    ..
+                } => Some(Duration::from_secs(*s)),
+                _ => None,
+            };
+            let wait = settings.backoff(
+                class,
+                retries,
+                elsewhere,
+                upstream_wait,
+                crate::router::unit(&node.rng),
+            );
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
+        };
+        if at == 1 {
+            // The requested group failed: its fallbacks, by what went wrong.
+            if matches!(failure, Error::ModelNotFound { .. }) {
+                return Err(failure);
+            }
+            let class = match &failure {
+                Error::NoDeployments { .. } => Some(ErrorClass::RateLimit),
+                e => ErrorClass::of(e),
+            };
+            if let Some(class) = class.filter(|c| c.falls_back()) {
+                let listed = match request_fallbacks {
+                    Some(list) => list,
+                    None => settings.fallbacks.after(model, class),
+                };
+                chain.extend(
+                    listed
+                        .iter()
+                        .filter(|g| g.as_str() != model && ctx.principal.may_use_model(g))
+                        .take(settings.max_fallbacks as usize)
+                        .cloned(),
+                );
+            }
+            last = Some(failure);
+        } else {
+            match failure {
+                Error::ModelNotFound { .. } => {
+                    tracing::warn!(request_id = %ctx.request_id, fallback = %target, "fallback names no model group or deployment here; skipped");
+                }
+                // None it may use (residency, tags): the earlier failure
+                // says more.
+                Error::NoDeployments {
+                    retry_after: None, ..
+                } if last.is_some() => {}
+                failure => last = Some(failure),
+            }
         }
     }
+    Err(last.unwrap_or_else(|| Error::ModelNotFound {
+        model: model.to_owned(),
+    }))
 }
 
 /// Settles one request: real usage → exact cost. Runs exactly once, when the
@@ -130,6 +293,7 @@ pub struct Settlement {
     request_id: String,
     deployment: Arc<Deployment>,
     reservation: Reservation,
+    attempt: Attempt,
     usage: Usage,
     /// Whether the provider reported usage at all.
     observed: bool,
@@ -151,12 +315,14 @@ impl Settlement {
         request_id: String,
         deployment: Arc<Deployment>,
         reservation: Reservation,
+        attempt: Attempt,
         log: LogTarget,
     ) -> Self {
         Self {
             request_id,
             deployment,
             reservation,
+            attempt,
             usage: Usage::default(),
             observed: false,
             settled: None,
@@ -185,6 +351,7 @@ impl Settlement {
             // charged.
             self.usage = self.reservation.worst;
         }
+        self.attempt.settled(self.usage.total_tokens());
         let cost = cost_of(&self.deployment, &self.usage);
         let ticket = self.reservation.settle(&self.usage, cost);
         self.settled = Some((cost, ticket));

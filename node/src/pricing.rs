@@ -9,6 +9,9 @@ use crate::types::Usage;
 /// USD 10⁻¹² per token.
 pub type PicoUsd = u64;
 
+/// Picodollars in a dollar.
+pub const PICO_PER_USD: u128 = 1_000_000_000_000;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Price {
     pub input: PicoUsd,

@@ -70,11 +70,20 @@ where
     L: axum::serve::Listener,
     L::Addr: std::fmt::Debug,
 {
+    let checks = node
+        .health
+        .settings
+        .enabled
+        .then(|| tokio::spawn(crate::health::run(node.clone())));
     let app = crate::api::router(node);
-    axum::serve(listener, app)
+    let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
-        .map_err(|e| Error::io("serving HTTP", e))
+        .map_err(|e| Error::io("serving HTTP", e));
+    if let Some(task) = checks {
+        task.abort();
+    }
+    served
 }
 
 #[cfg(test)]

@@ -44,6 +44,9 @@ fn config(provider: &str, base: &str) -> String {
     yaml += &entry("e400", "error-400", "");
     yaml += &entry("garbage", "garbage", "");
     yaml += &entry("hang", "timeout", ", timeout: 0.3, stream_timeout: 0.3");
+    // Each failure reaches the client as the adapter mapped it: no retry, no
+    // cooldown (the router's own behaviour is tested in `routing`).
+    yaml += "router_settings:\n  num_retries: 0\n  disable_cooldowns: true\n";
     yaml
 }
 

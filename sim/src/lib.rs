@@ -13,6 +13,7 @@ pub mod invariants;
 pub mod net;
 pub mod oracle;
 pub mod report;
+pub mod routing;
 pub mod upstream;
 pub mod world;
 

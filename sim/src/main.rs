@@ -6,6 +6,7 @@
 //!   meridian-sim --list-bugs
 //!   meridian-sim --seeds 1..4 --inject-bug merge-adds
 //!   meridian-sim --seeds 1..40 --report sim/report
+//!   meridian-sim --scenario routing --seeds 1..4
 //!
 //! Each world runs in a process of its own (this binary with `--world`):
 //! some dependencies keep process-wide random state (futures' `select!`
@@ -57,6 +58,11 @@ struct Args {
     /// Largest wall-clock skew of a node, either way, in ms [default: 2000].
     #[arg(long)]
     max_skew_ms: Option<u64>,
+    /// The world to run: `faults` (regions of three nodes under partitions,
+    /// crashes and skew) or `routing` (a region's provider fails; traffic
+    /// must move as configured, residency included).
+    #[arg(long, default_value = "faults", value_parser = ["faults", "routing"])]
+    scenario: String,
     /// Worlds run at once [default: the number of CPUs].
     #[arg(long)]
     jobs: Option<usize>,
@@ -119,9 +125,18 @@ impl Args {
         Ok(spec)
     }
 
+    /// Runs the chosen scenario's world of `seed` here.
+    fn run_world(&self, seed: u64) -> anyhow::Result<Outcome> {
+        let outcome = match self.scenario.as_str() {
+            "routing" => meridian_sim::routing::run(seed, &self.bugs()?),
+            _ => world::run(&self.spec(seed)?),
+        };
+        outcome.map_err(anyhow::Error::msg)
+    }
+
     /// The flags that shape a world, to pass on to a child.
     fn world_flags(&self) -> Vec<String> {
-        let mut flags = Vec::new();
+        let mut flags = vec!["--scenario".to_owned(), self.scenario.clone()];
         for b in &self.bugs {
             flags.extend(["--inject-bug".to_owned(), b.clone()]);
         }
@@ -173,12 +188,12 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     if let Some(seed) = args.world {
-        let outcome = world::run(&args.spec(seed)?).map_err(anyhow::Error::msg)?;
+        let outcome = args.run_world(seed)?;
         println!("{}", serde_json::to_string(&outcome)?);
         return Ok(ExitCode::SUCCESS);
     }
     if let Some(seed) = args.reproduce {
-        let outcome = world::run(&args.spec(seed)?).map_err(anyhow::Error::msg)?;
+        let outcome = args.run_world(seed)?;
         for line in &outcome.trace {
             println!("{line}");
         }

@@ -28,6 +28,8 @@ pub struct Trouble {
 pub struct Provider {
     trouble: Mutex<Trouble>,
     served: AtomicU64,
+    /// Requests received per `user` field (who the data belonged to).
+    users: Mutex<std::collections::BTreeMap<String, u64>>,
 }
 
 impl Provider {
@@ -37,6 +39,16 @@ impl Provider {
 
     pub fn current(&self) -> Trouble {
         *self.trouble.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Requests received for `user` so far.
+    pub fn received_for(&self, user: &str) -> u64 {
+        self.users
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(user)
+            .copied()
+            .unwrap_or(0)
     }
 }
 
@@ -52,6 +64,14 @@ pub async fn serve(provider: Arc<Provider>) -> std::io::Result<()> {
 
 async fn chat(State(provider): State<Arc<Provider>>, Json(body): Json<Value>) -> Response {
     let n = provider.served.fetch_add(1, Ordering::Relaxed) + 1;
+    if let Some(user) = body.get("user").and_then(Value::as_str) {
+        *provider
+            .users
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(user.to_owned())
+            .or_default() += 1;
+    }
     let trouble = provider.current();
     if !trouble.slow.is_zero() {
         tokio::time::sleep(trouble.slow).await;

@@ -107,6 +107,41 @@ fn split_brain_is_caught() {
     caught("bootstrap-everywhere", &["one_leader_per_term"]);
 }
 
+/// The routing world: a region's provider fails and recovers; traffic moves
+/// as configured, and the EU-only key never leaves the EU.
+#[test]
+fn routing_moves_traffic_as_configured_and_replays() {
+    let (ok, out) = sim(&[
+        "--scenario",
+        "routing",
+        "--seeds",
+        "1..4",
+        "--jobs",
+        "2",
+        "--check-determinism",
+    ]);
+    println!("{out}");
+    assert!(ok && !out.contains("VIOLATION"), "{out}");
+    assert!(
+        out.contains("every seed replayed the same trace twice"),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_router_ignoring_residency_is_caught() {
+    let (ok, out) = sim(&[
+        "--scenario",
+        "routing",
+        "--seeds",
+        BUG_SEEDS,
+        "--inject-bug",
+        "ignore-residency",
+    ]);
+    println!("{out}");
+    assert!(!ok && out.contains("VIOLATION residency "), "{out}");
+}
+
 #[test]
 fn every_bug_has_a_test() {
     let (ok, out) = sim(&["--list-bugs"]);
@@ -123,7 +158,8 @@ fn every_bug_has_a_test() {
             "drop-remote-deltas",
             "ignore-remote-blocks",
             "strict-without-rights",
-            "bootstrap-everywhere"
+            "bootstrap-everywhere",
+            "ignore-residency"
         ]
     );
 }

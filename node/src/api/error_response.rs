@@ -78,6 +78,11 @@ fn classify(e: &Error) -> (StatusCode, &'static str) {
             },
         ),
         Error::Disabled { .. } => (StatusCode::FORBIDDEN, "permission_error"),
+        Error::NoDeployments {
+            retry_after: Some(_),
+            ..
+        } => (StatusCode::TOO_MANY_REQUESTS, "rate_limit_error"),
+        Error::NoDeployments { .. } => (StatusCode::BAD_REQUEST, "invalid_request_error"),
         Error::UpstreamStatus { status, .. } => {
             let code = StatusCode::from_u16(*status)
                 .ok()
@@ -187,6 +192,14 @@ impl IntoResponse for ApiError {
         } = &self.error
         {
             headers.insert(http::header::RETRY_AFTER, HeaderValue::from(*secs));
+        }
+        if let Error::NoDeployments {
+            retry_after: Some(d),
+            ..
+        } = &self.error
+        {
+            let secs = d.as_secs_f64().ceil().max(1.0) as u64;
+            headers.insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
         }
         if let Error::LimitExceeded(e) = &self.error {
             if let Some(secs) = e.retry_after_s {

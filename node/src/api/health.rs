@@ -3,24 +3,17 @@
 //! database), and an authenticated deep check that calls every deployment.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
-use futures_util::future::join_all;
 use http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::extract::Auth;
-use crate::config::{Deployment, Mode};
 use crate::node::Node;
-use crate::providers::CallContext;
-use crate::types::{ChatMessage, ChatRequest, CompletionRequest, EmbeddingsRequest, Prompt, Role};
-
-/// Upper bound on one deployment's health probe.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
+use crate::router::Member;
 
 pub async fn liveliness() -> Json<&'static str> {
     Json("I'm alive!")
@@ -67,101 +60,27 @@ pub struct HealthQuery {
 }
 
 /// `GET /health`: probes each deployment (optionally one group or one id) with a
-/// tiny real call, all at once, and lists which answered.
+/// tiny real call, all at once, and lists which answered. With background
+/// health checks on, the unfiltered list is the latest background round.
 pub async fn deep(
     State(node): State<Arc<Node>>,
     _auth: Auth,
     Query(q): Query<HealthQuery>,
 ) -> Json<Value> {
-    let targets: Vec<Arc<Deployment>> = node
+    let unfiltered = q.model.is_none() && q.model_id.is_none();
+    if unfiltered && let Some(report) = node.health.latest() {
+        return Json(report);
+    }
+    let targets: Vec<Member> = node
         .router
-        .deployments()
+        .all()
         .into_iter()
-        .filter(|d| q.model.as_ref().is_none_or(|m| *m == d.model_group))
-        .filter(|d| q.model_id.as_ref().is_none_or(|id| *id == d.id))
+        .filter(|m| {
+            q.model
+                .as_ref()
+                .is_none_or(|g| *g == m.deployment.model_group)
+        })
+        .filter(|m| q.model_id.as_ref().is_none_or(|id| *id == m.deployment.id))
         .collect();
-    let results = join_all(targets.iter().map(|d| probe(&node, d))).await;
-    let (mut healthy, mut unhealthy) = (Vec::new(), Vec::new());
-    for (d, result) in targets.iter().zip(results) {
-        let mut entry = json!({
-            "model": format!("{}/{}", d.provider_name, d.upstream_model),
-            "model_name": d.model_group,
-            "model_id": d.id,
-            "api_base": d.api_base,
-        });
-        match result {
-            Ok(()) => healthy.push(entry),
-            Err(error) => {
-                entry["error"] = json!(error);
-                unhealthy.push(entry);
-            }
-        }
-    }
-    Json(json!({
-        "healthy_count": healthy.len(),
-        "unhealthy_count": unhealthy.len(),
-        "healthy_endpoints": healthy,
-        "unhealthy_endpoints": unhealthy,
-    }))
-}
-
-async fn probe(node: &Node, d: &Deployment) -> Result<(), String> {
-    let cx = CallContext {
-        deployment: d,
-        upstream: node.upstream.as_ref(),
-        clock: node.clock.as_ref(),
-        output_cap: None,
-    };
-    let provider = node.providers.get(d.provider);
-    let call = async {
-        match d.mode {
-            Mode::Chat => provider
-                .chat(
-                    cx,
-                    ChatRequest {
-                        model: d.model_group.clone(),
-                        messages: vec![ChatMessage::text(Role::User, "ping")],
-                        max_tokens: Some(1),
-                        ..ChatRequest::default()
-                    },
-                )
-                .await
-                .map(drop),
-            Mode::Completion => provider
-                .completion(
-                    cx,
-                    CompletionRequest {
-                        model: d.model_group.clone(),
-                        prompt: Prompt::One("ping".into()),
-                        stream: None,
-                        stream_options: None,
-                        max_tokens: Some(1),
-                        user: None,
-                        extra: Default::default(),
-                    },
-                )
-                .await
-                .map(drop),
-            Mode::Embedding => provider
-                .embeddings(
-                    cx,
-                    EmbeddingsRequest {
-                        model: d.model_group.clone(),
-                        input: json!("ping"),
-                        user: None,
-                        extra: Default::default(),
-                    },
-                )
-                .await
-                .map(drop),
-        }
-    };
-    match tokio::time::timeout(d.timeout.min(PROBE_TIMEOUT), call).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!(
-            "no answer within {}s",
-            d.timeout.min(PROBE_TIMEOUT).as_secs()
-        )),
-    }
+    Json(crate::health::check(&node, &targets).await)
 }

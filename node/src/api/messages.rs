@@ -28,17 +28,35 @@ pub async fn create(
     if let Some(fields) = body.as_object_mut() {
         crate::tags::take_from_body(fields, &mut tags).map_err(fail)?;
     }
+    let fallbacks = match body.as_object_mut() {
+        Some(fields) => crate::config::request_fallbacks(fields).map_err(fail)?,
+        None => None,
+    };
     let req = messages_to_chat(body).map_err(fail)?;
     let model = req.model.clone();
     let demand = Demand {
         tags,
         ..Demand::for_chat(&req)
     };
-    let called = pipeline::route_and_call(&node, &ctx, &model, &demand, |p, cx| p.chat(cx, req))
-        .await
-        .map_err(fail)?;
+    let called = pipeline::route_and_call(
+        &node,
+        &ctx,
+        &model,
+        &demand,
+        fallbacks.as_deref(),
+        |p, cx| p.chat(cx, req.clone()),
+    )
+    .await
+    .map_err(fail)?;
     let headroom = called.reservation.headroom;
-    let mut s = settlement(&node, &ctx, &called.deployment, called.reservation);
+    let tries = called.tries;
+    let mut s = settlement(
+        &node,
+        &ctx,
+        &called.deployment,
+        called.reservation,
+        called.attempt,
+    );
     let mut response = match called.output {
         Outcome::Complete(done) => {
             s.observe(done.usage);
@@ -63,6 +81,7 @@ pub async fn create(
         &ctx,
         &called.deployment,
         called.upstream_time,
+        tries,
     );
     Ok(response)
 }

@@ -32,17 +32,25 @@ pub async fn chat(
     let wants_usage = req.wants_stream_usage();
     let model = req.model.clone();
     let tags = pipeline::request_tags(&ctx, &mut req.extra).map_err(fail)?;
+    let fallbacks = crate::config::request_fallbacks(&mut req.extra).map_err(fail)?;
     let demand = Demand {
         tags,
         ..Demand::for_chat(&req)
     };
-    let called = pipeline::route_and_call(&node, &ctx, &model, &demand, |p, cx| {
-        let mut req = req;
-        if let Some(cap) = cx.output_cap {
-            req.cap_output(cap);
-        }
-        p.chat(cx, req)
-    })
+    let called = pipeline::route_and_call(
+        &node,
+        &ctx,
+        &model,
+        &demand,
+        fallbacks.as_deref(),
+        |p, cx| {
+            let mut req = req.clone();
+            if let Some(cap) = cx.output_cap {
+                req.cap_output(cap);
+            }
+            p.chat(cx, req)
+        },
+    )
     .await
     .map_err(fail)?;
     Ok(finish(&node, &ctx, called, wants_usage).await)
@@ -61,19 +69,27 @@ pub async fn completion(
     let fail = |e| ApiError::new(e, Format::OpenAi).with_request_id(&ctx.request_id);
     let model = req.model.clone();
     let tags = pipeline::request_tags(&ctx, &mut req.extra).map_err(fail)?;
+    let fallbacks = crate::config::request_fallbacks(&mut req.extra).map_err(fail)?;
     let demand = Demand {
         tags,
         ..Demand::for_completion(&req)
     };
-    let called = pipeline::route_and_call(&node, &ctx, &model, &demand, |p, cx| {
-        let mut req = req;
-        if req.max_tokens.is_none()
-            && let Some(cap) = cx.output_cap
-        {
-            req.max_tokens = Some(u32::try_from(cap).unwrap_or(u32::MAX));
-        }
-        p.completion(cx, req)
-    })
+    let called = pipeline::route_and_call(
+        &node,
+        &ctx,
+        &model,
+        &demand,
+        fallbacks.as_deref(),
+        |p, cx| {
+            let mut req = req.clone();
+            if req.max_tokens.is_none()
+                && let Some(cap) = cx.output_cap
+            {
+                req.max_tokens = Some(u32::try_from(cap).unwrap_or(u32::MAX));
+            }
+            p.completion(cx, req)
+        },
+    )
     .await
     .map_err(fail)?;
     Ok(finish(&node, &ctx, called, wants_usage).await)
@@ -86,7 +102,14 @@ async fn finish(
     wants_usage: bool,
 ) -> Response {
     let headroom = called.reservation.headroom;
-    let mut s = settlement(node, ctx, &called.deployment, called.reservation);
+    let tries = called.tries;
+    let mut s = settlement(
+        node,
+        ctx,
+        &called.deployment,
+        called.reservation,
+        called.attempt,
+    );
     let mut response = match called.output {
         Outcome::Complete(done) => {
             s.observe(done.usage);
@@ -103,6 +126,7 @@ async fn finish(
         ctx,
         &called.deployment,
         called.upstream_time,
+        tries,
     );
     response
 }
@@ -115,16 +139,30 @@ pub async fn embeddings(
     let fail = |e| ApiError::new(e, Format::OpenAi).with_request_id(&ctx.request_id);
     let model = req.model.clone();
     let tags = pipeline::request_tags(&ctx, &mut req.extra).map_err(fail)?;
+    let fallbacks = crate::config::request_fallbacks(&mut req.extra).map_err(fail)?;
     let demand = Demand {
         tags,
         ..Demand::for_embeddings(&req)
     };
-    let called =
-        pipeline::route_and_call(&node, &ctx, &model, &demand, |p, cx| p.embeddings(cx, req))
-            .await
-            .map_err(fail)?;
+    let called = pipeline::route_and_call(
+        &node,
+        &ctx,
+        &model,
+        &demand,
+        fallbacks.as_deref(),
+        |p, cx| p.embeddings(cx, req.clone()),
+    )
+    .await
+    .map_err(fail)?;
     let headroom = called.reservation.headroom;
-    let mut s = settlement(&node, &ctx, &called.deployment, called.reservation);
+    let tries = called.tries;
+    let mut s = settlement(
+        &node,
+        &ctx,
+        &called.deployment,
+        called.reservation,
+        called.attempt,
+    );
     s.observe(called.output.usage);
     let cost = s.finish();
     s.durable().await;
@@ -136,6 +174,7 @@ pub async fn embeddings(
         &ctx,
         &called.deployment,
         called.upstream_time,
+        tries,
     );
     Ok(response)
 }

@@ -33,6 +33,7 @@ pub fn meridian_headers(
     ctx: &RequestCtx,
     deployment: &Deployment,
     upstream_time: std::time::Duration,
+    tries: crate::pipeline::Tries,
 ) {
     let overhead = ctx.received.elapsed().saturating_sub(upstream_time);
     let mut put = |name: &'static str, value: &str| {
@@ -45,6 +46,11 @@ pub fn meridian_headers(
     put("x-meridian-model-group", &deployment.model_group);
     put("x-meridian-region", &node.region);
     put("x-meridian-node", &node.node_id);
+    let (retries, fallbacks) = (tries.retries.to_string(), tries.fallbacks.to_string());
+    put("x-meridian-attempted-retries", &retries);
+    put("x-meridian-attempted-fallbacks", &fallbacks);
+    put("x-litellm-attempted-retries", &retries);
+    put("x-litellm-attempted-fallbacks", &fallbacks);
     put(
         "x-meridian-overhead-duration-ms",
         &format!("{:.3}", overhead.as_secs_f64() * 1000.0),
@@ -248,6 +254,7 @@ pub fn settlement(
     ctx: &RequestCtx,
     deployment: &Arc<Deployment>,
     reservation: crate::admission::Reservation,
+    attempt: crate::pipeline::Attempt,
 ) -> Settlement {
     let log = crate::pipeline::LogTarget {
         log: node.spend_log.clone(),
@@ -256,5 +263,11 @@ pub fn settlement(
         node: node.node_id.clone(),
         received: ctx.received,
     };
-    Settlement::new(ctx.request_id.clone(), deployment.clone(), reservation, log)
+    Settlement::new(
+        ctx.request_id.clone(),
+        deployment.clone(),
+        reservation,
+        attempt,
+        log,
+    )
 }

@@ -13,7 +13,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use parse::{EnvSource, ProcessEnv, deployment_from_json, load_file, parse_str};
+pub use parse::{
+    EnvSource, ProcessEnv, deployment_from_json, load_file, parse_str, request_fallbacks,
+};
 
 use crate::pricing::Price;
 use crate::secret::Secret;
@@ -44,6 +46,10 @@ pub struct Config {
     /// the limit's home region before it is refused (`meridian.strict_wait_ms`).
     pub strict_wait: Duration,
     pub disable: Disabled,
+    /// `router_settings`: strategy, retries, cooldowns, fallbacks.
+    pub router: crate::router::RouterSettings,
+    /// `general_settings.background_health_checks` and `health_check_interval`.
+    pub health_checks: HealthChecks,
     /// Keys present in the file that Meridian accepts but does not act on.
     pub ignored: Vec<Ignored>,
     /// `os.environ/` references whose variable is not set (check mode only;
@@ -161,6 +167,36 @@ pub enum Mode {
     Embedding,
 }
 
+/// Background health checks: every `interval`, each deployment is called
+/// with a one-token request; one that fails is left out of routing until a
+/// check passes again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HealthChecks {
+    pub enabled: bool,
+    /// LiteLLM's default: 300 s.
+    pub interval: Duration,
+}
+
+impl Default for HealthChecks {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            interval: Duration::from_secs(300),
+        }
+    }
+}
+
+/// A deployment's own health-check settings (`model_info`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeploymentHealth {
+    /// The upstream model probed instead of the deployment's (a cheaper one,
+    /// or a concrete one behind a wildcard).
+    pub model: Option<String>,
+    pub timeout: Option<Duration>,
+    /// Left out of background checks (`disable_background_health_check`).
+    pub disabled: bool,
+}
+
 /// One upstream model behind a model group (LiteLLM's `model_list` entry).
 #[derive(Debug, Clone)]
 pub struct Deployment {
@@ -185,7 +221,16 @@ pub struct Deployment {
     pub weight: Option<f64>,
     pub order: Option<u32>,
     pub tags: Vec<String>,
+    /// Where it runs: `region_name`, else `aws_region_name` or
+    /// `vertex_location`. Preferred by nodes of that region; checked by
+    /// data-residency policies.
     pub region_name: Option<String>,
+    /// Its own `cooldown_time` (else `router_settings.cooldown_time`).
+    pub cooldown_time: Option<std::time::Duration>,
+    /// Its own `allowed_fails` per minute (`model_info.allowed_fails`).
+    pub allowed_fails: Option<u32>,
+    /// `model_info.health_check_*`.
+    pub health: DeploymentHealth,
     pub mode: Mode,
     /// Price per token; `None` when neither the config nor the built-in table
     /// knows the model (its calls then cost 0, and start-up warns).

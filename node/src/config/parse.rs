@@ -14,8 +14,11 @@ use super::{
     NodeSettings, ProviderKind,
 };
 use crate::error::{Error, Result};
+
+mod routing;
 use crate::pricing::{self, Price};
 use crate::secret::Secret;
+pub use routing::request_fallbacks;
 
 /// Where `os.environ/VAR` references and `MERIDIAN_*` settings are read from.
 pub trait EnvSource {
@@ -110,6 +113,9 @@ impl Config {
             order: None,
             tags: Vec::new(),
             region_name: None,
+            cooldown_time: None,
+            allowed_fails: None,
+            health: Default::default(),
             mode,
             price: pricing::lookup("mock"),
         };
@@ -127,6 +133,8 @@ impl Config {
             default_enforcement: Default::default(),
             strict_wait: DEFAULT_STRICT_WAIT,
             disable: Disabled::default(),
+            router: Default::default(),
+            health_checks: Default::default(),
             ignored: Vec::new(),
             unset_env: Vec::new(),
         };
@@ -223,6 +231,8 @@ impl Parser<'_> {
             default_enforcement: Default::default(),
             strict_wait: DEFAULT_STRICT_WAIT,
             disable: Disabled::default(),
+            router: Default::default(),
+            health_checks: Default::default(),
             ignored: Vec::new(),
             unset_env: Vec::new(),
         };
@@ -236,8 +246,12 @@ impl Parser<'_> {
         for (key, value) in top {
             match key.as_str() {
                 "general_settings" => self.general_settings(value, &mut config)?,
-                "router_settings" => self.router_settings(value, &mut defaults)?,
-                "litellm_settings" => self.litellm_settings(value, &mut defaults)?,
+                "router_settings" => {
+                    self.router_settings(value, &mut defaults, &mut config.router)?
+                }
+                "litellm_settings" => {
+                    self.litellm_settings(value, &mut defaults, &mut config.router)?
+                }
                 "meridian" => self.meridian(value, &mut config)?,
                 "model_list" | "environment_variables" => {}
                 "credential_list" => self.ignore(
@@ -366,6 +380,14 @@ impl Parser<'_> {
             let path = format!("general_settings.{key}");
             match key.as_str() {
                 "master_key" => config.master_key = self.string(Some(v), &path)?.map(Secret::new),
+                "background_health_checks" => {
+                    config.health_checks.enabled = self.boolean(Some(v), &path)?.unwrap_or(false)
+                }
+                "health_check_interval" => {
+                    config.health_checks.interval = self
+                        .seconds(Some(v), &path)?
+                        .unwrap_or(config.health_checks.interval)
+                }
                 "max_request_size_mb" => {
                     if let Some(mb) = self.number(Some(v), &path)? {
                         config.max_request_bytes = (mb * 1024.0 * 1024.0) as usize;
@@ -402,10 +424,18 @@ impl Parser<'_> {
         Ok(())
     }
 
-    fn router_settings(&mut self, value: &Value, defaults: &mut Timeouts) -> Result<()> {
+    fn router_settings(
+        &mut self,
+        value: &Value,
+        defaults: &mut Timeouts,
+        router: &mut crate::router::RouterSettings,
+    ) -> Result<()> {
         let map = self.mapping(value, "router_settings")?.clone();
         for (key, v) in &map {
             let path = format!("router_settings.{key}");
+            if self.router_key(key, v, &path, router)? {
+                continue;
+            }
             match key.as_str() {
                 "timeout" => {
                     if let Some(t) = self.seconds(Some(v), &path)? {
@@ -420,7 +450,7 @@ impl Parser<'_> {
                 }
                 k if k.starts_with("redis") => self.ignore(
                     path,
-                    "Meridian shares limits and cooldowns between nodes itself; no Redis is used",
+                    "Meridian shares limits between nodes itself and keeps cooldowns per node; no Redis is used",
                 ),
                 _ => self.ignore(path, NOT_YET),
             }
@@ -428,10 +458,27 @@ impl Parser<'_> {
         Ok(())
     }
 
-    fn litellm_settings(&mut self, value: &Value, defaults: &mut Timeouts) -> Result<()> {
+    fn litellm_settings(
+        &mut self,
+        value: &Value,
+        defaults: &mut Timeouts,
+        router: &mut crate::router::RouterSettings,
+    ) -> Result<()> {
         let map = self.mapping(value, "litellm_settings")?.clone();
         for (key, v) in &map {
             let path = format!("litellm_settings.{key}");
+            // LiteLLM reads retries and fallbacks from either section.
+            if matches!(
+                key.as_str(),
+                "num_retries"
+                    | "fallbacks"
+                    | "context_window_fallbacks"
+                    | "content_policy_fallbacks"
+                    | "default_fallbacks"
+            ) && self.router_key(key, v, &path, router)?
+            {
+                continue;
+            }
             match key.as_str() {
                 "request_timeout" => {
                     if let Some(t) = self.seconds(Some(v), &path)? {
@@ -757,7 +804,9 @@ impl Parser<'_> {
         let (mut rpm, mut tpm, mut weight, mut order) = (None, None, None, None);
         let (mut input_cost, mut output_cost) = (None, None);
         let mut tags = Vec::new();
-        let mut region_name = None;
+        let (mut region_name, mut implied_region) = (None, None);
+        let (mut cooldown_time, mut allowed_fails) = (None, None);
+        let mut health = super::DeploymentHealth::default();
         for (key, v) in &params {
             let p = format!("{params_path}.{key}");
             match key.as_str() {
@@ -772,7 +821,8 @@ impl Parser<'_> {
                 "rpm" => rpm = self.integer(Some(v), &p)?,
                 "tpm" => tpm = self.integer(Some(v), &p)?,
                 "weight" => weight = self.number(Some(v), &p)?,
-                "order" => {
+                // `priority` is accepted as another name for `order`.
+                "order" | "priority" => {
                     order = match self.integer(Some(v), &p)? {
                         None => None,
                         Some(n) => Some(
@@ -783,6 +833,12 @@ impl Parser<'_> {
                 "input_cost_per_token" => input_cost = self.number(Some(v), &p)?,
                 "output_cost_per_token" => output_cost = self.number(Some(v), &p)?,
                 "region_name" => region_name = self.string(Some(v), &p)?,
+                // A provider's own region names the deployment's region
+                // unless `region_name` does.
+                "aws_region_name" | "vertex_location" => {
+                    implied_region = self.string(Some(v), &p)?
+                }
+                "cooldown_time" => cooldown_time = self.wait(v, &p)?,
                 "tags" => tags = self.string_list(v, &p)?,
                 _ => self.ignore(p, NOT_YET),
             }
@@ -797,6 +853,13 @@ impl Parser<'_> {
                 match key.as_str() {
                     "id" => id = Some(self.required_string(Some(v), &p)?),
                     "base_model" => base_model = self.string(Some(v), &p)?,
+                    "cooldown_time" => cooldown_time = self.wait(v, &p)?.or(cooldown_time),
+                    "allowed_fails" => allowed_fails = self.count(v, &p)?,
+                    "health_check_model" => health.model = self.string(Some(v), &p)?,
+                    "health_check_timeout" => health.timeout = self.seconds(Some(v), &p)?,
+                    "disable_background_health_check" => {
+                        health.disabled = self.boolean(Some(v), &p)?.unwrap_or(false)
+                    }
                     "mode" => {
                         let m = self.required_string(Some(v), &p)?;
                         mode = Some(match m.as_str() {
@@ -912,7 +975,10 @@ impl Parser<'_> {
             weight,
             order,
             tags,
-            region_name,
+            region_name: region_name.or(implied_region),
+            cooldown_time,
+            allowed_fails,
+            health,
             mode,
             price,
         }))
@@ -1134,13 +1200,108 @@ general_settings:
         assert_eq!(
             paths,
             vec![
-                "router_settings.routing_strategy",
                 "router_settings.redis_host",
                 "general_settings.database_url",
                 "model_list[0].litellm_params.organization",
                 "model_list[4].litellm_params.model",
             ]
         );
+    }
+
+    #[test]
+    fn router_settings_and_deployment_routing_keys_are_parsed() {
+        use crate::router::settings::{ErrorClass, Strategy};
+        let text = r#"
+model_list:
+  - model_name: gpt
+    litellm_params:
+      model: openai/gpt-4o
+      priority: 2
+      aws_region_name: eu-west-1
+      cooldown_time: 12
+    model_info:
+      allowed_fails: 7
+      health_check_model: gpt-4o-mini
+      health_check_timeout: 3
+      disable_background_health_check: true
+router_settings:
+  routing_strategy: latency-based-routing
+  routing_strategy_args: {ttl: 60, lowest_latency_buffer: 0.3}
+  num_retries: 1
+  retry_after: 0
+  allowed_fails: 2
+  cooldown_time: 9
+  retry_policy: {RateLimitErrorRetries: 4}
+  allowed_fails_policy: {TimeoutErrorAllowedFails: 5}
+  fallbacks: [{gpt: [claude]}, {"*": [small]}]
+  context_window_fallbacks: [{gpt: [gpt-long]}]
+  max_fallbacks: 2
+  enable_tag_filtering: true
+  enable_pre_call_checks: true
+litellm_settings:
+  content_policy_fallbacks: [{gpt: [lenient]}]
+general_settings:
+  background_health_checks: true
+  health_check_interval: 30
+"#;
+        let c = parse(text, &[]).unwrap();
+        assert!(c.ignored.is_empty(), "{:?}", c.ignored);
+        let r = &c.router;
+        assert_eq!(r.strategy, Strategy::LatencyBased);
+        assert_eq!(
+            (r.latency.ttl, r.latency.buffer),
+            (Duration::from_secs(60), 0.3)
+        );
+        assert_eq!(
+            (r.num_retries, r.retry_after, r.allowed_fails),
+            (1, Duration::ZERO, 2)
+        );
+        assert_eq!(r.cooldown_time, Duration::from_secs(9));
+        assert_eq!(r.retries_for(ErrorClass::RateLimit), 4);
+        assert_eq!(r.allowed_fails_for(ErrorClass::Timeout, None), 5);
+        assert_eq!(
+            r.fallbacks.after("gpt", ErrorClass::InternalServer),
+            ["claude"]
+        );
+        assert_eq!(
+            r.fallbacks.after("other", ErrorClass::InternalServer),
+            ["small"]
+        );
+        assert_eq!(
+            r.fallbacks.after("gpt", ErrorClass::ContextWindowExceeded),
+            ["gpt-long"]
+        );
+        assert_eq!(
+            r.fallbacks.after("gpt", ErrorClass::ContentPolicyViolation),
+            ["lenient"]
+        );
+        assert_eq!(r.max_fallbacks, 2);
+        assert!(r.enable_tag_filtering && r.tag_filtering_match_any);
+        assert!(c.health_checks.enabled);
+        assert_eq!(c.health_checks.interval, Duration::from_secs(30));
+        let d = &c.deployments[0];
+        assert_eq!(
+            (d.order, d.region_name.as_deref()),
+            (Some(2), Some("eu-west-1"))
+        );
+        assert_eq!(
+            (d.cooldown_time, d.allowed_fails),
+            (Some(Duration::from_secs(12)), Some(7))
+        );
+        assert_eq!(d.health.model.as_deref(), Some("gpt-4o-mini"));
+        assert_eq!(d.health.timeout, Some(Duration::from_secs(3)));
+        assert!(d.health.disabled);
+
+        let bad = |yaml: &str| parse(yaml, &[]).unwrap_err().to_string();
+        assert!(
+            bad("router_settings:\n  routing_strategy: fastest\n")
+                .contains("one of simple-shuffle")
+        );
+        assert!(
+            bad("router_settings:\n  retry_policy: {Oops: 1}\n").contains("RateLimitErrorRetries")
+        );
+        assert!(bad("router_settings:\n  fallbacks: 3\n").contains("router_settings.fallbacks"));
+        assert!(bad("router_settings:\n  num_retries: -1\n").contains("num_retries"));
     }
 
     #[test]

@@ -25,16 +25,19 @@ pub enum Bug {
     StrictWithoutRights = 4,
     /// Every node bootstraps a region of its own (split brain).
     BootstrapEverywhere = 5,
+    /// The router ignores a key's data-residency policy.
+    IgnoreResidency = 6,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 6] = [
+    pub const ALL: [Bug; 7] = [
         Bug::MergeAdds,
         Bug::ForgetOwnSlot,
         Bug::DropRemoteDeltas,
         Bug::IgnoreRemoteBlocks,
         Bug::StrictWithoutRights,
         Bug::BootstrapEverywhere,
+        Bug::IgnoreResidency,
     ];
 
     /// The name `--inject-bug` takes.
@@ -46,6 +49,7 @@ impl Bug {
             Bug::IgnoreRemoteBlocks => "ignore-remote-blocks",
             Bug::StrictWithoutRights => "strict-without-rights",
             Bug::BootstrapEverywhere => "bootstrap-everywhere",
+            Bug::IgnoreResidency => "ignore-residency",
         }
     }
 
@@ -59,6 +63,7 @@ impl Bug {
             }
             Bug::StrictWithoutRights => "strict admission admits without holding rights",
             Bug::BootstrapEverywhere => "every node bootstraps a region of its own",
+            Bug::IgnoreResidency => "the router ignores a key's data-residency policy",
         }
     }
 
