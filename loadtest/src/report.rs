@@ -83,11 +83,12 @@ pub fn comparison_html(title: &str, c: &Comparison) -> String {
     }
     let all: Vec<RunResult> = fixed.iter().chain(&max).cloned().collect();
     let body = format!(
-        "{facts}<h2>Side by side</h2>\n{comparison}\n{missing}{notes}\
+        "{facts}<h2>Side by side</h2>\n{comparison}\n{missing}{notes}{routing}\
          <h2>Latency by percentile, open loop at {rate}/s</h2>\n{OPEN_LOOP_NOTE}\n{latency}\n\
          <h2>Closed loop at {concurrency} in flight: successful answers per second</h2>\n{throughput}\n\
          <h2>Runs</h2>\n{table}\n",
         comparison = comparison_table(c),
+        routing = routing_table(&c.routing),
         rate = c.settings.rate,
         concurrency = c.settings.concurrency,
         latency = latency_plot(&fixed),
@@ -95,6 +96,48 @@ pub fn comparison_html(title: &str, c: &Comparison) -> String {
         table = table(&all),
     );
     page(title, &body)
+}
+
+/// What choosing a deployment costs, strategies down, group sizes across.
+fn routing_table(costs: &[crate::compare::RouterCost]) -> String {
+    if costs.is_empty() {
+        return String::new();
+    }
+    let mut sizes: Vec<usize> = costs.iter().map(|c| c.deployments).collect();
+    sizes.sort_unstable();
+    sizes.dedup();
+    let mut s = String::from(
+        "<h2>Choosing a deployment</h2>\n<p class=\"note\">Nanoseconds per routing decision \
+         in the <code>meridian</code> binary (<code>meridian bench-router</code>: one thread, \
+         in memory, live state updated as calls would). It depends on the group's size, not \
+         on the request rate.</p>\n<table>\n<tr><th>strategy</th>",
+    );
+    for n in &sizes {
+        let _ = write!(s, "<th>{n} deployments</th>");
+    }
+    s.push_str("</tr>\n");
+    let mut seen: Vec<&str> = Vec::new();
+    for c in costs {
+        if seen.contains(&c.strategy.as_str()) {
+            continue;
+        }
+        seen.push(&c.strategy);
+        let _ = write!(s, "<tr><td>{}</td>", escape(&c.strategy));
+        for n in &sizes {
+            match costs
+                .iter()
+                .find(|x| x.strategy == c.strategy && x.deployments == *n)
+            {
+                Some(x) => {
+                    let _ = write!(s, "<td>{:.0} ns</td>", x.ns_per_choice);
+                }
+                None => s.push_str("<td>–</td>"),
+            }
+        }
+        s.push_str("</tr>\n");
+    }
+    s.push_str("</table>\n");
+    s
 }
 
 const OPEN_LOOP_NOTE: &str = r#"<p class="note">Open-loop latencies count from each request's intended send time, so a

@@ -10,6 +10,11 @@ use meridian_node::config::{self, Config, ProcessEnv};
 use meridian_node::node::{Node, Seams};
 use meridian_node::serve::{KeySource, resolve_master_key, serve};
 
+/// A request allocates and frees many small buffers across threads; mimalloc
+/// does that for less CPU than glibc's malloc (README, Performance).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "meridian",
@@ -43,6 +48,14 @@ enum Command {
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
+    },
+    /// Measure what choosing a deployment costs, per strategy and group
+    /// size (used by `meridian-loadtest compare`).
+    #[command(hide = true)]
+    BenchRouter {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Inspect and change a region's membership through any of its nodes
     /// (the master key comes from MERIDIAN_MASTER_KEY or LITELLM_MASTER_KEY).
@@ -88,6 +101,21 @@ enum ConfigCommand {
     Check { file: PathBuf },
 }
 
+fn bench_router(json: bool) -> anyhow::Result<ExitCode> {
+    let costs = meridian_node::router::bench::run(&[1, 4, 16], 200_000);
+    if json {
+        println!("{}", serde_json::to_string(&costs)?);
+    } else {
+        for c in &costs {
+            println!(
+                "{:<24} {:>3} deployments {:>8.0} ns per choice",
+                c.strategy, c.deployments, c.ns_per_choice
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -101,6 +129,7 @@ fn main() -> ExitCode {
             command: ConfigCommand::Check { file },
         } => check(&file),
         Command::Cluster { command } => cluster(command),
+        Command::BenchRouter { json } => bench_router(json),
     };
     match result {
         Ok(code) => code,

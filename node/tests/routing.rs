@@ -329,3 +329,198 @@ async fn a_residency_policy_holds_through_retries_and_fallbacks() {
     let value: Value = r.json();
     assert!(value["choices"].is_array());
 }
+
+/// How many calls each upstream model got since the last look.
+fn counts(fake: &FakeUpstream) -> std::collections::BTreeMap<String, usize> {
+    let mut out = std::collections::BTreeMap::new();
+    for model in calls(fake) {
+        *out.entry(model).or_default() += 1;
+    }
+    out
+}
+
+#[tokio::test]
+async fn simple_shuffle_splits_by_weight() {
+    let fake = FakeUpstream::start(true).await.unwrap();
+    let gw = start_yaml(&config(
+        &fake,
+        &[
+            ("g", "heavy-ok", ", weight: 9"),
+            ("g", "light-ok", ", weight: 1"),
+        ],
+        "",
+    ))
+    .await;
+    for _ in 0..400 {
+        assert_eq!(chat(&gw, "g").await.status, 200);
+    }
+    let c = counts(&fake);
+    assert!((330..=390).contains(&c["heavy-ok"]), "{c:?}");
+}
+
+#[tokio::test]
+async fn least_busy_avoids_the_deployment_holding_calls() {
+    let fake = FakeUpstream::start(true).await.unwrap();
+    let gw = std::sync::Arc::new(
+        start_yaml(&config(
+            &fake,
+            &[("g", "stuck-slow-800", ""), ("g", "quick-ok", "")],
+            "router_settings:\n  routing_strategy: least-busy\n",
+        ))
+        .await,
+    );
+    // Calls 20 ms apart, all in flight together: once the slow deployment
+    // holds one (for 800 ms), every later call goes to the quick one — at
+    // most one call ever reaches the slow one (a shuffle would send half).
+    let mut calls_in_flight = Vec::new();
+    for _ in 0..12 {
+        let gw = gw.clone();
+        calls_in_flight.push(tokio::spawn(async move { chat(&gw, "g").await.status }));
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    for t in calls_in_flight {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+    let c = counts(&fake);
+    let stuck = c.get("stuck-slow-800").copied().unwrap_or(0);
+    assert!(stuck <= 1, "{c:?}");
+    assert_eq!(stuck + c["quick-ok"], 12, "{c:?}");
+}
+
+#[tokio::test]
+async fn latency_based_routing_samples_each_then_keeps_to_the_fastest() {
+    let fake = FakeUpstream::start(true).await.unwrap();
+    let gw = start_yaml(&config(
+        &fake,
+        &[("g", "far-slow-60", ""), ("g", "near-ok", "")],
+        "router_settings:\n  routing_strategy: latency-based-routing\n",
+    ))
+    .await;
+    for _ in 0..20 {
+        assert_eq!(chat(&gw, "g").await.status, 200);
+    }
+    let c = counts(&fake);
+    assert_eq!((c["far-slow-60"], c["near-ok"]), (1, 19), "{c:?}");
+}
+
+#[tokio::test]
+async fn usage_based_routing_skips_a_deployment_at_its_rpm() {
+    let fake = FakeUpstream::start(true).await.unwrap();
+    let gw = start_yaml(&config(
+        &fake,
+        &[
+            ("g", "small-ok", ", rpm: 3"),
+            ("g", "big-ok", ", rpm: 1000"),
+        ],
+        "router_settings:\n  routing_strategy: usage-based-routing\n",
+    ))
+    .await;
+    for _ in 0..20 {
+        assert_eq!(chat(&gw, "g").await.status, 200);
+    }
+    let c = counts(&fake);
+    assert!(c["small-ok"] <= 3 && c["small-ok"] >= 1, "{c:?}");
+    assert_eq!(c["small-ok"] + c["big-ok"], 20);
+}
+
+#[tokio::test]
+async fn cost_based_routing_takes_the_cheapest() {
+    let fake = FakeUpstream::start(true).await.unwrap();
+    let gw = start_yaml(&config(
+        &fake,
+        &[
+            (
+                "g",
+                "dear-ok",
+                ", input_cost_per_token: 0.00001, output_cost_per_token: 0.00003",
+            ),
+            (
+                "g",
+                "cheap-ok",
+                ", input_cost_per_token: 0.0000001, output_cost_per_token: 0.0000004",
+            ),
+        ],
+        "router_settings:\n  routing_strategy: cost-based-routing\n",
+    ))
+    .await;
+    for _ in 0..10 {
+        assert_eq!(chat(&gw, "g").await.status, 200);
+    }
+    assert_eq!(calls(&fake), vec!["cheap-ok"; 10]);
+}
+
+#[tokio::test]
+async fn tag_filtering_sends_tagged_requests_to_their_deployments() {
+    let fake = FakeUpstream::start(true).await.unwrap();
+    let gw = start_yaml(&config(
+        &fake,
+        &[
+            ("g", "paid-ok", ", tags: [paid]"),
+            ("g", "free-ok", ", tags: [free, default]"),
+        ],
+        "router_settings:\n  enable_tag_filtering: true\n",
+    ))
+    .await;
+    let tagged = |tags: Value| json!({ "model": "g", "tags": tags, "messages": [{ "role": "user", "content": "hi" }] });
+    for _ in 0..5 {
+        assert_eq!(
+            gw.post("/v1/chat/completions", tagged(json!(["paid"])))
+                .await
+                .status,
+            200
+        );
+        assert_eq!(chat(&gw, "g").await.status, 200);
+    }
+    let sent = calls(&fake);
+    assert_eq!(
+        sent.iter().filter(|m| *m == "paid-ok").count(),
+        5,
+        "{sent:?}"
+    );
+    assert_eq!(
+        sent.iter().filter(|m| *m == "free-ok").count(),
+        5,
+        "{sent:?}"
+    );
+}
+
+#[tokio::test]
+async fn background_health_checks_take_a_failing_deployment_out_of_routing() {
+    let fake = FakeUpstream::start(true).await.unwrap();
+    let gw = start_yaml(&config(
+        &fake,
+        &[("g", "down-error-503", ""), ("g", "up-ok", "")],
+        "router_settings:\n  num_retries: 0\ngeneral_settings:\n  background_health_checks: true\n  health_check_interval: 30\n",
+    ))
+    .await;
+    // The first round runs at start: one probe each.
+    let mut probes = Vec::new();
+    for _ in 0..50 {
+        probes.extend(calls(&fake));
+        if probes.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    probes.sort();
+    assert_eq!(probes, ["down-error-503", "up-ok"]);
+    // Until the next round, only the healthy deployment is called.
+    for _ in 0..20 {
+        assert_eq!(chat(&gw, "g").await.status, 200);
+    }
+    assert_eq!(calls(&fake), vec!["up-ok"; 20]);
+    // /health shows the latest round without probing again.
+    let health = gw.get("/health", Some(support::MASTER_KEY)).await.json();
+    assert_eq!(
+        (
+            health["healthy_count"].as_u64(),
+            health["unhealthy_count"].as_u64()
+        ),
+        (Some(1), Some(1))
+    );
+    assert_eq!(
+        health["unhealthy_endpoints"][0]["model"],
+        "openai/down-error-503"
+    );
+    assert!(calls(&fake).is_empty());
+}

@@ -296,6 +296,33 @@ pub struct Comparison {
     pub failed: Vec<NotRun>,
     /// How to read the figures.
     pub notes: Vec<String>,
+    /// What choosing a deployment costs, measured in the `meridian` binary
+    /// (`meridian bench-router`); empty without Meridian rows.
+    #[serde(default)]
+    pub routing: Vec<RouterCost>,
+}
+
+/// Nanoseconds one routing decision takes, by strategy and group size.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RouterCost {
+    pub strategy: String,
+    pub deployments: usize,
+    pub ns_per_choice: f64,
+}
+
+/// Runs `meridian bench-router --json` (one thread, in memory).
+fn router_costs(bin: &std::path::Path) -> Result<Vec<RouterCost>, Error> {
+    let out = std::process::Command::new(bin)
+        .args(["bench-router", "--json"])
+        .output()?;
+    if !out.status.success() {
+        return Err(Error::InvalidOption(format!(
+            "{} bench-router failed: {}",
+            bin.display(),
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    Ok(serde_json::from_slice(&out.stdout)?)
 }
 
 impl Comparison {
@@ -362,6 +389,7 @@ pub async fn compare(opts: CompareOptions) -> Result<Comparison, Error> {
         skipped: Vec::new(),
         failed: Vec::new(),
         notes: Vec::new(),
+        routing: Vec::new(),
     };
     say(format!(
         "== fake upstream ({})",
@@ -402,6 +430,15 @@ pub async fn compare(opts: CompareOptions) -> Result<Comparison, Error> {
         }
     }
     comparison.relate_to_direct();
+    if opts.rows.iter().any(|r| r.is_meridian())
+        && let Some(bin) = &opts.meridian_bin
+    {
+        say("== routing: what choosing a deployment costs (meridian bench-router)".into());
+        match router_costs(bin) {
+            Ok(costs) => comparison.routing = costs,
+            Err(e) => say(format!("== routing: not measured: {e}")),
+        }
+    }
     comparison.notes = notes(&comparison);
     Ok(comparison)
 }
@@ -651,9 +688,8 @@ fn builds(opts: &CompareOptions) -> Vec<String> {
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
             .unwrap_or_default();
         out.push(format!(
-            "Meridian: {} ({}), the dev-profile build (`cargo build`: unoptimized \
-             but for serde, serde_json, meridian-consensus and automerge; \
-             RocksDB's C++ at -O0)",
+            "Meridian: {} ({}), the dev-profile build (`cargo build`: dependencies \
+             at opt-level 2, Meridian's crates at 1, RocksDB's C++ at -O1)",
             bin.display(),
             if version.is_empty() {
                 "version unknown"
@@ -773,6 +809,43 @@ pub fn utc_from_unix(secs: u64) -> String {
 }
 
 /// A signed microsecond difference as milliseconds with a sign.
+/// Strategies down, group sizes across, as aligned text lines.
+pub fn routing_table(costs: &[RouterCost]) -> Vec<String> {
+    let mut sizes: Vec<usize> = costs.iter().map(|c| c.deployments).collect();
+    sizes.sort_unstable();
+    sizes.dedup();
+    let mut strategies: Vec<&str> = Vec::new();
+    for c in costs {
+        if !strategies.contains(&c.strategy.as_str()) {
+            strategies.push(&c.strategy);
+        }
+    }
+    let mut lines = vec![format!(
+        "{:<24}{}",
+        "strategy",
+        sizes
+            .iter()
+            .map(|n| format!("{:>14}", format!("{n} deployments")))
+            .collect::<String>()
+    )];
+    for strategy in strategies {
+        let cells: String = sizes
+            .iter()
+            .map(|n| {
+                costs
+                    .iter()
+                    .find(|c| c.strategy == strategy && c.deployments == *n)
+                    .map_or_else(
+                        || format!("{:>14}", "–"),
+                        |c| format!("{:>14.0}", c.ns_per_choice),
+                    )
+            })
+            .collect();
+        lines.push(format!("{strategy:<24}{cells}"));
+    }
+    lines
+}
+
 fn signed_ms(us: i64) -> String {
     format!("{:+.2}", us as f64 / 1000.0)
 }
@@ -887,6 +960,16 @@ impl fmt::Display for Comparison {
                         .collect();
                     writeln!(f, "errors in {}: {}", run.label, list.join(", "))?;
                 }
+            }
+        }
+        if !self.routing.is_empty() {
+            writeln!(f)?;
+            writeln!(
+                f,
+                "Choosing a deployment (meridian bench-router: one thread, in memory), ns per choice"
+            )?;
+            for line in routing_table(&self.routing) {
+                writeln!(f, "{line}")?;
             }
         }
         for n in &self.skipped {

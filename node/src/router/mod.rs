@@ -18,6 +18,7 @@
 //! Retries and fallbacks walk this again per attempt (`pipeline`). Picks
 //! draw from the node's seeded RNG, so a simulation replays them.
 
+pub mod bench;
 pub mod live;
 pub mod settings;
 
