@@ -5,6 +5,7 @@
 #   ops/dev.sh test                every test tier: unit, router, integration,
 #                                  simulation (cargo), then the official-SDK tier
 #   ops/dev.sh lint                cargo fmt --check and clippy -D warnings
+#   ops/dev.sh build-deps          install the system packages a build needs
 #
 # Needs only the Rust toolchain; anything else (Python's venv, ...) is installed
 # with apt-get when missing. CARGO_TARGET_DIR is honoured.
@@ -72,6 +73,10 @@ cmd_test() {
     "$VENV/bin/python" -m pytest -q -p no:cacheprovider node/tests/sdk
 }
 
+cmd_build_deps() {
+  ensure_build_deps
+}
+
 cmd_lint() {
   ensure_build_deps
   cargo fmt --all -- --check
@@ -82,5 +87,6 @@ case "${1:-}" in
   run) shift; cmd_run "$@" ;;
   test) shift; cmd_test "$@" ;;
   lint) shift; cmd_lint "$@" ;;
-  *) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  build-deps) shift; cmd_build_deps ;;
+  *) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

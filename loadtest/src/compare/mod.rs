@@ -825,7 +825,7 @@ pub fn routing_table(costs: &[RouterCost]) -> Vec<String> {
         "strategy",
         sizes
             .iter()
-            .map(|n| format!("{:>14}", format!("{n} deployments")))
+            .map(|n| format!("{:>16}", format!("{n} deployments")))
             .collect::<String>()
     )];
     for strategy in strategies {
@@ -836,8 +836,8 @@ pub fn routing_table(costs: &[RouterCost]) -> Vec<String> {
                     .iter()
                     .find(|c| c.strategy == strategy && c.deployments == *n)
                     .map_or_else(
-                        || format!("{:>14}", "–"),
-                        |c| format!("{:>14.0}", c.ns_per_choice),
+                        || format!("{:>16}", "–"),
+                        |c| format!("{:>16.0}", c.ns_per_choice),
                     )
             })
             .collect();
