@@ -235,7 +235,22 @@ fn nines(percentile: f64) -> f64 {
     -(1.0 - percentile / 100.0).max(1e-9).log10()
 }
 
+/// Latency by percentile on a log axis: rows from a fraction of a
+/// millisecond to minutes (an overloaded proxy) all stay readable.
 fn latency_plot(runs: &[RunResult]) -> String {
+    let all_ms = runs
+        .iter()
+        .flat_map(|r| r.latency_curve.iter().map(|p| p.us as f64 / 1000.0))
+        .filter(|ms| *ms > 0.0);
+    let (lo, hi) = all_ms.fold((f64::INFINITY, 0.0_f64), |(lo, hi), ms| {
+        (lo.min(ms), hi.max(ms))
+    });
+    let lo = if lo.is_finite() {
+        lo.log10().floor()
+    } else {
+        -1.0
+    };
+    let hi = hi.max(f64::MIN_POSITIVE).log10().ceil().max(lo + 1.0);
     let series: Vec<Series<'_>> = runs
         .iter()
         .map(|run| Series {
@@ -243,7 +258,10 @@ fn latency_plot(runs: &[RunResult]) -> String {
             points: run
                 .latency_curve
                 .iter()
-                .map(|p| (nines(p.percentile), p.us as f64 / 1000.0))
+                .map(|p| {
+                    let ms = (p.us as f64 / 1000.0).max(10f64.powf(lo));
+                    (nines(p.percentile), ms.log10() - lo)
+                })
                 .collect(),
         })
         .collect();
@@ -257,10 +275,13 @@ fn latency_plot(runs: &[RunResult]) -> String {
         .filter(|(x, _)| *x <= deepest)
         .map(|(x, label)| (*x, (*label).to_owned()))
         .collect();
-    let (y_max, y_ticks) = linear_ticks(max_y(&series));
+    let y_ticks = (lo as i32..=hi as i32)
+        .map(|e| (f64::from(e) - lo, decade_label(e)))
+        .collect();
+    let y_max = hi - lo;
     Plot {
         x_label: "percentile",
-        y_label: "latency (ms)",
+        y_label: "latency (ms, log scale)",
         x_max: deepest,
         y_max,
         x_ticks,
@@ -269,6 +290,15 @@ fn latency_plot(runs: &[RunResult]) -> String {
         steps: false,
     }
     .svg()
+}
+
+/// `10^e` milliseconds as a tick label: 0.01, 0.1, 1, 10, 1000, 10000.
+fn decade_label(e: i32) -> String {
+    if e < 0 {
+        format!("{:.*}", e.unsigned_abs() as usize, 10f64.powi(e))
+    } else {
+        format!("{:.0}", 10f64.powi(e))
+    }
 }
 
 fn throughput_plot(runs: &[RunResult]) -> String {
@@ -528,6 +558,12 @@ mod tests {
         assert_eq!(ticks[1].1, "0.1");
         assert_eq!(linear_ticks(0.0).0, 1.0);
         assert_eq!(linear_ticks(f64::NAN).0, 1.0);
+    }
+
+    #[test]
+    fn decades_label_the_log_axis() {
+        let labels: Vec<String> = (-2..=4).map(decade_label).collect();
+        assert_eq!(labels, ["0.01", "0.1", "1", "10", "100", "1000", "10000"]);
     }
 
     #[test]

@@ -44,7 +44,7 @@ def test_tool_use(claude):
 
 def test_errors_surface_as_sdk_exceptions(claude, gateway):
     with pytest.raises(anthropic.RateLimitError) as e:
-        claude.messages.create(model="mock-ratelimited", max_tokens=5, messages=[{"role": "user", "content": "x"}])
+        claude.messages.create(model="mock-ratelimited-messages", max_tokens=5, messages=[{"role": "user", "content": "x"}])
     assert e.value.status_code == 429
 
     bad_key = anthropic.Anthropic(api_key="sk-wrong", base_url=gateway, max_retries=0)

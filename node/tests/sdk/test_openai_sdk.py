@@ -72,14 +72,21 @@ def test_legacy_completions(oai):
 
 def test_models(oai):
     ids = {m.id for m in oai.models.list()}
-    assert ids == {"mock-chat", "mock-embedding", "mock-ratelimited", "gpt-4o", "text-embedding-3-small", "claude"}
+    assert ids == {"mock-chat", "mock-embedding", "mock-ratelimited", "mock-ratelimited-messages", "gpt-4o", "text-embedding-3-small", "claude"}
 
 
 def test_errors_surface_as_sdk_exceptions(oai, gateway):
+    once = oai.with_options(max_retries=0)
     with pytest.raises(openai.RateLimitError) as e:
-        oai.chat.completions.create(model="mock-ratelimited", messages=[{"role": "user", "content": "x"}])
+        once.chat.completions.create(model="mock-ratelimited", messages=[{"role": "user", "content": "x"}])
     assert e.value.status_code == 429
     assert "Mock error 429" in e.value.message
+    # The 429 cooled the deployment down: the next call fails fast, with
+    # LiteLLM's message and when to come back.
+    with pytest.raises(openai.RateLimitError) as e:
+        once.chat.completions.create(model="mock-ratelimited", messages=[{"role": "user", "content": "x"}])
+    assert "No deployments available for selected model" in e.value.message
+    assert int(e.value.response.headers["retry-after"]) >= 1
 
     with pytest.raises(openai.BadRequestError) as e:
         oai.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "x"}])
