@@ -39,15 +39,17 @@ pub struct RequestCtx {
     pub tags: Vec<String>,
 }
 
-/// Every tag a request carries: its header's, then its body's (taken out of
-/// the body, which is forwarded without them).
-pub fn request_tags(
+/// What a request's body says about routing, taken out of it (it is
+/// forwarded without them): its tags (after the header's) and its own
+/// `fallbacks`.
+pub fn routing_fields(
     ctx: &RequestCtx,
     extra: &mut serde_json::Map<String, serde_json::Value>,
-) -> Result<Vec<String>> {
+) -> Result<(Vec<String>, Option<Vec<String>>)> {
     let mut tags = ctx.tags.clone();
     crate::tags::take_from_body(extra, &mut tags)?;
-    Ok(tags)
+    let fallbacks = crate::config::request_fallbacks(extra)?;
+    Ok((tags, fallbacks))
 }
 
 /// The extra attempts a request took (`x-meridian-attempted-retries`,

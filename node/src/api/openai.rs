@@ -8,9 +8,9 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use super::error_response::{ApiError, Format, ratelimit_headers};
+use super::error_response::{ApiError, Format};
 use super::extract::{Auth, Ctx, JsonBody};
-use super::respond::{json_response, meridian_headers, openai_stream, settlement};
+use super::respond::{answered, json_response, openai_stream};
 use crate::admission::Demand;
 use crate::node::Node;
 use crate::pipeline::{self, RequestCtx};
@@ -31,8 +31,7 @@ pub async fn chat(
     }
     let wants_usage = req.wants_stream_usage();
     let model = req.model.clone();
-    let tags = pipeline::request_tags(&ctx, &mut req.extra).map_err(fail)?;
-    let fallbacks = crate::config::request_fallbacks(&mut req.extra).map_err(fail)?;
+    let (tags, fallbacks) = pipeline::routing_fields(&ctx, &mut req.extra).map_err(fail)?;
     let demand = Demand {
         tags,
         ..Demand::for_chat(&req)
@@ -68,8 +67,7 @@ pub async fn completion(
         .unwrap_or(false);
     let fail = |e| ApiError::new(e, Format::OpenAi).with_request_id(&ctx.request_id);
     let model = req.model.clone();
-    let tags = pipeline::request_tags(&ctx, &mut req.extra).map_err(fail)?;
-    let fallbacks = crate::config::request_fallbacks(&mut req.extra).map_err(fail)?;
+    let (tags, fallbacks) = pipeline::routing_fields(&ctx, &mut req.extra).map_err(fail)?;
     let demand = Demand {
         tags,
         ..Demand::for_completion(&req)
@@ -101,16 +99,8 @@ async fn finish(
     called: pipeline::Called<Outcome>,
     wants_usage: bool,
 ) -> Response {
-    let headroom = called.reservation.headroom;
-    let tries = called.tries;
-    let mut s = settlement(
-        node,
-        ctx,
-        &called.deployment,
-        called.reservation,
-        called.attempt,
-    );
-    let mut response = match called.output {
+    let (output, mut s, answered) = answered(node, ctx, called);
+    let mut response = match output {
         Outcome::Complete(done) => {
             s.observe(done.usage);
             let cost = s.finish();
@@ -119,15 +109,7 @@ async fn finish(
         }
         Outcome::Stream(chunks) => openai_stream(chunks, s, wants_usage, ctx.request_id.clone()),
     };
-    ratelimit_headers(response.headers_mut(), &headroom);
-    meridian_headers(
-        response.headers_mut(),
-        node,
-        ctx,
-        &called.deployment,
-        called.upstream_time,
-        tries,
-    );
+    answered.headers(&mut response, node, ctx);
     response
 }
 
@@ -138,8 +120,7 @@ pub async fn embeddings(
 ) -> Result<Response, ApiError> {
     let fail = |e| ApiError::new(e, Format::OpenAi).with_request_id(&ctx.request_id);
     let model = req.model.clone();
-    let tags = pipeline::request_tags(&ctx, &mut req.extra).map_err(fail)?;
-    let fallbacks = crate::config::request_fallbacks(&mut req.extra).map_err(fail)?;
+    let (tags, fallbacks) = pipeline::routing_fields(&ctx, &mut req.extra).map_err(fail)?;
     let demand = Demand {
         tags,
         ..Demand::for_embeddings(&req)
@@ -154,28 +135,12 @@ pub async fn embeddings(
     )
     .await
     .map_err(fail)?;
-    let headroom = called.reservation.headroom;
-    let tries = called.tries;
-    let mut s = settlement(
-        &node,
-        &ctx,
-        &called.deployment,
-        called.reservation,
-        called.attempt,
-    );
-    s.observe(called.output.usage);
+    let (output, mut s, answered) = answered(&node, &ctx, called);
+    s.observe(output.usage);
     let cost = s.finish();
     s.durable().await;
-    let mut response = json_response(called.output.body, cost);
-    ratelimit_headers(response.headers_mut(), &headroom);
-    meridian_headers(
-        response.headers_mut(),
-        &node,
-        &ctx,
-        &called.deployment,
-        called.upstream_time,
-        tries,
-    );
+    let mut response = json_response(output.body, cost);
+    answered.headers(&mut response, &node, &ctx);
     Ok(response)
 }
 

@@ -249,13 +249,41 @@ pub fn anthropic_stream(
 }
 
 /// The settlement for a call: it takes over the call's reservation.
-pub fn settlement(
+/// What the headers of an answer need from its call, once the output is
+/// taken and the settlement holds the reservation.
+pub struct Answered {
+    deployment: Arc<Deployment>,
+    upstream_time: std::time::Duration,
+    headroom: crate::admission::Headroom,
+    tries: crate::pipeline::Tries,
+}
+
+impl Answered {
+    /// Sets the rate-limit and `x-meridian-*` headers on `response`.
+    pub fn headers(&self, response: &mut Response, node: &Node, ctx: &RequestCtx) {
+        super::error_response::ratelimit_headers(response.headers_mut(), &self.headroom);
+        meridian_headers(
+            response.headers_mut(),
+            node,
+            ctx,
+            &self.deployment,
+            self.upstream_time,
+            self.tries,
+        );
+    }
+
+    pub fn deployment(&self) -> &Deployment {
+        &self.deployment
+    }
+}
+
+/// Splits a finished call into its output, the settlement that bills it
+/// (once, at the end of the answer or stream), and what the headers need.
+pub fn answered<T>(
     node: &Node,
     ctx: &RequestCtx,
-    deployment: &Arc<Deployment>,
-    reservation: crate::admission::Reservation,
-    attempt: crate::pipeline::Attempt,
-) -> Settlement {
+    called: crate::pipeline::Called<T>,
+) -> (T, Settlement, Answered) {
     let log = crate::pipeline::LogTarget {
         log: node.spend_log.clone(),
         clock: node.clock.clone(),
@@ -263,11 +291,19 @@ pub fn settlement(
         node: node.node_id.clone(),
         received: ctx.received,
     };
-    Settlement::new(
+    let headroom = called.reservation.headroom;
+    let settlement = Settlement::new(
         ctx.request_id.clone(),
-        deployment.clone(),
-        reservation,
-        attempt,
+        called.deployment.clone(),
+        called.reservation,
+        called.attempt,
         log,
-    )
+    );
+    let answered = Answered {
+        deployment: called.deployment,
+        upstream_time: called.upstream_time,
+        headroom,
+        tries: called.tries,
+    };
+    (called.output, settlement, answered)
 }
