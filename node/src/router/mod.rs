@@ -89,11 +89,10 @@ pub struct ModelRouter {
 /// Whether region `inner` lies within `outer`: equal, or `outer` followed by
 /// a `-` (`eu-west-1` lies within `eu`). Case-insensitive.
 pub fn region_within(inner: &str, outer: &str) -> bool {
-    let (inner, outer) = (inner.to_ascii_lowercase(), outer.to_ascii_lowercase());
-    inner == outer
-        || inner
-            .strip_prefix(&outer)
-            .is_some_and(|rest| rest.starts_with('-'))
+    let (inner, outer) = (inner.as_bytes(), outer.as_bytes());
+    inner.len() >= outer.len()
+        && inner[..outer.len()].eq_ignore_ascii_case(outer)
+        && (inner.len() == outer.len() || inner[outer.len()] == b'-')
 }
 
 impl ModelRouter {
@@ -299,47 +298,37 @@ impl ModelRouter {
                 format!("every deployment of `{group}` is cooling down after failures"),
             );
         }
-        let mut ready: Vec<Member> = left
+        let minute = self.minute(now);
+        let ttl = self.settings.latency.ttl;
+        let mut ready: Vec<(Member, live::Seen)> = left
             .into_iter()
             .zip(cooling)
             .filter(|(_, c)| c.is_none())
-            .map(|(m, _)| m)
-            .collect();
-
-        let minute = self.minute(now);
-        let ttl = self.settings.latency.ttl;
-        let mut seen: Vec<_> = ready
-            .iter()
-            .map(|m| m.live.seen(minute, now, ttl))
+            .map(|(m, _)| {
+                let seen = m.live.seen(minute, now, ttl);
+                (m, seen)
+            })
             .collect();
         if self.settings.strategy == Strategy::UsageBased {
-            let keep: Vec<bool> = ready
-                .iter()
-                .zip(&seen)
-                .map(|(m, s)| {
-                    m.deployment.rpm.is_none_or(|rpm| s.requests < rpm)
-                        && m.deployment
-                            .tpm
-                            .is_none_or(|tpm| s.tokens.saturating_add(want.tokens) <= tpm)
-                })
-                .collect();
-            if !keep.contains(&true) {
+            ready.retain(|(m, s)| {
+                m.deployment.rpm.is_none_or(|rpm| s.requests < rpm)
+                    && m.deployment
+                        .tpm
+                        .is_none_or(|tpm| s.tokens.saturating_add(want.tokens) <= tpm)
+            });
+            if ready.is_empty() {
                 let next_minute = self.epoch + Duration::from_secs((minute + 1) * 60);
                 return unavailable(
                     Some(next_minute.saturating_duration_since(now)),
                     format!("every deployment of `{group}` is at its rpm/tpm for this minute"),
                 );
             }
-            let mut k = keep.iter();
-            ready.retain(|_| *k.next().unwrap_or(&false));
-            let mut k = keep.iter();
-            seen.retain(|_| *k.next().unwrap_or(&false));
         }
 
         // The best tier, then this node's region within it.
         let tier = ready
             .iter()
-            .map(|m| m.deployment.order.unwrap_or(u32::MAX))
+            .map(|(m, _)| m.deployment.order.unwrap_or(u32::MAX))
             .min();
         let local = |m: &Member| {
             m.deployment
@@ -348,20 +337,20 @@ impl ModelRouter {
                 .is_some_and(|r| region_within(r, &self.region) || region_within(&self.region, r))
         };
         let in_tier: Vec<usize> = (0..ready.len())
-            .filter(|&i| Some(ready[i].deployment.order.unwrap_or(u32::MAX)) == tier)
+            .filter(|&i| Some(ready[i].0.deployment.order.unwrap_or(u32::MAX)) == tier)
             .collect();
         let local_in_tier: Vec<usize> = in_tier
             .iter()
             .copied()
-            .filter(|&i| local(&ready[i]))
+            .filter(|&i| local(&ready[i].0))
             .collect();
         let pool = if local_in_tier.is_empty() {
             in_tier
         } else {
             local_in_tier
         };
-        let pick = self.strategy_pick(&pool, &ready, &seen, rng);
-        Choice::Chosen(ready.swap_remove(pick))
+        let pick = self.strategy_pick(&pool, &ready, rng);
+        Choice::Chosen(ready.swap_remove(pick).0)
     }
 
     /// Tag routing: deployments sharing the request's tags (any, or all with
@@ -394,15 +383,15 @@ impl ModelRouter {
         members
     }
 
-    /// The strategy's choice among `pool` (indexes into `members`).
+    /// The strategy's choice among `pool` (indexes into `ready`).
     fn strategy_pick(
         &self,
         pool: &[usize],
-        members: &[Member],
-        seen: &[live::Seen],
+        ready: &[(Member, live::Seen)],
         rng: &SeededRng,
     ) -> usize {
-        let d = |i: usize| &members[i].deployment;
+        let d = |i: usize| &ready[i].0.deployment;
+        let seen = |i: usize| ready[i].1;
         let uniform = |among: &[usize]| among[rng.below(among.len() as u64) as usize];
         if pool.len() == 1 {
             return pool[0];
@@ -444,8 +433,8 @@ impl ModelRouter {
                 }
                 pool[pool.len() - 1]
             }
-            Strategy::LeastBusy => lowest(pool, |i| seen[i].in_flight, uniform),
-            Strategy::UsageBased => lowest(pool, |i| seen[i].tokens, uniform),
+            Strategy::LeastBusy => lowest(pool, |i| seen(i).in_flight, uniform),
+            Strategy::UsageBased => lowest(pool, |i| seen(i).tokens, uniform),
             Strategy::CostBased => lowest(
                 pool,
                 |i| {
@@ -461,12 +450,12 @@ impl ModelRouter {
                 let untried: Vec<usize> = pool
                     .iter()
                     .copied()
-                    .filter(|&i| seen[i].latency.is_none())
+                    .filter(|&i| seen(i).latency.is_none())
                     .collect();
                 if !untried.is_empty() {
                     return uniform(&untried);
                 }
-                let latency = |i: usize| seen[i].latency.unwrap_or_default().as_secs_f64();
+                let latency = |i: usize| seen(i).latency.unwrap_or_default().as_secs_f64();
                 let best = pool
                     .iter()
                     .map(|&i| latency(i))

@@ -217,6 +217,8 @@ async fn residency_is_never_relaxed_not_even_when_its_deployments_cool_down() {
         Choice::Unavailable(_)
     ));
     assert!(region_within("eu-west-1", "eu") && !region_within("europe-west4", "eu"));
+    assert!(region_within("EU-West-1", "eu-west-1") && !region_within("eu", "eu-west-1"));
+    assert!(!region_within("eu-", "eu-west") && region_within("eu", "eu"));
 }
 
 #[test]
@@ -301,14 +303,10 @@ async fn every_deployment_cooling_down_says_when_to_come_back() {
         |_| {},
     );
     let now = Instant::now();
-    for id in ["a", "b"] {
-        assert!(r.failed(
-            &r.by_id(id).unwrap(),
-            ErrorClass::Authentication,
-            now,
-            "401"
-        ));
-    }
+    // A 401 and a 404 each cool their deployment down at once.
+    let (a, b) = (r.by_id("a").unwrap(), r.by_id("b").unwrap());
+    assert!(r.failed(&a, ErrorClass::Authentication, now, "401"));
+    assert!(r.failed(&b, ErrorClass::NotFound, now, "404"));
     match r.choose("g", &Want::default(), now, &SeededRng::from_seed(1)) {
         Choice::Unavailable(u) => assert_eq!(u.retry_after, Some(Duration::from_secs(5))),
         other => panic!("{other:?}"),
