@@ -581,9 +581,13 @@ fn correct(t: &mut Txn<'_>, id: &CounterId, reserved: u64, actual: u64) {
 }
 
 impl Reservation {
-    /// The call failed: nothing was served, everything is given back.
-    pub fn release(mut self) {
-        let _ = self.settle(&Usage::default(), Cost(0));
+    /// The call failed: nothing was served, everything is given back —
+    /// durably before this returns, since the caller is about to answer (or
+    /// to reserve again) on the strength of it. A crash after a failure is
+    /// answered must not leave the failed call's reservation counted.
+    pub async fn release(mut self) {
+        let ticket = self.settle(&Usage::default(), Cost(0));
+        self.durable(ticket).await;
     }
 }
 

@@ -204,7 +204,7 @@ where
                 }
                 Err(e) => e,
             };
-            reservation.release();
+            reservation.release().await;
             drop(in_flight);
             let Some(class) = ErrorClass::of(&e) else {
                 return Err(e);
