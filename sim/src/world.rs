@@ -716,6 +716,12 @@ fn run_world(spec: &Spec) -> Result<Outcome, String> {
     let mut ended = vec![false; plan.events.len()];
     let mut samples = Vec::new();
     let mut converged_after = None;
+    // The final checks read converged state: once the clients are done, the
+    // world runs on until a sample shows every node agreeing (a call that
+    // ended just before has its last counter change still in gossip), or
+    // until the convergence bound has passed.
+    let mut clients_done_at: Option<Duration> = None;
+    let mut agreed_since_clients_done = false;
     let sample_every = Duration::from_millis(20);
     let mut next_sample = Duration::ZERO;
     loop {
@@ -768,19 +774,29 @@ fn run_world(spec: &Spec) -> Result<Outcome, String> {
                     }
                 }
             }
-            if now >= spec.heal_at()
-                && converged_after.is_none()
-                && v.nodes.len() == spec.node_hosts().len()
-                && invariants::agree(&v)
-            {
+            let agree = v.nodes.len() == spec.node_hosts().len() && invariants::agree(&v);
+            if now >= spec.heal_at() && converged_after.is_none() && agree {
                 converged_after = Some(now - spec.heal_at());
+            }
+            if clients_done_at.is_some() && agree {
+                agreed_since_clients_done = true;
             }
             if now.as_millis() % 1000 < 20 {
                 samples.push(v.fingerprint());
             }
         }
-        let settled = converged_after.is_some() || now >= spec.heal_at() + spec.converge_within;
-        if clients_done && settled {
+        if clients_done && clients_done_at.is_none() {
+            clients_done_at = Some(now);
+        }
+        let settled = match clients_done_at {
+            None => false,
+            Some(done) => {
+                (converged_after.is_some() && agreed_since_clients_done)
+                    || now
+                        >= (spec.heal_at() + spec.converge_within).max(done + spec.converge_within)
+            }
+        };
+        if settled {
             break;
         }
     }
