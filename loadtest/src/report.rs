@@ -103,9 +103,7 @@ fn routing_table(costs: &[crate::compare::RouterCost]) -> String {
     if costs.is_empty() {
         return String::new();
     }
-    let mut sizes: Vec<usize> = costs.iter().map(|c| c.deployments).collect();
-    sizes.sort_unstable();
-    sizes.dedup();
+    let (sizes, rows) = crate::compare::routing_grid(costs);
     let mut s = String::from(
         "<h2>Choosing a deployment</h2>\n<p class=\"note\">Nanoseconds per routing decision \
          in the <code>meridian</code> binary (<code>meridian bench-router</code>: one thread, \
@@ -116,20 +114,12 @@ fn routing_table(costs: &[crate::compare::RouterCost]) -> String {
         let _ = write!(s, "<th>{n} deployments</th>");
     }
     s.push_str("</tr>\n");
-    let mut seen: Vec<&str> = Vec::new();
-    for c in costs {
-        if seen.contains(&c.strategy.as_str()) {
-            continue;
-        }
-        seen.push(&c.strategy);
-        let _ = write!(s, "<tr><td>{}</td>", escape(&c.strategy));
-        for n in &sizes {
-            match costs
-                .iter()
-                .find(|x| x.strategy == c.strategy && x.deployments == *n)
-            {
-                Some(x) => {
-                    let _ = write!(s, "<td>{:.0} ns</td>", x.ns_per_choice);
+    for (strategy, cells) in rows {
+        let _ = write!(s, "<tr><td>{}</td>", escape(strategy));
+        for cell in cells {
+            match cell {
+                Some(ns) => {
+                    let _ = write!(s, "<td>{ns:.0} ns</td>");
                 }
                 None => s.push_str("<td>–</td>"),
             }

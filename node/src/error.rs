@@ -191,13 +191,4 @@ impl Error {
             }
         }
     }
-
-    /// Whether another attempt (on this or another deployment) may succeed.
-    pub fn is_retryable(&self) -> bool {
-        match self {
-            Error::UpstreamStatus { status, .. } => *status == 429 || *status >= 500,
-            Error::UpstreamTimeout { .. } | Error::UpstreamUnreachable { .. } => true,
-            _ => false,
-        }
-    }
 }

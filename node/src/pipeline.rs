@@ -133,10 +133,10 @@ where
     let mut tries = Tries::default();
     let mut again: Option<Demand> = None;
     // The requested group, then (once it has failed) its fallbacks.
-    let mut chain = vec![model.to_owned()];
+    let mut chain: Vec<&str> = vec![model];
     let mut last: Option<Error> = None;
     let mut at = 0;
-    while let Some(target) = chain.get(at).cloned() {
+    while let Some(&target) = chain.get(at) {
         at += 1;
         if at > 1 {
             tries.fallbacks += 1;
@@ -144,16 +144,16 @@ where
         let mut retries = 0;
         let failure = loop {
             let now = Instant::now();
-            let member = match router.choose_target(&target, &want, now, &node.rng) {
+            let member = match router.choose_target(target, &want, now, &node.rng) {
                 Choice::Chosen(m) => m,
                 Choice::Unknown => {
                     break Error::ModelNotFound {
-                        model: target.clone(),
+                        model: target.to_owned(),
                     };
                 }
                 Choice::Unavailable(u) => {
                     break Error::NoDeployments {
-                        model_group: target.clone(),
+                        model_group: target.to_owned(),
                         reason: u.reason,
                         retry_after: u.retry_after,
                     };
@@ -168,12 +168,6 @@ where
                 node.now_ms(),
             )
             .await?;
-            if again.is_none() {
-                again = Some(Demand {
-                    counted: true,
-                    ..demand.clone()
-                });
-            }
             let minute = router.minute(now);
             let in_flight = member.live.start(minute, want.tokens);
             let cx = CallContext {
@@ -206,6 +200,14 @@ where
             };
             reservation.release().await;
             drop(in_flight);
+            // Any next attempt is admitted again, but the client request has
+            // been counted once already.
+            if again.is_none() {
+                again = Some(Demand {
+                    counted: true,
+                    ..demand.clone()
+                });
+            }
             let Some(class) = ErrorClass::of(&e) else {
                 return Err(e);
             };
@@ -219,7 +221,7 @@ where
                 error = %e,
                 "upstream call failed"
             );
-            let elsewhere = router.others_ready(&target, &deployment.id, Instant::now());
+            let elsewhere = router.others_ready(target, &deployment.id, Instant::now());
             let cooling = member.live.cooling_until(Instant::now()).is_some();
             // Out of retries, or the whole group is cooling down: fail fast
             // (to the fallbacks) rather than wait out a cooldown.
@@ -263,9 +265,9 @@ where
                 chain.extend(
                     listed
                         .iter()
-                        .filter(|g| g.as_str() != model && ctx.principal.may_use_model(g))
-                        .take(settings.max_fallbacks as usize)
-                        .cloned(),
+                        .map(String::as_str)
+                        .filter(|g| *g != model && ctx.principal.may_use_model(g))
+                        .take(settings.max_fallbacks as usize),
                 );
             }
             last = Some(failure);

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, UNIX_EPOCH};
 
 use meridian_bugs::Bug;
-use meridian_node::clock::{Clock, SeededRng};
+use meridian_node::clock::SeededRng;
 use meridian_node::node::{Node, Seams};
 use meridian_node::secret::Secret;
 use rand::rngs::StdRng;
@@ -27,7 +27,7 @@ use serde_json::json;
 
 use crate::net::{Answer, SimUpstream, call};
 use crate::upstream::{Provider, Trouble};
-use crate::world::{Outcome, Violation};
+use crate::world::{Outcome, SimClock, Violation};
 
 const MASTER_KEY: &str = "sk-sim-master";
 /// A key whose data must stay in the EU.
@@ -92,14 +92,6 @@ meridian:
 ",
         cooldown = COOLDOWN.as_secs()
     )
-}
-
-struct SimClock;
-
-impl Clock for SimClock {
-    fn since_epoch(&self) -> Duration {
-        turmoil::since_epoch().unwrap_or_default()
-    }
 }
 
 async fn run_node(seed: u64, region: &'static str) -> Result<(), Box<dyn std::error::Error>> {

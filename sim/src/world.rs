@@ -163,7 +163,7 @@ pub struct Outcome {
 }
 
 /// Simulated wall time: turmoil's clock from a fixed epoch.
-struct SimClock;
+pub(crate) struct SimClock;
 
 impl Clock for SimClock {
     fn since_epoch(&self) -> Duration {

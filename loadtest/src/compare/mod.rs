@@ -810,36 +810,46 @@ pub fn utc_from_unix(secs: u64) -> String {
 
 /// A signed microsecond difference as milliseconds with a sign.
 /// Strategies down, group sizes across, as aligned text lines.
-pub fn routing_table(costs: &[RouterCost]) -> Vec<String> {
+/// One strategy's ns per choice for each group size of a [`routing_grid`].
+pub type GridRow<'a> = (&'a str, Vec<Option<f64>>);
+
+/// Router costs as a grid: the group sizes (ascending), then each strategy
+/// (in measured order) with its ns per choice for each size.
+pub fn routing_grid(costs: &[RouterCost]) -> (Vec<usize>, Vec<GridRow<'_>>) {
     let mut sizes: Vec<usize> = costs.iter().map(|c| c.deployments).collect();
     sizes.sort_unstable();
     sizes.dedup();
-    let mut strategies: Vec<&str> = Vec::new();
+    let mut rows: Vec<GridRow<'_>> = Vec::new();
     for c in costs {
-        if !strategies.contains(&c.strategy.as_str()) {
-            strategies.push(&c.strategy);
+        if rows.iter().any(|(s, _)| *s == c.strategy) {
+            continue;
         }
-    }
-    let mut lines = vec![format!(
-        "{:<24}{}",
-        "strategy",
-        sizes
-            .iter()
-            .map(|n| format!("{:>16}", format!("{n} deployments")))
-            .collect::<String>()
-    )];
-    for strategy in strategies {
-        let cells: String = sizes
+        let cells = sizes
             .iter()
             .map(|n| {
                 costs
                     .iter()
-                    .find(|c| c.strategy == strategy && c.deployments == *n)
-                    .map_or_else(
-                        || format!("{:>16}", "–"),
-                        |c| format!("{:>16.0}", c.ns_per_choice),
-                    )
+                    .find(|x| x.strategy == c.strategy && x.deployments == *n)
+                    .map(|x| x.ns_per_choice)
             })
+            .collect();
+        rows.push((&c.strategy, cells));
+    }
+    (sizes, rows)
+}
+
+/// Strategies down, group sizes across, as aligned text lines.
+pub fn routing_table(costs: &[RouterCost]) -> Vec<String> {
+    let (sizes, rows) = routing_grid(costs);
+    let header: String = sizes
+        .iter()
+        .map(|n| format!("{:>16}", format!("{n} deployments")))
+        .collect();
+    let mut lines = vec![format!("{:<24}{header}", "strategy")];
+    for (strategy, cells) in rows {
+        let cells: String = cells
+            .iter()
+            .map(|c| c.map_or_else(|| format!("{:>16}", "–"), |ns| format!("{ns:>16.0}")))
             .collect();
         lines.push(format!("{strategy:<24}{cells}"));
     }
@@ -1007,6 +1017,31 @@ mod tests {
                 serde_json::Value::from(row.name())
             );
         }
+    }
+
+    #[test]
+    fn router_costs_grid_by_strategy_and_size() {
+        let cost = |strategy: &str, deployments, ns| RouterCost {
+            strategy: strategy.into(),
+            deployments,
+            ns_per_choice: ns,
+        };
+        let costs = [cost("b", 4, 40.0), cost("a", 1, 10.0), cost("b", 1, 20.0)];
+        let (sizes, rows) = routing_grid(&costs);
+        assert_eq!(sizes, [1, 4]);
+        assert_eq!(
+            rows,
+            [
+                ("b", vec![Some(20.0), Some(40.0)]),
+                ("a", vec![Some(10.0), None])
+            ]
+        );
+        let lines = routing_table(&costs);
+        assert_eq!(lines.len(), 3);
+        assert!(
+            lines[2].starts_with('a') && lines[2].ends_with('–'),
+            "{lines:?}"
+        );
     }
 
     #[test]
