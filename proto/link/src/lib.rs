@@ -1,23 +1,41 @@
 //! `meridian-link`: how Meridian nodes reach each other over gRPC, with no
 //! knowledge of what they say. Raft (`meridian-consensus`) and gossip
-//! (`meridian-replication`) both use it, over one listener per node.
+//! (`meridian-replication`) both use it, over one listener per node. It owns
+//! the transport and who may use it; it must not depend on any Meridian crate
+//! nor know any service.
 //!
-//! - [`Dialer`]: lazily connected, cached channels per peer address, over TCP
-//!   or over a connector a simulation injects; keepalives and a dial timeout so
-//!   a vanished peer is noticed instead of waited on.
+//! - [`Dialer`]: lazily connected, cached channels per peer address, over TCP,
+//!   over mutual TLS ([`Dialer::tls`]) or over a connector a simulation
+//!   injects; keepalives and a dial timeout so a vanished peer is noticed
+//!   instead of waited on.
+//! - [`serve`] / [`serve_tls`] / [`serve_incoming`]: serve a set of tonic
+//!   services on a TCP listener, plain or with mutual TLS, or on any stream of
+//!   accepted connections.
+//! - [`NodeIdentity`]: a node's region and raft id, carried in its
+//!   certificate as a `meridian://node/<region>/<id>` URI; [`peer_identity`]
+//!   reads the verified identity of a served call's peer ([`PeerInfo`]).
+//! - [`ClusterTls`]: the CA bundle, node certificate and key, TLS 1.3 with
+//!   client certificates required both ways, reloaded from disk without a
+//!   restart. [`PublicTls`] is its counterpart for a node's public HTTPS
+//!   listener; [`TlsAcceptor`] accepts for either, with bounded handshakes.
+//! - [`certs`]: making a CA, node certificates and server certificates.
 //! - [`ClusterSecret`]: stamped on every call, checked on every served call
 //!   before anything else; never printed.
-//! - [`serve`] / [`serve_incoming`]: serve a set of tonic services on a TCP
-//!   listener or on any stream of accepted connections.
 //! - [`CallError`]: a failed call classified by which side failed.
 //!
-//! Traffic is plain HTTP/2: the secret keeps strangers and misconfigured
-//! nodes out, not an on-path attacker.
+//! With [`ClusterTls`] configured, traffic between nodes is TLS 1.3 and each
+//! end proves with a CA-signed certificate which node it is; the cluster
+//! secret is then an optional second factor. Plain HTTP/2 ([`Dialer::tcp`],
+//! [`serve`]) is for simulations and explicitly insecure test clusters only:
+//! there the secret keeps strangers and misconfigured nodes out, not an
+//! on-path attacker.
 
 use std::collections::BTreeMap;
+use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
 use std::io;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
@@ -35,13 +53,24 @@ use tonic::transport::{Channel, Endpoint, Server};
 use tonic::{Code, Request, Status};
 use tower::ServiceExt;
 
+mod accept;
+pub mod certs;
+mod identity;
+mod tls;
+
+pub use accept::{
+    HANDSHAKE_TIMEOUT, MAX_CONCURRENT_HANDSHAKES, TlsAcceptor, TlsConnection, TlsIncoming,
+};
+pub use identity::{NODE_SERVER_NAME, NodeIdentity, PeerInfo, peer_identity};
+pub use tls::{ClusterTls, PublicTls};
+
 /// The metadata header that carries the cluster secret.
 pub const SECRET_HEADER: &str = "x-meridian-cluster-secret";
 
 /// How long dialing a peer may take. A dial to a partitioned host otherwise
 /// waits out the OS's SYN retries (minutes) while calls queue behind it; after
 /// a failed dial the next call dials again.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// HTTP/2 pings, sent by both ends even when idle: a peer that vanished
 /// without closing its socket (host lost, partition) is noticed within
@@ -52,7 +81,7 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A pause after a failed `accept`, so running out of file descriptors does
 /// not turn the accept loop into a busy loop.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+pub(crate) const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -60,6 +89,19 @@ pub enum Error {
     Config(String),
     #[error("serving peers: {0}")]
     Serve(String),
+    /// A TLS file that cannot be read or does not hold what it must. The
+    /// reason never quotes the file's content.
+    #[error("{}: {reason}", path.display())]
+    File { path: PathBuf, reason: String },
+    /// Material that reads fine but does not make a TLS configuration.
+    #[error("TLS configuration: {0}")]
+    Tls(String),
+    /// A certificate that cannot be made or read.
+    #[error("certificate: {0}")]
+    Certificate(String),
+    /// A node identity that is malformed, missing or ambiguous.
+    #[error("node identity: {0}")]
+    Identity(String),
 }
 
 /// Why a call to a peer failed, by which side failed.
@@ -212,6 +254,9 @@ const RESET_STREAMS_FOR: Duration = Duration::from_secs(600);
 #[derive(Clone)]
 pub struct Dialer {
     dial: Arc<Dial>,
+    /// Bounds a whole dial, as tonic applies it: TCP connect, and for TLS the
+    /// handshake after it.
+    connect_timeout: Duration,
     channels: Arc<Mutex<BTreeMap<String, Channel>>>,
 }
 
@@ -236,9 +281,37 @@ impl Dialer {
         }))
     }
 
+    /// Dials peers over TCP with mutual TLS: each new connection takes the
+    /// client configuration current at that moment (so a reload applies to the
+    /// next connection), presents this node's certificate and verifies the
+    /// peer's as [`NODE_SERVER_NAME`] under the CA bundle. Channels keep their
+    /// `http://` URIs: TLS is in the stream, below HTTP/2.
+    pub fn tls(tls: ClusterTls) -> Self {
+        let connector = tower::service_fn(move |uri: http::Uri| {
+            let tls = tls.clone();
+            async move {
+                let addr = uri
+                    .authority()
+                    .map(|a| a.as_str().to_owned())
+                    .ok_or_else(|| {
+                        io::Error::new(io::ErrorKind::InvalidInput, format!("no address in {uri}"))
+                    })?;
+                tls.connect(&addr).await
+            }
+        });
+        let mut dialer = Self::build(Arc::new(move |endpoint: Endpoint| {
+            endpoint.connect_with_connector_lazy(connector.clone().map_response(TokioIo::new))
+        }));
+        // TCP keeps CONNECT_TIMEOUT inside `ClusterTls::connect`; tonic's
+        // deadline over the whole dial leaves room for the handshake.
+        dialer.connect_timeout = CONNECT_TIMEOUT + tls::DIAL_HANDSHAKE_TIMEOUT;
+        dialer
+    }
+
     fn build(dial: Arc<Dial>) -> Self {
         Self {
             dial,
+            connect_timeout: CONNECT_TIMEOUT,
             channels: Arc::default(),
         }
     }
@@ -253,7 +326,7 @@ impl Dialer {
         }
         let endpoint = Endpoint::from_shared(format!("http://{addr}"))
             .map_err(|e| CallError::Unreachable(format!("invalid peer address {addr:?}: {e}")))?
-            .connect_timeout(CONNECT_TIMEOUT)
+            .connect_timeout(self.connect_timeout)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
             .keep_alive_timeout(KEEPALIVE_TIMEOUT)
@@ -282,6 +355,31 @@ pub async fn serve(
     serve_incoming(tcp_incoming(listener), routes, shutdown).await
 }
 
+/// Serves `routes` on `listener` with mutual TLS until `shutdown` completes,
+/// then lets calls in flight finish. Only peers presenting a certificate the
+/// CA bundle verifies, carrying a node identity, get as far as HTTP/2; each
+/// served call can read that identity with [`peer_identity`]. A reload of
+/// `tls` applies to the connections accepted after it.
+pub async fn serve_tls(
+    listener: TcpListener,
+    tls: ClusterTls,
+    routes: Routes,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
+    let incoming = TlsAcceptor::cluster(tls)
+        .incoming(listener)
+        .map(|connection| {
+            let info = PeerInfo {
+                identity: connection.identity().cloned(),
+            };
+            Ok::<_, Infallible>(PeerIo {
+                io: connection,
+                info,
+            })
+        });
+    serve_peers(incoming, routes, shutdown).await
+}
+
 /// Serves `routes` on the connections `incoming` yields (accepted TCP streams
 /// in production, simulated ones under turmoil) until `shutdown` completes,
 /// then lets calls in flight finish. A failed accept is skipped, not fatal.
@@ -295,7 +393,26 @@ where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     E: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let incoming = incoming.map(|accepted| accepted.map(PeerIo));
+    // Nothing vouches for who is on the other end of a plain stream.
+    let incoming = incoming.map(|accepted| {
+        accepted.map(|io| PeerIo {
+            io,
+            info: PeerInfo::default(),
+        })
+    });
+    serve_peers(incoming, routes, shutdown).await
+}
+
+async fn serve_peers<I, IO, E>(
+    incoming: I,
+    routes: Routes,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error>
+where
+    I: Stream<Item = Result<PeerIo<IO>, E>>,
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     Server::builder()
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
@@ -325,14 +442,19 @@ fn tcp_incoming(listener: TcpListener) -> impl Stream<Item = io::Result<TcpStrea
 }
 
 /// An accepted connection as tonic's server wants it. tonic asks each
-/// connection who is on the other end (`Connected`); injected streams cannot
-/// say, and nothing here needs it.
-struct PeerIo<T>(T);
+/// connection who is on the other end (`Connected`) and puts the answer into
+/// every request's extensions, where [`peer_identity`] finds it.
+struct PeerIo<T> {
+    io: T,
+    info: PeerInfo,
+}
 
 impl<T> Connected for PeerIo<T> {
-    type ConnectInfo = ();
+    type ConnectInfo = PeerInfo;
 
-    fn connect_info(&self) -> Self::ConnectInfo {}
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.info.clone()
+    }
 }
 impl<T: AsyncRead + Unpin> AsyncRead for PeerIo<T> {
     fn poll_read(
@@ -340,7 +462,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for PeerIo<T> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
     }
 }
 
@@ -350,7 +472,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for PeerIo<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -358,19 +480,19 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for PeerIo<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().0).poll_write_vectored(cx, bufs)
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.0.is_write_vectored()
+        self.io.is_write_vectored()
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_flush(cx)
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
     }
 }
 
