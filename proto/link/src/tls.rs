@@ -7,7 +7,7 @@ use std::fmt;
 use std::future::Future;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, SystemTime};
 
 use rustls::client::WebPkiServerVerifier;
@@ -344,6 +344,11 @@ struct Reloadable<M> {
     paths: Vec<PathBuf>,
     load: Box<dyn Fn() -> Result<M, Error> + Send + Sync>,
     current: RwLock<Arc<M>>,
+    /// The files as they were when last read, whether or not that load
+    /// succeeded: the watcher reloads when they differ from this, so a change
+    /// made before the watcher started is not missed, and files that failed
+    /// once are not re-read every poll.
+    last_read: Mutex<Vec<Option<FileStamp>>>,
 }
 
 impl<M> Reloadable<M> {
@@ -352,12 +357,16 @@ impl<M> Reloadable<M> {
         paths: Vec<PathBuf>,
         load: Box<dyn Fn() -> Result<M, Error> + Send + Sync>,
     ) -> Result<Self, Error> {
+        // Stamped before reading: a file that changes while it is read
+        // differs from this stamp at the next poll and is read again.
+        let last_read = Mutex::new(stamps(&paths));
         let current = RwLock::new(Arc::new(load()?));
         Ok(Self {
             what,
             paths,
             load,
             current,
+            last_read,
         })
     }
 
@@ -368,6 +377,10 @@ impl<M> Reloadable<M> {
     }
 
     fn reload(&self) -> Result<(), Error> {
+        *self
+            .last_read
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = stamps(&self.paths);
         // Loaded outside the lock: handshakes keep reading the old material
         // while the files are parsed.
         let material = Arc::new((self.load)()?);
@@ -412,21 +425,20 @@ fn spawn_watch<M: Send + Sync + 'static>(
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(interval.max(MIN_RELOAD_INTERVAL));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // Stamped before the first wait: only later changes trigger a reload.
-        let mut seen = stamps(&shared.paths);
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 () = &mut shutdown => return,
                 _ = ticker.tick() => {}
             }
-            // Stamped before loading: a file that changes while it is read
-            // differs from this stamp at the next poll and is read again.
-            let now = stamps(&shared.paths);
-            if now == seen {
+            let unchanged = stamps(&shared.paths)
+                == *shared
+                    .last_read
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+            if unchanged {
                 continue;
             }
-            seen = now;
             match shared.reload() {
                 Ok(()) => {
                     tracing::info!(what = shared.what, files = ?shared.paths, "reloaded TLS material")
