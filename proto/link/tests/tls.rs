@@ -370,6 +370,38 @@ async fn a_reload_applies_to_new_connections_and_spares_open_ones() {
 }
 
 #[tokio::test]
+async fn a_reload_on_the_dialing_side_applies_to_its_next_connection() {
+    let pki = Pki::new("cluster CA");
+    let (first_server, _) = pki.node("eu", 1);
+    let (second_server, _) = pki.node("eu", 2);
+    let (first, first_probe, _stop_first) = serve_probe(first_server).await;
+    let (second, second_probe, _stop_second) = serve_probe(second_server).await;
+    let (cert_path, key_path) = pki.write("client", &pki.issue("us", 2));
+    let client = ClusterTls::load(&pki.ca_path, &cert_path, &key_path).unwrap();
+    let dialer = Dialer::tls(client.clone());
+    ping(dialer.channel(&first.to_string()).unwrap())
+        .await
+        .unwrap();
+
+    pki.write("client", &pki.issue("us", 3));
+    client.reload().unwrap();
+    ping(dialer.channel(&second.to_string()).unwrap())
+        .await
+        .unwrap();
+    // The first connection is still the one made before the reload.
+    ping(dialer.channel(&first.to_string()).unwrap())
+        .await
+        .unwrap();
+
+    let (us2, us3) = (
+        NodeIdentity::new("us", 2).unwrap(),
+        NodeIdentity::new("us", 3).unwrap(),
+    );
+    assert_eq!(first_probe.seen(), vec![Some(us2.clone()), Some(us2)]);
+    assert_eq!(second_probe.seen(), vec![Some(us3)]);
+}
+
+#[tokio::test]
 async fn changed_files_are_reloaded_by_the_watcher() {
     let pki = Pki::new("cluster CA");
     let first = pki.issue("eu", 1);
