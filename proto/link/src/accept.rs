@@ -84,7 +84,8 @@ impl TlsAcceptor {
 
     /// Accepts on `listener` until the returned stream is dropped, yielding
     /// only connections whose handshake succeeded. Failed handshakes are
-    /// logged at debug with the peer's address and are never fatal.
+    /// logged at debug with the peer's address and are never fatal. Spawns
+    /// the accept task, so call it on the runtime.
     pub fn incoming(self, listener: TcpListener) -> TlsIncoming {
         let (sender, receiver) = mpsc::channel(ACCEPTED_QUEUE);
         tokio::spawn(self.accept_loop(listener, sender));
