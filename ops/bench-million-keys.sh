@@ -17,7 +17,7 @@ RATE=${RATE:-200}
 DURATION=${DURATION:-10}
 ROUNDS=${ROUNDS:-2}
 TARGET=${CARGO_TARGET_DIR:-$PWD/target}
-MASTER=sk-bench-master
+MASTER=sk-bench-master-0123456789
 KEY=sk-bench-user
 
 cargo build -q -p meridian-node --bin meridian -p meridian-loadtest --bin meridian-loadtest

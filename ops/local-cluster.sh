@@ -2,7 +2,7 @@
 # A local Meridian cluster of real processes on 127.0.0.1.
 #
 #   ops/local-cluster.sh up [--regions us-east[,eu-west...]] [--nodes-per-region 3]
-#                           [--region-delay-ms N]
+#                           [--region-delay-ms N] [--plain]
 #   ops/local-cluster.sh status
 #   ops/local-cluster.sh down
 #
@@ -13,7 +13,13 @@
 # Every node gossips counters with every node of the other regions;
 # --region-delay-ms adds that delay to every message sent to another region
 # (a demo and test stand-in for inter-region latency).
+# Inter-node links are mutual TLS: `up` makes the cluster a CA and each node a
+# certificate (ops/.local-cluster/tls/, keys 0600) with `meridian cert`;
+# --plain runs them on a cluster secret alone, unencrypted (for comparison).
+# Everything under ops/.local-cluster/ is its owner's only (the master key is
+# in cluster.json).
 set -euo pipefail
+umask 077
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 STATE=$ROOT/ops/.local-cluster
@@ -26,12 +32,13 @@ command -v python3 >/dev/null || die "python3 is needed (apt-get install python3
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
 
 cmd_up() {
-  local regions="us-east" per=3 delay=0
+  local regions="us-east" per=3 delay=0 plain=0
   while [ $# -gt 0 ]; do
     case "$1" in
       --regions) regions=$2; shift 2 ;;
       --nodes-per-region) per=$2; shift 2 ;;
       --region-delay-ms) delay=$2; shift 2 ;;
+      --plain) plain=1; shift ;;
       *) die "unknown option $1" ;;
     esac
   done
@@ -55,6 +62,10 @@ PY
   [ -x "$BIN" ] || die "no binary at $BIN"
   rm -rf "$STATE"
   mkdir -p "$STATE"
+  local tls="$STATE/tls"
+  if [ "$plain" = 0 ]; then
+    "$BIN" cert init-ca --dir "$tls" --name "Meridian local cluster CA" >/dev/null
+  fi
   local master=${MERIDIAN_MASTER_KEY:-sk-local-$(python3 -c 'import secrets; print(secrets.token_hex(16))')}
   local secret
   secret=$(python3 -c 'import secrets; print(secrets.token_hex(24))')
@@ -83,6 +94,13 @@ PY
     for i in $(seq 1 "$per"); do
       local node="$region-$i" dir="$STATE/$region-$i"
       mkdir -p "$dir"
+      local tls_yaml=""
+      if [ "$plain" = 0 ]; then
+        "$BIN" cert issue --ca-dir "$tls" --region "$region" --node "$i" --host 127.0.0.1 >/dev/null
+        tls_yaml="  cluster_tls_ca: $tls/ca.pem
+  cluster_tls_cert: $tls/node-$region-$i.pem
+  cluster_tls_key: $tls/node-$region-$i.key"
+      fi
       cat > "$dir/config.yaml" <<YAML
 model_list:
   - model_name: mock-chat
@@ -99,6 +117,7 @@ meridian:
   raft_id: $i
   cluster_listen: 127.0.0.1:${cluster_port[$region/$i]}
   inject_region_delay_ms: $delay
+$tls_yaml
   peers:
 $peers$remote
 YAML
@@ -109,8 +128,8 @@ YAML
         "$nodes_json" "$node" "$region" "$i" "http://127.0.0.1:${api_port[$region/$i]}" "$pid" "$dir/data" "$dir/meridian.log")
     done
   done
-  python3 -c 'import json,sys; json.dump({"master_key":sys.argv[1],"nodes":json.loads(sys.argv[2])}, open(sys.argv[3],"w"), indent=2)' \
-    "$master" "$nodes_json" "$STATE/cluster.json"
+  python3 -c 'import json,sys; json.dump({"master_key":sys.argv[1],"tls":sys.argv[4],"nodes":json.loads(sys.argv[2])}, open(sys.argv[3],"w"), indent=2)' \
+    "$master" "$nodes_json" "$STATE/cluster.json" "$([ "$plain" = 0 ] && echo "$tls" || echo "")"
   # Every node up and every region with a leader, or a clear failure.
   python3 - "$STATE/cluster.json" <<'PY'
 import json, sys, time, urllib.request
@@ -194,5 +213,5 @@ case "${1:-}" in
   up) shift; cmd_up "$@" ;;
   status) cmd_status ;;
   down) cmd_down ;;
-  *) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

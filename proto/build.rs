@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "meridian/gossip/v1/gossip.proto",
             "meridian/sync/v1/sync.proto",
             "meridian/rights/v1/rights.proto",
+            "meridian/spend/v1/spend.proto",
         ],
         ["proto"],
     )?;

@@ -13,7 +13,7 @@ use std::fmt;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use meridian_link::{ClusterSecret, Dialer, with_deadline};
+use meridian_link::{Claim, ClusterSecret, Dialer, peer_identity, with_deadline};
 use meridian_proto::raft::v1 as wire;
 use tonic::{Request, Response, Status};
 use wire::raft_client::RaftClient;
@@ -90,6 +90,7 @@ fn wire_kind(kind: RpcKind) -> wire::RpcKind {
         RpcKind::Snapshot => wire::RpcKind::Snapshot,
         RpcKind::Forward => wire::RpcKind::Forward,
         RpcKind::ReadIndex => wire::RpcKind::ReadIndex,
+        RpcKind::Membership => wire::RpcKind::Membership,
     }
 }
 
@@ -103,6 +104,7 @@ fn domain_kind(value: i32) -> Option<RpcKind> {
         wire::RpcKind::Snapshot => Some(RpcKind::Snapshot),
         wire::RpcKind::Forward => Some(RpcKind::Forward),
         wire::RpcKind::ReadIndex => Some(RpcKind::ReadIndex),
+        wire::RpcKind::Membership => Some(RpcKind::Membership),
     }
 }
 
@@ -137,7 +139,11 @@ impl RaftRpc for RaftService {
         request: Request<wire::RaftRequest>,
     ) -> Result<Response<wire::RaftReply>, Status> {
         // Authentication first: an outsider learns nothing, not even the region.
-        self.secret.check(request.metadata())?;
+        // A peer may speak for its own region only, and (below) lead or
+        // campaign only as itself.
+        let claimed = request.get_ref().region.clone();
+        self.secret.admit(&request, Claim::Region(&claimed))?;
+        let sender = peer_identity(&request).map(|id| id.node);
         let request = request.into_inner();
         if request.region != self.region_name {
             return Err(Status::failed_precondition(format!(
@@ -148,7 +154,7 @@ impl RaftRpc for RaftService {
         let kind = domain_kind(request.kind).ok_or_else(|| {
             Status::invalid_argument(format!("unknown Raft RPC kind {}", request.kind))
         })?;
-        let payload = self.region.handle(kind, &request.payload).await;
+        let payload = self.region.handle(kind, &request.payload, sender).await;
         Ok(Response::new(wire::RaftReply { payload }))
     }
 }
@@ -157,12 +163,13 @@ impl RaftRpc for RaftService {
 mod tests {
     use super::*;
 
-    const ALL: [RpcKind; 5] = [
+    const ALL: [RpcKind; 6] = [
         RpcKind::AppendEntries,
         RpcKind::Vote,
         RpcKind::Snapshot,
         RpcKind::Forward,
         RpcKind::ReadIndex,
+        RpcKind::Membership,
     ];
 
     #[test]

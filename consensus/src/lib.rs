@@ -30,8 +30,6 @@ pub enum Error {
         "the write's outcome is unknown (leadership changed while it was in flight); check and retry"
     )]
     Uncertain,
-    #[error("this node is not the leader")]
-    NotLeader { leader: Option<String> },
     #[error("membership change failed: {0}")]
     Membership(String),
     #[error("peer unreachable: {0}")]

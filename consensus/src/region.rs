@@ -11,6 +11,7 @@ use meridian_storage::Store;
 use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{ClientWriteError, InitializeError, RaftError};
 use openraft::raft::linearizable_read::ReadLogId;
+use openraft::raft::{AppendEntriesRequest, VoteRequest};
 use openraft::{ChangeMembers, Raft, ReadPolicy, ServerState};
 use serde::{Deserialize, Serialize};
 
@@ -267,41 +268,58 @@ impl Region {
             .map_err(|e| Error::Unreachable(e.to_string()))
     }
 
-    /// Adds a node: as a learner (it catches up), then as a voter.
+    /// Adds a node: as a learner (it catches up), then as a voter. On a
+    /// follower the change is passed to the leader over the region's own
+    /// authenticated link.
     pub async fn add_node(&self, node_id: u64, member: Member) -> Result<(), Error> {
-        self.raft
-            .add_learner(node_id, member, true)
+        self.change_members(MembershipChange::Add { node_id, member })
             .await
-            .map_err(|e| self.membership_error(e))?;
-        self.raft
-            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([node_id])), false)
-            .await
-            .map_err(|e| self.membership_error(e))?;
-        Ok(())
     }
 
     pub async fn remove_node(&self, node_id: u64) -> Result<(), Error> {
-        self.raft
-            .change_membership(
-                ChangeMembers::RemoveVoters(BTreeSet::from([node_id])),
-                false,
-            )
+        self.change_members(MembershipChange::Remove { node_id })
             .await
-            .map_err(|e| self.membership_error(e))?;
-        self.raft
-            .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([node_id])), false)
-            .await
-            .map_err(|e| self.membership_error(e))?;
-        Ok(())
     }
 
-    fn membership_error(&self, e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> Error {
-        match e.forward_to_leader() {
-            Some(f) => Error::NotLeader {
-                leader: f.leader_node.clone().map(|m| m.api_url),
-            },
-            None => Error::Membership(e.to_string()),
+    async fn change_members(&self, change: MembershipChange) -> Result<(), Error> {
+        match self.change_here(&change).await {
+            Err(LeaderIs(Some(leader))) => {
+                let sent = call::<_, Result<(), String>>(
+                    self.transport.as_ref(),
+                    &leader,
+                    RpcKind::Membership,
+                    &change,
+                    MEMBERSHIP_DEADLINE,
+                )
+                .await
+                .map_err(|e| Error::Unreachable(e.to_string()))?;
+                sent.map_err(Error::Membership)
+            }
+            Err(LeaderIs(None)) => Err(Error::NoLeader(Duration::ZERO)),
+            Ok(result) => result,
         }
+    }
+
+    /// Makes `change` on this node if it leads; else names the leader.
+    async fn change_here(&self, change: &MembershipChange) -> Result<Result<(), Error>, LeaderIs> {
+        let steps: Vec<ChangeMembers<u64, Member>> = match change {
+            MembershipChange::Add { node_id, member } => {
+                if let Err(e) = self.raft.add_learner(*node_id, member.clone(), true).await {
+                    return membership_failure(e);
+                }
+                vec![ChangeMembers::AddVoterIds(BTreeSet::from([*node_id]))]
+            }
+            MembershipChange::Remove { node_id } => vec![
+                ChangeMembers::RemoveVoters(BTreeSet::from([*node_id])),
+                ChangeMembers::RemoveNodes(BTreeSet::from([*node_id])),
+            ],
+        };
+        for step in steps {
+            if let Err(e) = self.raft.change_membership(step, false).await {
+                return membership_failure(e);
+            }
+        }
+        Ok(Ok(()))
     }
 
     pub fn status(&self) -> RegionStatus {
@@ -348,7 +366,10 @@ impl Region {
     }
 
     /// Serves one peer RPC; the reply is JSON of `Result<_, String>`.
-    pub async fn handle(&self, kind: RpcKind, payload: &[u8]) -> Vec<u8> {
+    /// `sender`: the peer's node id as its certificate proves it (`None` on
+    /// plain links); a vote or an append must then be made in that node's
+    /// name — a member cannot campaign or lead as another.
+    pub async fn handle(&self, kind: RpcKind, payload: &[u8], sender: Option<u64>) -> Vec<u8> {
         fn reply<T: Serialize>(r: Result<T, String>) -> Vec<u8> {
             serde_json::to_vec(&r)
                 .unwrap_or_else(|e| format!("{{\"Err\":\"encoding reply: {e}\"}}").into_bytes())
@@ -356,32 +377,50 @@ impl Region {
         fn parse<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<T, String> {
             serde_json::from_slice(payload).map_err(|e| format!("bad request: {e}"))
         }
+        let in_name_of = |node: u64| match sender {
+            Some(s) if s != node => Err(format!(
+                "refused: the caller is node {s} but this message is in the name of node {node}"
+            )),
+            _ => Ok(()),
+        };
         match kind {
-            RpcKind::AppendEntries => reply(match parse(payload) {
-                Ok(rpc) => self
-                    .raft
-                    .append_entries(rpc)
-                    .await
-                    .map_err(|e| e.to_string()),
-                Err(e) => Err(e),
-            }),
-            RpcKind::Vote => reply(match parse(payload) {
-                Ok(rpc) => self.raft.vote(rpc).await.map_err(|e| e.to_string()),
-                Err(e) => Err(e),
-            }),
-            RpcKind::Snapshot => reply(match parse::<SnapshotMessage>(payload) {
-                Ok(m) => {
-                    let snapshot = openraft::alias::SnapshotOf::<TypeConfig, Vec<u8>> {
-                        meta: m.meta,
-                        snapshot: m.data.into_bytes(),
-                    };
-                    self.raft
-                        .install_full_snapshot(m.vote, snapshot)
+            RpcKind::AppendEntries => reply(
+                match parse::<AppendEntriesRequest<TypeConfig>>(payload)
+                    .and_then(|rpc| in_name_of(rpc.vote.leader_id.node_id).map(|()| rpc))
+                {
+                    Ok(rpc) => self
+                        .raft
+                        .append_entries(rpc)
                         .await
-                        .map_err(|e| e.to_string())
-                }
-                Err(e) => Err(e),
-            }),
+                        .map_err(|e| e.to_string()),
+                    Err(e) => Err(e),
+                },
+            ),
+            RpcKind::Vote => reply(
+                match parse::<VoteRequest<TypeConfig>>(payload)
+                    .and_then(|rpc| in_name_of(rpc.vote.leader_id.node_id).map(|()| rpc))
+                {
+                    Ok(rpc) => self.raft.vote(rpc).await.map_err(|e| e.to_string()),
+                    Err(e) => Err(e),
+                },
+            ),
+            RpcKind::Snapshot => reply(
+                match parse::<SnapshotMessage>(payload)
+                    .and_then(|m| in_name_of(m.vote.leader_id.node_id).map(|()| m))
+                {
+                    Ok(m) => {
+                        let snapshot = openraft::alias::SnapshotOf::<TypeConfig, Vec<u8>> {
+                            meta: m.meta,
+                            snapshot: m.data.into_bytes(),
+                        };
+                        self.raft
+                            .install_full_snapshot(m.vote, snapshot)
+                            .await
+                            .map_err(|e| e.to_string())
+                    }
+                    Err(e) => Err(e),
+                },
+            ),
             RpcKind::Forward => {
                 let answer = match parse::<Proposal>(payload) {
                     Err(e) => ForwardReply::Failed(e),
@@ -402,6 +441,13 @@ impl Region {
                 };
                 reply::<ForwardReply>(Ok(answer))
             }
+            RpcKind::Membership => reply(match parse::<MembershipChange>(payload) {
+                Ok(change) => match self.change_here(&change).await {
+                    Ok(result) => Ok(result.map_err(|e| e.to_string())),
+                    Err(_) => Err("this node is not the leader".to_owned()),
+                },
+                Err(e) => Err(e),
+            }),
             RpcKind::ReadIndex => reply(
                 self.raft
                     .ensure_linearizable(ReadPolicy::ReadIndex)
@@ -414,5 +460,28 @@ impl Region {
 
     pub async fn shutdown(&self) {
         let _ = self.raft.shutdown().await;
+    }
+}
+
+/// How long a membership change forwarded to the leader may take (a new
+/// node is added once it has caught up).
+const MEMBERSHIP_DEADLINE: Duration = Duration::from_secs(60);
+
+/// A membership change, as a member passes it to the leader.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+enum MembershipChange {
+    Add { node_id: u64, member: Member },
+    Remove { node_id: u64 },
+}
+
+/// This node does not lead; the leader, if one is known.
+struct LeaderIs(Option<Member>);
+
+fn membership_failure(
+    e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>,
+) -> Result<Result<(), Error>, LeaderIs> {
+    match e.forward_to_leader() {
+        Some(f) => Err(LeaderIs(f.leader_node.clone())),
+        None => Ok(Err(Error::Membership(e.to_string()))),
     }
 }

@@ -31,6 +31,9 @@ pub enum RpcKind {
     Forward,
     /// Ask the leader for a read index (linearizable reads on followers).
     ReadIndex,
+    /// A membership change sent to the leader by another member (an admin's
+    /// `/cluster/add_node` on any node).
+    Membership,
 }
 
 /// Why a call to a peer failed (shared with every inter-node protocol).

@@ -55,10 +55,24 @@ pub struct Demand {
     pub max_tokens: Option<u64>,
     /// The request's tags (`tags`, `metadata.tags`, `x-litellm-tags`).
     pub tags: Vec<String>,
+    /// How many completions the provider generates for it (`n`, or
+    /// completions' `best_of`): each may use the whole output limit.
+    pub choices: u64,
     /// Already counted against requests-per-minute limits: a retry or
     /// fallback of the same client request is admitted again (the next
     /// deployment's price), but counts once.
     pub counted: bool,
+}
+
+/// The most completions a request asks for among `fields` (at least one).
+/// A value that is not a whole number is left for the provider to refuse.
+fn choices(extra: &serde_json::Map<String, serde_json::Value>, fields: &[&str]) -> u64 {
+    fields
+        .iter()
+        .filter_map(|f| extra.get(*f).and_then(serde_json::Value::as_u64))
+        .max()
+        .unwrap_or(1)
+        .max(1)
 }
 
 impl Demand {
@@ -74,6 +88,7 @@ impl Demand {
             prompt_tokens_max: Self::upper_bound(text, req.messages.len()),
             max_tokens: req.output_limit().map(u64::from),
             tags: Vec::new(),
+            choices: choices(&req.extra, &["n"]),
             counted: false,
         }
     }
@@ -89,6 +104,7 @@ impl Demand {
             prompt_tokens_max: Self::upper_bound(text, n),
             max_tokens: req.max_tokens.map(u64::from),
             tags: Vec::new(),
+            choices: choices(&req.extra, &["n", "best_of"]),
             counted: false,
         }
     }
@@ -115,6 +131,7 @@ impl Demand {
             prompt_tokens_max: Self::upper_bound(text, 0),
             max_tokens: Some(0),
             tags: Vec::new(),
+            choices: 1,
             counted: false,
         }
     }
@@ -837,6 +854,8 @@ fn try_admit(
             Some(STRICT_OUTPUT_CAP),
         ),
     };
+    // Each of the request's completions may use the whole output limit.
+    let output = output.saturating_mul(demand.choices);
     let worst = Usage {
         prompt_tokens: prompt,
         completion_tokens: output,
@@ -863,7 +882,9 @@ fn try_admit(
         });
     }
     let tokens = match (bounded, demand.max_tokens) {
-        (false, max) => demand.prompt_tokens.saturating_add(max.unwrap_or(0)),
+        (false, max) => demand
+            .prompt_tokens
+            .saturating_add(max.unwrap_or(0).saturating_mul(demand.choices)),
         (true, _) => prompt.saturating_add(output),
     };
     let cost = u64::try_from(reservation.worst_cost.0).unwrap_or(u64::MAX);

@@ -1,14 +1,19 @@
 //! Authentication: who is calling, from the in-memory applied metadata — no I/O
 //! per request. Keys are compared by SHA-256, never in clear. A key that is
-//! blocked, deleted or expired is refused on this node as soon as that change
-//! is applied here.
+//! blocked, deleted or expired, or whose team or user is blocked or gone, is
+//! refused on this node as soon as that change is applied here.
+//!
+//! A caller's role comes only from records an admin wrote: the user record its
+//! key names (`user_role`, changed only by admins) and the teams that list that
+//! user as an admin. Who may set a key's `user_id` is decided in
+//! `api/admin/policy.rs`.
 
 use std::sync::Arc;
 
 use http::HeaderMap;
 use meridian_consensus::Region;
 use meridian_consensus::metadata::{
-    KeyRecord, KeyType, MetadataState, TeamRecord, TeamRole, UserRole,
+    KeyRecord, KeyType, MetadataState, TeamRecord, TeamRole, UserRecord, UserRole,
 };
 
 use crate::error::{Error, Result};
@@ -27,8 +32,10 @@ pub enum Principal {
 pub struct Caller {
     pub key: Arc<KeyRecord>,
     pub team: Option<Arc<TeamRecord>>,
-    /// The role of the key's user (`None`: the key has no user, or the user
-    /// record is gone).
+    /// The user the key belongs to (`None`: a key of no user). A key whose
+    /// user record is gone does not authenticate.
+    pub user: Option<Arc<UserRecord>>,
+    /// The user's role (`None` for a key of no user).
     pub role: Option<UserRole>,
 }
 
@@ -71,40 +78,51 @@ impl Principal {
         }
     }
 
-    /// Whether the caller may call model group `group`: the key's own list
-    /// (empty = any), within its team's list (empty = any).
+    /// Whether the caller may call model group `group`: the key's own list,
+    /// its team's and its user's, each empty = any; all three must allow it.
     pub fn may_use_model(&self, group: &str) -> bool {
         match self {
             Principal::Master => true,
             Principal::Key(c) => {
                 allows(&c.key.models, group)
                     && c.team.as_ref().is_none_or(|t| allows(&t.models, group))
+                    && c.user.as_ref().is_none_or(|u| allows(&u.models, group))
             }
         }
     }
 
-    /// Regions the caller's requests may be served in: the key's policy, else
-    /// its team's; `None` means anywhere. Set in a key's or team's `metadata`
-    /// as `allowed_model_region: "eu"` (LiteLLM's name) or
-    /// `allowed_regions: ["eu-west-1", "eu-central-1"]`. No routing
-    /// decision, fallbacks included, goes outside it.
+    /// Regions the caller's requests may be served in (`None`: anywhere):
+    /// what the key's policy and its team's policy both allow. Set in a key's
+    /// or team's `metadata` as `allowed_model_region: "eu"` (LiteLLM's name)
+    /// or `allowed_regions: ["eu-west-1", "eu-central-1"]`. A key's metadata
+    /// can narrow its team's policy, never widen it. No routing decision,
+    /// fallbacks included, goes outside it.
     pub fn residency(&self) -> Option<Vec<String>> {
         let Principal::Key(c) = self else { return None };
-        residency_of(c.key.metadata.get())
-            .or_else(|| c.team.as_ref().and_then(|t| residency_of(t.metadata.get())))
+        let key = residency_of(c.key.metadata.get());
+        let team = c.team.as_ref().and_then(|t| residency_of(t.metadata.get()));
+        match (key, team) {
+            (Some(k), Some(t)) => Some(intersect_regions(&k, &t)),
+            (k, t) => k.or(t),
+        }
     }
 
-    /// The models the caller may use, said for a 403 message.
+    /// The models the caller may use, said for a 403 message: the first of
+    /// the key's, the team's and the user's lists that names any.
     pub fn allowed_models(&self) -> Vec<String> {
-        match self {
-            Principal::Master => Vec::new(),
-            Principal::Key(c) if !c.key.models.is_empty() => c.key.models.clone(),
-            Principal::Key(c) => c
-                .team
-                .as_ref()
-                .map(|t| t.models.clone())
-                .unwrap_or_default(),
-        }
+        let Principal::Key(c) = self else {
+            return Vec::new();
+        };
+        [
+            Some(&c.key.models),
+            c.team.as_ref().map(|t| &t.models),
+            c.user.as_ref().map(|u| &u.models),
+        ]
+        .into_iter()
+        .flatten()
+        .find(|list| !list.is_empty())
+        .cloned()
+        .unwrap_or_default()
     }
 
     /// Whether the key's `allowed_routes` / `key_type` admit `path`.
@@ -121,8 +139,30 @@ impl Principal {
     }
 }
 
+/// The regions that lie within some region of `a` and some region of `b`. A
+/// region name lies within its prefixes (`eu-west-1` within `eu`), so a
+/// region within one of each lies within the deeper of the two.
+pub fn intersect_regions(a: &[String], b: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for x in a {
+        for y in b {
+            let deeper = if crate::router::region_within(x, y) {
+                x
+            } else if crate::router::region_within(y, x) {
+                y
+            } else {
+                continue;
+            };
+            if !out.contains(deeper) {
+                out.push(deeper.clone());
+            }
+        }
+    }
+    out
+}
+
 /// The residency policy a record's metadata sets, if any.
-fn residency_of(
+pub fn residency_of(
     metadata: Option<&serde_json::Map<String, serde_json::Value>>,
 ) -> Option<Vec<String>> {
     let m = metadata?;
@@ -230,12 +270,21 @@ fn resolve(state: &MetadataState, hash: &[u8; 32], now: u64) -> Result<Principal
             Some(team.clone())
         }
     };
-    let role = key
-        .user_id
-        .as_ref()
-        .and_then(|u| state.user(u))
-        .map(|u| u.user_role);
-    Ok(Principal::Key(Arc::new(Caller { key, team, role })))
+    let user = match &key.user_id {
+        None => None,
+        // A deleted user's keys stop working with it, everywhere the
+        // deletion is applied.
+        Some(id) => Some(state.user(id).cloned().ok_or_else(|| {
+            Error::KeyRefused(format!("this key's user `{id}` no longer exists"))
+        })?),
+    };
+    let role = user.as_ref().map(|u| u.user_role);
+    Ok(Principal::Key(Arc::new(Caller {
+        key,
+        team,
+        user,
+        role,
+    })))
 }
 
 /// The key as OpenAI clients (`Authorization: Bearer`), Anthropic clients
@@ -286,6 +335,25 @@ mod tests {
         assert_eq!(presented_key(&headers("api-key", "sk-3")), Some("sk-3"));
         assert_eq!(presented_key(&headers("authorization", "Bearer ")), None);
         assert_eq!(presented_key(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn residency_of_key_and_team_intersect() {
+        let v = |xs: &[&str]| xs.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            intersect_regions(&v(&["eu"]), &v(&["eu-west-1"])),
+            v(&["eu-west-1"])
+        );
+        assert_eq!(
+            intersect_regions(&v(&["eu-west-1"]), &v(&["eu"])),
+            v(&["eu-west-1"])
+        );
+        assert_eq!(
+            intersect_regions(&v(&["us", "eu-west"]), &v(&["eu"])),
+            v(&["eu-west"]),
+            "a key naming a region outside its team's policy gains nothing"
+        );
+        assert!(intersect_regions(&v(&["us"]), &v(&["eu"])).is_empty());
     }
 
     #[test]

@@ -16,7 +16,7 @@ use meridian_consensus::grpc::{GrpcTransport, raft_service};
 use meridian_consensus::raft::Member;
 use meridian_consensus::transport::NoPeers;
 use meridian_consensus::{Region, RegionConfig, RegionId};
-use meridian_link::{ClusterSecret, Dialer};
+use meridian_link::{ClusterSecret, ClusterTls, Dialer};
 use meridian_replication::gossip::{PeerList, WallClock};
 use meridian_replication::metadata_sync::{
     MetadataSync, RemoteRegion, RemoteRegions, SyncConfig, sync_service,
@@ -49,6 +49,15 @@ pub async fn single_node_region(
     Ok(region)
 }
 
+/// What joining (or forming) a region gives a node: the region's metadata,
+/// its rights to `strict` limits, and a way to ask the other members for
+/// their spend-log rows (`None` in a region of one).
+pub struct Joined {
+    pub region: Region,
+    pub rights: Arc<Rights>,
+    pub spend_peers: Option<crate::spend_rpc::SpendPeers>,
+}
+
 /// A region of one that no other node can reach, and its rights to `strict`
 /// limits (all issued by its own ledger).
 async fn lone_region(
@@ -58,7 +67,7 @@ async fn lone_region(
     counters: &Arc<Counters>,
     clock: WallClock,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<(Region, Arc<Rights>)> {
+) -> Result<Joined> {
     let region = single_node_region(region, store, api_url).await?;
     let secret = ClusterSecret::new(None).map_err(|e| Error::Internal(e.to_string()))?;
     let rights = start_rights(
@@ -70,7 +79,11 @@ async fn lone_region(
         clock,
         shutdown,
     );
-    Ok((region, rights))
+    Ok(Joined {
+        region,
+        rights,
+        spend_peers: None,
+    })
 }
 
 /// A region of one with its counters and spend log, for embedding (tests,
@@ -90,7 +103,7 @@ pub async fn single_node(
         &seams.rng,
         std::future::pending(),
     )?;
-    let (metadata, rights) = lone_region(
+    let joined = lone_region(
         &settings.region,
         store.clone(),
         api_url,
@@ -100,12 +113,7 @@ pub async fn single_node(
     )
     .await?;
     let spend_log = start_spend_log(store, config, seams.clock.clone(), std::future::pending());
-    Ok(crate::node::Local {
-        metadata,
-        counters,
-        spend_log,
-        rights,
-    })
+    Ok(crate::node::Local::new(joined, counters, spend_log))
 }
 
 /// Opens the spend log in `store` and starts its writer (until `shutdown`).
@@ -146,7 +154,8 @@ pub type ServePeers = Box<
 >;
 
 impl PeerNet {
-    /// Peers over TCP: serves on `listener`, dials with TCP.
+    /// Peers over plain TCP: serves on `listener`, dials with TCP (a cluster
+    /// secret or `insecure_cluster` only; see `config::tls`).
     pub fn tcp(listener: tokio::net::TcpListener, own_addr: String) -> Self {
         Self {
             dialer: Dialer::tcp(),
@@ -156,20 +165,97 @@ impl PeerNet {
             }),
         }
     }
+
+    /// Peers over mutual TLS: both ends prove with a certificate of the
+    /// cluster's CA which node they are.
+    pub fn tls(listener: tokio::net::TcpListener, own_addr: String, tls: ClusterTls) -> Self {
+        Self {
+            dialer: Dialer::tls(tls.clone()),
+            own_addr,
+            serve: Box::new(move |routes, shutdown| {
+                Box::pin(meridian_link::serve_tls(listener, tls, routes, shutdown))
+            }),
+        }
+    }
+}
+
+/// How often certificate files are looked at for a change (SIGHUP reloads
+/// at once).
+const TLS_RELOAD_EVERY: Duration = Duration::from_secs(10);
+
+/// Loads this node's inter-node TLS material and checks that its certificate
+/// names this node: a node must not run under another node's identity.
+pub fn load_cluster_tls(settings: &NodeSettings) -> Result<Option<ClusterTls>> {
+    let Some(files) = &settings.cluster.tls else {
+        return Ok(None);
+    };
+    let tls = ClusterTls::load(&files.ca, &files.cert, &files.key)
+        .map_err(|e| Error::Internal(format!("inter-node TLS: {e}")))?;
+    let id = tls.identity();
+    if id.region != settings.region || id.node != settings.cluster.raft_id {
+        return Err(Error::Internal(format!(
+            "inter-node TLS: {} is the certificate of {id}, but this node is node {} of region {} (issue one with `meridian cert issue --node {} --region {}`)",
+            files.cert.display(),
+            settings.cluster.raft_id,
+            settings.region,
+            settings.cluster.raft_id,
+            settings.region
+        )));
+    }
+    Ok(Some(tls))
+}
+
+/// Reloads `reload` when the files change and on SIGHUP, until `shutdown`:
+/// a certificate is rotated without a restart (new connections use it).
+pub fn keep_reloading<F>(
+    name: &'static str,
+    reload: F,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) where
+    F: Fn() -> std::result::Result<(), meridian_link::Error> + Send + 'static,
+{
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        tokio::pin!(shutdown);
+        loop {
+            #[cfg(unix)]
+            let hangup = async {
+                match hup.as_mut() {
+                    Some(h) => {
+                        h.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            #[cfg(not(unix))]
+            let hangup = std::future::pending::<()>();
+            tokio::select! {
+                () = hangup => match reload() {
+                    Ok(()) => tracing::info!(what = name, "TLS material reloaded (SIGHUP)"),
+                    Err(e) => tracing::warn!(what = name, error = %e, "TLS reload failed; the old material stays in use"),
+                },
+                () = &mut shutdown => break,
+            }
+        }
+    });
 }
 
 /// Joins (or forms) this node's region as configured, gossips `counters` with
-/// every peer of every region, and serves peers (Raft and gossip on one
-/// listener, `cluster_listen`, over TCP) until `shutdown` resolves. `api_addr`
-/// is where this node's HTTP API listens.
+/// every peer of every region, serves its own spend-log rows to the region,
+/// and serves peers (Raft and gossip on one listener, `cluster_listen`, over
+/// TCP) until `shutdown` resolves. `api_addr` is where this node's HTTP API
+/// listens.
+#[allow(clippy::too_many_arguments)]
 pub async fn start_region(
     settings: &NodeSettings,
     store: Arc<dyn Store>,
     api_addr: SocketAddr,
     counters: Arc<Counters>,
+    spend_log: Arc<crate::spendlog::SpendLog>,
     clock: Arc<dyn Clock>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<(Region, Arc<Rights>)> {
+) -> Result<Joined> {
     let cluster = &settings.cluster;
     let api_url = cluster
         .advertise_url
@@ -189,10 +275,35 @@ pub async fn start_region(
             .map_err(|e| Error::io("reading the peer listener's address", e))?
             .to_string(),
     };
-    let net = PeerNet::tcp(listener, own_addr);
+    let net = match load_cluster_tls(settings)? {
+        Some(tls) => {
+            // Both watchers live as long as the process.
+            tls.clone()
+                .spawn_reload_on_change(TLS_RELOAD_EVERY, std::future::pending());
+            let on_hup = tls.clone();
+            keep_reloading(
+                "inter-node",
+                move || on_hup.reload(),
+                std::future::pending(),
+            );
+            PeerNet::tls(listener, own_addr, tls)
+        }
+        None => {
+            if cluster.secret.is_some() {
+                tracing::warn!(
+                    "inter-node links are plain text (the cluster secret authenticates peers but nothing is encrypted); configure cluster_tls_* for production"
+                );
+            } else {
+                tracing::warn!(
+                    "insecure_cluster: inter-node links are neither authenticated nor encrypted (tests only)"
+                );
+            }
+            PeerNet::tcp(listener, own_addr)
+        }
+    };
     let seed = cluster.raft_id;
     start_region_on(
-        settings, store, api_url, counters, clock, seed, net, shutdown,
+        settings, store, api_url, counters, spend_log, clock, seed, net, shutdown,
     )
     .await
 }
@@ -206,11 +317,12 @@ pub async fn start_region_on(
     store: Arc<dyn Store>,
     api_url: String,
     counters: Arc<Counters>,
+    spend_log: Arc<crate::spendlog::SpendLog>,
     clock: Arc<dyn Clock>,
     seed: u64,
     net: PeerNet,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<(Region, Arc<Rights>)> {
+) -> Result<Joined> {
     let cluster = &settings.cluster;
     let wall = wall_clock(clock);
     let mut members: BTreeMap<u64, Member> = cluster
@@ -264,7 +376,14 @@ pub async fn start_region_on(
         &gossip_config,
     ))
     .add_service(sync_service(region.clone(), secret.clone()))
-    .add_service(rights_service(region.clone(), secret.clone(), wall.clone()));
+    .add_service(rights_service(region.clone(), secret.clone(), wall.clone()))
+    .add_service(crate::spend_rpc::spend_service(
+        spend_log,
+        secret.clone(),
+        settings.region.clone(),
+    ));
+    let spend_peers =
+        crate::spend_rpc::SpendPeers::new(dialer.clone(), secret.clone(), settings.region.clone());
     let gossip = Gossip::new(
         counters.clone(),
         dialer.clone(),
@@ -308,7 +427,11 @@ pub async fn start_region_on(
         shutdown.await;
         let _ = stop.send(true);
     });
-    Ok((region, rights))
+    Ok(Joined {
+        region,
+        rights,
+        spend_peers: Some(spend_peers),
+    })
 }
 
 /// Unix milliseconds from the node's clock, for the replication tasks.

@@ -87,6 +87,10 @@ pub enum Error {
     #[error("Request body is larger than the limit of {limit_bytes} bytes.")]
     PayloadTooLarge { limit_bytes: usize },
 
+    /// The request body did not arrive within the listener's limit (408).
+    #[error("The request body did not arrive within {}s.", .0.as_secs_f64())]
+    RequestTimeout(Duration),
+
     #[error("The {feature} endpoints are disabled on this node.")]
     Disabled { feature: &'static str },
 
@@ -179,6 +183,7 @@ impl Error {
             | Error::NotFound(_)
             | Error::Conflict(_)
             | Error::PayloadTooLarge { .. }
+            | Error::RequestTimeout(_)
             | Error::LimitExceeded(_)
             | Error::Disabled { .. } => Side::Client,
             Error::NoDeployments { .. } => Side::Upstream,

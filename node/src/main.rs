@@ -3,6 +3,9 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
+
+mod cert_cli;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -56,6 +59,11 @@ enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// The cluster's CA and its nodes' certificates (mutual TLS between nodes).
+    Cert {
+        #[command(subcommand)]
+        command: cert_cli::CertCommand,
     },
     /// Inspect and change a region's membership through any of its nodes
     /// (the master key comes from MERIDIAN_MASTER_KEY or LITELLM_MASTER_KEY).
@@ -129,6 +137,7 @@ fn main() -> ExitCode {
             command: ConfigCommand::Check { file },
         } => check(&file),
         Command::Cluster { command } => cluster(command),
+        Command::Cert { command } => cert_cli::run(command),
         Command::BenchRouter { json } => bench_router(json),
     };
     match result {
@@ -251,6 +260,9 @@ fn run_serve(
     host: Option<IpAddr>,
     port: Option<u16>,
 ) -> anyhow::Result<ExitCode> {
+    // Everything the node writes (its database, the master key) is its
+    // owner's alone: files 0600, directories 0700.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -285,6 +297,7 @@ fn run_serve(
     let listen = config.node.listen;
     let banner = Banner {
         listen,
+        https: false,
         node: config.node.node_id.clone(),
         region: config.node.region.clone(),
         data_dir: config.node.data_dir.clone(),
@@ -319,37 +332,57 @@ fn run_serve(
                 let _ = flusher_stopped.await;
             },
         )?;
-        let (region, rights) = meridian_node::cluster::start_region(
-            &config.node,
-            store,
-            bound,
-            counters.clone(),
-            seams.clock.clone(),
-            async {
-                let _ = peers_stopped.await;
-            },
-        )
-        .await?;
         let spend_log = meridian_node::cluster::start_spend_log(
             store_for_log,
             &config,
             seams.clock.clone(),
             std::future::pending(),
         );
-        let local = meridian_node::node::Local {
-            metadata: region,
-            counters,
-            spend_log,
-            rights,
+        let joined = meridian_node::cluster::start_region(
+            &config.node,
+            store,
+            bound,
+            counters.clone(),
+            spend_log.clone(),
+            seams.clock.clone(),
+            async {
+                let _ = peers_stopped.await;
+            },
+        )
+        .await?;
+        let local = meridian_node::node::Local::new(joined, counters, spend_log);
+        let public_tls = match &config.node.public_tls {
+            None => None,
+            Some(files) => {
+                let tls = meridian_link::PublicTls::load(&files.cert, &files.key)
+                    .context("loading the public listener's TLS certificate")?;
+                tls.clone()
+                    .spawn_reload_on_change(Duration::from_secs(10), std::future::pending());
+                let on_hup = tls.clone();
+                meridian_node::cluster::keep_reloading(
+                    "public listener",
+                    move || on_hup.reload(),
+                    std::future::pending(),
+                );
+                Some(tls)
+            }
         };
         let node = Node::new(config, &master_key, seams, local);
         let metadata = node.metadata.clone();
         let banner = Banner {
             listen: bound,
+            https: public_tls.is_some(),
             ..banner
         };
         banner.print(&master_key, key_source);
-        serve(listener, node, shutdown_signal()).await?;
+        match public_tls {
+            None => serve(listener, node, shutdown_signal()).await?,
+            Some(tls) => {
+                let incoming = meridian_link::TlsAcceptor::public(tls).incoming(listener);
+                let listener = meridian_node::listener::TlsListener::new(incoming, bound);
+                serve(listener, node, shutdown_signal()).await?
+            }
+        }
         let _ = stop_peers.send(());
         let _ = stop_flusher.send(());
         metadata.shutdown().await;
@@ -360,6 +393,7 @@ fn run_serve(
 
 struct Banner {
     listen: SocketAddr,
+    https: bool,
     node: String,
     region: String,
     data_dir: PathBuf,
@@ -370,10 +404,13 @@ impl Banner {
     /// Printed to stdout, not the log: it is the one place a generated master
     /// key is shown.
     fn print(&self, key: &meridian_node::secret::Secret, source: KeySource) {
-        let base = format!("http://{}", self.listen);
+        let scheme = if self.https { "https" } else { "http" };
+        let base = format!("{scheme}://{}", self.listen);
+        // The key is shown once, when it is generated; after that the file
+        // that keeps it is named instead (logs are kept and shipped).
         let shown_key = match source {
-            KeySource::Configured => "$MERIDIAN_MASTER_KEY".to_owned(),
-            KeySource::Stored | KeySource::Generated => key.expose().to_owned(),
+            KeySource::Configured | KeySource::Stored => "$MERIDIAN_MASTER_KEY".to_owned(),
+            KeySource::Generated => key.expose().to_owned(),
         };
         let model = self.models.iter().next().map_or("MODEL", String::as_str);
         println!(
@@ -390,8 +427,8 @@ impl Banner {
         match source {
             KeySource::Configured => println!("  master key: from the environment or config"),
             KeySource::Stored => println!(
-                "  master key (kept in {}): {shown_key}",
-                self.data_dir.display()
+                "  master key: kept in {} (printed once, when it was made)",
+                self.data_dir.join("master_key").display()
             ),
             KeySource::Generated => println!(
                 "  master key (generated now, kept in {}): {shown_key}",

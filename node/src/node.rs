@@ -44,6 +44,24 @@ pub struct Local {
     pub counters: Arc<Counters>,
     pub spend_log: Arc<SpendLog>,
     pub rights: Arc<meridian_replication::rights::Rights>,
+    /// The region's other members' spend-log rows (`None`: a region of one).
+    pub spend_peers: Option<crate::spend_rpc::SpendPeers>,
+}
+
+impl Local {
+    pub fn new(
+        joined: crate::cluster::Joined,
+        counters: Arc<Counters>,
+        spend_log: Arc<SpendLog>,
+    ) -> Self {
+        Self {
+            metadata: joined.region,
+            counters,
+            spend_log,
+            rights: joined.rights,
+            spend_peers: joined.spend_peers,
+        }
+    }
 }
 
 pub struct Node {
@@ -58,8 +76,12 @@ pub struct Node {
     pub spend_log: Arc<SpendLog>,
     /// Rights this node holds to `strict` limits, and the asking for more.
     pub rights: Arc<meridian_replication::rights::Rights>,
+    /// Asks the region's other members for their spend-log rows.
+    pub spend_peers: Option<crate::spend_rpc::SpendPeers>,
     pub default_enforcement: meridian_consensus::metadata::Enforcement,
     pub strict_wait: std::time::Duration,
+    /// What run-time models may read from the environment.
+    pub model_env_allowlist: std::collections::BTreeSet<String>,
     pub region: String,
     pub data_dir: PathBuf,
     pub router: ModelRouter,
@@ -68,6 +90,8 @@ pub struct Node {
     pub providers: Providers,
     pub auth: Authenticator,
     pub max_request_bytes: usize,
+    /// Limits of the public listener (and how long a body may take).
+    pub http: crate::listener::HttpLimits,
     pub disable: Disabled,
     pub upstream: Arc<dyn UpstreamClient>,
     pub clock: Arc<dyn Clock>,
@@ -87,8 +111,10 @@ impl Node {
             counters: local.counters,
             spend_log: local.spend_log,
             rights: local.rights,
+            spend_peers: local.spend_peers,
             default_enforcement: config.default_enforcement,
             strict_wait: config.strict_wait,
+            model_env_allowlist: config.model_env_allowlist,
             region: config.node.region,
             data_dir: config.node.data_dir,
             router,
@@ -96,6 +122,7 @@ impl Node {
             providers: Providers::default(),
             auth: Authenticator::new(master_key),
             max_request_bytes: config.max_request_bytes,
+            http: config.http,
             disable: config.disable,
             upstream: seams.upstream,
             clock: seams.clock,
@@ -139,6 +166,9 @@ impl Node {
         if let Some(sealed) = &m.encrypted_api_key {
             params.insert("api_key".into(), self.sealer.open(sealed)?.expose().into());
         }
+        for (name, sealed) in &m.sealed_params {
+            params.insert(name.clone(), self.sealer.open(sealed)?.expose().into());
+        }
         let mut info = m.model_info.clone();
         info.insert("id".into(), m.model_id.clone().into());
         let entry = serde_json::json!({ "model_name": m.model_name, "litellm_params": params, "model_info": info });
@@ -146,6 +176,7 @@ impl Node {
             &entry,
             "stored model",
             &crate::config::ProcessEnv,
+            &self.model_env_allowlist,
         )? {
             (Some(d), _) => Ok(d),
             (None, why) => Err(crate::error::Error::Internal(

@@ -52,6 +52,40 @@ pub fn routing_fields(
     Ok((tags, fallbacks))
 }
 
+/// The longest `user` (customer id) a request may name: it is logged with
+/// every spend row.
+const MAX_USER_BYTES: usize = 256;
+
+/// Refuses a request for a blocked customer (the request's `user`), and
+/// narrows the caller's residency by the customer's `allowed_model_region`.
+fn customer_policy(
+    node: &Node,
+    demand: &Demand,
+    residency: Option<Vec<String>>,
+) -> Result<Option<Vec<String>>> {
+    let Some(id) = demand.customer.as_deref() else {
+        return Ok(residency);
+    };
+    if id.len() > MAX_USER_BYTES || id.chars().any(char::is_control) {
+        return Err(Error::invalid(
+            format!("`user` must be at most {MAX_USER_BYTES} bytes, without control characters"),
+            Some("user"),
+        ));
+    }
+    let (blocked, region) = node.metadata.read(|s| {
+        s.customer(id)
+            .map(|c| (c.blocked, c.allowed_model_region.clone()))
+            .unwrap_or_default()
+    });
+    if blocked {
+        return Err(Error::Forbidden(format!("customer `{id}` is blocked")));
+    }
+    Ok(match (residency, region) {
+        (Some(r), Some(c)) => Some(crate::auth::intersect_regions(&r, &[c])),
+        (r, c) => r.or(c.map(|c| vec![c])),
+    })
+}
+
 /// The extra attempts a request took (`x-meridian-attempted-retries`,
 /// `x-meridian-attempted-fallbacks`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -114,10 +148,10 @@ where
             allowed: ctx.principal.allowed_models().join(", "),
         });
     }
+    let residency = customer_policy(node, demand, ctx.principal.residency())?;
     node.refresh_models();
     let router = &node.router;
     let settings = router.settings();
-    let residency = ctx.principal.residency();
     let want = Want {
         tags: &demand.tags,
         residency: residency.as_deref(),

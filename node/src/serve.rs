@@ -27,15 +27,17 @@ const MASTER_KEY_FILE: &str = "master_key";
 /// one generated and kept there (readable by the owner only).
 pub fn resolve_master_key(config: &Config, rng: &SeededRng) -> Result<(Secret, KeySource)> {
     if let Some(key) = &config.master_key {
+        check_master_key(key, "the configured master key")?;
         return Ok((key.clone(), KeySource::Configured));
     }
     let dir = &config.node.data_dir;
-    std::fs::create_dir_all(dir)
-        .map_err(|e| Error::io(format!("creating data directory {}", dir.display()), e))?;
+    create_private_dir(dir)?;
     let path = dir.join(MASTER_KEY_FILE);
     match std::fs::read_to_string(&path) {
         Ok(text) if !text.trim().is_empty() => {
-            return Ok((Secret::new(text.trim()), KeySource::Stored));
+            let key = Secret::new(text.trim());
+            check_master_key(&key, &format!("the master key kept in {}", path.display()))?;
+            return Ok((key, KeySource::Stored));
         }
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -44,6 +46,41 @@ pub fn resolve_master_key(config: &Config, rng: &SeededRng) -> Result<(Secret, K
     let key = Secret::new(format!("sk-{}", rng.hex(24)));
     write_private(&path, key.expose())?;
     Ok((key, KeySource::Generated))
+}
+
+/// The shortest master key a node accepts: it is the one credential that
+/// may do everything, on every node of every region.
+pub const MIN_MASTER_KEY_LEN: usize = 16;
+
+/// A master key must be long enough to resist guessing. The message never
+/// includes the key.
+fn check_master_key(key: &Secret, what: &str) -> Result<()> {
+    let k = key.expose();
+    if k.trim().len() < MIN_MASTER_KEY_LEN || k.chars().any(char::is_whitespace) {
+        return Err(Error::Config {
+            file: "master key".into(),
+            path: "general_settings.master_key".into(),
+            expected: format!(
+                "{what}: at least {MIN_MASTER_KEY_LEN} characters without spaces (for example `sk-` and 32 random hex digits)"
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Creates the data directory readable by its owner only (0700), and
+/// tightens an existing one: it holds the master key, the metadata and the
+/// counters.
+pub fn create_private_dir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Error::io(format!("creating data directory {}", dir.display()), e))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| Error::io(format!("making {} private (0700)", dir.display()), e))?;
+    }
+    Ok(())
 }
 
 fn write_private(path: &Path, text: &str) -> Result<()> {
@@ -67,23 +104,20 @@ pub async fn serve<L>(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()>
 where
-    L: axum::serve::Listener,
-    L::Addr: std::fmt::Debug,
+    L: axum::serve::Listener<Addr = std::net::SocketAddr>,
 {
     let checks = node
         .health
         .settings
         .enabled
         .then(|| tokio::spawn(crate::health::run(node.clone())));
+    let limits = node.http;
     let app = crate::api::router(node);
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(|e| Error::io("serving HTTP", e));
+    crate::listener::serve(listener, app, limits, shutdown).await;
     if let Some(task) = checks {
         task.abort();
     }
-    served
+    Ok(())
 }
 
 #[cfg(test)]
@@ -110,10 +144,28 @@ mod tests {
                 .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
-        config.master_key = Some(Secret::new("sk-configured"));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&config.node.data_dir)
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o700, "the data directory is private");
+        }
+        config.master_key = Some(Secret::new("sk-configured-0123456789"));
         assert_eq!(
             resolve_master_key(&config, &rng).unwrap().1,
             KeySource::Configured
         );
+        for short in ["", "sk-1234", "sk-0123456789a", "sk 0123456789abcdef"] {
+            config.master_key = Some(Secret::new(short));
+            let e = resolve_master_key(&config, &rng).unwrap_err().to_string();
+            assert!(e.contains("at least 16"), "{e}");
+            assert!(
+                short.len() < 4 || !e.contains(short),
+                "the key is never echoed: {e}"
+            );
+        }
     }
 }

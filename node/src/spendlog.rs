@@ -158,32 +158,43 @@ impl SpendLog {
     }
 
     /// This node's rows matching `filter`, newest first, at most `limit`.
+    /// Rows are read newest first and the read stops at `limit` matches, or
+    /// after [`MAX_SCANNED`] rows: a query costs a bounded amount of memory
+    /// and time however long the retention.
     pub fn query(&self, filter: &Filter, limit: usize) -> Vec<SpendRow> {
         self.flush();
         let from = filter.start_ms.unwrap_or(0).to_be_bytes();
         let to = filter.end_ms.map(u64::to_be_bytes);
         let mut rows = Vec::new();
-        let scanned = self.store.scan(
+        let mut scanned = 0usize;
+        let read = self.store.scan_back(
             Cf::SpendLog,
             &from,
             to.as_ref().map(|t| t.as_slice()),
             &mut |_, value| {
+                scanned += 1;
                 if let Ok(row) = serde_json::from_slice::<SpendRow>(value)
                     && filter.matches(&row)
                 {
                     rows.push(row);
                 }
-                Ok(())
+                Ok(if rows.len() >= limit || scanned >= MAX_SCANNED {
+                    std::ops::ControlFlow::Break(())
+                } else {
+                    std::ops::ControlFlow::Continue(())
+                })
             },
         );
-        if let Err(e) = scanned {
+        if let Err(e) = read {
             tracing::warn!(error = %e, "reading spend log rows failed");
         }
-        rows.reverse();
-        rows.truncate(limit);
         rows
     }
 }
+
+/// The most rows one query reads (a filter that matches little over a long
+/// range stops here rather than reading the whole log).
+pub const MAX_SCANNED: usize = 200_000;
 
 #[cfg(test)]
 mod tests {

@@ -276,7 +276,16 @@ async fn team_admins_manage_their_team() {
         post(&n, "/key/generate", &dev, json!({ "team_id": "nope" }))
             .await
             .0,
-        403
+        400,
+        "a team that does not exist"
+    );
+    ok(post(&n, "/team/new", MASTER, json!({ "team_id": "elsewhere" })).await);
+    assert_eq!(
+        post(&n, "/key/generate", &dev, json!({ "team_id": "elsewhere" }))
+            .await
+            .0,
+        403,
+        "a team it is not a member of"
     );
 
     let info = ok(get(&n, "/team/info?team_id=ml", &dev).await);
@@ -309,7 +318,7 @@ async fn team_admins_manage_their_team() {
             .as_array()
             .unwrap()
             .len(),
-        1
+        2
     );
     ok(post(&n, "/team/delete", MASTER, json!({ "team_ids": ["ml"] })).await);
     assert_eq!(
@@ -467,7 +476,7 @@ async fn run_time_models_are_region_scoped_and_keep_their_keys_sealed() {
     assert!(!added.to_string().contains("sk-provider-secret"));
     let id = added["model_id"].as_str().unwrap().to_owned();
     let stored = n.metadata.read(|s| s.model(&id).cloned()).unwrap();
-    let sealed = stored.encrypted_api_key.clone().unwrap();
+    let sealed = stored.sealed_params["api_key"].clone();
     assert!(
         !sealed.contains("sk-provider-secret")
             && !serde_json::to_string(&*stored)
@@ -524,7 +533,7 @@ async fn run_time_models_are_region_scoped_and_keep_their_keys_sealed() {
     .await);
     let sealed_after = n
         .metadata
-        .read(|s| s.model(&id).unwrap().encrypted_api_key.clone());
+        .read(|s| s.model(&id).unwrap().sealed_params.get("api_key").cloned());
     assert_eq!(
         sealed_after.as_deref(),
         Some(sealed.as_str()),

@@ -153,10 +153,28 @@ async fn the_embedded_default_generates_prints_and_keeps_its_master_key() {
     assert_eq!(reply.headers()["x-meridian-region"], "local");
     drop(server);
 
-    let (_again, _, key_line, _) = start(&dir.path().join("data"));
+    // Restarted, it keeps the key and never prints it again (logs are kept).
+    let (_again, base, key_line, curl) = start(&dir.path().join("data"));
     assert!(
         key_line.contains("kept in") && !key_line.contains("generated"),
         "{key_line}"
     );
-    assert_eq!(key_line.rsplit(": ").next().unwrap(), key);
+    assert!(
+        !key_line.contains(&key) && !curl.contains(&key),
+        "{key_line} {curl}"
+    );
+    let reply = reqwest::Client::new()
+        .get(format!("{base}/key/list"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), 200, "the kept key still works");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir.path().join("data")), 0o700);
+        assert_eq!(mode(&dir.path().join("data/master_key")), 0o600);
+    }
 }

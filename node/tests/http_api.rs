@@ -282,6 +282,12 @@ async fn models_health_and_headers() {
         (200, json!("I'm alive!"))
     );
     let r = call(&node, get("/health/readiness", None)).await;
+    assert_eq!(
+        (r.status.as_u16(), r.body.clone()),
+        (200, json!({ "status": "healthy", "db": "not used" })),
+        "without an admin key, readiness says only whether the node is ready"
+    );
+    let r = call(&node, get("/health/readiness", Some(KEY))).await;
     assert_eq!(r.status, 200);
     assert_eq!(
         (r.body["status"].as_str(), r.body["storage"]["ok"].as_bool()),

@@ -14,6 +14,7 @@
 //! - [`sync::v1`]: metadata documents' changes between regions.
 //! - [`rights::v1`]: rights of `strict` limits, asked of the entity's home
 //!   region.
+//! - [`spend::v1`]: spend-log rows gathered from a region's members.
 
 /// Version of the inter-node protocol. Nodes refuse peers with a different major.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -51,5 +52,14 @@ pub mod rights {
     /// [`v1::rights_server::RightsServer`] and their messages.
     pub mod v1 {
         tonic::include_proto!("meridian.rights.v1");
+    }
+}
+
+/// Spend-log rows between the members of a region (`meridian.spend.v1`).
+pub mod spend {
+    /// Version 1: [`v1::spend_logs_client::SpendLogsClient`],
+    /// [`v1::spend_logs_server::SpendLogsServer`] and their messages.
+    pub mod v1 {
+        tonic::include_proto!("meridian.spend.v1");
     }
 }

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use meridian_link::{ClusterSecret, Dialer, with_deadline};
+use meridian_link::{Claim, ClusterSecret, Dialer, with_deadline};
 use meridian_proto::gossip::v1 as pb;
 use pb::gossip_client::GossipClient;
 pub use pb::gossip_server::GossipServer;
@@ -118,14 +118,28 @@ impl pb::gossip_server::Gossip for GossipService {
         &self,
         request: Request<pb::PushRequest>,
     ) -> Result<Response<pb::PushReply>, Status> {
-        self.secret.check(request.metadata())?;
-        let push = request.into_inner();
-        let sender = push
+        let sender = request
+            .get_ref()
             .sender
             .as_ref()
             .map(wire::replica_of)
             .ok_or_else(|| Status::invalid_argument("a push names its sender"))?;
+        self.secret.admit(
+            &request,
+            Claim::Node {
+                region: &sender.region,
+                node: sender.node,
+            },
+        )?;
+        let push = request.into_inner();
         let slots = push.deltas.as_ref().map(wire::slots).unwrap_or_default();
+        // A push carries its sender's own slots only (others' travel in
+        // anti-entropy): a node cannot write another node's counts this way.
+        if slots.iter().any(|(_, r, _)| *r != sender) {
+            return Err(Status::invalid_argument(
+                "a push carries its sender's own slots only",
+            ));
+        }
         self.counters.merge(
             slots,
             Completes::Range {
@@ -140,7 +154,7 @@ impl pb::gossip_server::Gossip for GossipService {
     }
 
     async fn sync(&self, request: Request<pb::Digest>) -> Result<Response<pb::SyncReply>, Status> {
-        self.secret.check(request.metadata())?;
+        self.secret.admit(&request, Claim::Member)?;
         let theirs = wire::digest_from_wire(request.get_ref());
         let (missing, digest) = self.counters.missing(&theirs);
         Ok(Response::new(pb::SyncReply {

@@ -28,7 +28,7 @@ use meridian_consensus::Region;
 use meridian_consensus::metadata::{
     Command, EntityDoc, Kind, MergeSummary, OutboxLimits, Outcome, OutgoingDoc, RemoteChanges,
 };
-use meridian_link::{CallError, ClusterSecret, Dialer, with_deadline};
+use meridian_link::{CallError, Claim, ClusterSecret, Dialer, with_deadline};
 use meridian_proto::sync::v1 as pb;
 use pb::metadata_sync_client::MetadataSyncClient;
 pub use pb::metadata_sync_server::MetadataSyncServer;
@@ -127,7 +127,8 @@ impl pb::metadata_sync_server::MetadataSync for SyncService {
         &self,
         request: Request<pb::CursorRequest>,
     ) -> Result<Response<pb::CursorReply>, Status> {
-        self.secret.check(request.metadata())?;
+        let from = request.get_ref().from_region.clone();
+        self.secret.admit(&request, Claim::Region(&from))?;
         let request = request.into_inner();
         self.check_regions(&request.from_region, &request.to_region)?;
         // This node's applied state may trail the leader's: a lower cursor
@@ -140,7 +141,8 @@ impl pb::metadata_sync_server::MetadataSync for SyncService {
         &self,
         request: Request<pb::PushRequest>,
     ) -> Result<Response<pb::CursorReply>, Status> {
-        self.secret.check(request.metadata())?;
+        let from = request.get_ref().from_region.clone();
+        self.secret.admit(&request, Claim::Region(&from))?;
         let request = request.into_inner();
         self.check_regions(&request.from_region, &request.to_region)?;
         let entities = request

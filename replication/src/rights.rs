@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use meridian_consensus::Region;
 use meridian_consensus::metadata::{Command, GrantReply, GrantRequest, Holder, Outcome};
-use meridian_link::{ClusterSecret, Dialer, with_deadline};
+use meridian_link::{Claim, ClusterSecret, Dialer, with_deadline};
 use meridian_proto::rights::v1 as pb;
 use pb::rights_client::RightsClient;
 pub use pb::rights_server::RightsServer;
@@ -398,7 +398,15 @@ impl pb::rights_server::Rights for RightsService {
         &self,
         request: Request<pb::GrantRequest>,
     ) -> Result<Response<pb::GrantReply>, Status> {
-        self.secret.check(request.metadata())?;
+        let holder = request.get_ref();
+        let (region, node) = (holder.holder_region.clone(), holder.holder_node);
+        self.secret.admit(
+            &request,
+            Claim::Node {
+                region: &region,
+                node,
+            },
+        )?;
         let r = request.into_inner();
         let me = self.region.name().as_str();
         if r.home_region != me {

@@ -265,24 +265,25 @@ async fn run_node(
             })
         }),
     };
-    let (metadata, rights) = start_region_on(
-        &config.node,
+    let spend_log = start_spend_log(
         store.clone(),
+        &config,
+        clock.clone(),
+        std::future::pending(),
+    );
+    let joined = start_region_on(
+        &config.node,
+        store,
         format!("http://{name}:4000"),
         counters.clone(),
-        clock.clone(),
+        spend_log.clone(),
+        clock,
         seed,
         net,
         std::future::pending(),
     )
     .await?;
-    let spend_log = start_spend_log(store, &config, clock, std::future::pending());
-    let local = Local {
-        metadata,
-        counters,
-        spend_log,
-        rights,
-    };
+    let local = Local::new(joined, counters, spend_log);
     let node = Node::new(config, &Secret::new(MASTER_KEY), seams, local);
     lock(&registry).insert(name, Live { node: node.clone() });
     let listener = crate::SimListener(turmoil::net::TcpListener::bind("0.0.0.0:4000").await?);

@@ -72,7 +72,7 @@ const TOMBSTONE: &str = "~deleted";
 /// Keys with this prefix belong to the document, not to the record.
 const RESERVED_PREFIX: char = '~';
 /// Fields where any concurrent `true` wins (see the module docs).
-const STICKY_TRUE: &[&str] = &["blocked"];
+const STICKY_TRUE: &[&str] = &["blocked", "admin_blocked"];
 
 /// Errors of this module.
 #[derive(Debug, thiserror::Error)]

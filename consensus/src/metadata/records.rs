@@ -145,6 +145,11 @@ pub struct KeyRecord {
     pub expires: Option<u64>,
     #[serde(default)]
     pub blocked: bool,
+    /// The block was placed by an admin, so only an admin lifts it (a team
+    /// admin may lift a block a team admin placed). Written by the server,
+    /// never taken from a request body.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub admin_blocked: bool,
     /// Routes the key may call; empty = the default for its type.
     #[serde(default)]
     pub allowed_routes: Vec<String>,
@@ -287,14 +292,18 @@ pub struct ModelRecord {
     /// `model_info.id`.
     pub model_id: String,
     pub model_name: String,
-    /// `litellm_params` without `api_key` (which lives, encrypted, in
-    /// `encrypted_api_key`).
+    /// `litellm_params` without its credentials (see `sealed_params`).
     pub litellm_params: Map<String, Value>,
     #[serde(default)]
     pub model_info: Map<String, Value>,
-    /// The provider credential, sealed with the region's salt key.
+    /// The provider key of records written before `sealed_params` existed,
+    /// sealed with the region's salt key (read, never written).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encrypted_api_key: Option<String>,
+    /// Credential params (`api_key`, `aws_secret_access_key`, ...), each
+    /// sealed with the region's salt key; they are never in `litellm_params`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sealed_params: BTreeMap<String, String>,
     pub scope: RegionScope,
     pub created_at: u64,
     pub updated_at: u64,

@@ -117,6 +117,10 @@ pub enum Durability {
 /// Called on each entry of a [`Store::scan`]; an error stops the scan.
 pub type Visitor<'a> = &'a mut dyn FnMut(&[u8], &[u8]) -> Result<()>;
 
+/// Called on each entry of a [`Store::scan_back`]; `Break` (or an error)
+/// stops the scan.
+pub type BackVisitor<'a> = &'a mut dyn FnMut(&[u8], &[u8]) -> Result<std::ops::ControlFlow<()>>;
+
 /// An ordered key-value store with atomic batches.
 pub trait Store: Send + Sync + 'static {
     fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>>;
@@ -139,6 +143,16 @@ pub trait Store: Send + Sync + 'static {
     /// Calls `visit` on every entry in `[from, to)`, in key order, without
     /// copying them out first (start-up reads every record this way).
     fn scan(&self, cf: Cf, from: &[u8], to: Option<&[u8]>, visit: Visitor<'_>) -> Result<()>;
+
+    /// Calls `visit` on the entries in `[from, to)` from the greatest key
+    /// down, until it answers `Break` (newest-first reads stop at a page).
+    fn scan_back(
+        &self,
+        cf: Cf,
+        from: &[u8],
+        to: Option<&[u8]>,
+        visit: BackVisitor<'_>,
+    ) -> Result<()>;
 }
 
 #[cfg(test)]
@@ -193,6 +207,26 @@ pub(crate) mod conformance {
             seen,
             vec![(vec![0, 2], b"b".to_vec()), (vec![0, 3], b"c".to_vec())]
         );
+        let mut back = Vec::new();
+        store
+            .scan_back(Cf::RaftLog, &[0, 1], Some(&[0, 3]), &mut |k, _| {
+                back.push(k.to_vec());
+                Ok(std::ops::ControlFlow::Continue(()))
+            })
+            .unwrap();
+        assert_eq!(
+            back,
+            vec![vec![0, 2], vec![0, 1]],
+            "newest first, `to` excluded"
+        );
+        let mut first = Vec::new();
+        store
+            .scan_back(Cf::RaftLog, &[], None, &mut |k, _| {
+                first.push(k.to_vec());
+                Ok(std::ops::ControlFlow::Break(()))
+            })
+            .unwrap();
+        assert_eq!(first, vec![vec![0, 3]], "Break stops the scan");
 
         let mut b = WriteBatch::default();
         b.delete_range(Cf::RaftLog, [0, 1], [0, 3])

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::Mutex;
 
-use crate::{Cf, Durability, Op, Result, Store, Visitor, WriteBatch};
+use crate::{BackVisitor, Cf, Durability, Op, Result, Store, Visitor, WriteBatch};
 
 /// One column family: ordered keys to values.
 type Family = BTreeMap<Vec<u8>, Vec<u8>>;
@@ -94,6 +94,28 @@ impl Store for MemStore {
             Some(m) => m
                 .range::<[u8], _>(bounds(from, to))
                 .try_for_each(|(k, v)| visit(k, v)),
+        })
+    }
+
+    fn scan_back(
+        &self,
+        cf: Cf,
+        from: &[u8],
+        to: Option<&[u8]>,
+        visit: BackVisitor<'_>,
+    ) -> Result<()> {
+        if to.is_some_and(|t| t <= from) {
+            return Ok(());
+        }
+        self.with(|cfs| {
+            if let Some(m) = cfs.get(&cf) {
+                for (k, v) in m.range::<[u8], _>(bounds(from, to)).rev() {
+                    if visit(k, v)?.is_break() {
+                        break;
+                    }
+                }
+            }
+            Ok(())
         })
     }
 

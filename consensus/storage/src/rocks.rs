@@ -7,7 +7,7 @@ use rocksdb::{
     ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, ReadOptions, WriteOptions,
 };
 
-use crate::{Cf, Durability, Error, Op, Result, Store, Visitor, WriteBatch};
+use crate::{BackVisitor, Cf, Durability, Error, Op, Result, Store, Visitor, WriteBatch};
 
 pub struct RocksStore {
     db: DB,
@@ -101,6 +101,29 @@ impl Store for RocksStore {
         while let (Some(k), Some(v)) = (it.key(), it.value()) {
             visit(k, v)?;
             it.next();
+        }
+        it.status().map_err(engine)
+    }
+
+    fn scan_back(
+        &self,
+        cf: Cf,
+        from: &[u8],
+        to: Option<&[u8]>,
+        visit: BackVisitor<'_>,
+    ) -> Result<()> {
+        if to.is_some_and(|t| t <= from) {
+            return Ok(());
+        }
+        let mut it = self
+            .db
+            .raw_iterator_cf_opt(self.cf(cf)?, Self::read_options(from, to));
+        it.seek_to_last();
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            if visit(k, v)?.is_break() {
+                break;
+            }
+            it.prev();
         }
         it.status().map_err(engine)
     }

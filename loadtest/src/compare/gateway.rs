@@ -21,7 +21,7 @@ use super::child::{Group, Proc, WorkDir, free_port};
 use crate::Error;
 
 /// The gateways' master key (the configs name it; nothing here is secret).
-pub(crate) const MASTER_KEY: &str = "sk-master";
+pub(crate) const MASTER_KEY: &str = "sk-master-compare-0001";
 /// The model group every row serves.
 pub(crate) const MODEL: &str = "bench";
 /// What the virtual key allows: far above anything a run on one machine
@@ -536,7 +536,7 @@ mod tests {
     fn the_base_config_points_at_the_upstream() {
         let config = base_config(9123);
         assert!(config.contains("api_base: http://127.0.0.1:9123/v1\n"));
-        assert!(config.contains("master_key: sk-master\n"));
+        assert!(config.contains("master_key: sk-master-compare-0001\n"));
         let limits: Value = serde_json::from_str(KEY_LIMITS).unwrap();
         assert_eq!(limits["max_budget"], 1_000_000);
     }

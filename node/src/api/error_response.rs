@@ -66,10 +66,10 @@ fn classify(e: &Error) -> (StatusCode, &'static str) {
         Error::Consensus(
             meridian_consensus::Error::NoLeader(_)
             | meridian_consensus::Error::Uncertain
-            | meridian_consensus::Error::Unreachable(_)
-            | meridian_consensus::Error::NotLeader { .. },
+            | meridian_consensus::Error::Unreachable(_),
         ) => (StatusCode::SERVICE_UNAVAILABLE, "service_unavailable"),
         Error::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error"),
+        Error::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "invalid_request_error"),
         Error::LimitExceeded(e) => (
             StatusCode::TOO_MANY_REQUESTS,
             match e.kind {

@@ -88,9 +88,15 @@ impl<T: DeserializeOwned> FromRequest<Arc<Node>> for JsonBody<T> {
 
     async fn from_request(req: Request, node: &Arc<Node>) -> Result<Self, ApiError> {
         let format = Format::for_path(req.uri().path());
-        let bytes = read_limited(req, node.max_request_bytes)
-            .await
-            .map_err(|e| ApiError::new(e, format))?;
+        // A body trickled in slowly holds a connection and a task: it must
+        // arrive within the limit, whatever its size.
+        let bytes = tokio::time::timeout(
+            node.http.body_read_timeout,
+            read_limited(req, node.max_request_bytes),
+        )
+        .await
+        .map_err(|_| ApiError::new(Error::RequestTimeout(node.http.body_read_timeout), format))?
+        .map_err(|e| ApiError::new(e, format))?;
         parse_json(&bytes)
             .map(JsonBody)
             .map_err(|e| ApiError::new(e, format))

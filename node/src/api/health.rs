@@ -1,6 +1,11 @@
 //! Health endpoints, as LiteLLM names them: liveliness (process up), readiness
 //! (this node can serve: local storage and cluster state, never an external
-//! database), and an authenticated deep check that calls every deployment.
+//! database), and an admin's deep check that calls every deployment.
+//!
+//! Liveliness and readiness answer without a key (load balancers and GeoDNS
+//! probe them), so without an admin key they say only whether the node is up
+//! and ready: no paths, no members. The deep check spends real provider calls
+//! and shows where providers live, so it is for admins only.
 
 use std::sync::Arc;
 
@@ -19,13 +24,25 @@ pub async fn liveliness() -> Json<&'static str> {
     Json("I'm alive!")
 }
 
-pub async fn readiness(State(node): State<Arc<Node>>) -> Response {
+pub async fn readiness(State(node): State<Arc<Node>>, headers: http::HeaderMap) -> Response {
     // A metadata read of the data directory: cheap, and it fails when the volume
     // is gone or unmounted.
     let storage_ok = std::fs::metadata(&node.data_dir)
         .map(|m| m.is_dir())
         .unwrap_or(false);
     let status = if storage_ok { "healthy" } else { "unhealthy" };
+    let code = if storage_ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let reader = node
+        .auth
+        .authenticate(&headers, &node.metadata, node.clock.unix_secs())
+        .is_ok_and(|p| p.may_read_all());
+    if !reader {
+        return (code, Json(json!({ "status": status, "db": "not used" }))).into_response();
+    }
     let cluster = node.metadata.status();
     let body = json!({
         "status": status,
@@ -45,11 +62,6 @@ pub async fn readiness(State(node): State<Arc<Node>>) -> Response {
         "db": "not used",
         "version": env!("CARGO_PKG_VERSION"),
     });
-    let code = if storage_ok {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
     (code, Json(body)).into_response()
 }
 
@@ -64,12 +76,13 @@ pub struct HealthQuery {
 /// health checks on, the unfiltered list is the latest background round.
 pub async fn deep(
     State(node): State<Arc<Node>>,
-    _auth: Auth,
+    Auth(p): Auth,
     Query(q): Query<HealthQuery>,
-) -> Json<Value> {
+) -> Result<Json<Value>, super::ApiError> {
+    super::admin::policy::admin(&p, "the deep health check (it calls every deployment)")?;
     let unfiltered = q.model.is_none() && q.model_id.is_none();
     if unfiltered && let Some(report) = node.health.latest() {
-        return Json(report);
+        return Ok(Json(report));
     }
     let targets: Vec<Member> = node
         .router
@@ -82,5 +95,5 @@ pub async fn deep(
         })
         .filter(|m| q.model_id.as_ref().is_none_or(|id| *id == m.deployment.id))
         .collect();
-    Json(crate::health::check(&node, &targets).await)
+    Ok(Json(crate::health::check(&node, &targets).await))
 }

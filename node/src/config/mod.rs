@@ -8,14 +8,17 @@
 //! was expected.
 
 mod parse;
+mod tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 pub use parse::{
-    EnvSource, ProcessEnv, deployment_from_json, load_file, parse_str, request_fallbacks,
+    CREDENTIAL_PARAMS, EnvSource, ProcessEnv, deployment_from_json, load_file, parse_str,
+    request_fallbacks,
 };
+pub use tls::{ClusterTlsFiles, PublicTlsFiles};
 
 use crate::pricing::Price;
 use crate::secret::Secret;
@@ -45,6 +48,11 @@ pub struct Config {
     /// How long a request under a `strict` limit may wait for rights from
     /// the limit's home region before it is refused (`meridian.strict_wait_ms`).
     pub strict_wait: Duration,
+    /// Environment variables that models added at run time may name in their
+    /// credential fields (`meridian.model_env_allowlist`); none by default.
+    pub model_env_allowlist: std::collections::BTreeSet<String>,
+    /// Limits of the public listener's connections (`meridian.max_connections`, ...).
+    pub http: crate::listener::HttpLimits,
     pub disable: Disabled,
     /// `router_settings`: strategy, retries, cooldowns, fallbacks.
     pub router: crate::router::RouterSettings,
@@ -64,6 +72,8 @@ pub struct NodeSettings {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
     pub cluster: ClusterSettings,
+    /// HTTPS on the public listener (`meridian.tls_cert`, `tls_key`).
+    pub public_tls: Option<PublicTlsFiles>,
 }
 
 impl Default for NodeSettings {
@@ -74,6 +84,7 @@ impl Default for NodeSettings {
             listen: SocketAddr::from(([127, 0, 0, 1], 4000)),
             data_dir: PathBuf::from("./meridian-data"),
             cluster: ClusterSettings::default(),
+            public_tls: None,
         }
     }
 }
@@ -93,6 +104,11 @@ pub struct ClusterSettings {
     pub peers: Vec<Peer>,
     /// Shared by the region's nodes; inter-node calls without it are refused.
     pub secret: Option<Secret>,
+    /// Mutual TLS on every inter-node link (`meridian.cluster_tls_*`).
+    pub tls: Option<ClusterTlsFiles>,
+    /// Inter-node links in plain text with no secret (`insecure_cluster`):
+    /// tests only; without it such a node refuses to start.
+    pub insecure: bool,
     /// Raft log entries between snapshots (older entries are then purged).
     pub snapshot_every: u64,
     /// Other regions' nodes (their inter-node addresses), by region: counters
@@ -116,6 +132,8 @@ impl Default for ClusterSettings {
             advertise_url: None,
             peers: Vec::new(),
             secret: None,
+            tls: None,
+            insecure: false,
             snapshot_every: 5000,
             remote_regions: std::collections::BTreeMap::new(),
             gossip_interval: std::time::Duration::from_millis(100),

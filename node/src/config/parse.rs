@@ -63,6 +63,7 @@ pub fn parse_str(text: &str, file: &str, env: &dyn EnvSource, check: bool) -> Re
         check,
         ignored: Vec::new(),
         unset_env: Vec::new(),
+        runtime_env: None,
     };
     p.config(&doc)
 }
@@ -70,10 +71,17 @@ pub fn parse_str(text: &str, file: &str, env: &dyn EnvSource, check: bool) -> Re
 /// Parses one `model_list` entry given at run time (`/model/new`): the same
 /// rules as the file, default timeouts, `source` naming where it came from in
 /// errors. `Ok((None, why))`: a provider or mode that is not served.
+///
+/// An admin API must not become a way to read the node's environment: an
+/// `os.environ/VAR` reference resolves only in a credential field
+/// ([`CREDENTIAL_PARAMS`]) and only when `allowed_env` (the operator's
+/// `meridian.model_env_allowlist`) names `VAR`; no variable is read
+/// implicitly (a model without `api_key` has none, not `OPENAI_API_KEY`).
 pub fn deployment_from_json(
     entry: &Value,
     source: &str,
     env: &dyn EnvSource,
+    allowed_env: &BTreeSet<String>,
 ) -> Result<(Option<Deployment>, Vec<Ignored>)> {
     let mut p = Parser {
         file: source,
@@ -82,6 +90,7 @@ pub fn deployment_from_json(
         check: false,
         ignored: Vec::new(),
         unset_env: Vec::new(),
+        runtime_env: Some(allowed_env),
     };
     let defaults = Timeouts {
         timeout: DEFAULT_TIMEOUT,
@@ -132,6 +141,8 @@ impl Config {
             spend_log_retention: crate::spendlog::DEFAULT_RETENTION,
             default_enforcement: Default::default(),
             strict_wait: DEFAULT_STRICT_WAIT,
+            model_env_allowlist: BTreeSet::new(),
+            http: crate::listener::HttpLimits::default(),
             disable: Disabled::default(),
             router: Default::default(),
             health_checks: Default::default(),
@@ -187,7 +198,23 @@ struct Parser<'a> {
     check: bool,
     ignored: Vec<Ignored>,
     unset_env: Vec<Ignored>,
+    /// Set for models added at run time (`/model/new`): the only variables
+    /// their `os.environ/` references may name, and only in credential
+    /// fields; nothing is read from the environment implicitly.
+    runtime_env: Option<&'a BTreeSet<String>>,
 }
+
+/// `litellm_params` that hold credentials: sealed when stored, the only
+/// fields of a run-time model that may name an environment variable.
+pub const CREDENTIAL_PARAMS: &[&str] = &[
+    "api_key",
+    "aws_access_key_id",
+    "aws_secret_access_key",
+    "aws_session_token",
+    "vertex_credentials",
+    "azure_ad_token",
+    "client_secret",
+];
 
 impl Parser<'_> {
     fn err(&self, path: &str, expected: impl Into<String>) -> Error {
@@ -230,6 +257,8 @@ impl Parser<'_> {
             spend_log_retention: crate::spendlog::DEFAULT_RETENTION,
             default_enforcement: Default::default(),
             strict_wait: DEFAULT_STRICT_WAIT,
+            model_env_allowlist: BTreeSet::new(),
+            http: crate::listener::HttpLimits::default(),
             disable: Disabled::default(),
             router: Default::default(),
             health_checks: Default::default(),
@@ -265,6 +294,7 @@ impl Parser<'_> {
             config.deployments = self.model_list(list, &defaults)?;
         }
         config.apply_env(self.env);
+        super::tls::check(&config).map_err(|(path, expected)| self.err(path, expected))?;
         config.ignored = std::mem::take(&mut self.ignored);
         config.unset_env = std::mem::take(&mut self.unset_env);
         Ok(config)
@@ -289,6 +319,24 @@ impl Parser<'_> {
         let Some(var) = raw.strip_prefix("os.environ/") else {
             return Ok(Some(raw.clone()));
         };
+        if let Some(allowed) = self.runtime_env {
+            let field = path.rsplit('.').next().unwrap_or(path);
+            if !CREDENTIAL_PARAMS.contains(&field) {
+                return Err(self.err(
+                    path,
+                    format!(
+                        "a literal value: in a model added at run time, os.environ/ is accepted only in credential fields ({})",
+                        CREDENTIAL_PARAMS.join(", ")
+                    ),
+                ));
+            }
+            if !allowed.contains(var) {
+                return Err(self.err(
+                    path,
+                    format!("a variable listed in meridian.model_env_allowlist; `{var}` is not"),
+                ));
+            }
+        }
         if let Some(v) = self.overlay.get(var).cloned().or_else(|| self.env.var(var)) {
             return Ok(Some(v));
         }
@@ -337,8 +385,10 @@ impl Parser<'_> {
     fn integer(&mut self, value: Option<&Value>, path: &str) -> Result<Option<u64>> {
         match self.number(value, path)? {
             None => Ok(None),
-            Some(n) if n.fract() == 0.0 && n <= u64::MAX as f64 => Ok(Some(n as u64)),
-            Some(_) => Err(self.err(path, "a whole number")),
+            Some(n) if n.fract() == 0.0 && (0.0..=u64::MAX as f64).contains(&n) => {
+                Ok(Some(n as u64))
+            }
+            Some(_) => Err(self.err(path, "a whole number, not negative")),
         }
     }
 
@@ -553,6 +603,27 @@ impl Parser<'_> {
                     }
                     config.node.cluster.advertise_url = Some(url.trim_end_matches('/').to_owned());
                 }
+                "cluster_tls_ca" | "cluster_tls_cert" | "cluster_tls_key" => {
+                    let file = PathBuf::from(self.required_string(Some(v), &path)?);
+                    let tls = config.node.cluster.tls.get_or_insert_with(Default::default);
+                    match key.as_str() {
+                        "cluster_tls_ca" => tls.ca = file,
+                        "cluster_tls_cert" => tls.cert = file,
+                        _ => tls.key = file,
+                    }
+                }
+                "insecure_cluster" => {
+                    config.node.cluster.insecure = self.boolean(Some(v), &path)?.unwrap_or(false)
+                }
+                "tls_cert" | "tls_key" => {
+                    let file = PathBuf::from(self.required_string(Some(v), &path)?);
+                    let tls = config.node.public_tls.get_or_insert_with(Default::default);
+                    if key == "tls_cert" {
+                        tls.cert = file;
+                    } else {
+                        tls.key = file;
+                    }
+                }
                 "cluster_secret" => {
                     config.node.cluster.secret = self.string(Some(v), &path)?.map(Secret::new)
                 }
@@ -598,6 +669,39 @@ impl Parser<'_> {
                         Some(n) if (1..=60_000).contains(&n) => Duration::from_millis(n),
                         _ => return Err(self.err(&path, "milliseconds between 1 and 60000")),
                     }
+                }
+                "max_connections" => {
+                    config.http.max_connections = self.bounded(v, &path, 1, 1_000_000)? as usize
+                }
+                "max_connections_per_ip" => {
+                    config.http.max_connections_per_ip =
+                        self.bounded(v, &path, 0, 1_000_000)? as usize
+                }
+                "max_header_bytes" => {
+                    config.http.max_header_bytes =
+                        self.bounded(v, &path, 8192, 16 * 1024 * 1024)? as usize
+                }
+                "header_read_timeout_ms" => {
+                    config.http.header_read_timeout =
+                        Duration::from_millis(self.bounded(v, &path, 100, 3_600_000)?)
+                }
+                "body_read_timeout_ms" => {
+                    config.http.body_read_timeout =
+                        Duration::from_millis(self.bounded(v, &path, 100, 3_600_000)?)
+                }
+                "model_env_allowlist" => {
+                    let names = self.string_list(v, &path)?;
+                    for (i, name) in names.iter().enumerate() {
+                        let ok = !name.is_empty()
+                            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+                        if !ok {
+                            return Err(self.err(
+                                &format!("{path}[{i}]"),
+                                "an environment variable name (letters, digits, '_')",
+                            ));
+                        }
+                    }
+                    config.model_env_allowlist = names.into_iter().collect();
                 }
                 "raft_snapshot_every" => {
                     config.node.cluster.snapshot_every = match self.integer(Some(v), &path)? {
@@ -877,18 +981,28 @@ impl Parser<'_> {
             }
         }
 
-        let api_key =
-            api_key.or_else(|| spec.key_env.and_then(|v| self.env.var(v)).map(Secret::new));
+        // The provider's usual variable (OPENAI_API_KEY, ...) is a default of
+        // the operator's config file, never of a model added at run time.
+        let implicit_env = self.runtime_env.is_none();
+        let api_key = api_key.or_else(|| {
+            spec.key_env
+                .filter(|_| implicit_env)
+                .and_then(|v| self.env.var(v))
+                .map(Secret::new)
+        });
         let api_base = match (api_base, spec.default_base) {
             (Some(b), _) => b,
             (None, Some(b)) => b.to_owned(),
             (None, None) => match spec.kind {
-                ProviderKind::Azure => self.env.var("AZURE_API_BASE").ok_or_else(|| {
-                    self.err(
-                        &format!("{params_path}.api_base"),
-                        "the Azure resource URL, e.g. https://NAME.openai.azure.com",
-                    )
-                })?,
+                ProviderKind::Azure => implicit_env
+                    .then(|| self.env.var("AZURE_API_BASE"))
+                    .flatten()
+                    .ok_or_else(|| {
+                        self.err(
+                            &format!("{params_path}.api_base"),
+                            "the Azure resource URL, e.g. https://NAME.openai.azure.com",
+                        )
+                    })?,
                 _ => {
                     return Err(self.err(
                         &format!("{params_path}.api_base"),
@@ -910,8 +1024,9 @@ impl Parser<'_> {
         }
         if spec.kind == ProviderKind::Azure && api_version.is_none() {
             api_version = Some(
-                self.env
-                    .var("AZURE_API_VERSION")
+                implicit_env
+                    .then(|| self.env.var("AZURE_API_VERSION"))
+                    .flatten()
                     .unwrap_or_else(|| AZURE_DEFAULT_API_VERSION.to_owned()),
             );
         }
@@ -984,6 +1099,14 @@ impl Parser<'_> {
         }))
     }
 
+    /// A whole number in `[min, max]`.
+    fn bounded(&mut self, value: &Value, path: &str, min: u64, max: u64) -> Result<u64> {
+        match self.integer(Some(value), path)? {
+            Some(n) if (min..=max).contains(&n) => Ok(n),
+            _ => Err(self.err(path, format!("a whole number from {min} to {max}"))),
+        }
+    }
+
     fn string_list(&mut self, value: &Value, path: &str) -> Result<Vec<String>> {
         let items = value
             .as_array()
@@ -1003,7 +1126,7 @@ const NOT_YET: &str = "not supported by Meridian yet; ignored";
 /// a few cross-region round trips and a Raft write.
 const DEFAULT_STRICT_WAIT: Duration = Duration::from_millis(500);
 
-const MERIDIAN_KEYS: &str = "node_id, region, host, port, data_dir, raft_id, cluster_listen, advertise_url, cluster_secret, peers, raft_snapshot_every, remote_regions, gossip_interval_ms, inject_region_delay_ms, inject_partition_file, enforcement, strict_wait_ms, disable_admin_endpoints, disable_llm_api_endpoints, disable_admin_ui";
+const MERIDIAN_KEYS: &str = "node_id, region, host, port, data_dir, raft_id, cluster_listen, advertise_url, cluster_secret, cluster_tls_ca, cluster_tls_cert, cluster_tls_key, insecure_cluster, tls_cert, tls_key, peers, raft_snapshot_every, remote_regions, gossip_interval_ms, inject_region_delay_ms, inject_partition_file, enforcement, strict_wait_ms, model_env_allowlist, max_connections, max_connections_per_ip, max_header_bytes, header_read_timeout_ms, body_read_timeout_ms, disable_admin_endpoints, disable_llm_api_endpoints, disable_admin_ui";
 const AZURE_DEFAULT_API_VERSION: &str = "2024-10-21";
 
 /// Deployment timeout defaults. `router_settings.timeout` wins over

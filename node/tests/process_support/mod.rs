@@ -88,3 +88,111 @@ pub async fn call(
         Err(_) => (0, Value::Null),
     }
 }
+
+/// The mock models every single-process test world serves.
+pub const MOCK_MODELS: &str =
+    "model_list:\n  - model_name: gpt\n    litellm_params: {model: mock/chat}\n";
+
+/// One `meridian serve` process on ephemeral ports, with the test master key,
+/// a private data directory and its log captured to a file; killed (and its
+/// files removed) when dropped.
+pub struct Server {
+    pub base: String,
+    pub master: String,
+    pub http: reqwest::Client,
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    child: Child,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    /// Starts a node whose config is the mock models plus `extra` (more
+    /// top-level YAML, e.g. a `meridian:` section), and waits until it
+    /// answers.
+    pub async fn start(extra: &str) -> Server {
+        Self::start_with(extra, &[]).await
+    }
+
+    /// As [`Server::start`], with more environment variables.
+    pub async fn start_with(extra: &str, env: &[(&str, &str)]) -> Server {
+        meridian_node::upstream::install_crypto_provider();
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let data = dir.path().join("data");
+        let config = dir.path().join("config.yaml");
+        std::fs::write(&config, format!("{MOCK_MODELS}{extra}\n",)).unwrap();
+        let log = std::fs::File::create(dir.path().join("node.log")).unwrap();
+        let child = Command::new(BIN)
+            .args([
+                "serve",
+                "--config",
+                config.to_str().unwrap(),
+                "--port",
+                &port.to_string(),
+            ])
+            .args(["--data-dir", data.to_str().unwrap()])
+            .env("MERIDIAN_MASTER_KEY", MASTER)
+            .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let s = Server {
+            base: format!("http://127.0.0.1:{port}"),
+            master: MASTER.to_owned(),
+            http: reqwest::Client::new(),
+            dir,
+            port,
+            child,
+        };
+        for _ in 0..300 {
+            if s.http
+                .get(format!("{}/health/liveliness", s.base))
+                .send()
+                .await
+                .is_ok()
+            {
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the node did not start: {}", s.log());
+    }
+
+    /// Everything the process printed so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("node.log")).unwrap_or_default()
+    }
+
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        key: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        call(&self.http, &self.base, method, path, key, body).await
+    }
+
+    /// An admin call with the master key that must succeed.
+    pub async fn admin(&self, path: &str, body: Value) -> Value {
+        let (status, reply) = self
+            .call("POST", path, &self.master, Some(body.clone()))
+            .await;
+        assert_eq!(status, 200, "{path} {body}: {reply}");
+        reply
+    }
+
+    /// Whether the process is still running.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}

@@ -13,7 +13,7 @@ use meridian_node::secret::Secret;
 use meridian_node::upstream::HttpUpstream;
 use serde_json::Value;
 
-pub const MASTER_KEY: &str = "sk-test-master";
+pub const MASTER_KEY: &str = "sk-test-master-key-0001";
 
 pub struct Gateway {
     pub base: String,

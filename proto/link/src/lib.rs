@@ -20,7 +20,9 @@
 //!   listener; [`TlsAcceptor`] accepts for either, with bounded handshakes.
 //! - [`certs`]: making a CA, node certificates and server certificates.
 //! - [`ClusterSecret`]: stamped on every call, checked on every served call
-//!   before anything else; never printed.
+//!   before anything else; never printed. [`ClusterSecret::admit`] also checks
+//!   what a call claims about its sender ([`Claim`]) against the sender's
+//!   certificate.
 //! - [`CallError`]: a failed call classified by which side failed.
 //!
 //! With [`ClusterTls`] configured, traffic between nodes is TLS 1.3 and each
@@ -43,25 +45,25 @@ use std::time::Duration;
 
 use futures_util::stream::{self, Stream, StreamExt};
 use hyper_util::rt::TokioIo;
-use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tonic::metadata::{AsciiMetadataValue, MetadataMap};
 use tonic::service::Routes;
 use tonic::transport::server::Connected;
 use tonic::transport::{Channel, Endpoint, Server};
-use tonic::{Code, Request, Status};
+use tonic::{Code, Status};
 use tower::ServiceExt;
 
 mod accept;
 pub mod certs;
 mod identity;
+mod secret;
 mod tls;
 
 pub use accept::{
     HANDSHAKE_TIMEOUT, MAX_CONCURRENT_HANDSHAKES, TlsAcceptor, TlsConnection, TlsIncoming,
 };
 pub use identity::{NODE_SERVER_NAME, NodeIdentity, PeerInfo, peer_identity};
+pub use secret::{Claim, ClusterSecret};
 pub use tls::{ClusterTls, PublicTls};
 
 /// The metadata header that carries the cluster secret.
@@ -163,76 +165,6 @@ where
         Ok(Ok(reply)) => Ok(reply.into_inner()),
         Ok(Err(status)) => Err(classify(&status, deadline)),
         Err(_) => Err(CallError::Timeout(deadline)),
-    }
-}
-
-/// The cluster secret: sent with every call, required on every served call.
-/// Without one configured, calls carry nothing and everything is admitted.
-#[derive(Clone, Default)]
-pub struct ClusterSecret {
-    /// Marked sensitive: never printed, never indexed by HPACK.
-    header: Option<AsciiMetadataValue>,
-    /// SHA-256 of the secret: comparing digests takes the same time whatever
-    /// the presented secret.
-    digest: Option<[u8; 32]>,
-}
-
-impl ClusterSecret {
-    /// `secret` travels in a header, so it must be printable ASCII.
-    pub fn new(secret: Option<&str>) -> Result<Self, Error> {
-        let Some(secret) = secret else {
-            return Ok(Self::default());
-        };
-        // The value is not echoed: a config error must not print the secret.
-        let mut header = AsciiMetadataValue::try_from(secret)
-            .map_err(|_| Error::Config("the cluster secret must be printable ASCII".to_owned()))?;
-        header.set_sensitive(true);
-        Ok(Self {
-            header: Some(header),
-            digest: Some(Sha256::digest(secret.as_bytes()).into()),
-        })
-    }
-
-    /// Adds the secret and the deadline to an outgoing call.
-    pub fn stamp<T>(&self, request: &mut Request<T>, deadline: Duration) {
-        request.set_timeout(deadline);
-        if let Some(header) = &self.header {
-            request.metadata_mut().insert(SECRET_HEADER, header.clone());
-        }
-    }
-
-    /// Refuses a served call without the secret (anything passes when none is
-    /// configured). Call first: an outsider learns nothing else.
-    #[allow(clippy::result_large_err)]
-    pub fn check(&self, metadata: &MetadataMap) -> Result<(), Status> {
-        let Some(expected) = &self.digest else {
-            return Ok(());
-        };
-        let admitted = metadata.get(SECRET_HEADER).is_some_and(|presented| {
-            let presented: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
-            // No early exit: the time taken says nothing about how much matched.
-            presented
-                .iter()
-                .zip(expected)
-                .fold(0u8, |diff, (a, b)| diff | (a ^ b))
-                == 0
-        });
-        if admitted {
-            Ok(())
-        } else {
-            tracing::debug!("refused a peer call without the cluster secret");
-            Err(Status::unauthenticated("missing or wrong cluster secret"))
-        }
-    }
-}
-
-impl fmt::Debug for ClusterSecret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(if self.header.is_some() {
-            "ClusterSecret(<redacted>)"
-        } else {
-            "ClusterSecret(none)"
-        })
     }
 }
 
@@ -499,39 +431,6 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for PeerIo<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn with_secret(secret: &str) -> MetadataMap {
-        let mut metadata = MetadataMap::new();
-        if let Ok(value) = AsciiMetadataValue::try_from(secret) {
-            metadata.insert(SECRET_HEADER, value);
-        }
-        metadata
-    }
-
-    #[test]
-    fn only_the_cluster_secret_is_admitted() {
-        let secret = ClusterSecret::new(Some("s3cret")).unwrap();
-        assert!(secret.check(&with_secret("s3cret")).is_ok());
-        assert!(secret.check(&with_secret("s3cre")).is_err());
-        assert!(secret.check(&with_secret("s3cret ")).is_err());
-        assert!(secret.check(&MetadataMap::new()).is_err());
-        let open = ClusterSecret::new(None).unwrap();
-        assert!(open.check(&MetadataMap::new()).is_ok(), "no secret: open");
-    }
-
-    #[test]
-    fn the_secret_must_fit_a_header_and_never_prints() {
-        assert!(matches!(
-            ClusterSecret::new(Some("line\nbreak")),
-            Err(Error::Config(_))
-        ));
-        let secret = ClusterSecret::new(Some("hunter2hunter2")).unwrap();
-        assert!(!format!("{secret:?}").contains("hunter2"));
-        let mut request = Request::new(());
-        secret.stamp(&mut request, Duration::from_secs(3));
-        assert!(request.metadata().get(SECRET_HEADER).is_some());
-        assert!(request.metadata().get("grpc-timeout").is_some());
-    }
 
     #[test]
     fn statuses_are_classified_by_who_failed() {

@@ -13,9 +13,9 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
 
+use super::policy;
 use super::{
-    Consistency, check_limits, id_list, object, propose, require, require_admin, require_reader,
-    split_fields, string_field, validate,
+    Consistency, check_limits, id_list, object, propose, split_fields, string_field, validate,
 };
 use crate::api::ApiError;
 use crate::api::extract::{Auth, JsonBody};
@@ -146,22 +146,6 @@ pub(super) async fn patch<T: DeserializeOwned>(
     Ok(records.into_iter().next().unwrap_or(Value::Null))
 }
 
-fn team_admin_or_admin(node: &Node, p: &Principal, team_id: &str) -> Result<()> {
-    let ok = p.is_admin()
-        || p.user_id().is_some_and(|u| {
-            node.metadata.read(|s| {
-                s.team(team_id)
-                    .is_some_and(|t| t.members.get(u) == Some(&TeamRole::Admin))
-            })
-        });
-    require(ok, || {
-        format!(
-            "this needs the proxy_admin role or admin of team `{team_id}`; {}",
-            super::describe(p)
-        )
-    })
-}
-
 fn new_id(node: &Node) -> String {
     node.rng.hex(16)
 }
@@ -175,7 +159,7 @@ async fn delete_all(
     field: &str,
     reply: &str,
 ) -> Reply {
-    require_admin(p, &format!("deleting a {}", kind.noun()))?;
+    policy::admin(p, &format!("deleting a {}", kind.noun()))?;
     let ids = id_list(&object(body)?, field)?;
     propose(
         node,
@@ -198,7 +182,7 @@ pub(super) async fn admin_update<T: DeserializeOwned>(
     (id_field, known, ignored): (&str, &[&'static str], &[&str]),
     not_patchable: &[&str],
 ) -> Reply {
-    require_admin(p, &format!("updating a {}", kind.noun()))?;
+    policy::admin(p, &format!("updating a {}", kind.noun()))?;
     let body = object(body)?;
     let id = string_field(&body, id_field)?;
     let (mut fields, _) = split_fields(&body, &fields_with_limits(known), ignored)?;
@@ -257,7 +241,7 @@ pub async fn team_new(
     Auth(p): Auth,
     JsonBody(body): JsonBody<Value>,
 ) -> Reply {
-    require_admin(&p, "creating a team")?;
+    policy::admin(&p, "creating a team")?;
     let body = object(body)?;
     let (mut fields, ignored) =
         split_fields(&body, &fields_with_limits(TEAM_FIELDS), TEAM_IGNORED)?;
@@ -280,7 +264,8 @@ pub async fn team_update(
 ) -> Reply {
     let body = object(body)?;
     let team_id = string_field(&body, "team_id")?;
-    team_admin_or_admin(&node, &p, &team_id)?;
+    node.metadata
+        .read(|s| policy::admin_or_team_admin(s, &p, &team_id))?;
     let (mut fields, _) = split_fields(&body, &fields_with_limits(TEAM_FIELDS), TEAM_IGNORED)?;
     check_limits(&fields)?;
     fields.remove("team_id");
@@ -291,6 +276,12 @@ pub async fn team_update(
         )
         .into());
     }
+    let team = node
+        .metadata
+        .read(|s| s.team(&team_id).cloned())
+        .ok_or_else(|| Error::NotFound(format!("team `{team_id}` does not exist")))?;
+    node.metadata
+        .read(|s| policy::update_team(s, &p, &team, &fields))?;
     Ok(Json(
         patch::<TeamRecord>(&node, Kind::Team, &team_id, fields).await?,
     ))
@@ -332,12 +323,13 @@ pub async fn team_info(
     });
     let team = team.ok_or_else(|| Error::NotFound(format!("team `{team_id}` does not exist")))?;
     let member = p.user_id().is_some_and(|u| team.members.contains_key(u));
-    require(p.may_read_all() || member, || {
-        format!(
+    if !(p.may_read_all() || member) {
+        return Err(Error::Forbidden(format!(
             "team `{team_id}` is visible to its members and admins; {}",
-            super::describe(&p)
-        )
-    })?;
+            policy::describe(&p)
+        ))
+        .into());
+    }
     let mut info = serde_json::to_value(&*team).unwrap_or(Value::Null);
     super::with_spend(
         &node,
@@ -374,7 +366,8 @@ pub async fn team_member_add(
 ) -> Reply {
     let body = object(body)?;
     let team_id = string_field(&body, "team_id")?;
-    team_admin_or_admin(&node, &p, &team_id)?;
+    node.metadata
+        .read(|s| policy::admin_or_team_admin(s, &p, &team_id))?;
     let members = match body.get("member") {
         Some(Value::Array(items)) => items
             .iter()
@@ -413,7 +406,8 @@ pub async fn team_member_delete(
 ) -> Reply {
     let body = object(body)?;
     let team_id = string_field(&body, "team_id")?;
-    team_admin_or_admin(&node, &p, &team_id)?;
+    node.metadata
+        .read(|s| policy::admin_or_team_admin(s, &p, &team_id))?;
     let user_id = string_field(&body, "user_id")?;
     let records = propose(&node, Command::RemoveMember { team_id, user_id }).await?;
     Ok(Json(records.into_iter().next().unwrap_or(Value::Null)))
@@ -444,7 +438,7 @@ async fn set_flag(
     flag: &str,
     value: bool,
 ) -> Reply {
-    require_admin(p, &format!("changing `{flag}` of a {}", kind.noun()))?;
+    policy::admin(p, &format!("changing `{flag}` of a {}", kind.noun()))?;
     let id = string_field(&object(body)?, id_field)?;
     let mut fields = Map::new();
     fields.insert(flag.into(), json!(value));
@@ -467,7 +461,7 @@ pub async fn user_new(
     Auth(p): Auth,
     JsonBody(body): JsonBody<Value>,
 ) -> Reply {
-    require_admin(&p, "creating a user")?;
+    policy::admin(&p, "creating a user")?;
     let body = object(body)?;
     let (mut fields, ignored) =
         split_fields(&body, &fields_with_limits(USER_FIELDS), USER_IGNORED)?;
@@ -585,15 +579,13 @@ pub async fn user_info(
         (None, Some(me)) => me.to_owned(),
         (None, None) => return Err(Error::invalid("`user_id` is required", Some("user_id")).into()),
     };
-    require(
-        p.may_read_all() || p.user_id() == Some(user_id.as_str()),
-        || {
-            format!(
-                "user `{user_id}` is visible to itself and admins; {}",
-                super::describe(&p)
-            )
-        },
-    )?;
+    if !(p.may_read_all() || p.user_id() == Some(user_id.as_str())) {
+        return Err(Error::Forbidden(format!(
+            "user `{user_id}` is visible to itself and admins; {}",
+            policy::describe(&p)
+        ))
+        .into());
+    }
     let found = node.metadata.read(|s| {
         s.user(&user_id).cloned().map(|user| {
             let keys: Vec<Value> = s
@@ -639,7 +631,7 @@ pub async fn user_list(
     Auth(p): Auth,
     Query(q): Query<PageQuery>,
 ) -> Reply {
-    require_reader(&p, "listing users")?;
+    policy::reader(&p, "listing users")?;
     q.consistency.wait(&node).await?;
     let size = q.page_size.unwrap_or(25).clamp(1, 100);
     let page = q.page.unwrap_or(1).max(1);
@@ -651,7 +643,7 @@ pub async fn user_list(
         (
             all.len(),
             all.into_iter()
-                .skip((page - 1) * size)
+                .skip((page - 1).saturating_mul(size))
                 .take(size)
                 .collect::<Vec<_>>(),
         )
@@ -668,7 +660,7 @@ pub async fn customer_new(
     Auth(p): Auth,
     JsonBody(body): JsonBody<Value>,
 ) -> Reply {
-    require_admin(&p, "creating a customer")?;
+    policy::admin(&p, "creating a customer")?;
     let body = object(body)?;
     string_field(&body, "user_id")?;
     let (fields, ignored) = split_fields(
@@ -719,7 +711,7 @@ pub async fn customer_info(
     Auth(p): Auth,
     Query(q): Query<CustomerQuery>,
 ) -> Reply {
-    require_reader(&p, "reading customers")?;
+    policy::reader(&p, "reading customers")?;
     q.consistency.wait(&node).await?;
     let id = q
         .end_user_id
@@ -757,7 +749,7 @@ pub async fn customer_unblock(
 }
 
 async fn customers_blocked(node: &Node, p: &Principal, body: Value, blocked: bool) -> Reply {
-    require_admin(p, "blocking customers")?;
+    policy::admin(p, "blocking customers")?;
     let ids = id_list(&object(body)?, "user_ids")?;
     let mut out = Vec::new();
     for id in ids {
@@ -785,7 +777,7 @@ pub async fn budget_new(
     Auth(p): Auth,
     JsonBody(body): JsonBody<Value>,
 ) -> Reply {
-    require_admin(&p, "creating a budget")?;
+    policy::admin(&p, "creating a budget")?;
     let body = object(body)?;
     let (mut fields, ignored) =
         split_fields(&body, &fields_with_limits(BUDGET_FIELDS), BUDGET_IGNORED)?;
@@ -812,7 +804,7 @@ pub async fn budget_delete(
     Auth(p): Auth,
     JsonBody(body): JsonBody<Value>,
 ) -> Reply {
-    require_admin(&p, "deleting a budget")?;
+    policy::admin(&p, "deleting a budget")?;
     let body = object(body)?;
     let id = string_field(&body, "id").or_else(|_| string_field(&body, "budget_id"))?;
     propose(
@@ -831,7 +823,7 @@ pub async fn budget_info(
     Auth(p): Auth,
     JsonBody(body): JsonBody<Value>,
 ) -> Reply {
-    require_reader(&p, "reading budgets")?;
+    policy::reader(&p, "reading budgets")?;
     let ids = id_list(&object(body)?, "budgets")?;
     let found: Vec<Value> = node.metadata.read(|s| {
         ids.iter()
@@ -847,7 +839,7 @@ pub async fn budget_info(
 // ----- cluster -----
 
 pub async fn cluster_status(State(node): State<Arc<Node>>, Auth(p): Auth) -> Reply {
-    require_reader(&p, "reading cluster status")?;
+    policy::reader(&p, "reading cluster status")?;
     let status = node.metadata.status();
     let mut out = serde_json::to_value(&status).unwrap_or(Value::Null);
     out["region"] = json!(node.region);
@@ -856,37 +848,41 @@ pub async fn cluster_status(State(node): State<Arc<Node>>, Auth(p): Auth) -> Rep
 }
 
 /// `POST /cluster/add_node {raft_id, cluster_addr, api_url}`: the node joins
-/// as a learner, catches up, then becomes a voter.
+/// as a learner, catches up, then becomes a voter. On a follower the change
+/// goes to the leader over the region's own authenticated link; the caller's
+/// credentials are never sent anywhere.
 pub async fn cluster_add_node(
     State(node): State<Arc<Node>>,
     Auth(p): Auth,
-    headers: http::HeaderMap,
     JsonBody(body): JsonBody<Value>,
-) -> std::result::Result<axum::response::Response, ApiError> {
-    require_admin(&p, "adding a node")?;
-    let fields = object(body.clone())?;
+) -> Reply {
+    policy::admin(&p, "adding a node")?;
+    let fields = object(body)?;
     let raft_id = positive_id(&fields)?;
     let member = meridian_consensus::raft::Member {
-        raft_addr: string_field(&fields, "cluster_addr")?,
-        api_url: string_field(&fields, "api_url")?
-            .trim_end_matches('/')
-            .to_owned(),
+        raft_addr: peer_address(&string_field(&fields, "cluster_addr")?)?,
+        api_url: api_url(&string_field(&fields, "api_url")?)?,
     };
-    let result = node.metadata.add_node(raft_id, member).await;
-    membership_reply(&node, result, "/cluster/add_node", &headers, body).await
+    node.metadata
+        .add_node(raft_id, member)
+        .await
+        .map_err(Error::from)?;
+    Ok(Json(json!({ "status": node.metadata.status() })))
 }
 
 /// `POST /cluster/remove_node {raft_id}`.
 pub async fn cluster_remove_node(
     State(node): State<Arc<Node>>,
     Auth(p): Auth,
-    headers: http::HeaderMap,
     JsonBody(body): JsonBody<Value>,
-) -> std::result::Result<axum::response::Response, ApiError> {
-    require_admin(&p, "removing a node")?;
-    let raft_id = positive_id(&object(body.clone())?)?;
-    let result = node.metadata.remove_node(raft_id).await;
-    membership_reply(&node, result, "/cluster/remove_node", &headers, body).await
+) -> Reply {
+    policy::admin(&p, "removing a node")?;
+    let raft_id = positive_id(&object(body)?)?;
+    node.metadata
+        .remove_node(raft_id)
+        .await
+        .map_err(Error::from)?;
+    Ok(Json(json!({ "status": node.metadata.status() })))
 }
 
 fn positive_id(fields: &Map<String, Value>) -> Result<u64> {
@@ -897,53 +893,87 @@ fn positive_id(fields: &Map<String, Value>) -> Result<u64> {
         .ok_or_else(|| Error::invalid("`raft_id` must be a positive whole number", Some("raft_id")))
 }
 
-/// Membership changes run on the leader; elsewhere the request is passed to
-/// the leader's API, once, with the caller's credentials.
-async fn membership_reply(
-    node: &Node,
-    result: std::result::Result<(), meridian_consensus::Error>,
-    path: &str,
-    headers: &http::HeaderMap,
-    body: Value,
-) -> std::result::Result<axum::response::Response, ApiError> {
-    use axum::response::IntoResponse;
-    let leader = match result {
-        Ok(()) => return Ok(Json(json!({ "status": node.metadata.status() })).into_response()),
-        Err(meridian_consensus::Error::NotLeader { leader: Some(url) })
-            if !headers.contains_key(FORWARDED) =>
-        {
-            url
-        }
-        Err(e) => return Err(Error::from(e).into()),
+/// `host:port`: a host name (letters, digits, '-', '.') or an IP address,
+/// and a port — nothing else ends up in the region's membership.
+fn peer_address(text: &str) -> Result<String> {
+    let bad = || {
+        Error::invalid(
+            format!(
+                "`cluster_addr` must be host:port, such as 10.0.0.5:7000; got `{}`",
+                text.chars().take(100).collect::<String>()
+            ),
+            Some("cluster_addr"),
+        )
     };
-    let mut forward = http::HeaderMap::new();
-    forward.insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
-    forward.insert(FORWARDED, http::HeaderValue::from_static("1"));
-    if let Some(auth) = headers.get(http::header::AUTHORIZATION) {
-        forward.insert(http::header::AUTHORIZATION, auth.clone());
+    if text.parse::<std::net::SocketAddr>().is_ok() {
+        return Ok(text.to_owned());
     }
-    let request = crate::upstream::UpstreamRequest {
-        method: http::Method::POST,
-        url: format!("{leader}{path}"),
-        headers: forward,
-        body: bytes::Bytes::from(body.to_string()),
-    };
-    let deadline = std::time::Duration::from_secs(60);
-    let resp =
-        crate::upstream::send(node.upstream.as_ref(), request, "region leader", deadline).await?;
-    let bytes = crate::upstream::read_body(resp.body, "region leader", deadline).await?;
-    let mut out = axum::response::Response::new(axum::body::Body::from(bytes));
-    *out.status_mut() = resp.status;
-    out.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
-    Ok(out)
+    let (host, port) = text.rsplit_once(':').ok_or_else(bad)?;
+    let host_ok = !host.is_empty()
+        && host.len() <= 253
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    if !host_ok || port.parse::<u16>().map_or(true, |p| p == 0) {
+        return Err(bad());
+    }
+    Ok(text.to_owned())
 }
 
-/// Marks a request already passed on to the leader, so it is never passed on
-/// twice.
-const FORWARDED: &str = "x-meridian-forwarded";
+/// `http(s)://host[:port]`, without a path, a query or credentials.
+fn api_url(text: &str) -> Result<String> {
+    let url = text.trim_end_matches('/');
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"));
+    let ok = rest.is_some_and(|r| {
+        !r.is_empty() && !r.contains(['/', '?', '#', '@']) && peer_address_like(r)
+    });
+    if ok {
+        Ok(url.to_owned())
+    } else {
+        Err(Error::invalid(
+            "`api_url` must be http:// or https:// with a host and optional port, no path",
+            Some("api_url"),
+        ))
+    }
+}
+
+fn peer_address_like(authority: &str) -> bool {
+    peer_address(authority).is_ok()
+        || (!authority.is_empty()
+            && authority
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn membership_addresses_are_checked() {
+        assert!(peer_address("10.0.0.5:7000").is_ok());
+        assert!(peer_address("node-1.us-east.internal:7000").is_ok());
+        for bad in [
+            "x", "10.0.0.5", "a b:1", "h:0", "h:99999", "user@h:1", "h:1/x",
+        ] {
+            assert!(peer_address(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            api_url("http://10.0.0.5:4000/").unwrap(),
+            "http://10.0.0.5:4000"
+        );
+        assert!(api_url("https://gw.example.com").is_ok());
+        for bad in [
+            "ftp://x",
+            "http://",
+            "http://x/path",
+            "http://u:p@x",
+            "http://x?q",
+            "x:1",
+        ] {
+            assert!(api_url(bad).is_err(), "{bad}");
+        }
+    }
+}

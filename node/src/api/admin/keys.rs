@@ -6,14 +6,14 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use meridian_consensus::metadata::{Command, KeyRecord, Kind, MetadataState, TeamRole};
+use meridian_consensus::metadata::{Command, KeyRecord, Kind};
 use meridian_replication::crdt::Scope;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
+use super::policy::{self, KeyAction};
 use super::{
-    Consistency, check_limits, duration_secs, object, propose, require, rfc3339, split_fields,
-    validate,
+    Consistency, check_limits, duration_secs, object, propose, rfc3339, split_fields, validate,
 };
 use crate::api::ApiError;
 use crate::api::extract::{Auth, JsonBody};
@@ -109,55 +109,6 @@ fn answer(records: Vec<Value>, ignored: &[String]) -> Value {
     out
 }
 
-/// Whether `p` administers team `team_id` (a team member with role admin).
-fn administers(state: &MetadataState, p: &Principal, team_id: &str) -> bool {
-    p.is_admin()
-        || p.user_id().is_some_and(|u| {
-            state
-                .team(team_id)
-                .is_some_and(|t| t.members.get(u) == Some(&TeamRole::Admin))
-        })
-}
-
-fn is_member(state: &MetadataState, user: &str, team_id: &str) -> bool {
-    state
-        .team(team_id)
-        .is_some_and(|t| t.members.contains_key(user))
-}
-
-/// May `p` manage (update, delete, block, regenerate) this key?
-fn may_manage(state: &MetadataState, p: &Principal, key: &KeyRecord) -> bool {
-    if p.is_admin() {
-        return true;
-    }
-    if key
-        .team_id
-        .as_deref()
-        .is_some_and(|t| administers(state, p, t))
-    {
-        return true;
-    }
-    p.caller()
-        .is_some_and(|c| c.role == Some(meridian_consensus::metadata::UserRole::InternalUser))
-        && p.user_id().is_some()
-        && key.user_id.as_deref() == p.user_id()
-}
-
-/// May `p` see this key?
-fn may_see(state: &MetadataState, p: &Principal, key: &KeyRecord) -> bool {
-    p.may_read_all()
-        || may_manage(state, p, key)
-        || (p.user_id().is_some() && key.user_id.as_deref() == p.user_id())
-        || p.caller().is_some_and(|c| c.key.token == key.token)
-}
-
-fn forbidden_key(p: &Principal) -> Error {
-    Error::Forbidden(format!(
-        "managing this key needs the proxy_admin role, admin of the key's team, or being the key's own internal_user; {}",
-        super::describe(p)
-    ))
-}
-
 fn existing(node: &Node, token: &str) -> Result<Arc<KeyRecord>> {
     node.metadata
         .read(|s| s.key(token).cloned())
@@ -168,7 +119,7 @@ fn expires_from(node: &Node, body: &Map<String, Value>) -> Result<Option<Value>>
     match body.get("duration") {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(d)) => match duration_secs(d) {
-            Some(secs) if secs > 0 => Ok(Some(json!(node.clock.unix_secs() + secs))),
+            Some(secs) if secs > 0 => Ok(Some(json!(node.clock.unix_secs().saturating_add(secs)))),
             _ => Err(Error::invalid(
                 format!("duration `{d}` is not a period like 30s, 30m, 30h or 30d"),
                 Some("duration"),
@@ -192,54 +143,8 @@ pub async fn generate(
     fields.remove("key");
     fields.remove("duration");
     check_limits(&fields)?;
-    // Who may create this key, and for whom.
-    let team_id = fields
-        .get("team_id")
-        .and_then(Value::as_str)
-        .map(str::to_owned);
-    if !p.is_admin() {
-        let me = p.user_id().map(str::to_owned);
-        let role = p.caller().and_then(|c| c.role);
-        let viewer = matches!(
-            role,
-            Some(
-                meridian_consensus::metadata::UserRole::ProxyAdminViewer
-                    | meridian_consensus::metadata::UserRole::InternalUserViewer
-            )
-        );
-        require(!viewer && me.is_some(), || {
-            format!(
-                "generating keys needs the proxy_admin or internal_user role; {}",
-                super::describe(&p)
-            )
-        })?;
-        let me = me.unwrap_or_default();
-        let owner = fields
-            .get("user_id")
-            .and_then(Value::as_str)
-            .map(str::to_owned);
-        let team_admin = team_id
-            .as_deref()
-            .is_some_and(|t| node.metadata.read(|s| administers(s, &p, t)));
-        if !team_admin {
-            require(owner.as_deref().is_none_or(|o| o == me), || {
-                format!(
-                    "only admins and team admins may create keys for other users; you are `{me}`"
-                )
-            })?;
-            if let Some(t) = &team_id {
-                require(node.metadata.read(|s| is_member(s, &me, t)), || {
-                    format!("you are not a member of team `{t}`")
-                })?;
-            }
-            fields.insert("user_id".into(), json!(me));
-        }
-    }
-    if let Some(t) = &team_id
-        && node.metadata.read(|s| s.team(t).is_none())
-    {
-        return Err(Error::invalid(format!("team `{t}` does not exist"), Some("team_id")).into());
-    }
+    node.metadata
+        .read(|s| policy::create_key(s, &p, &mut fields))?;
     let key = match body.get("key") {
         None | Some(Value::Null) => format!("sk-{}", node.rng.hex(16)),
         Some(Value::String(k)) if k.starts_with("sk-") && k.len() >= 8 => k.clone(),
@@ -291,21 +196,18 @@ pub async fn update(
     check_limits(&patch)?;
     let token = token_of(&key);
     let current = existing(&node, &token)?;
-    require(node.metadata.read(|s| may_manage(s, &p, &current)), || {
-        forbidden_key(&p).to_string()
-    })?;
-    if !p.is_admin() && patch.contains_key("team_id") {
-        let t = patch
-            .get("team_id")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned();
-        require(node.metadata.read(|s| administers(s, &p, &t)), || {
-            format!("moving a key to team `{t}` needs admin rights on that team")
-        })?;
-    }
     if let Some(expires) = expires_from(&node, &body)? {
         patch.insert("expires".into(), expires);
+    }
+    node.metadata.read(|s| {
+        policy::manage_key(s, &p, &current, KeyAction::Update)?;
+        policy::update_key(s, &p, &current, &patch)
+    })?;
+    // An admin's block is lifted only by an admin.
+    if p.is_admin()
+        && let Some(blocked) = patch.get("blocked").cloned()
+    {
+        patch.insert("admin_blocked".into(), blocked);
     }
     // The patched record must still be a valid key.
     let mut merged = match serde_json::to_value(&*current) {
@@ -355,9 +257,8 @@ pub async fn delete(
     };
     for token in &tokens {
         let record = existing(&node, token)?;
-        require(node.metadata.read(|s| may_manage(s, &p, &record)), || {
-            forbidden_key(&p).to_string()
-        })?;
+        node.metadata
+            .read(|s| policy::manage_key(s, &p, &record, KeyAction::Delete))?;
     }
     if tokens.is_empty() {
         return Err(Error::NotFound("no key matches".into()).into());
@@ -396,9 +297,13 @@ pub async fn info(
         }
     };
     let record = existing(&node, &token)?;
-    require(node.metadata.read(|s| may_see(s, &p, &record)), || {
-        forbidden_key(&p).to_string()
-    })?;
+    if !node.metadata.read(|s| policy::see_key(s, &p, &record)) {
+        return Err(Error::Forbidden(format!(
+            "this key is visible to admins, admin viewers, its owner and its team's admins; {}",
+            policy::describe(&p)
+        ))
+        .into());
+    }
     let mut info = present(serde_json::to_value(&*record).unwrap_or(Value::Null));
     super::with_spend(
         &node,
@@ -435,7 +340,7 @@ pub async fn list(
         let visible: Vec<Arc<KeyRecord>> = s
             .keys()
             .into_iter()
-            .filter(|k| may_see(s, &p, k))
+            .filter(|k| policy::see_key(s, &p, k))
             .filter(|k| {
                 q.user_id
                     .as_ref()
@@ -456,7 +361,7 @@ pub async fn list(
         let total = visible.len();
         let items: Vec<Value> = visible
             .into_iter()
-            .skip((page - 1) * size)
+            .skip((page - 1).saturating_mul(size))
             .take(size)
             .map(|k| {
                 if q.return_full_object.unwrap_or(false) {
@@ -519,9 +424,8 @@ async fn regenerate_key(
 ) -> Result<Value> {
     let old_token = token_of(key);
     let record = existing(node, &old_token)?;
-    require(node.metadata.read(|s| may_manage(s, p, &record)), || {
-        forbidden_key(p).to_string()
-    })?;
+    node.metadata
+        .read(|s| policy::manage_key(s, p, &record, KeyAction::Regenerate))?;
     let new_key = new_key.unwrap_or_else(|| format!("sk-{}", node.rng.hex(16)));
     let command = Command::Regenerate {
         old_token,
@@ -560,11 +464,20 @@ async fn set_blocked(node: &Node, p: &Principal, body: Value, blocked: bool) -> 
     let body = object(body)?;
     let token = token_of(&super::string_field(&body, "key")?);
     let record = existing(node, &token)?;
-    require(node.metadata.read(|s| may_manage(s, p, &record)), || {
-        forbidden_key(p).to_string()
-    })?;
+    let action = if blocked {
+        KeyAction::Block
+    } else {
+        KeyAction::Unblock
+    };
+    node.metadata
+        .read(|s| policy::manage_key(s, p, &record, action))?;
     let mut patch = Map::new();
     patch.insert("blocked".into(), json!(blocked));
+    // An admin's block is lifted only by an admin; an admin's unblock clears
+    // it, and a team admin's block is the team admin's.
+    if p.is_admin() {
+        patch.insert("admin_blocked".into(), json!(blocked));
+    }
     let records = propose(
         node,
         Command::Update {

@@ -3,14 +3,14 @@
 //! node's applied state, or after a read-index barrier with
 //! `?consistency=linearizable`.
 //!
-//! Roles: the master key and `proxy_admin` may do everything;
-//! `proxy_admin_viewer` reads everything; a team's admin manages that team's
-//! keys and members; an `internal_user` manages their own keys. Everything
-//! else is 403 with a message saying what was missing.
+//! Who may do what is decided in `policy.rs` alone (the role table of
+//! `docs/security.md`); everything it refuses is a 403 saying what was
+//! missing.
 
 mod entities;
 mod keys;
 mod models;
+pub mod policy;
 mod spend;
 mod tags;
 
@@ -21,7 +21,6 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use crate::auth::Principal;
 use crate::error::{Error, Result};
 use crate::node::Node;
 use meridian_consensus::metadata::{Command, Outcome, Refusal};
@@ -114,51 +113,6 @@ pub async fn propose(node: &Node, command: Command) -> Result<Vec<Value>> {
             reason: Refusal::Invalid,
             message,
         } => Err(Error::invalid(message, None)),
-    }
-}
-
-pub fn require(allowed: bool, what: impl FnOnce() -> String) -> Result<()> {
-    if allowed {
-        Ok(())
-    } else {
-        Err(Error::Forbidden(what()))
-    }
-}
-
-/// The caller must be an admin (master key or `proxy_admin`).
-pub fn require_admin(p: &Principal, action: &str) -> Result<()> {
-    require(p.is_admin(), || {
-        format!(
-            "{action} requires the master key or the proxy_admin role; {}",
-            describe(p)
-        )
-    })
-}
-
-/// The caller must be able to read everything (admin or `proxy_admin_viewer`).
-pub fn require_reader(p: &Principal, action: &str) -> Result<()> {
-    require(p.may_read_all(), || {
-        format!(
-            "{action} requires the proxy_admin or proxy_admin_viewer role; {}",
-            describe(p)
-        )
-    })
-}
-
-/// "your key's role is X" for 403 messages.
-pub fn describe(p: &Principal) -> String {
-    match p.caller() {
-        None => "the master key may do this".to_owned(),
-        Some(c) => match (&c.key.user_id, c.role) {
-            (None, _) => "your key belongs to no user".to_owned(),
-            (Some(u), Some(role)) => format!(
-                "your key's user `{u}` has role {}",
-                serde_json::to_string(&role)
-                    .unwrap_or_default()
-                    .trim_matches('"')
-            ),
-            (Some(u), None) => format!("your key's user `{u}` does not exist"),
-        },
     }
 }
 
@@ -272,8 +226,73 @@ fn check<T: serde::de::DeserializeOwned>(value: Value) -> Result<()> {
         })
 }
 
-/// Checks the meaning of limit fields (their types are checked by `validate`).
+/// The largest `metadata` object a record may carry, as JSON.
+pub const MAX_METADATA_BYTES: usize = 16 * 1024;
+/// The longest string, and the longest list, a record field may hold.
+pub const MAX_FIELD_BYTES: usize = 1024;
+pub const MAX_LIST_ITEMS: usize = 1000;
+
+/// Checks the sizes of a record's fields: everything a caller writes into
+/// the replicated metadata is bounded (it is held on every node of every
+/// region, and in every snapshot).
+fn check_sizes(fields: &Map<String, Value>) -> Result<()> {
+    for (name, value) in fields {
+        let too_big = match value {
+            Value::String(s) => s.len() > MAX_FIELD_BYTES,
+            Value::Array(items) => {
+                items.len() > MAX_LIST_ITEMS
+                    || items
+                        .iter()
+                        .any(|i| i.as_str().is_some_and(|s| s.len() > MAX_FIELD_BYTES))
+            }
+            Value::Object(_) => {
+                serde_json::to_vec(value).map_or(true, |v| v.len() > MAX_METADATA_BYTES)
+            }
+            _ => false,
+        };
+        if too_big {
+            return Err(Error::invalid(
+                format!(
+                    "`{name}` is too large (strings at most {MAX_FIELD_BYTES} bytes, lists at most {MAX_LIST_ITEMS} items, objects at most {MAX_METADATA_BYTES} bytes as JSON)"
+                ),
+                Some(name),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks the meaning of limit fields (their types are checked by
+/// `validate`): amounts are finite and not negative, and every field is
+/// within its size bound.
 pub fn check_limits(fields: &Map<String, Value>) -> Result<()> {
+    check_sizes(fields)?;
+    for name in ["max_budget", "soft_budget"] {
+        if let Some(v) = fields.get(name).filter(|v| !v.is_null()) {
+            let ok = v.as_f64().is_some_and(|x| x.is_finite() && x >= 0.0);
+            if !ok {
+                return Err(Error::invalid(
+                    format!("`{name}` must be a number of dollars, not negative"),
+                    Some(name),
+                ));
+            }
+        }
+    }
+    if let Some(Value::Object(per_model)) = fields.get("model_max_budget") {
+        for (model, b) in per_model {
+            let ok = b
+                .get("budget_limit")
+                .and_then(Value::as_f64)
+                .is_some_and(|x| x.is_finite() && x >= 0.0);
+            if !ok {
+                let param = format!("model_max_budget.{model}.budget_limit");
+                return Err(Error::invalid(
+                    format!("`{param}` must be a number of dollars, not negative"),
+                    Some(&param),
+                ));
+            }
+        }
+    }
     if let Some(d) = fields.get("budget_duration").and_then(Value::as_str)
         && !valid_budget_duration(d)
     {

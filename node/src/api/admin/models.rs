@@ -1,10 +1,15 @@
 //! `/model/*` and `/v1/model/info`: deployments added at run time. Each has an
 //! explicit region scope (LiteLLM's `store_model_in_db` makes every such model
 //! global; here a model added for `eu-west` serves only there unless scoped
-//! wider with `regions: ["*"]`). The provider key is sealed before it enters
-//! the replicated metadata and is never returned.
+//! wider with `regions: ["*"]`). Every credential (`api_key`, AWS and Vertex
+//! secrets, ...) is sealed before it enters the replicated metadata and is
+//! never returned. An `os.environ/` reference resolves only in a credential
+//! field and only to a variable the operator allow-listed
+//! (`meridian.model_env_allowlist`); pointing a model somewhere else
+//! (`api_base`, or the provider in `model`) takes its credentials afresh, so a
+//! stored key is never sent to an address it was not given for.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use axum::Json;
@@ -13,10 +18,11 @@ use meridian_consensus::metadata::{Command, Kind, ModelRecord, RegionScope};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::{Consistency, object, propose, require_admin, string_field};
+use super::policy;
+use super::{Consistency, object, propose, string_field};
 use crate::api::ApiError;
 use crate::api::extract::{Auth, JsonBody};
-use crate::config::{Deployment, deployment_from_json};
+use crate::config::{CREDENTIAL_PARAMS, Deployment, deployment_from_json};
 use crate::error::{Error, Result};
 use crate::node::Node;
 use crate::secret::Secret;
@@ -25,8 +31,9 @@ type Reply = std::result::Result<Json<Value>, ApiError>;
 
 /// Checks a deployment the way the config file is checked; errors name the
 /// body's field.
-fn check_deployment(entry: &Value) -> Result<Deployment> {
-    match deployment_from_json(entry, "request body", &crate::config::ProcessEnv) {
+fn check_deployment(node: &Node, entry: &Value) -> Result<Deployment> {
+    let env = &crate::config::ProcessEnv;
+    match deployment_from_json(entry, "request body", env, &node.model_env_allowlist) {
         Ok((Some(d), _)) => Ok(d),
         Ok((None, why)) => Err(Error::invalid(
             why.first().map_or_else(
@@ -81,17 +88,54 @@ fn scope_of(body: &Map<String, Value>, node: &Node) -> Result<RegionScope> {
     }
 }
 
-/// Splits the provider key off `params`, sealed. An `os.environ/` reference
-/// stays a reference: each node resolves it from its own environment.
-fn seal_key(node: &Node, params: &mut Map<String, Value>) -> Result<Option<String>> {
-    match params.get("api_key") {
-        Some(Value::String(k)) if !k.starts_with("os.environ/") => {
-            let sealed = node.sealer.seal(&Secret::new(k.clone()), &node.rng)?;
-            params.remove("api_key");
-            Ok(Some(sealed))
-        }
-        _ => Ok(None),
+/// Takes the credentials out of `params`, each sealed. An `os.environ/`
+/// reference stays a reference: each node resolves it from its own
+/// environment (within its allow-list).
+fn seal_credentials(
+    node: &Node,
+    params: &mut Map<String, Value>,
+) -> Result<BTreeMap<String, String>> {
+    let mut sealed = BTreeMap::new();
+    for name in CREDENTIAL_PARAMS {
+        let text = match params.get(*name) {
+            Some(Value::String(k)) if k.starts_with("os.environ/") => continue,
+            Some(Value::String(k)) => k.clone(),
+            // Vertex credentials may be the service account's JSON itself.
+            Some(Value::Object(_)) => params.get(*name).map(Value::to_string).unwrap_or_default(),
+            _ => continue,
+        };
+        sealed.insert(
+            (*name).to_owned(),
+            node.sealer.seal(&Secret::new(text), &node.rng)?,
+        );
+        params.remove(*name);
     }
+    Ok(sealed)
+}
+
+/// The credentials a stored model holds, by param name (sealed or referenced).
+fn credential_names(m: &ModelRecord) -> BTreeSet<String> {
+    let mut names: BTreeSet<String> = m.sealed_params.keys().cloned().collect();
+    if m.encrypted_api_key.is_some() {
+        names.insert("api_key".into());
+    }
+    names.extend(
+        CREDENTIAL_PARAMS
+            .iter()
+            .filter(|n| m.litellm_params.contains_key(**n))
+            .map(|n| (*n).to_owned()),
+    );
+    names
+}
+
+/// A stored model's sealed credentials, the legacy `encrypted_api_key`
+/// included, by param name.
+fn sealed_of(m: &ModelRecord) -> BTreeMap<String, String> {
+    let mut sealed = m.sealed_params.clone();
+    if let Some(k) = &m.encrypted_api_key {
+        sealed.entry("api_key".into()).or_insert_with(|| k.clone());
+    }
+    sealed
 }
 
 fn map_field(body: &Map<String, Value>, field: &str) -> Result<Map<String, Value>> {
@@ -110,7 +154,7 @@ pub async fn model_new(
     Auth(p): Auth,
     JsonBody(body): JsonBody<Value>,
 ) -> Reply {
-    require_admin(&p, "adding a model")?;
+    policy::admin(&p, "adding a model")?;
     let body = object(body)?;
     for key in body.keys() {
         if !matches!(
@@ -124,13 +168,13 @@ pub async fn model_new(
     let mut params = map_field(&body, "litellm_params")?;
     let mut info = map_field(&body, "model_info")?;
     let entry = json!({ "model_name": model_name, "litellm_params": params, "model_info": info });
-    let deployment = check_deployment(&entry)?;
+    let deployment = check_deployment(&node, &entry)?;
     let scope = scope_of(&body, &node)?;
-    let encrypted_api_key = seal_key(&node, &mut params)?;
+    let sealed_params = seal_credentials(&node, &mut params)?;
     info.remove("id");
     let record = json!({
         "model_id": deployment.id, "model_name": model_name, "litellm_params": params, "model_info": info,
-        "encrypted_api_key": encrypted_api_key, "scope": scope, "created_at": 0, "updated_at": 0,
+        "sealed_params": sealed_params, "scope": scope, "created_at": 0, "updated_at": 0,
     });
     let stored = propose(
         &node,
@@ -150,7 +194,7 @@ pub async fn model_update(
     Auth(p): Auth,
     JsonBody(body): JsonBody<Value>,
 ) -> Reply {
-    require_admin(&p, "updating a model")?;
+    policy::admin(&p, "updating a model")?;
     let body = object(body)?;
     let info_patch = map_field(&body, "model_info")?;
     let id = match body.get("model_id").and_then(Value::as_str) {
@@ -173,8 +217,9 @@ pub async fn model_update(
             ))
         },
     )?;
+    let params_patch = map_field(&body, "litellm_params")?;
     let mut params = current.litellm_params.clone();
-    params.extend(map_field(&body, "litellm_params")?);
+    params.extend(params_patch.clone());
     let mut info = current.model_info.clone();
     info.extend(info_patch);
     info.remove("id");
@@ -182,22 +227,54 @@ pub async fn model_update(
         None | Some(Value::Null) => current.model_name.clone(),
         Some(_) => string_field(&body, "model_name")?,
     };
+    // A model sent somewhere else takes its credentials afresh: a stored key
+    // is never sent to an address it was not given for.
+    let moved = ["api_base", "model"].iter().any(|f| {
+        params_patch
+            .get(*f)
+            .is_some_and(|v| current.litellm_params.get(*f) != Some(v))
+    });
+    let mut sealed = sealed_of(&current);
+    if moved {
+        let missing: Vec<String> = credential_names(&current)
+            .into_iter()
+            .filter(|n| !params_patch.contains_key(n))
+            .collect();
+        if !missing.is_empty() {
+            return Err(Error::invalid(
+                format!(
+                    "changing a model's `api_base` or `model` needs its credentials again in the same update: {}",
+                    missing.join(", ")
+                ),
+                Some("litellm_params.api_key"),
+            )
+            .into());
+        }
+        sealed.clear();
+    }
     // The result must still be a servable deployment.
     let mut check_params = params.clone();
-    if !check_params.contains_key("api_key")
-        && let Some(sealed) = &current.encrypted_api_key
-    {
-        check_params.insert("api_key".into(), node.sealer.open(sealed)?.expose().into());
+    for (name, value) in &sealed {
+        if !params_patch.contains_key(name) {
+            check_params.insert(name.clone(), node.sealer.open(value)?.expose().into());
+        }
     }
     let mut check_info = info.clone();
     check_info.insert("id".into(), json!(id));
     check_deployment(
+        &node,
         &json!({ "model_name": model_name, "litellm_params": check_params, "model_info": check_info }),
     )?;
-    let mut patch = Map::new();
-    if let Some(sealed) = seal_key(&node, &mut params)? {
-        patch.insert("encrypted_api_key".into(), json!(sealed));
+    for name in CREDENTIAL_PARAMS {
+        // A credential given again (sealed or as a reference) replaces the old.
+        if params_patch.contains_key(*name) {
+            sealed.remove(*name);
+        }
     }
+    sealed.extend(seal_credentials(&node, &mut params)?);
+    let mut patch = Map::new();
+    patch.insert("sealed_params".into(), json!(sealed));
+    patch.insert("encrypted_api_key".into(), Value::Null);
     patch.insert("model_name".into(), json!(model_name));
     patch.insert("litellm_params".into(), Value::Object(params));
     patch.insert("model_info".into(), Value::Object(info));
@@ -223,7 +300,7 @@ pub async fn model_delete(
     Auth(p): Auth,
     JsonBody(body): JsonBody<Value>,
 ) -> Reply {
-    require_admin(&p, "deleting a model")?;
+    policy::admin(&p, "deleting a model")?;
     let id = string_field(&object(body)?, "id")?;
     if node.metadata.read(|s| s.model(&id).is_none()) {
         return Err(Error::NotFound(format!(
@@ -242,11 +319,24 @@ pub async fn model_delete(
     Ok(Json(json!({ "deleted_models": [id] })))
 }
 
-/// A stored model as the API shows it: never the sealed key.
+/// A stored model as the API shows it: which credentials it holds, never
+/// their values (sealed or not).
 fn shown(mut record: Value) -> Value {
     if let Some(m) = record.as_object_mut() {
-        let had_key = m.remove("encrypted_api_key").is_some_and(|v| !v.is_null());
-        m.insert("has_api_key".into(), json!(had_key));
+        let mut names: Vec<String> = m
+            .remove("sealed_params")
+            .and_then(|v| v.as_object().map(|o| o.keys().cloned().collect()))
+            .unwrap_or_default();
+        if m.remove("encrypted_api_key").is_some_and(|v| !v.is_null())
+            && !names.iter().any(|n| n == "api_key")
+        {
+            names.push("api_key".into());
+        }
+        m.insert(
+            "has_api_key".into(),
+            json!(names.iter().any(|n| n == "api_key")),
+        );
+        m.insert("credentials".into(), json!(names));
     }
     record
 }
@@ -281,7 +371,8 @@ pub async fn model_info(
                 "model_name": d.model_group,
                 "litellm_params": {
                     "model": format!("{}/{}", d.provider_name, d.upstream_model),
-                    "api_base": d.api_base,
+                    // Where a provider lives is the operator's business.
+                    "api_base": p.may_read_all().then_some(&d.api_base),
                     "api_version": d.api_version,
                     "rpm": d.rpm, "tpm": d.tpm,
                     "timeout": d.timeout.as_secs_f64(), "stream_timeout": d.stream_timeout.as_secs_f64(),

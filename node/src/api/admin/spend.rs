@@ -1,9 +1,10 @@
 //! `GET /spend/logs`: per-request spend rows from every node of this region.
 //! Rows live on the node that served the request; the node asked gathers
-//! them from its region's members (as Raft knows them) over their HTTP APIs,
-//! forwarding the caller's own credentials, and merges them newest first.
-//! A member that does not answer within the deadline is named in the
-//! `x-meridian-spend-logs-missing` header, not silently dropped.
+//! them from its region's members (as Raft knows them) over the inter-node
+//! link (`spend_rpc.rs`) with the filter already narrowed to what the caller
+//! may see — the caller's credentials never leave this node — and merges
+//! them newest first. A member that does not answer within the deadline is
+//! named in the `x-meridian-spend-logs-missing` header, not silently dropped.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,10 +12,8 @@ use std::time::Duration;
 use axum::Json;
 use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Method};
+use http::HeaderValue;
 use serde::Deserialize;
-use serde_json::Value;
 
 use crate::api::ApiError;
 use crate::api::extract::Auth;
@@ -22,8 +21,7 @@ use crate::auth::Principal;
 use crate::error::{Error, Result};
 use crate::node::Node;
 use crate::secret::Secret;
-use crate::spendlog::{Filter, SpendRow};
-use crate::upstream::{UpstreamRequest, read_body, send};
+use crate::spendlog::Filter;
 
 const FAN_OUT_DEADLINE: Duration = Duration::from_secs(3);
 const DEFAULT_LIMIT: usize = 100;
@@ -42,31 +40,37 @@ pub struct SpendQuery {
     /// `YYYY-MM-DD` (UTC), inclusive.
     end_date: Option<String>,
     limit: Option<usize>,
-    /// `node`: this node's rows only (what the fan-out asks each member for).
+    /// `node`: this node's rows only.
     scope: Option<String>,
 }
 
 pub async fn logs(
     State(node): State<Arc<Node>>,
     Auth(p): Auth,
-    headers: HeaderMap,
     Query(q): Query<SpendQuery>,
 ) -> std::result::Result<Response, ApiError> {
     let limit = q.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
     let filter = filter_for(&p, &q)?;
     let mut rows = node.spend_log.query(&filter, limit);
     let mut missing = Vec::new();
-    if q.scope.as_deref() != Some("node") {
-        let query = forwarded_query(&q, &filter, limit);
+    if let Some(peers) = node
+        .spend_peers
+        .as_ref()
+        .filter(|_| q.scope.as_deref() != Some("node"))
+    {
         let me = node.metadata.node_id();
-        let members = node.metadata.status().members;
+        let members: Vec<_> = node
+            .metadata
+            .status()
+            .members
+            .into_iter()
+            .filter(|m| m.node_id != me && !m.raft_addr.is_empty())
+            .collect();
         let asks = members
             .iter()
-            .filter(|m| m.node_id != me && !m.api_url.is_empty())
-            .map(|m| ask(&node, &m.api_url, &query, &headers));
+            .map(|m| peers.ask(&m.raft_addr, &filter, limit, FAN_OUT_DEADLINE));
         for (member, answer) in members
             .iter()
-            .filter(|m| m.node_id != me && !m.api_url.is_empty())
             .zip(futures_util::future::join_all(asks).await)
         {
             match answer {
@@ -123,7 +127,7 @@ fn filter_for(p: &Principal, q: &SpendQuery) -> Result<Filter> {
         if filter.api_key.as_ref().is_some_and(|k| *k != own) {
             return Err(Error::Forbidden(format!(
                 "spend logs of other keys are visible to proxy admins only; {}",
-                super::describe(p)
+                super::policy::describe(p)
             )));
         }
         filter.api_key = Some(own);
@@ -154,69 +158,6 @@ fn day_ms(text: &str, field: &str) -> Result<u64> {
         return Err(bad());
     }
     Ok(meridian_replication::crdt::days_from_civil(y, m, d) * 86_400_000)
-}
-
-/// The query each member is asked: the same filter (the key as its hash),
-/// for that member's rows only.
-fn forwarded_query(q: &SpendQuery, f: &Filter, limit: usize) -> String {
-    let mut parts = vec![format!("scope=node&limit={limit}")];
-    let mut add = |name: &str, value: &Option<String>| {
-        if let Some(v) = value {
-            parts.push(format!("{name}={}", encode(v)));
-        }
-    };
-    add("api_key", &f.api_key);
-    add("team_id", &q.team_id);
-    add("user_id", &q.user_id);
-    add("end_user", &q.end_user);
-    add("request_id", &q.request_id);
-    add("start_date", &q.start_date);
-    add("end_date", &q.end_date);
-    parts.join("&")
-}
-
-fn encode(v: &str) -> String {
-    v.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
-async fn ask(
-    node: &Node,
-    api_url: &str,
-    query: &str,
-    headers: &HeaderMap,
-) -> Result<Vec<SpendRow>> {
-    let mut forward = HeaderMap::new();
-    for name in ["authorization", "x-api-key", "api-key"] {
-        if let Some(v) = headers.get(name) {
-            forward.insert(name, v.clone());
-        }
-    }
-    let req = UpstreamRequest {
-        method: Method::GET,
-        url: format!("{}/spend/logs?{query}", api_url.trim_end_matches('/')),
-        headers: forward,
-        body: Bytes::new(),
-    };
-    let what = format!("region member {api_url}");
-    let resp = send(node.upstream.as_ref(), req, &what, FAN_OUT_DEADLINE).await?;
-    let status = resp.status;
-    let body = read_body(resp.body, &what, FAN_OUT_DEADLINE).await?;
-    if !status.is_success() {
-        return Err(Error::protocol(&what, format!("answered {status}")));
-    }
-    let rows: Vec<Value> = serde_json::from_slice(&body)
-        .map_err(|e| Error::protocol(&what, format!("not a list of rows: {e}")))?;
-    Ok(rows
-        .into_iter()
-        .filter_map(|r| serde_json::from_value(r).ok())
-        .collect())
 }
 
 #[cfg(test)]

@@ -11,10 +11,8 @@ use meridian_replication::crdt::Scope;
 use serde_json::{Map, Value, json};
 
 use super::entities::{admin_update, create, fields_with_limits};
-use super::{
-    Consistency, check_limits, id_list, object, propose, require_admin, require_reader,
-    split_fields, string_field,
-};
+use super::policy;
+use super::{Consistency, check_limits, id_list, object, propose, split_fields, string_field};
 use crate::api::ApiError;
 use crate::api::extract::{Auth, JsonBody};
 use crate::error::Error;
@@ -42,7 +40,7 @@ pub async fn new(
     Auth(p): Auth,
     JsonBody(body): JsonBody<Value>,
 ) -> Reply {
-    require_admin(&p, "creating a tag")?;
+    policy::admin(&p, "creating a tag")?;
     let body = object(body)?;
     let name = string_field(&body, "name")?;
     crate::tags::check_name(&name, "name")?;
@@ -85,7 +83,7 @@ pub async fn delete(
     Auth(p): Auth,
     JsonBody(body): JsonBody<Value>,
 ) -> Reply {
-    require_admin(&p, "deleting a tag")?;
+    policy::admin(&p, "deleting a tag")?;
     let name = string_field(&object(body)?, "name")?;
     let records = propose(
         &node,
@@ -110,7 +108,7 @@ pub async fn info(
     Auth(p): Auth,
     JsonBody(body): JsonBody<Value>,
 ) -> Reply {
-    require_reader(&p, "reading tags")?;
+    policy::reader(&p, "reading tags")?;
     let names = id_list(&object(body)?, "names")?;
     let found: Vec<Arc<TagRecord>> = node
         .metadata
@@ -135,7 +133,7 @@ pub async fn list(
     Auth(p): Auth,
     Query(c): Query<Consistency>,
 ) -> Reply {
-    require_reader(&p, "listing tags")?;
+    policy::reader(&p, "listing tags")?;
     c.wait(&node).await?;
     let tags: Vec<Arc<TagRecord>> = node.metadata.read(|s| s.tags().cloned().collect());
     Ok(Json(Value::Array(

@@ -1,0 +1,630 @@
+//! Who may do what through the admin API: every decision in one file. The
+//! role table in `docs/security.md` says the same in words, and the
+//! adversarial suite (`node/tests/security_roles.rs`) reads that table and
+//! tries every cell against a running gateway.
+//!
+//! A caller's role comes only from records an admin wrote: the `user_role`
+//! of the user its key names (a key's owner is set by admins only, or by the
+//! owner for its own new keys), and the teams that list that user as an
+//! `admin`. Nothing a caller writes into its own key raises what it may do.
+//!
+//! Non-admins may only tighten: a key's limits may go down, never up or
+//! away; its models, routes, residency and expiry may narrow, never widen;
+//! its owner, team, budget template, enforcement and block are admins'.
+
+use std::collections::BTreeMap;
+
+use meridian_consensus::metadata::{
+    KeyRecord, KeyType, Limits, MetadataState, TeamRecord, TeamRole, UserRole,
+};
+use serde_json::{Map, Value};
+
+use crate::auth::Principal;
+use crate::error::{Error, Result};
+
+/// The roles of `docs/security.md`, as the caller's records make them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Master,
+    ProxyAdmin,
+    ProxyAdminViewer,
+    InternalUser,
+    InternalUserViewer,
+    /// A key that belongs to no user: it may call models and read itself.
+    NoUser,
+}
+
+pub fn role(p: &Principal) -> Role {
+    match p.caller() {
+        None => Role::Master,
+        Some(c) => match c.role {
+            None => Role::NoUser,
+            Some(UserRole::ProxyAdmin) => Role::ProxyAdmin,
+            Some(UserRole::ProxyAdminViewer) => Role::ProxyAdminViewer,
+            Some(UserRole::InternalUser) => Role::InternalUser,
+            Some(UserRole::InternalUserViewer) => Role::InternalUserViewer,
+        },
+    }
+}
+
+/// "your key's user `u` has role r", for 403 messages.
+pub fn describe(p: &Principal) -> String {
+    match p.caller() {
+        None => "the master key may do this".to_owned(),
+        Some(c) => match (&c.key.user_id, c.role) {
+            (None, _) => "your key belongs to no user".to_owned(),
+            (Some(u), Some(role)) => format!("your key's user `{u}` has role {}", role_name(role)),
+            (Some(u), None) => format!("your key's user `{u}` does not exist"),
+        },
+    }
+}
+
+fn role_name(role: UserRole) -> &'static str {
+    match role {
+        UserRole::ProxyAdmin => "proxy_admin",
+        UserRole::ProxyAdminViewer => "proxy_admin_viewer",
+        UserRole::InternalUser => "internal_user",
+        UserRole::InternalUserViewer => "internal_user_viewer",
+    }
+}
+
+fn deny(what: impl Into<String>, p: &Principal) -> Error {
+    Error::Forbidden(format!("{}; {}", what.into(), describe(p)))
+}
+
+fn require(allowed: bool, p: &Principal, what: impl FnOnce() -> String) -> Result<()> {
+    if allowed {
+        Ok(())
+    } else {
+        Err(deny(what(), p))
+    }
+}
+
+/// The caller must be an admin (master key or `proxy_admin`).
+pub fn admin(p: &Principal, action: &str) -> Result<()> {
+    require(p.is_admin(), p, || {
+        format!("{action} requires the master key or the proxy_admin role")
+    })
+}
+
+/// The caller must be able to read everything (admin or `proxy_admin_viewer`).
+pub fn reader(p: &Principal, action: &str) -> Result<()> {
+    require(p.may_read_all(), p, || {
+        format!("{action} requires the proxy_admin or proxy_admin_viewer role")
+    })
+}
+
+/// Whether `p`'s user is an admin of team `team_id`. Admins are not implied:
+/// this is the team relation itself.
+pub fn team_admin_of(state: &MetadataState, p: &Principal, team_id: &str) -> bool {
+    role(p) == Role::InternalUser
+        && p.user_id().is_some_and(|u| {
+            state
+                .team(team_id)
+                .is_some_and(|t| t.members.get(u) == Some(&TeamRole::Admin))
+        })
+}
+
+/// Whether `p`'s user is a member (any role) of team `team_id`.
+pub fn member_of(state: &MetadataState, p: &Principal, team_id: &str) -> bool {
+    p.user_id().is_some_and(|u| {
+        state
+            .team(team_id)
+            .is_some_and(|t| t.members.contains_key(u))
+    })
+}
+
+/// An admin, or the admin of team `team_id`.
+pub fn admin_or_team_admin(state: &MetadataState, p: &Principal, team_id: &str) -> Result<()> {
+    require(p.is_admin() || team_admin_of(state, p, team_id), p, || {
+        format!("this needs the proxy_admin role or admin of team `{team_id}`")
+    })
+}
+
+/// The role of the user a key belongs to, if it has one that exists.
+fn owner_role(state: &MetadataState, key: &KeyRecord) -> Option<UserRole> {
+    key.user_id
+        .as_deref()
+        .and_then(|u| state.user(u))
+        .map(|u| u.user_role)
+}
+
+/// Keys of proxy admins and admin viewers are managed by admins only:
+/// a team admin who could regenerate one would hold an admin's key.
+fn privileged_owner(state: &MetadataState, key: &KeyRecord) -> bool {
+    matches!(
+        owner_role(state, key),
+        Some(UserRole::ProxyAdmin | UserRole::ProxyAdminViewer)
+    )
+}
+
+/// Whether the key's owner is the caller's own user.
+fn own(p: &Principal, key: &KeyRecord) -> bool {
+    p.user_id().is_some() && key.user_id.as_deref() == p.user_id()
+}
+
+/// Whether `key` can call only LLM routes (so holding it gives no one's
+/// management rights).
+fn llm_only(key: &KeyRecord) -> bool {
+    key.key_type == Some(KeyType::LlmApi)
+}
+
+/// What is being done to an existing key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyAction {
+    Update,
+    Delete,
+    Regenerate,
+    Block,
+    Unblock,
+}
+
+/// May `p` do `action` to `key`?
+pub fn manage_key(
+    state: &MetadataState,
+    p: &Principal,
+    key: &KeyRecord,
+    action: KeyAction,
+) -> Result<()> {
+    if p.is_admin() {
+        return Ok(());
+    }
+    let denied = || {
+        deny(
+            match action {
+                KeyAction::Block | KeyAction::Unblock => {
+                    "blocking and unblocking a key needs the proxy_admin role or admin of the key's team"
+                }
+                _ => {
+                    "managing this key needs the proxy_admin role, admin of the key's team, or being the key's own internal_user"
+                }
+            },
+            p,
+        )
+    };
+    if role(p) != Role::InternalUser || privileged_owner(state, key) {
+        return Err(denied());
+    }
+    let team_admin = key
+        .team_id
+        .as_deref()
+        .is_some_and(|t| team_admin_of(state, p, t));
+    let allowed = match action {
+        KeyAction::Update | KeyAction::Delete => team_admin || own(p, key),
+        // A team admin may regenerate only keys that carry no one else's
+        // rights: its own, keys of no user, and LLM-only keys.
+        KeyAction::Regenerate => {
+            own(p, key) || (team_admin && (key.user_id.is_none() || llm_only(key)))
+        }
+        KeyAction::Block => team_admin,
+        KeyAction::Unblock => {
+            if team_admin && key.admin_blocked {
+                return Err(deny(
+                    "this key was blocked by an admin; only an admin can unblock it",
+                    p,
+                ));
+            }
+            team_admin
+        }
+    };
+    if allowed { Ok(()) } else { Err(denied()) }
+}
+
+/// May `p` see `key` (`/key/info`, `/key/list`)?
+pub fn see_key(state: &MetadataState, p: &Principal, key: &KeyRecord) -> bool {
+    p.may_read_all()
+        || own(p, key)
+        || p.caller().is_some_and(|c| c.key.token == key.token)
+        || key
+            .team_id
+            .as_deref()
+            .is_some_and(|t| team_admin_of(state, p, t))
+}
+
+/// Checks a new key's fields for `p` and, for non-admins, fills in its
+/// owner: themselves, or (for a team admin) a plain member of that team,
+/// whose key is then LLM-only.
+pub fn create_key(
+    state: &MetadataState,
+    p: &Principal,
+    fields: &mut Map<String, Value>,
+) -> Result<()> {
+    let team_id = fields
+        .get("team_id")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let owner = fields
+        .get("user_id")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    if let Some(u) = &owner
+        && state.user(u).is_none()
+    {
+        return Err(Error::invalid(
+            format!("user `{u}` does not exist"),
+            Some("user_id"),
+        ));
+    }
+    if let Some(t) = &team_id
+        && state.team(t).is_none()
+    {
+        return Err(Error::invalid(
+            format!("team `{t}` does not exist"),
+            Some("team_id"),
+        ));
+    }
+    check_tags_exist(state, fields)?;
+    if p.is_admin() {
+        return Ok(());
+    }
+    require(role(p) == Role::InternalUser, p, || {
+        "generating keys needs the proxy_admin or internal_user role".to_owned()
+    })?;
+    let me = p.user_id().unwrap_or_default().to_owned();
+    let team = team_id.as_deref().and_then(|t| state.team(t));
+    match owner.as_deref() {
+        None => {
+            fields.insert("user_id".into(), Value::String(me.clone()));
+        }
+        Some(o) if o == me => {}
+        Some(o) => {
+            // For another user: only a team admin, only for a plain member of
+            // that team, and the key can call LLM routes only — so it lends
+            // the member's spend, never the member's rights.
+            let t = team_id.as_deref().unwrap_or_default();
+            require(team_admin_of(state, p, t), p, || {
+                format!(
+                    "only admins and team admins may create keys for other users; you are `{me}`"
+                )
+            })?;
+            let plain = state.user(o).is_some_and(|u| {
+                matches!(
+                    u.user_role,
+                    UserRole::InternalUser | UserRole::InternalUserViewer
+                )
+            });
+            require(
+                team.is_some_and(|t| t.members.contains_key(o)) && plain,
+                p,
+                || {
+                    format!(
+                        "a team admin may create keys only for internal users of team `{t}`; `{o}` is not one"
+                    )
+                },
+            )?;
+            if fields
+                .get("key_type")
+                .is_some_and(|k| k.as_str() != Some("llm_api"))
+                || fields.contains_key("allowed_routes")
+            {
+                return Err(deny(
+                    "a key a team admin creates for another user calls LLM routes only (`key_type: llm_api`)",
+                    p,
+                ));
+            }
+            fields.insert("key_type".into(), Value::String("llm_api".into()));
+        }
+    }
+    if let Some(t) = &team_id {
+        require(member_of(state, p, t), p, || {
+            format!("you are not a member of team `{t}`")
+        })?;
+    }
+    for field in ADMIN_ONLY_ON_CREATE {
+        if fields.get(*field).is_some_and(|v| !v.is_null()) {
+            return Err(deny(
+                format!("setting `{field}` on a key needs the proxy_admin role"),
+                p,
+            ));
+        }
+    }
+    tighter_than(p, &Limits::default(), team, &KeyLimits::default(), fields)
+}
+
+/// Fields only admins set on a new key (a non-admin's new key takes the
+/// default).
+const ADMIN_ONLY_ON_CREATE: &[&str] = &["budget_id", "enforcement", "blocked"];
+
+/// Fields only admins change on an existing key.
+const ADMIN_ONLY_ON_UPDATE: &[&str] = &[
+    "user_id",
+    "team_id",
+    "budget_id",
+    "enforcement",
+    "blocked",
+    "allowed_routes",
+    "key_type",
+    "budget_duration",
+];
+
+/// Checks a patch of an existing key's fields (and its new expiry) for `p`.
+pub fn update_key(
+    state: &MetadataState,
+    p: &Principal,
+    current: &KeyRecord,
+    patch: &Map<String, Value>,
+) -> Result<()> {
+    if let Some(Value::String(u)) = patch.get("user_id")
+        && state.user(u).is_none()
+    {
+        return Err(Error::invalid(
+            format!("user `{u}` does not exist"),
+            Some("user_id"),
+        ));
+    }
+    if let Some(Value::String(t)) = patch.get("team_id")
+        && state.team(t).is_none()
+    {
+        return Err(Error::invalid(
+            format!("team `{t}` does not exist"),
+            Some("team_id"),
+        ));
+    }
+    check_tags_exist(state, patch)?;
+    if p.is_admin() {
+        return Ok(());
+    }
+    for field in ADMIN_ONLY_ON_UPDATE {
+        if let Some(v) = patch.get(*field)
+            && !same_as_current(current, field, v)
+        {
+            return Err(deny(
+                format!("changing a key's `{field}` needs the proxy_admin role"),
+                p,
+            ));
+        }
+    }
+    if let Some(Value::Number(expires)) = patch.get("expires") {
+        let later = current
+            .expires
+            .is_none_or(|e| expires.as_u64().is_none_or(|x| x > e));
+        require(!later, p, || {
+            "a key's expiry may be brought forward, not pushed back or removed, except by an admin"
+                .to_owned()
+        })?;
+    }
+    if let Some(models) = patch.get("models") {
+        let new: Vec<&str> = string_list(models);
+        let narrower = current.models.is_empty()
+            || (!new.is_empty() && new.iter().all(|m| current.models.iter().any(|c| c == m)));
+        require(narrower, p, || {
+            "a key's `models` may be narrowed, not widened, except by an admin".to_owned()
+        })?;
+    }
+    if let Some(tags) = patch.get("tags") {
+        let new = string_list(tags);
+        require(
+            current.tags.iter().all(|t| new.contains(&t.as_str())),
+            p,
+            || {
+                "tags may be added to a key, not removed, except by an admin (its spend counts against them)".to_owned()
+            },
+        )?;
+    }
+    if let Some(metadata) = patch.get("metadata") {
+        residency_not_widened(p, current.metadata.get(), metadata)?;
+    }
+    let team = current.team_id.as_deref().and_then(|t| state.team(t));
+    let key = KeyLimits {
+        rpm: current.model_rpm_limit.clone(),
+        tpm: current.model_tpm_limit.clone(),
+        budget: current
+            .model_max_budget
+            .iter()
+            .map(|(m, b)| (m.clone(), b.budget_limit))
+            .collect(),
+    };
+    tighter_than(p, &current.limits, team, &key, patch)
+}
+
+/// Whether `value` is what `current` already holds for `field` (a body may
+/// repeat what a key already says; `null` repeats an unset field).
+fn same_as_current(current: &KeyRecord, field: &str, value: &Value) -> bool {
+    let now = serde_json::to_value(current)
+        .ok()
+        .and_then(|v| v.get(field).cloned())
+        .unwrap_or(Value::Null);
+    now == *value
+}
+
+fn string_list(v: &Value) -> Vec<&str> {
+    v.as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default()
+}
+
+/// A key's own limits, as the tighten-only rule compares them.
+#[derive(Default)]
+struct KeyLimits {
+    rpm: BTreeMap<String, u64>,
+    tpm: BTreeMap<String, u64>,
+    budget: BTreeMap<String, f64>,
+}
+
+/// A non-admin's limits must be no looser than the key's current ones (none
+/// may be removed) and than its team's.
+fn tighter_than(
+    p: &Principal,
+    current: &Limits,
+    team: Option<&std::sync::Arc<TeamRecord>>,
+    key: &KeyLimits,
+    fields: &Map<String, Value>,
+) -> Result<()> {
+    let team_limits = team.map(|t| &t.limits);
+    let scalar = |name: &str, now: Option<f64>, cap: Option<f64>| -> Result<()> {
+        let Some(v) = fields.get(name) else {
+            return Ok(());
+        };
+        let bound = [now, cap].into_iter().flatten().reduce(f64::min);
+        let ok = match (v.as_f64(), bound) {
+            (_, None) => true,
+            (Some(x), Some(b)) => x <= b,
+            (None, Some(_)) => false,
+        };
+        require(ok, p, || match bound {
+            Some(b) => format!(
+                "`{name}` may be at most {b} (the key's or its team's); only admins raise or remove limits"
+            ),
+            None => String::new(),
+        })
+    };
+    let as_f = |x: Option<u64>| x.map(|v| v as f64);
+    scalar(
+        "max_budget",
+        current.max_budget,
+        team_limits.and_then(|l| l.max_budget),
+    )?;
+    scalar(
+        "rpm_limit",
+        as_f(current.rpm_limit),
+        team_limits.and_then(|l| as_f(l.rpm_limit)),
+    )?;
+    scalar(
+        "tpm_limit",
+        as_f(current.tpm_limit),
+        team_limits.and_then(|l| as_f(l.tpm_limit)),
+    )?;
+    scalar(
+        "max_parallel_requests",
+        as_f(current.max_parallel_requests),
+        team_limits.and_then(|l| as_f(l.max_parallel_requests)),
+    )?;
+    per_model(
+        p,
+        fields,
+        "model_rpm_limit",
+        &key.rpm
+            .iter()
+            .map(|(k, v)| (k.clone(), *v as f64))
+            .collect(),
+        |v| v.as_f64(),
+    )?;
+    per_model(
+        p,
+        fields,
+        "model_tpm_limit",
+        &key.tpm
+            .iter()
+            .map(|(k, v)| (k.clone(), *v as f64))
+            .collect(),
+        |v| v.as_f64(),
+    )?;
+    per_model(p, fields, "model_max_budget", &key.budget, |v| {
+        v.get("budget_limit").and_then(Value::as_f64)
+    })
+}
+
+/// Per-model limits: each existing entry stays, no higher than it was.
+fn per_model(
+    p: &Principal,
+    fields: &Map<String, Value>,
+    name: &str,
+    current: &BTreeMap<String, f64>,
+    amount: impl Fn(&Value) -> Option<f64>,
+) -> Result<()> {
+    let Some(v) = fields.get(name) else {
+        return Ok(());
+    };
+    let new = v.as_object();
+    for (model, was) in current {
+        let now = new.and_then(|m| m.get(model)).and_then(&amount);
+        require(now.is_some_and(|x| x <= *was), p, || {
+            format!("`{name}.{model}` may be lowered, not raised or removed, except by an admin")
+        })?;
+    }
+    Ok(())
+}
+
+const RESIDENCY_KEYS: &[&str] = &["allowed_model_region", "allowed_regions"];
+
+/// A non-admin may add a residency policy to a key or narrow it, never
+/// widen or remove it.
+fn residency_not_widened(
+    p: &Principal,
+    current: Option<&Map<String, Value>>,
+    new: &Value,
+) -> Result<()> {
+    let Some(before) = crate::auth::residency_of(current) else {
+        return Ok(());
+    };
+    let after = crate::auth::residency_of(new.as_object());
+    let narrower = after.is_some_and(|a| {
+        a.iter()
+            .all(|r| before.iter().any(|b| crate::router::region_within(r, b)))
+    });
+    require(narrower, p, || {
+        format!(
+            "a key's residency ({}) may be narrowed, not widened or removed, except by an admin",
+            RESIDENCY_KEYS.join(", ")
+        )
+    })
+}
+
+/// Fields a team admin may change on its team; the rest (models, limits,
+/// budgets, tags, block) are admins'.
+const TEAM_ADMIN_FIELDS: &[&str] = &["team_alias", "metadata"];
+
+/// Checks a patch of team `team` for `p`.
+pub fn update_team(
+    state: &MetadataState,
+    p: &Principal,
+    team: &TeamRecord,
+    patch: &Map<String, Value>,
+) -> Result<()> {
+    check_tags_exist(state, patch)?;
+    if p.is_admin() {
+        return Ok(());
+    }
+    admin_or_team_admin(state, p, &team.team_id)?;
+    if let Some(field) = patch
+        .keys()
+        .find(|f| !TEAM_ADMIN_FIELDS.contains(&f.as_str()))
+    {
+        return Err(deny(
+            format!(
+                "changing a team's `{field}` needs the proxy_admin role (a team admin may change team_alias and metadata)"
+            ),
+            p,
+        ));
+    }
+    if let Some(metadata) = patch.get("metadata") {
+        let before = crate::auth::residency_of(team.metadata.get());
+        let after = crate::auth::residency_of(metadata.as_object());
+        require(before == after, p, || {
+            format!(
+                "a team's residency ({}) is set by admins",
+                RESIDENCY_KEYS.join(", ")
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// Tags named on a key or team: at most [`crate::tags::MAX_REQUEST_TAGS`],
+/// each a valid name, each an existing tag record — spend is charged to them,
+/// and a caller must not mint counters for names an admin never made.
+fn check_tags_exist(state: &MetadataState, fields: &Map<String, Value>) -> Result<()> {
+    let Some(Value::Array(tags)) = fields.get("tags") else {
+        return Ok(());
+    };
+    if tags.len() > crate::tags::MAX_REQUEST_TAGS {
+        return Err(Error::invalid(
+            format!("at most {} tags", crate::tags::MAX_REQUEST_TAGS),
+            Some("tags"),
+        ));
+    }
+    for (i, t) in tags.iter().enumerate() {
+        let param = format!("tags[{i}]");
+        let name = t
+            .as_str()
+            .ok_or_else(|| Error::invalid("a tag must be a string", Some(&param)))?;
+        crate::tags::check_name(name, &param)?;
+        if state.tag(name).is_none() {
+            return Err(Error::invalid(
+                format!("tag `{name}` does not exist (create it with /tag/new)"),
+                Some(&param),
+            ));
+        }
+    }
+    Ok(())
+}
