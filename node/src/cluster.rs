@@ -194,8 +194,10 @@ pub fn load_cluster_tls(settings: &NodeSettings) -> Result<Option<ClusterTls>> {
     let id = tls.identity();
     if id.region != settings.region || id.node != settings.cluster.raft_id {
         return Err(Error::Internal(format!(
-            "inter-node TLS: {} is the certificate of {id}, but this node is node {} of region {} (issue one with `meridian cert issue --node {} --region {}`)",
+            "inter-node TLS: {} is the certificate of node {} of region {}, but this node is node {} of region {} (issue one with `meridian cert issue --node {} --region {}`)",
             files.cert.display(),
+            id.node,
+            id.region,
             settings.cluster.raft_id,
             settings.region,
             settings.cluster.raft_id,
