@@ -390,7 +390,12 @@ pub fn rights_service(
         secret,
         clock,
     })
+    // A grant request is a few ids and numbers.
+    .max_decoding_message_size(MAX_GRANT_BYTES)
 }
+
+/// The largest grant request a node reads.
+const MAX_GRANT_BYTES: usize = 64 * 1024;
 
 #[tonic::async_trait]
 impl pb::rights_server::Rights for RightsService {

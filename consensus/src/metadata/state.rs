@@ -389,6 +389,13 @@ impl MetadataState {
         v
     }
 
+    /// Every key, unordered: pointer copies only, so a reader that filters,
+    /// sorts or serializes them does it after letting go of the state (which
+    /// authentication and Raft's apply also need).
+    pub fn key_snapshot(&self) -> Vec<Arc<KeyRecord>> {
+        self.keys.values().cloned().collect()
+    }
+
     pub fn key_count(&self) -> usize {
         self.keys.len()
     }

@@ -311,16 +311,18 @@ pub async fn team_info(
     let team_id = q
         .team_id
         .ok_or_else(|| Error::invalid("`team_id` is required", Some("team_id")))?;
-    let (team, keys) = node.metadata.read(|s| {
-        let team = s.team(&team_id).cloned();
-        let keys: Vec<Value> = s
-            .keys()
-            .into_iter()
-            .filter(|k| k.team_id.as_deref() == Some(team_id.as_str()))
-            .map(|k| json!({ "token": k.token, "key_name": k.key_name, "key_alias": k.key_alias, "user_id": k.user_id }))
-            .collect();
-        (team, keys)
-    });
+    let (team, all) = node
+        .metadata
+        .read(|s| (s.team(&team_id).cloned(), s.key_snapshot()));
+    let mut keys: Vec<_> = all
+        .into_iter()
+        .filter(|k| k.team_id.as_deref() == Some(team_id.as_str()))
+        .collect();
+    keys.sort_unstable_by(|a, b| a.token.cmp(&b.token));
+    let keys: Vec<Value> = keys
+        .iter()
+        .map(|k| json!({ "token": k.token, "key_name": k.key_name, "key_alias": k.key_alias, "user_id": k.user_id }))
+        .collect();
     let team = team.ok_or_else(|| Error::NotFound(format!("team `{team_id}` does not exist")))?;
     let member = p.user_id().is_some_and(|u| team.members.contains_key(u));
     if !(p.may_read_all() || member) {
@@ -588,12 +590,7 @@ pub async fn user_info(
     }
     let found = node.metadata.read(|s| {
         s.user(&user_id).cloned().map(|user| {
-            let keys: Vec<Value> = s
-                .keys()
-                .into_iter()
-                .filter(|k| k.user_id.as_deref() == Some(user_id.as_str()))
-                .map(|k| json!({ "token": k.token, "key_name": k.key_name, "key_alias": k.key_alias, "team_id": k.team_id }))
-                .collect();
+            let keys = s.key_snapshot();
             let teams: Vec<Value> = s
                 .teams()
                 .filter(|t| t.members.contains_key(&user_id))
@@ -602,8 +599,17 @@ pub async fn user_info(
             (user, keys, teams)
         })
     });
-    let (user, keys, teams) =
+    let (user, all, teams) =
         found.ok_or_else(|| Error::NotFound(format!("user `{user_id}` does not exist")))?;
+    let mut keys: Vec<_> = all
+        .into_iter()
+        .filter(|k| k.user_id.as_deref() == Some(user_id.as_str()))
+        .collect();
+    keys.sort_unstable_by(|a, b| a.token.cmp(&b.token));
+    let keys: Vec<Value> = keys
+        .iter()
+        .map(|k| json!({ "token": k.token, "key_name": k.key_name, "key_alias": k.key_alias, "team_id": k.team_id }))
+        .collect();
     let mut info = serde_json::to_value(&*user).unwrap_or(Value::Null);
     super::with_spend(
         &node,

@@ -240,13 +240,13 @@ pub async fn delete(
         (keys, tokens)
     } else if body.contains_key("key_aliases") {
         let aliases = super::id_list(&body, "key_aliases")?;
-        let tokens = node.metadata.read(|s| {
-            s.keys()
-                .into_iter()
-                .filter(|k| k.key_alias.as_ref().is_some_and(|a| aliases.contains(a)))
-                .map(|k| k.token.clone())
-                .collect::<Vec<_>>()
-        });
+        let tokens = node
+            .metadata
+            .read(|s| s.key_snapshot())
+            .into_iter()
+            .filter(|k| k.key_alias.as_ref().is_some_and(|a| aliases.contains(a)))
+            .map(|k| k.token.clone())
+            .collect::<Vec<_>>();
         (aliases, tokens)
     } else {
         return Err(Error::invalid(
@@ -336,43 +336,44 @@ pub async fn list(
     q.consistency.wait(&node).await?;
     let size = q.size.unwrap_or(10).clamp(1, 100);
     let page = q.page.unwrap_or(1).max(1);
-    let (total, items) = node.metadata.read(|s| {
-        let visible: Vec<Arc<KeyRecord>> = s
-            .keys()
-            .into_iter()
-            .filter(|k| policy::see_key(s, &p, k))
-            .filter(|k| {
-                q.user_id
-                    .as_ref()
-                    .is_none_or(|u| k.user_id.as_ref() == Some(u))
-            })
-            .filter(|k| {
-                q.team_id
-                    .as_ref()
-                    .is_none_or(|t| k.team_id.as_ref() == Some(t))
-            })
-            .filter(|k| {
-                q.key_alias
-                    .as_ref()
-                    .is_none_or(|a| k.key_alias.as_ref() == Some(a))
-            })
-            .cloned()
-            .collect();
-        let total = visible.len();
-        let items: Vec<Value> = visible
-            .into_iter()
-            .skip((page - 1).saturating_mul(size))
-            .take(size)
-            .map(|k| {
-                if q.return_full_object.unwrap_or(false) {
-                    present(serde_json::to_value(&*k).unwrap_or(Value::Null))
-                } else {
-                    json!(k.token)
-                }
-            })
-            .collect();
-        (total, items)
-    });
+    // Under the state's lock only pointer copies are made; the filtering,
+    // ordering and serializing happen after it is released.
+    let (all, reader) = node
+        .metadata
+        .read(|s| (s.key_snapshot(), policy::KeyReader::new(s, &p)));
+    let mut visible: Vec<Arc<KeyRecord>> = all
+        .into_iter()
+        .filter(|k| reader.sees(k))
+        .filter(|k| {
+            q.user_id
+                .as_ref()
+                .is_none_or(|u| k.user_id.as_ref() == Some(u))
+        })
+        .filter(|k| {
+            q.team_id
+                .as_ref()
+                .is_none_or(|t| k.team_id.as_ref() == Some(t))
+        })
+        .filter(|k| {
+            q.key_alias
+                .as_ref()
+                .is_none_or(|a| k.key_alias.as_ref() == Some(a))
+        })
+        .collect();
+    visible.sort_unstable_by(|a, b| a.token.cmp(&b.token));
+    let total = visible.len();
+    let items: Vec<Value> = visible
+        .into_iter()
+        .skip((page - 1).saturating_mul(size))
+        .take(size)
+        .map(|k| {
+            if q.return_full_object.unwrap_or(false) {
+                present(serde_json::to_value(&*k).unwrap_or(Value::Null))
+            } else {
+                json!(k.token)
+            }
+        })
+        .collect();
     Ok(Json(json!({
         "keys": items,
         "total_count": total,

@@ -212,13 +212,39 @@ pub fn manage_key(
 
 /// May `p` see `key` (`/key/info`, `/key/list`)?
 pub fn see_key(state: &MetadataState, p: &Principal, key: &KeyRecord) -> bool {
-    p.may_read_all()
-        || own(p, key)
-        || p.caller().is_some_and(|c| c.key.token == key.token)
-        || key
-            .team_id
-            .as_deref()
-            .is_some_and(|t| team_admin_of(state, p, t))
+    KeyReader::new(state, p).sees(key)
+}
+
+/// What `p` may see of keys, taken from the state once so that a listing
+/// filters outside the state's lock.
+pub struct KeyReader<'p> {
+    p: &'p Principal,
+    administered: std::collections::BTreeSet<String>,
+}
+
+impl<'p> KeyReader<'p> {
+    pub fn new(state: &MetadataState, p: &'p Principal) -> Self {
+        let administered = if role(p) == Role::InternalUser {
+            state
+                .teams()
+                .filter(|t| team_admin_of(state, p, &t.team_id))
+                .map(|t| t.team_id.clone())
+                .collect()
+        } else {
+            Default::default()
+        };
+        Self { p, administered }
+    }
+
+    pub fn sees(&self, key: &KeyRecord) -> bool {
+        self.p.may_read_all()
+            || own(self.p, key)
+            || self.p.caller().is_some_and(|c| c.key.token == key.token)
+            || key
+                .team_id
+                .as_ref()
+                .is_some_and(|t| self.administered.contains(t))
+    }
 }
 
 /// Checks a new key's fields for `p` and, for non-admins, fills in its
