@@ -180,9 +180,14 @@ pub(crate) fn plan(regions: &[&str], per_region: u64) -> Result<Vec<NodeSpec>, E
 }
 
 /// The `meridian:` section of node `me` of `nodes`: its region's nodes as
-/// Raft peers, every other region's as `remote_regions` (as
-/// `ops/local-cluster.sh` writes them).
-pub(crate) fn cluster_section(nodes: &[NodeSpec], me: &NodeSpec, secret: &str) -> String {
+/// Raft peers, every other region's as `remote_regions`, and mutual TLS
+/// with the certificates in `tls` (as `ops/local-cluster.sh` writes them).
+pub(crate) fn cluster_section(
+    nodes: &[NodeSpec],
+    me: &NodeSpec,
+    secret: &str,
+    tls: &Path,
+) -> String {
     let mut s = format!(
         "meridian:
   node_id: {name}
@@ -190,12 +195,16 @@ pub(crate) fn cluster_section(nodes: &[NodeSpec], me: &NodeSpec, secret: &str) -
   raft_id: {raft_id}
   cluster_listen: 127.0.0.1:{cluster}
   cluster_secret: {secret}
+  cluster_tls_ca: {dir}/ca.pem
+  cluster_tls_cert: {dir}/node-{name}.pem
+  cluster_tls_key: {dir}/node-{name}.key
   peers:
 ",
         name = me.name(),
         region = me.region,
         raft_id = me.raft_id,
         cluster = me.cluster_port,
+        dir = tls.display(),
     );
     for peer in nodes.iter().filter(|n| n.region == me.region) {
         s.push_str(&format!(
@@ -249,6 +258,20 @@ impl Start<'_> {
         }
     }
 
+    /// Runs `meridian cert ARGS`.
+    fn cert(&self, bin: &Path, args: &[&str]) -> Result<(), Error> {
+        let out = Command::new(bin).arg("cert").args(args).output()?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(self.error(format!(
+                "meridian cert {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )))
+        }
+    }
+
     /// Meridian: one node (`nodes` empty: no `meridian:` section at all), or
     /// the nodes of `nodes`, then a virtual key known on every node.
     pub(crate) async fn meridian(&self, bin: &Path, nodes: &[NodeSpec]) -> Result<Ready, Error> {
@@ -266,13 +289,29 @@ impl Start<'_> {
         // Not a secret worth guarding: every node is on this machine and
         // gone when the row ends; it only has to match between them.
         let secret = format!("compare-{}-{}", std::process::id(), self.upstream_port);
+        // Inter-node links are mutual TLS, as in production: a CA and a
+        // certificate per node, made with the gateway's own `cert` command.
+        let tls = self.dir.join("tls");
+        if clustered {
+            self.cert(bin, &["init-ca", "--dir", &tls.display().to_string()])?;
+            for spec in specs {
+                let (region, id) = (spec.region.clone(), spec.raft_id.to_string());
+                let dir = tls.display().to_string();
+                self.cert(
+                    bin,
+                    &[
+                        "issue", "--ca-dir", &dir, "--region", &region, "--node", &id,
+                    ],
+                )?;
+            }
+        }
         let mut group = Group::default();
         let mut urls = Vec::new();
         for spec in specs {
             let name = spec.name();
             let mut config = base_config(self.upstream_port);
             if clustered {
-                config.push_str(&cluster_section(specs, spec, &secret));
+                config.push_str(&cluster_section(specs, spec, &secret, &tls));
             }
             let config_path = self.dir.join(format!("{name}.yaml"));
             std::fs::write(&config_path, config)?;
@@ -514,7 +553,8 @@ mod tests {
             node("us-east", 2, 4002, 5002),
             node("eu-west", 1, 4003, 5003),
         ];
-        let section = cluster_section(&nodes, &nodes[1], "s3cret");
+        let tls = Path::new("/t");
+        let section = cluster_section(&nodes, &nodes[1], "s3cret", tls);
         assert!(section.contains("node_id: us-east-2\n"), "{section}");
         assert!(section.contains("raft_id: 2\n"), "{section}");
         assert!(
@@ -522,13 +562,17 @@ mod tests {
             "{section}"
         );
         assert!(section.contains("cluster_secret: s3cret\n"), "{section}");
+        assert!(
+            section.contains("cluster_tls_cert: /t/node-us-east-2.pem\n"),
+            "{section}"
+        );
         assert!(section.contains(
             "    - {raft_id: 1, cluster_addr: \"127.0.0.1:5001\", api_url: \"http://127.0.0.1:4001\"}\n"
         ));
         assert_eq!(section.matches("raft_id: ").count(), 3, "{section}");
         assert!(section.ends_with("  remote_regions:\n    eu-west: [\"127.0.0.1:5003\"]\n"));
 
-        let alone = cluster_section(&nodes[..2], &nodes[0], "s");
+        let alone = cluster_section(&nodes[..2], &nodes[0], "s", tls);
         assert!(!alone.contains("remote_regions"), "{alone}");
     }
 
