@@ -477,3 +477,21 @@ async fn a_limit_enforced_strictly_by_default_names_no_mode_per_key() {
     let loose = key(&n, json!({ "rpm_limit": 2, "enforcement": "available" })).await;
     assert_eq!(ask(&n, &loose, hi("gpt")).await.0, 200);
 }
+
+#[tokio::test]
+async fn a_strict_token_limit_counts_every_completion_a_request_asks_for() {
+    let n = gateway().await;
+    let k = key(&n, json!({ "tpm_limit": 200, "enforcement": "strict" })).await;
+    let with_n = |choices: u64| {
+        let mut body = hi("gpt");
+        body["max_tokens"] = json!(60);
+        body["n"] = json!(choices);
+        body
+    };
+    // Four completions of up to 60 tokens each cannot fit in 200.
+    let (status, _, body) = ask(&n, &k, with_n(4)).await;
+    assert_eq!(status, 429, "{body}");
+    // One can.
+    let (status, _, body) = ask(&n, &k, with_n(1)).await;
+    assert_eq!(status, 200, "{body}");
+}
