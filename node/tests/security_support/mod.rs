@@ -7,4 +7,5 @@
 #![allow(dead_code)]
 
 pub mod h2;
+pub mod peers;
 pub mod wire;
