@@ -4,7 +4,9 @@
 //! - at most `max_connections` open connections, and at most
 //!   `max_connections_per_ip` from one address; a connection over either cap
 //!   is closed at once, so a flood costs the node an accept and a close;
-//! - a request head must arrive within `header_read_timeout` (HTTP/1: also
+//! - a connection must start its request within `header_read_timeout` (the
+//!   bytes that tell HTTP/2 from HTTP/1 included), and a request head must
+//!   arrive within it (HTTP/1: also
 //!   the idle time allowed between requests of a kept-alive connection), and
 //!   may be at most `max_header_bytes` — a slowloris holds a connection for
 //!   that long, never longer;
@@ -24,9 +26,13 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::Router;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 
 /// What one connection may hold, and how many connections there may be.
@@ -141,8 +147,23 @@ pub async fn serve<L>(
         let service = TowerToHyperService::new(app.clone());
         let builder = builder.clone();
         let mut closed = closed.clone();
+        let head_timeout = limits.header_read_timeout;
         tasks.spawn(async move {
             let _slot = slot;
+            // hyper-util reads the first bytes to tell HTTP/2 from HTTP/1
+            // before hyper's own header timer starts, with no deadline of its
+            // own: a connection that sends nothing would be held forever.
+            let io = match tokio::time::timeout(head_timeout, Sniffed::read(io)).await {
+                Ok(Ok(io)) => io,
+                Ok(Err(e)) => {
+                    tracing::debug!(peer = %addr, error = %e, "connection ended before a request");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(peer = %addr, "connection closed: nothing sent within the header timeout");
+                    return;
+                }
+            };
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
             tokio::pin!(conn);
             tokio::select! {
@@ -161,6 +182,83 @@ pub async fn serve<L>(
     }
     let _ = closing.send(true);
     while tasks.join_next().await.is_some() {}
+}
+
+/// The HTTP/2 connection preface; anything that departs from it is HTTP/1.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// A connection whose first bytes were read (enough to tell HTTP/2 from
+/// HTTP/1) and are handed out again before the rest.
+pub struct Sniffed<T> {
+    io: T,
+    head: Vec<u8>,
+    at: usize,
+}
+
+impl<T: AsyncRead + Unpin> Sniffed<T> {
+    /// Reads until the bytes depart from the HTTP/2 preface or make all of
+    /// it (HTTP/1 clients decide at their first byte), or the peer closes.
+    async fn read(mut io: T) -> std::io::Result<Self> {
+        use tokio::io::AsyncReadExt;
+        let mut head = Vec::with_capacity(H2_PREFACE.len());
+        let mut buf = [0u8; 24];
+        while head.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(&head) {
+            let want = H2_PREFACE.len() - head.len();
+            let n = io.read(&mut buf[..want]).await?;
+            if n == 0 {
+                break;
+            }
+            head.extend_from_slice(&buf[..n]);
+        }
+        Ok(Self { io, head, at: 0 })
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Sniffed<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        if this.at < this.head.len() {
+            let n = (this.head.len() - this.at).min(buf.remaining());
+            buf.put_slice(&this.head[this.at..this.at + n]);
+            this.at += n;
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.io).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Sniffed<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
 }
 
 /// The public listener over HTTPS: connections whose TLS handshake
