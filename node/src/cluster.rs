@@ -410,6 +410,7 @@ pub async fn start_region_on(
         SyncConfig::default(),
     );
     tokio::spawn(metadata_sync.run(until_stopped()));
+    let secret_for_guard = secret.clone();
     let rights = start_rights(
         &region,
         &counters,
@@ -419,6 +420,7 @@ pub async fn start_region_on(
         wall,
         until_stopped(),
     );
+    let routes = secret_for_guard.guard(routes);
     let serving = (net.serve)(routes, Box::pin(until_stopped()));
     tokio::spawn(async move {
         if let Err(e) = serving.await {

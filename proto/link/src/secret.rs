@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use tonic::metadata::{AsciiMetadataValue, MetadataMap};
+use tonic::service::Routes;
 use tonic::{Request, Status};
 
 use crate::{Error, SECRET_HEADER, peer_identity};
@@ -98,24 +99,54 @@ impl ClusterSecret {
     /// configured). Call first: an outsider learns nothing else.
     #[allow(clippy::result_large_err)]
     pub fn check(&self, metadata: &MetadataMap) -> Result<(), Status> {
+        let presented = metadata.get(SECRET_HEADER).map(|v| v.as_bytes());
+        if self.admits(presented) {
+            Ok(())
+        } else {
+            tracing::debug!("refused a peer call without the cluster secret");
+            Err(Status::unauthenticated("missing or wrong cluster secret"))
+        }
+    }
+
+    fn admits(&self, presented: Option<&[u8]>) -> bool {
         let Some(expected) = &self.digest else {
-            return Ok(());
+            return true;
         };
-        let admitted = metadata.get(SECRET_HEADER).is_some_and(|presented| {
-            let presented: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        presented.is_some_and(|presented| {
+            let presented: [u8; 32] = Sha256::digest(presented).into();
             // No early exit: the time taken says nothing about how much matched.
             presented
                 .iter()
                 .zip(expected)
                 .fold(0u8, |diff, (a, b)| diff | (a ^ b))
                 == 0
-        });
-        if admitted {
-            Ok(())
-        } else {
-            tracing::debug!("refused a peer call without the cluster secret");
-            Err(Status::unauthenticated("missing or wrong cluster secret"))
+        })
+    }
+
+    /// `routes` refusing, from its headers alone, any call without the
+    /// secret: its body is never read (the services check again, with the
+    /// sender's claims, once it is). Unchanged when no secret is configured.
+    pub fn guard(&self, routes: Routes) -> Routes {
+        if self.digest.is_none() {
+            return routes;
         }
+        let secret = self.clone();
+        let layer = axum::middleware::from_fn(
+            move |request: axum::extract::Request, next: axum::middleware::Next| {
+                let admitted =
+                    secret.admits(request.headers().get(SECRET_HEADER).map(|v| v.as_bytes()));
+                async move {
+                    if admitted {
+                        next.run(request).await
+                    } else {
+                        tracing::debug!("refused a peer call without the cluster secret, unread");
+                        Status::unauthenticated("missing or wrong cluster secret")
+                            .into_http::<axum::body::Body>()
+                    }
+                }
+            },
+        );
+        Routes::from(routes.into_axum_router().layer(layer))
     }
 }
 
@@ -171,6 +202,43 @@ mod tests {
         let mut request = Request::new(());
         request.extensions_mut().insert(PeerInfo { identity });
         request
+    }
+
+    #[tokio::test]
+    async fn the_guard_refuses_a_call_without_the_secret_before_its_body() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tower::ServiceExt;
+        let reached = Arc::new(AtomicUsize::new(0));
+        let seen = reached.clone();
+        let inner = axum::Router::new().route(
+            "/meridian.test.v1.T/Call",
+            axum::routing::post(move || {
+                seen.fetch_add(1, Ordering::SeqCst);
+                async { "reached" }
+            }),
+        );
+        let secret = ClusterSecret::new(Some("s3cret")).unwrap();
+        let guarded = secret.guard(Routes::from(inner)).into_axum_router();
+        let call = |with: Option<&str>| {
+            let mut b = http::Request::post("/meridian.test.v1.T/Call");
+            if let Some(v) = with {
+                b = b.header(SECRET_HEADER, v);
+            }
+            b.body(axum::body::Body::from(vec![0xffu8; 64])).unwrap()
+        };
+        for wrong in [None, Some("nope")] {
+            let reply = guarded.clone().oneshot(call(wrong)).await.unwrap();
+            assert_eq!(reply.headers()["grpc-status"], "16", "unauthenticated");
+        }
+        assert_eq!(
+            reached.load(Ordering::SeqCst),
+            0,
+            "nothing reached the service"
+        );
+        let reply = guarded.clone().oneshot(call(Some("s3cret"))).await.unwrap();
+        assert_eq!(reply.status(), 200);
+        assert_eq!(reached.load(Ordering::SeqCst), 1);
     }
 
     #[test]
