@@ -349,3 +349,68 @@ fn a_node_refuses_another_nodes_certificate_and_unauthenticated_peers() {
         .unwrap();
     assert!(out.status.success(), "insecure_cluster says so on purpose");
 }
+
+#[tokio::test]
+async fn the_public_listener_serves_https_with_its_own_certificate() {
+    meridian_node::upstream::install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = certs::generate_ca("public CA", 30).unwrap();
+    let server =
+        certs::issue_server_cert(&ca.cert_pem, &ca.key_pem, &["127.0.0.1".into()], 30).unwrap();
+    std::fs::write(dir.path().join("server.pem"), &server.cert_pem).unwrap();
+    certs::write_private(&dir.path().join("server.key"), &server.key_pem).unwrap();
+    let extra = format!(
+        "meridian:\n  tls_cert: {}\n  tls_key: {}\n",
+        dir.path().join("server.pem").display(),
+        dir.path().join("server.key").display()
+    );
+    let config = dir.path().join("config.yaml");
+    std::fs::write(&config, format!("{}{extra}", process_support::MOCK_MODELS)).unwrap();
+    let port = free_port();
+    let mut child = Command::new(BIN)
+        .args([
+            "serve",
+            "--config",
+            config.to_str().unwrap(),
+            "--port",
+            &port.to_string(),
+        ])
+        .args(["--data-dir", dir.path().join("data").to_str().unwrap()])
+        .env("MERIDIAN_MASTER_KEY", MASTER)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(ca.cert_pem.as_bytes()).unwrap()])
+        .build()
+        .unwrap();
+    let url = format!("https://127.0.0.1:{port}");
+    let mut answered = None;
+    for _ in 0..100 {
+        if let Ok(r) = client.get(format!("{url}/health/liveliness")).send().await {
+            answered = Some(r.status().as_u16());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(answered, Some(200));
+    let chat = client
+        .post(format!("{url}/v1/chat/completions"))
+        .bearer_auth(MASTER)
+        .header("content-type", "application/json")
+        .body(r#"{"model":"gpt","messages":[{"role":"user","content":"hi"}]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(chat.status(), 200);
+    // Plain HTTP on the same port gets no answer.
+    let plain = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{port}/health/liveliness"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await;
+    assert!(plain.is_err() || !plain.unwrap().status().is_success());
+    let _ = child.kill();
+    let _ = child.wait();
+}
