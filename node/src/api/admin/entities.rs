@@ -146,6 +146,16 @@ pub(super) async fn patch<T: DeserializeOwned>(
     Ok(records.into_iter().next().unwrap_or(Value::Null))
 }
 
+/// The keys of `all` that `which` picks, by token, as `/team/info` and
+/// `/user/info` list them (filtered and sorted outside the metadata lock).
+fn key_summaries(all: Vec<Arc<KeyRecord>>, which: impl Fn(&KeyRecord) -> bool) -> Vec<Value> {
+    let mut keys: Vec<_> = all.into_iter().filter(|k| which(k)).collect();
+    keys.sort_unstable_by(|a, b| a.token.cmp(&b.token));
+    keys.iter()
+        .map(|k| json!({ "token": k.token, "key_name": k.key_name, "key_alias": k.key_alias, "user_id": k.user_id, "team_id": k.team_id }))
+        .collect()
+}
+
 fn new_id(node: &Node) -> String {
     node.rng.hex(16)
 }
@@ -314,15 +324,7 @@ pub async fn team_info(
     let (team, all) = node
         .metadata
         .read(|s| (s.team(&team_id).cloned(), s.key_snapshot()));
-    let mut keys: Vec<_> = all
-        .into_iter()
-        .filter(|k| k.team_id.as_deref() == Some(team_id.as_str()))
-        .collect();
-    keys.sort_unstable_by(|a, b| a.token.cmp(&b.token));
-    let keys: Vec<Value> = keys
-        .iter()
-        .map(|k| json!({ "token": k.token, "key_name": k.key_name, "key_alias": k.key_alias, "user_id": k.user_id }))
-        .collect();
+    let keys = key_summaries(all, |k| k.team_id.as_deref() == Some(team_id.as_str()));
     let team = team.ok_or_else(|| Error::NotFound(format!("team `{team_id}` does not exist")))?;
     let member = p.user_id().is_some_and(|u| team.members.contains_key(u));
     if !(p.may_read_all() || member) {
@@ -601,15 +603,7 @@ pub async fn user_info(
     });
     let (user, all, teams) =
         found.ok_or_else(|| Error::NotFound(format!("user `{user_id}` does not exist")))?;
-    let mut keys: Vec<_> = all
-        .into_iter()
-        .filter(|k| k.user_id.as_deref() == Some(user_id.as_str()))
-        .collect();
-    keys.sort_unstable_by(|a, b| a.token.cmp(&b.token));
-    let keys: Vec<Value> = keys
-        .iter()
-        .map(|k| json!({ "token": k.token, "key_name": k.key_name, "key_alias": k.key_alias, "team_id": k.team_id }))
-        .collect();
+    let keys = key_summaries(all, |k| k.user_id.as_deref() == Some(user_id.as_str()));
     let mut info = serde_json::to_value(&*user).unwrap_or(Value::Null);
     super::with_spend(
         &node,
