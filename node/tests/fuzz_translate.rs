@@ -352,3 +352,23 @@ fn any_chat_chunks_become_a_well_formed_anthropic_stream() {
         Ok(())
     });
 }
+
+/// Found by `any_anthropic_answer_…` and `any_anthropic_event_sequence_…`
+/// before their counters were bounded: Anthropic's input counters are
+/// summed unchecked (`AnthropicUsage::to_usage`,
+/// node/src/providers/anthropic/translate.rs:270), so an answer or a stream
+/// whose `input_tokens` and `cache_read_input_tokens` add past u64::MAX
+/// panics in debug builds and wraps the billed prompt tokens in release
+/// builds. End to end: `fuzz_upstream`'s
+/// `anthropic_usage_counters_that_overflow_are_a_clean_answer`.
+#[test]
+#[ignore = "panics: AnthropicUsage::to_usage adds the input counters unchecked (node/src/providers/anthropic/translate.rs:270) — reported"]
+fn anthropic_usage_counters_near_u64_max() {
+    let usage = json!({ "input_tokens": u64::MAX, "cache_read_input_tokens": 1 });
+    let answer = json!({ "id": "msg_1", "content": [], "usage": usage });
+    let _ = messages_response_to_chat(&answer, "m", 1);
+    let mut stream = EventsToChunks::new("m", 1);
+    let start = json!({ "message": { "id": "msg_1", "usage": usage } });
+    let _ = stream.on_event("message_start", &start);
+    let _ = stream.usage_chunk();
+}
