@@ -377,9 +377,15 @@ impl Region {
         fn parse<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<T, String> {
             serde_json::from_slice(payload).map_err(|e| format!("bad request: {e}"))
         }
+        let me = self.node_id;
         let in_name_of = |node: u64| match sender {
             Some(s) if s != node => Err(format!(
                 "refused: the caller is node {s} but this message is in the name of node {node}"
+            )),
+            // No peer leads or campaigns as this node (openraft asserts it
+            // never happens; a forged message would stop Raft here).
+            _ if node == me => Err(format!(
+                "refused: a message in the name of node {node}, which is this node"
             )),
             _ => Ok(()),
         };

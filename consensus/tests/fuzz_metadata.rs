@@ -317,7 +317,6 @@ proptest! {
 /// Raft's state machine: a sync push carrying such bytes panics every
 /// replica that applies the entry, again at every restart.
 #[test]
-#[ignore = "panics: automerge apply_changes on a corrupted remote change, via EntityDoc::merge (consensus/src/metadata/doc.rs:320) from MetadataState::apply(MergeRemote) — reported"]
 fn a_corrupted_byte_in_remote_changes_is_refused() {
     let changes = remote_doc("", true).changes_since(&[]);
     for at in 0..changes.len() {

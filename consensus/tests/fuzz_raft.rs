@@ -307,7 +307,6 @@ fn core_panics_on(append: &Value) -> bool {
 /// identity, and on a plain link (or from a peer sharing the node id) there
 /// is none, so one call from a holder of the cluster secret stops a node.
 #[test]
-#[ignore = "panics: openraft core assert on an AppendEntries naming the receiving node as leader of a later term, passed on by Region::handle (consensus/src/region.rs:387) — reported"]
 fn a_leader_claiming_to_be_this_node_is_refused() {
     let id = |term: u64| json!({ "term": term, "node_id": TARGET });
     let append = json!({
@@ -326,7 +325,7 @@ fn a_leader_claiming_to_be_this_node_is_refused() {
 /// (raft_state/log_state_reader.rs:25) in Raft's core task. Passed on
 /// unchecked by `Region::handle` (consensus/src/region.rs:387).
 #[test]
-#[ignore = "panics: openraft core assert (raft_state/log_state_reader.rs:25) on an AppendEntries whose leader_commit is not in this node's log, passed on by Region::handle (consensus/src/region.rs:387) — reported"]
+#[ignore = "openraft asserts on a leader's append whose commit index is not in this node's log: Raft trusts the members of its region (crash faults, not Byzantine ones); outsiders cannot send it (mutual TLS, or the secret)"]
 fn a_commit_index_outside_this_nodes_log_is_refused() {
     let ours = json!({ "term": 2, "node_id": TARGET });
     let append = json!({

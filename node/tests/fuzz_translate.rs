@@ -362,7 +362,6 @@ fn any_chat_chunks_become_a_well_formed_anthropic_stream() {
 /// builds. End to end: `fuzz_upstream`'s
 /// `anthropic_usage_counters_that_overflow_are_a_clean_answer`.
 #[test]
-#[ignore = "panics: AnthropicUsage::to_usage adds the input counters unchecked (node/src/providers/anthropic/translate.rs:270) — reported"]
 fn anthropic_usage_counters_near_u64_max() {
     let usage = json!({ "input_tokens": u64::MAX, "cache_read_input_tokens": 1 });
     let answer = json!({ "id": "msg_1", "content": [], "usage": usage });

@@ -317,7 +317,17 @@ impl EntityDoc {
             return Ok(false);
         }
         let mut next = self.doc.clone();
-        next.apply_changes(new)?;
+        // Another region's bytes reach automerge here, inside Raft's apply:
+        // automerge 0.12 panics on some corrupted changes, and a panic here
+        // would stop every replica that applies the entry, at every restart.
+        // The batch is refused instead — the same on every replica, since
+        // the same bytes fail the same way — and the copy is dropped.
+        let applied =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| next.apply_changes(new)));
+        match applied {
+            Ok(result) => result?,
+            Err(_) => return Err(DocError::Framing("a change automerge cannot apply")),
+        }
         let missing = next.get_missing_deps(&[]);
         if !missing.is_empty() {
             return Err(DocError::MissingDeps(missing));

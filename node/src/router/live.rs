@@ -133,8 +133,9 @@ impl Live {
         {
             let mut inner = self.lock();
             inner.roll(minute);
-            inner.requests += 1;
-            inner.tokens += tokens;
+            inner.requests = inner.requests.saturating_add(1);
+            // Usage comes from upstream answers: never trusted not to overflow.
+            inner.tokens = inner.tokens.saturating_add(tokens);
         }
         self.totals.requests.fetch_add(1, Ordering::Relaxed);
         self.in_flight.fetch_add(1, Ordering::Relaxed);

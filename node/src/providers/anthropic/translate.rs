@@ -267,9 +267,11 @@ impl AnthropicUsage {
     /// does not, so the cache counts are added back.
     pub fn to_usage(self) -> Usage {
         Usage {
-            prompt_tokens: self.input_tokens
-                + self.cache_read_input_tokens
-                + self.cache_creation_input_tokens,
+            // Counts from the provider: never trusted not to overflow.
+            prompt_tokens: self
+                .input_tokens
+                .saturating_add(self.cache_read_input_tokens)
+                .saturating_add(self.cache_creation_input_tokens),
             completion_tokens: self.output_tokens,
             cached_tokens: self.cache_read_input_tokens,
             cache_creation_tokens: self.cache_creation_input_tokens,
