@@ -567,3 +567,85 @@ async fn run_time_models_are_region_scoped_and_keep_their_keys_sealed() {
         "{body}"
     );
 }
+
+#[tokio::test]
+async fn what_a_non_admin_can_make_the_metadata_hold_is_bounded() {
+    let n = node("").await;
+    let mine = ok(post(&n, "/user/new", MASTER, json!({ "user_id": "busy" })).await)["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Edits of one key: refused once its history is full; an admin may
+    // still change it.
+    let key = ok(post(&n, "/key/generate", &mine, json!({})).await)["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Metadata that does not compress: 8 KiB of distinct hex per edit.
+    let noise = |i: u64| {
+        (0..512u64)
+            .map(|j| {
+                format!(
+                    "{:016x}",
+                    (i * 1000 + j).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                )
+            })
+            .collect::<String>()
+    };
+    let mut edits = 0u64;
+    let refused = loop {
+        let (status, body) = post(
+            &n,
+            "/key/update",
+            &mine,
+            json!({ "key": key, "metadata": { "blob": noise(edits) } }),
+        )
+        .await;
+        if status != 200 {
+            break (status, body);
+        }
+        edits += 1;
+        assert!(edits < 100, "the history never filled");
+    };
+    assert_eq!(refused.0, 403, "{}", refused.1);
+    assert!(
+        refused.1["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("changed too many times")
+    );
+    // Hex carries 4 bits a byte: each edit adds about 4 KiB of history.
+    assert!((8..=24).contains(&edits), "{edits} edits of 8 KiB");
+    ok(post(
+        &n,
+        "/key/update",
+        MASTER,
+        json!({ "key": key, "key_alias": "by-admin" }),
+    )
+    .await);
+
+    // Keys one user makes: at most 1000 (it has two already: its own and the
+    // one edited above).
+    let mut made = 2;
+    loop {
+        let (status, body) = post(&n, "/key/generate", &mine, json!({})).await;
+        if status != 200 {
+            assert_eq!(status, 403, "{body}");
+            break;
+        }
+        made += 1;
+        assert!(made <= 1000, "more than 1000 keys");
+    }
+    assert_eq!(made, 1000);
+    // A team admin adds only users that exist.
+    ok(post(&n, "/team/new", MASTER, json!({ "team_id": "busy-team", "members_with_roles": [{ "user_id": "busy", "role": "admin" }] })).await);
+    let (status, body) = post(
+        &n,
+        "/team/member_add",
+        &mine,
+        json!({ "team_id": "busy-team", "member": { "user_id": "ghost", "role": "user" } }),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    ok(post(&n, "/key/generate", MASTER, json!({ "user_id": "busy" })).await);
+}

@@ -466,6 +466,15 @@ impl MetadataState {
         }
     }
 
+    /// The saved size of an entity's document, in bytes: how much history
+    /// its edits have built up.
+    pub fn document_size(&self, kind: Kind, id: &str) -> Option<usize> {
+        self.stored_doc(&(kind, Arc::from(id)))
+            .ok()
+            .flatten()
+            .map(|d| d.saved.len())
+    }
+
     /// How many documents the state has (deleted entities included). Reads
     /// the whole index of a source: for tools and tests.
     pub fn document_count(&self) -> Result<usize, String> {

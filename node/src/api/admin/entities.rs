@@ -290,8 +290,10 @@ pub async fn team_update(
         .metadata
         .read(|s| s.team(&team_id).cloned())
         .ok_or_else(|| Error::NotFound(format!("team `{team_id}` does not exist")))?;
-    node.metadata
-        .read(|s| policy::update_team(s, &p, &team, &fields))?;
+    node.metadata.read(|s| {
+        policy::update_team(s, &p, &team, &fields)?;
+        policy::check_history(s, &p, Kind::Team, &team_id)
+    })?;
     Ok(Json(
         patch::<TeamRecord>(&node, Kind::Team, &team_id, fields).await?,
     ))
@@ -387,6 +389,12 @@ pub async fn team_member_add(
             .into());
         }
     };
+    node.metadata.read(|s| {
+        policy::check_history(s, &p, Kind::Team, &team_id)?;
+        members
+            .iter()
+            .try_for_each(|(user, _)| policy::check_member(s, &p, &team_id, user))
+    })?;
     let mut last = Value::Null;
     for (user_id, role) in members {
         let records = propose(

@@ -143,8 +143,11 @@ pub async fn generate(
     fields.remove("key");
     fields.remove("duration");
     check_limits(&fields)?;
-    node.metadata
-        .read(|s| policy::create_key(s, &p, &mut fields))?;
+    node.metadata.read(|s| {
+        policy::create_key(s, &p, &mut fields)?;
+        let owner = fields.get("user_id").and_then(Value::as_str);
+        policy::check_key_count(s, &p, owner)
+    })?;
     let key = match body.get("key") {
         None | Some(Value::Null) => format!("sk-{}", node.rng.hex(16)),
         Some(Value::String(k)) if k.starts_with("sk-") && k.len() >= 8 => k.clone(),
@@ -201,7 +204,8 @@ pub async fn update(
     }
     node.metadata.read(|s| {
         policy::manage_key(s, &p, &current, KeyAction::Update)?;
-        policy::update_key(s, &p, &current, &patch)
+        policy::update_key(s, &p, &current, &patch)?;
+        policy::check_history(s, &p, Kind::Key, &token)
     })?;
     // An admin's block is lifted only by an admin.
     if p.is_admin()
@@ -470,8 +474,10 @@ async fn set_blocked(node: &Node, p: &Principal, body: Value, blocked: bool) -> 
     } else {
         KeyAction::Unblock
     };
-    node.metadata
-        .read(|s| policy::manage_key(s, p, &record, action))?;
+    node.metadata.read(|s| {
+        policy::manage_key(s, p, &record, action)?;
+        policy::check_history(s, p, Kind::Key, &token)
+    })?;
     let mut patch = Map::new();
     patch.insert("blocked".into(), json!(blocked));
     // An admin's block is lifted only by an admin; an admin's unblock clears
