@@ -1,4 +1,6 @@
-//! Who may do what through the admin API: every decision in one file. The
+//! Who may do what through the admin API: every decision in this module —
+//! here the routes, in `fields.rs` what may be set, in `growth.rs` how much
+//! a non-admin may make the metadata hold. The
 //! role table in `docs/security.md` says the same in words, and the
 //! adversarial suite (`node/tests/security_roles.rs`) reads that table and
 //! tries every cell against a running gateway.
