@@ -6,7 +6,7 @@
 //! A caller's role comes only from records an admin wrote: the user record its
 //! key names (`user_role`, changed only by admins) and the teams that list that
 //! user as an admin. Who may set a key's `user_id` is decided in
-//! `api/admin/policy.rs`.
+//! `api/admin/policy/`.
 
 use std::sync::Arc;
 

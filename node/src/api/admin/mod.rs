@@ -3,7 +3,7 @@
 //! node's applied state, or after a read-index barrier with
 //! `?consistency=linearizable`.
 //!
-//! Who may do what is decided in `policy.rs` alone (the role table of
+//! Who may do what is decided in `policy/` alone (the role table of
 //! `docs/security.md`); everything it refuses is a 403 saying what was
 //! missing.
 
