@@ -7,12 +7,15 @@
 //! `docs/security.md`); everything it refuses is a 403 saying what was
 //! missing.
 
+mod cluster;
 mod entities;
 mod keys;
 mod models;
 pub mod policy;
 mod spend;
 mod tags;
+mod teams;
+mod users;
 
 use std::sync::Arc;
 
@@ -36,20 +39,20 @@ pub fn routes() -> Router<Arc<Node>> {
         .route("/key/{key}/regenerate", post(keys::regenerate_path))
         .route("/key/block", post(keys::block))
         .route("/key/unblock", post(keys::unblock))
-        .route("/team/new", post(entities::team_new))
-        .route("/team/update", post(entities::team_update))
-        .route("/team/delete", post(entities::team_delete))
-        .route("/team/info", get(entities::team_info))
-        .route("/team/list", get(entities::team_list))
-        .route("/team/member_add", post(entities::team_member_add))
-        .route("/team/member_delete", post(entities::team_member_delete))
-        .route("/team/block", post(entities::team_block))
-        .route("/team/unblock", post(entities::team_unblock))
-        .route("/user/new", post(entities::user_new))
-        .route("/user/update", post(entities::user_update))
-        .route("/user/delete", post(entities::user_delete))
-        .route("/user/info", get(entities::user_info))
-        .route("/user/list", get(entities::user_list))
+        .route("/team/new", post(teams::team_new))
+        .route("/team/update", post(teams::team_update))
+        .route("/team/delete", post(teams::team_delete))
+        .route("/team/info", get(teams::team_info))
+        .route("/team/list", get(teams::team_list))
+        .route("/team/member_add", post(teams::team_member_add))
+        .route("/team/member_delete", post(teams::team_member_delete))
+        .route("/team/block", post(teams::team_block))
+        .route("/team/unblock", post(teams::team_unblock))
+        .route("/user/new", post(users::user_new))
+        .route("/user/update", post(users::user_update))
+        .route("/user/delete", post(users::user_delete))
+        .route("/user/info", get(users::user_info))
+        .route("/user/list", get(users::user_list))
         .route("/customer/new", post(entities::customer_new))
         .route("/customer/update", post(entities::customer_update))
         .route("/customer/delete", post(entities::customer_delete))
@@ -71,9 +74,9 @@ pub fn routes() -> Router<Arc<Node>> {
         .route("/model/info", get(models::model_info))
         .route("/v1/model/info", get(models::model_info))
         .route("/spend/logs", get(spend::logs))
-        .route("/cluster/status", get(entities::cluster_status))
-        .route("/cluster/add_node", post(entities::cluster_add_node))
-        .route("/cluster/remove_node", post(entities::cluster_remove_node))
+        .route("/cluster/status", get(cluster::cluster_status))
+        .route("/cluster/add_node", post(cluster::cluster_add_node))
+        .route("/cluster/remove_node", post(cluster::cluster_remove_node))
 }
 
 /// `?consistency=linearizable` on reads.
