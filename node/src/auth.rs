@@ -13,7 +13,7 @@ use std::sync::Arc;
 use http::HeaderMap;
 use meridian_consensus::Region;
 use meridian_consensus::metadata::{
-    KeyRecord, KeyType, MetadataState, TeamRecord, TeamRole, UserRecord, UserRole,
+    KeyRecord, KeyType, MetadataState, TeamRecord, UserRecord, UserRole,
 };
 
 use crate::error::{Error, Result};
@@ -64,18 +64,6 @@ impl Principal {
     /// The caller's own user id, if its key belongs to a user.
     pub fn user_id(&self) -> Option<&str> {
         self.caller().and_then(|c| c.key.user_id.as_deref())
-    }
-
-    /// Whether the caller administers team `team_id`.
-    pub fn is_team_admin(&self, team_id: &str) -> bool {
-        match self.caller() {
-            None => true,
-            Some(c) => c.key.user_id.as_ref().is_some_and(|u| {
-                c.team.as_ref().is_some_and(|t| {
-                    t.team_id == team_id && t.members.get(u) == Some(&TeamRole::Admin)
-                })
-            }),
-        }
     }
 
     /// Whether the caller may call model group `group`: the key's own list,
