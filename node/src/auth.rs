@@ -238,7 +238,9 @@ impl Authenticator {
 
 fn resolve(state: &MetadataState, hash: &[u8; 32], now: u64) -> Result<Principal> {
     let key = state.key_by_hash(hash).ok_or(Error::InvalidKey)?.clone();
-    if key.blocked {
+    // An admin's block holds even if a stale write cleared `blocked` after
+    // it (a check made before the block, applied after).
+    if key.blocked || key.admin_blocked {
         return Err(Error::KeyRefused("this key is blocked".into()));
     }
     if key.expires.is_some_and(|t| t <= now) {

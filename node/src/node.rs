@@ -92,6 +92,8 @@ pub struct Node {
     pub max_request_bytes: usize,
     /// Limits of the public listener (and how long a body may take).
     pub http: crate::listener::HttpLimits,
+    /// Keys each non-admin user made on this node lately.
+    pub keys_made: crate::api::KeysMade,
     pub disable: Disabled,
     pub upstream: Arc<dyn UpstreamClient>,
     pub clock: Arc<dyn Clock>,
@@ -123,6 +125,7 @@ impl Node {
             auth: Authenticator::new(master_key),
             max_request_bytes: config.max_request_bytes,
             http: config.http,
+            keys_made: Default::default(),
             disable: config.disable,
             upstream: seams.upstream,
             clock: seams.clock,

@@ -80,11 +80,11 @@ async fn an_ordinary_key_cannot_make_itself_an_admin() {
 }
 
 #[tokio::test]
-async fn a_team_admin_keeps_to_plain_members_and_llm_only_keys() {
+async fn a_team_admin_makes_keys_only_for_itself_and_regenerates_none_of_its_members() {
     let s = Server::start(GEO).await;
     let lead = user(&s, "lead", "internal_user", json!({})).await;
-    let member = user(&s, "member", "internal_user", json!({})).await;
-    let admin_key = user(&s, "root", "proxy_admin", json!({})).await;
+    user(&s, "member", "internal_user", json!({})).await;
+    user(&s, "root", "proxy_admin", json!({})).await;
     user(&s, "outsider", "internal_user", json!({})).await;
     s.admin(
         "/team/new",
@@ -95,64 +95,48 @@ async fn a_team_admin_keeps_to_plain_members_and_llm_only_keys() {
         ] }),
     )
     .await;
-    // Keys for a non-member, or for an admin who sits in the team: refused.
-    for owner in ["outsider", "root"] {
+    // A key in anyone else's name would spend their budget and count
+    // against their keys: a member, an outsider, an admin in the team.
+    for owner in ["member", "outsider", "root"] {
         let (code, body) = status(
             &s,
             "/key/generate",
             &lead,
-            json!({ "user_id": owner, "team_id": "t" }),
+            json!({ "user_id": owner, "team_id": "t", "key_type": "llm_api" }),
         )
         .await;
         assert_eq!(code, 403, "{owner}: {body}");
     }
-    // For a plain member: allowed, and the key calls LLM routes only.
-    let minted = s
-        .call(
-            "POST",
-            "/key/generate",
-            &lead,
-            Some(json!({ "user_id": "member", "team_id": "t" })),
-        )
-        .await;
-    assert_eq!(minted.0, 200, "{}", minted.1);
-    assert_eq!(minted.1["key_type"], "llm_api");
-    let lent = minted.1["key"].as_str().unwrap().to_owned();
+    // Its own key in the team: fine.
     assert_eq!(
-        status(&s, "/v1/chat/completions", &lent, chat("other"))
+        status(&s, "/key/generate", &lead, json!({ "team_id": "t" }))
             .await
             .0,
         200
     );
-    let (code, _) = s.call("GET", "/key/list", &lent, None).await;
-    assert_eq!(code, 403, "an LLM-only key cannot act as its owner");
-
-    // Regenerating: the admin's key in the team, or the member's own full
-    // key, would hand the team admin someone else's rights.
-    let root_in_team = s
-        .admin(
-            "/key/generate",
-            json!({ "user_id": "root", "team_id": "t" }),
-        )
-        .await["key"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let member_full = s
-        .admin(
-            "/key/generate",
-            json!({ "user_id": "member", "team_id": "t" }),
-        )
-        .await["key"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    for key in [&root_in_team, &member_full] {
+    // Regenerating: the admin's key in the team, a member's full key and a
+    // member's LLM-only key would each hand over someone else's rights or
+    // budget; the team's key of no user would not.
+    let made = |body: Value| {
+        let s = &s;
+        async move {
+            s.admin("/key/generate", body).await["key"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    let root_in_team = made(json!({ "user_id": "root", "team_id": "t" })).await;
+    let member_full = made(json!({ "user_id": "member", "team_id": "t" })).await;
+    let member_llm =
+        made(json!({ "user_id": "member", "team_id": "t", "key_type": "llm_api" })).await;
+    let nobodys = made(json!({ "team_id": "t" })).await;
+    for key in [&root_in_team, &member_full, &member_llm] {
         let (code, body) = status(&s, "/key/regenerate", &lead, json!({ "key": key })).await;
         assert_eq!(code, 403, "{body}");
     }
     assert_eq!(
-        status(&s, "/key/regenerate", &lead, json!({ "key": lent }))
+        status(&s, "/key/regenerate", &lead, json!({ "key": nobodys }))
             .await
             .0,
         200
@@ -160,7 +144,6 @@ async fn a_team_admin_keeps_to_plain_members_and_llm_only_keys() {
     // Nor can it manage the admin's key at all.
     let (code, _) = status(&s, "/key/block", &lead, json!({ "key": root_in_team })).await;
     assert_eq!(code, 403);
-    drop((member, admin_key));
 }
 
 #[tokio::test]
@@ -307,6 +290,34 @@ async fn owners_may_only_tighten_their_keys() {
         let (code, reply) = status(&s, "/key/update", &mine, body).await;
         assert_eq!(code, 200, "{patch}: {reply}");
     }
+    // A per-model budget's period is part of it: $1 a month is not $1 a second.
+    let budgeted = s
+        .admin(
+            "/key/generate",
+            json!({ "user_id": "dev", "model_max_budget": { "gpt": { "budget_limit": 1.0, "time_period": "30d" } } }),
+        )
+        .await["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for period in [json!("1s"), json!(null)] {
+        let (code, reply) = status(
+            &s,
+            "/key/update",
+            &mine,
+            json!({ "key": budgeted, "model_max_budget": { "gpt": { "budget_limit": 1.0, "time_period": period } } }),
+        )
+        .await;
+        assert_eq!(code, 403, "{period}: {reply}");
+    }
+    let lower = status(
+        &s,
+        "/key/update",
+        &mine,
+        json!({ "key": budgeted, "model_max_budget": { "gpt": { "budget_limit": 0.5, "time_period": "30d" } } }),
+    )
+    .await;
+    assert_eq!(lower.0, 200, "{}", lower.1);
 }
 
 #[tokio::test]

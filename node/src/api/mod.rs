@@ -16,6 +16,7 @@ use axum::Router;
 use axum::http::Uri;
 use axum::routing::{MethodRouter, get, post};
 
+pub use admin::policy::KeysMade;
 pub use error_response::{ApiError, Format};
 pub use extract::parse_json;
 pub use respond::COST_HEADER;

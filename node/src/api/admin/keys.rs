@@ -148,6 +148,7 @@ pub async fn generate(
         let owner = fields.get("user_id").and_then(Value::as_str);
         policy::check_key_count(s, &p, owner)
     })?;
+    node.keys_made.count(&p, node.now_ms())?;
     let key = match body.get("key") {
         None | Some(Value::Null) => format!("sk-{}", node.rng.hex(16)),
         Some(Value::String(k)) if k.starts_with("sk-") && k.len() >= 8 => k.clone(),
@@ -207,6 +208,12 @@ pub async fn update(
         policy::update_key(s, &p, &current, &patch)?;
         policy::check_history(s, &p, Kind::Key, &token)
     })?;
+    // A non-admin's patch carries only what it changes: a field repeated
+    // from a stale read must not undo an admin's change made meanwhile.
+    if !p.is_admin() {
+        let now = serde_json::to_value(&*current).unwrap_or(Value::Null);
+        patch.retain(|field, value| now.get(field).unwrap_or(&Value::Null) != value);
+    }
     // An admin's block is lifted only by an admin.
     if p.is_admin()
         && let Some(blocked) = patch.get("blocked").cloned()
@@ -431,6 +438,7 @@ async fn regenerate_key(
     let record = existing(node, &old_token)?;
     node.metadata
         .read(|s| policy::manage_key(s, p, &record, KeyAction::Regenerate))?;
+    node.keys_made.count(p, node.now_ms())?;
     let new_key = new_key.unwrap_or_else(|| format!("sk-{}", node.rng.hex(16)));
     let command = Command::Regenerate {
         old_token,

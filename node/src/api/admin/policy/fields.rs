@@ -4,10 +4,10 @@
 
 use std::collections::BTreeMap;
 
-use meridian_consensus::metadata::{KeyRecord, Limits, MetadataState, TeamRecord, UserRole};
+use meridian_consensus::metadata::{KeyRecord, Limits, MetadataState, TeamRecord};
 use serde_json::{Map, Value};
 
-use super::{Role, admin_or_team_admin, deny, member_of, require, role, team_admin_of};
+use super::{Role, admin_or_team_admin, deny, member_of, require, role};
 use crate::auth::Principal;
 use crate::error::{Error, Result};
 
@@ -19,6 +19,13 @@ pub fn create_key(
     p: &Principal,
     fields: &mut Map<String, Value>,
 ) -> Result<()> {
+    // Who may create comes first: a caller that may not learns nothing of
+    // which users, teams and tags exist.
+    if !p.is_admin() {
+        require(role(p) == Role::InternalUser, p, || {
+            "generating keys needs the proxy_admin or internal_user role".to_owned()
+        })?;
+    }
     let team_id = fields
         .get("team_id")
         .and_then(Value::as_str)
@@ -27,6 +34,28 @@ pub fn create_key(
         .get("user_id")
         .and_then(Value::as_str)
         .map(str::to_owned);
+    if !p.is_admin() {
+        // A non-admin's key is its own: a key in someone else's name would
+        // spend their budget and count against their keys.
+        let me = p.user_id().unwrap_or_default().to_owned();
+        require(owner.as_deref().is_none_or(|o| o == me), p, || {
+            format!("only admins may create keys for other users; you are `{me}`")
+        })?;
+        fields.insert("user_id".into(), Value::String(me));
+        if let Some(t) = &team_id {
+            require(member_of(state, p, t), p, || {
+                format!("you are not a member of team `{t}`")
+            })?;
+        }
+        for field in ADMIN_ONLY_ON_CREATE {
+            if fields.get(*field).is_some_and(|v| !v.is_null()) {
+                return Err(deny(
+                    format!("setting `{field}` on a key needs the proxy_admin role"),
+                    p,
+                ));
+            }
+        }
+    }
     if let Some(u) = &owner
         && state.user(u).is_none()
     {
@@ -47,68 +76,22 @@ pub fn create_key(
     if p.is_admin() {
         return Ok(());
     }
-    require(role(p) == Role::InternalUser, p, || {
-        "generating keys needs the proxy_admin or internal_user role".to_owned()
-    })?;
-    let me = p.user_id().unwrap_or_default().to_owned();
     let team = team_id.as_deref().and_then(|t| state.team(t));
-    match owner.as_deref() {
-        None => {
-            fields.insert("user_id".into(), Value::String(me.clone()));
-        }
-        Some(o) if o == me => {}
-        Some(o) => {
-            // For another user: only a team admin, only for a plain member of
-            // that team, and the key can call LLM routes only — so it lends
-            // the member's spend, never the member's rights.
-            let t = team_id.as_deref().unwrap_or_default();
-            require(team_admin_of(state, p, t), p, || {
-                format!(
-                    "only admins and team admins may create keys for other users; you are `{me}`"
-                )
-            })?;
-            let plain = state.user(o).is_some_and(|u| {
-                matches!(
-                    u.user_role,
-                    UserRole::InternalUser | UserRole::InternalUserViewer
-                )
-            });
-            require(
-                team.is_some_and(|t| t.members.contains_key(o)) && plain,
-                p,
-                || {
-                    format!(
-                        "a team admin may create keys only for internal users of team `{t}`; `{o}` is not one"
-                    )
-                },
-            )?;
-            if fields
-                .get("key_type")
-                .is_some_and(|k| k.as_str() != Some("llm_api"))
-                || fields.contains_key("allowed_routes")
-            {
-                return Err(deny(
-                    "a key a team admin creates for another user calls LLM routes only (`key_type: llm_api`)",
-                    p,
-                ));
-            }
-            fields.insert("key_type".into(), Value::String("llm_api".into()));
-        }
-    }
-    if let Some(t) = &team_id {
-        require(member_of(state, p, t), p, || {
-            format!("you are not a member of team `{t}`")
-        })?;
-    }
-    for field in ADMIN_ONLY_ON_CREATE {
-        if fields.get(*field).is_some_and(|v| !v.is_null()) {
-            return Err(deny(
-                format!("setting `{field}` on a key needs the proxy_admin role"),
-                p,
-            ));
-        }
-    }
+    record_size(p, fields)?;
     tighter_than(p, &Limits::default(), team, &KeyLimits::default(), fields)
+}
+
+/// The largest record (as JSON) a non-admin may write: its fields are each
+/// bounded, and so is their sum.
+pub const MAX_RECORD_BYTES: usize = 32 * 1024;
+
+fn record_size(p: &Principal, fields: &Map<String, Value>) -> Result<()> {
+    let size = serde_json::to_vec(fields).map_or(usize::MAX, |v| v.len());
+    require(size <= MAX_RECORD_BYTES, p, || {
+        format!(
+            "a record a non-admin writes is at most {MAX_RECORD_BYTES} bytes as JSON; this one is {size}"
+        )
+    })
 }
 
 /// Fields only admins set on a new key (a non-admin's new key takes the
@@ -165,9 +148,10 @@ pub fn update_key(
         }
     }
     if let Some(Value::Number(expires)) = patch.get("expires") {
+        // Adding an expiry to a key without one tightens it.
         let later = current
             .expires
-            .is_none_or(|e| expires.as_u64().is_none_or(|x| x > e));
+            .is_some_and(|e| expires.as_u64().is_none_or(|x| x > e));
         require(!later, p, || {
             "a key's expiry may be brought forward, not pushed back or removed, except by an admin"
                 .to_owned()
@@ -194,6 +178,26 @@ pub fn update_key(
     if let Some(metadata) = patch.get("metadata") {
         residency_not_widened(p, current.metadata.get(), metadata)?;
     }
+    if let Some(Value::Object(per_model)) = patch.get("model_max_budget") {
+        // A budget's period is part of it: $10 a month is not $10 a second.
+        for (model, was) in &current.model_max_budget {
+            let period = per_model.get(model).and_then(|b| b.get("time_period"));
+            let same = match (&was.time_period, period) {
+                (None, None | Some(Value::Null)) => true,
+                (Some(w), Some(Value::String(n))) => w == n,
+                _ => false,
+            };
+            require(same, p, || {
+                format!("`model_max_budget.{model}.time_period` is changed by admins only")
+            })?;
+        }
+    }
+    let mut merged = serde_json::to_value(current)
+        .ok()
+        .and_then(|v| v.as_object().cloned())
+        .unwrap_or_default();
+    merged.extend(patch.clone());
+    record_size(p, &merged)?;
     let team = current.team_id.as_deref().and_then(|t| state.team(t));
     let key = KeyLimits {
         rpm: current.model_rpm_limit.clone(),

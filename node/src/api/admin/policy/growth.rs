@@ -3,6 +3,9 @@
 //! record's document carries (every region and every snapshot holds it).
 //! Admins are not bounded here: they are trusted with the whole store.
 
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
+
 use meridian_consensus::metadata::{Kind, MetadataState};
 
 use super::deny;
@@ -83,4 +86,40 @@ pub fn check_member(state: &MetadataState, p: &Principal, team_id: &str, user: &
         ));
     }
     Ok(())
+}
+
+/// Keys (new or regenerated) a non-admin user may make in an hour, on one
+/// node. Every key made leaves a document that every region keeps (a
+/// deleted key's document stays, as its tombstone), so making and deleting
+/// keys in a loop is bounded by time, on every node.
+pub const MAX_KEYS_MADE_PER_HOUR: u32 = 100;
+
+/// How many keys each user made on this node in the current hour.
+#[derive(Default)]
+pub struct KeysMade {
+    /// user → (hour, keys made in it). Users are made by admins only, so
+    /// the map is bounded by the users that exist.
+    counts: Mutex<HashMap<String, (u64, u32)>>,
+}
+
+impl KeysMade {
+    /// Counts one key made by `p` at `now_ms`, or refuses it.
+    pub fn count(&self, p: &Principal, now_ms: u64) -> Result<()> {
+        let Some(user) = p.user_id().filter(|_| !p.is_admin()) else {
+            return Ok(());
+        };
+        let hour = now_ms / 3_600_000;
+        let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        let entry = counts.entry(user.to_owned()).or_insert((hour, 0));
+        if entry.0 != hour {
+            *entry = (hour, 0);
+        }
+        if entry.1 >= MAX_KEYS_MADE_PER_HOUR {
+            return Err(Error::Forbidden(format!(
+                "user `{user}` made {MAX_KEYS_MADE_PER_HOUR} keys on this node this hour, the most a non-admin may; try again next hour"
+            )));
+        }
+        entry.1 += 1;
+        Ok(())
+    }
 }

@@ -14,7 +14,7 @@
 //! away; its models, routes, residency and expiry may narrow, never widen;
 //! its owner, team, budget template, enforcement and block are admins'.
 
-use meridian_consensus::metadata::{KeyRecord, KeyType, MetadataState, TeamRole, UserRole};
+use meridian_consensus::metadata::{KeyRecord, MetadataState, TeamRole, UserRole};
 
 use crate::auth::Principal;
 use crate::error::{Error, Result};
@@ -23,7 +23,7 @@ mod fields;
 mod growth;
 
 pub use fields::{create_key, update_key, update_team};
-pub use growth::{check_history, check_key_count, check_member};
+pub use growth::{KeysMade, check_history, check_key_count, check_member};
 
 /// The roles of `docs/security.md`, as the caller's records make them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,12 +146,6 @@ fn own(p: &Principal, key: &KeyRecord) -> bool {
     p.user_id().is_some() && key.user_id.as_deref() == p.user_id()
 }
 
-/// Whether `key` can call only LLM routes (so holding it gives no one's
-/// management rights).
-fn llm_only(key: &KeyRecord) -> bool {
-    key.key_type == Some(KeyType::LlmApi)
-}
-
 /// What is being done to an existing key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyAction {
@@ -195,10 +189,8 @@ pub fn manage_key(
     let allowed = match action {
         KeyAction::Update | KeyAction::Delete => team_admin || own(p, key),
         // A team admin may regenerate only keys that carry no one else's
-        // rights: its own, keys of no user, and LLM-only keys.
-        KeyAction::Regenerate => {
-            own(p, key) || (team_admin && (key.user_id.is_none() || llm_only(key)))
-        }
+        // rights or budget: its own, and its team's keys of no user.
+        KeyAction::Regenerate => own(p, key) || (team_admin && key.user_id.is_none()),
         KeyAction::Block => team_admin,
         KeyAction::Unblock => {
             if team_admin && key.admin_blocked {
