@@ -65,11 +65,20 @@ pub struct Demand {
 }
 
 /// The most completions a request asks for among `fields` (at least one).
-/// A value that is not a whole number is left for the provider to refuse.
+/// Read leniently, as a lenient provider would (`8`, `8.0`, `"8"`): a
+/// reservation must never count fewer completions than are made.
 fn choices(extra: &serde_json::Map<String, serde_json::Value>, fields: &[&str]) -> u64 {
     fields
         .iter()
-        .filter_map(|f| extra.get(*f).and_then(serde_json::Value::as_u64))
+        .filter_map(|f| {
+            let v = extra.get(*f)?;
+            let n = match v {
+                serde_json::Value::String(s) => s.trim().parse::<f64>().ok()?,
+                other => other.as_f64()?,
+            };
+            // Saturating: a huge count makes a huge reservation, refused.
+            (n.is_finite() && n > 0.0).then(|| n.ceil() as u64)
+        })
         .max()
         .unwrap_or(1)
         .max(1)

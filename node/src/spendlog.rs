@@ -67,7 +67,7 @@ pub struct Filter {
 }
 
 impl Filter {
-    fn matches(&self, row: &SpendRow) -> bool {
+    pub fn matches(&self, row: &SpendRow) -> bool {
         let eq = |want: &Option<String>, have: Option<&str>| {
             want.as_deref().is_none_or(|w| Some(w) == have)
         };

@@ -245,17 +245,26 @@ pub async fn delete(
     JsonBody(body): JsonBody<Value>,
 ) -> Result<Json<Value>, ApiError> {
     let body = object(body)?;
+    // Callers that may delete nothing are turned away before any work.
+    if !p.is_admin() && policy::role(&p) != policy::Role::InternalUser {
+        return Err(Error::Forbidden(format!(
+            "deleting keys needs the proxy_admin or internal_user role; {}",
+            policy::describe(&p)
+        ))
+        .into());
+    }
     let (given, tokens): (Vec<String>, Vec<String>) = if body.contains_key("keys") {
         let keys = super::id_list(&body, "keys")?;
         let tokens = keys.iter().map(|k| token_of(k)).collect();
         (keys, tokens)
     } else if body.contains_key("key_aliases") {
         let aliases = super::id_list(&body, "key_aliases")?;
+        let wanted: std::collections::HashSet<&str> = aliases.iter().map(String::as_str).collect();
         let tokens = node
             .metadata
             .read(|s| s.key_snapshot())
             .into_iter()
-            .filter(|k| k.key_alias.as_ref().is_some_and(|a| aliases.contains(a)))
+            .filter(|k| k.key_alias.as_deref().is_some_and(|a| wanted.contains(a)))
             .map(|k| k.token.clone())
             .collect::<Vec<_>>();
         (aliases, tokens)

@@ -148,6 +148,10 @@ pub fn string_field(body: &Map<String, Value>, field: &str) -> Result<String> {
 /// A list of ids: `field` as a list of strings.
 pub fn id_list(body: &Map<String, Value>, field: &str) -> Result<Vec<String>> {
     match body.get(field) {
+        Some(Value::Array(items)) if items.len() > MAX_LIST_ITEMS => Err(Error::invalid(
+            format!("`{field}` names at most {MAX_LIST_ITEMS} ids"),
+            Some(field),
+        )),
         Some(Value::Array(items)) if !items.is_empty() => items
             .iter()
             .enumerate()

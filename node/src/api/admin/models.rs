@@ -102,7 +102,14 @@ fn seal_credentials(
             Some(Value::String(k)) => k.clone(),
             // Vertex credentials may be the service account's JSON itself.
             Some(Value::Object(_)) => params.get(*name).map(Value::to_string).unwrap_or_default(),
-            _ => continue,
+            None | Some(Value::Null) => continue,
+            // Anything else would be stored, and shown, in clear.
+            Some(_) => {
+                return Err(Error::invalid(
+                    format!("`{name}` must be a string"),
+                    Some(&format!("litellm_params.{name}")),
+                ));
+            }
         };
         sealed.insert(
             (*name).to_owned(),
@@ -167,6 +174,12 @@ pub async fn model_new(
     let model_name = string_field(&body, "model_name")?;
     let mut params = map_field(&body, "litellm_params")?;
     let mut info = map_field(&body, "model_info")?;
+    // Without an id of its own, a model gets a random one: the default (a
+    // hash of its params) would hash its credential, and ids are shown to
+    // every key that may use the model.
+    if !info.contains_key("id") {
+        info.insert("id".into(), json!(node.rng.hex(16)));
+    }
     let entry = json!({ "model_name": model_name, "litellm_params": params, "model_info": info });
     let deployment = check_deployment(&node, &entry)?;
     let scope = scope_of(&body, &node)?;

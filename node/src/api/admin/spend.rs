@@ -74,7 +74,9 @@ pub async fn logs(
             .zip(futures_util::future::join_all(asks).await)
         {
             match answer {
-                Ok(theirs) => rows.extend(theirs),
+                // A member's rows are checked again: only rows the caller
+                // may see reach it, whatever a peer sent.
+                Ok(theirs) => rows.extend(theirs.into_iter().filter(|r| filter.matches(r))),
                 Err(e) => {
                     tracing::warn!(member = member.node_id, error = %e, "spend logs: a member did not answer");
                     missing.push(member.node_id.to_string());
