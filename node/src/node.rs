@@ -94,6 +94,8 @@ pub struct Node {
     pub http: crate::listener::HttpLimits,
     /// Keys each non-admin user made on this node lately.
     pub keys_made: crate::api::KeysMade,
+    /// Memory bodies being parsed may take at once.
+    pub parse_budget: crate::api::extract::ParseBudget,
     pub disable: Disabled,
     pub upstream: Arc<dyn UpstreamClient>,
     pub clock: Arc<dyn Clock>,
@@ -126,6 +128,7 @@ impl Node {
             max_request_bytes: config.max_request_bytes,
             http: config.http,
             keys_made: Default::default(),
+            parse_budget: Default::default(),
             disable: config.disable,
             upstream: seams.upstream,
             clock: seams.clock,

@@ -80,23 +80,113 @@ impl FromRequestParts<Arc<Node>> for Auth {
     }
 }
 
-/// A JSON body of type `T`, at most the node's `max_request_bytes`.
+/// A JSON body of type `T`: at most the node's `max_request_bytes` on the
+/// LLM routes (prompts carry images), [`MAX_ADMIN_BODY_BYTES`] elsewhere; at
+/// most [`MAX_JSON_VALUES`] JSON values; parsed within the node's parse
+/// budget ([`ParseBudget`]).
 pub struct JsonBody<T>(pub T);
+
+/// The largest body an admin route reads: records are small.
+pub const MAX_ADMIN_BODY_BYTES: usize = 1024 * 1024;
+
+/// The most JSON values a body may hold. Parsed, a value takes tens of
+/// bytes however short its text (`0,` is two): a body of small values is
+/// what makes a parse costly, not its length.
+pub const MAX_JSON_VALUES: usize = 1_000_000;
+
+/// What a parsed value costs in memory, about, for the parse budget.
+const BYTES_PER_VALUE: usize = 96;
+
+/// Memory the node lets bodies being parsed take at once, in KiB permits: a
+/// burst of costly bodies waits its turn instead of exhausting memory.
+pub struct ParseBudget(tokio::sync::Semaphore);
+
+impl ParseBudget {
+    /// 256 MiB.
+    const KIB: u32 = 256 * 1024;
+
+    pub fn new() -> Self {
+        Self(tokio::sync::Semaphore::new(Self::KIB as usize))
+    }
+}
+
+impl Default for ParseBudget {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn is_llm_route(path: &str) -> bool {
+    let path = path.strip_prefix("/v1").unwrap_or(path);
+    matches!(
+        path,
+        "/chat/completions" | "/completions" | "/embeddings" | "/messages"
+    )
+}
+
+/// How many JSON values `bytes` holds, counting no further than `limit + 1`
+/// (values start at `[`, `{` and after `,`; string contents are skipped).
+fn json_values(bytes: &[u8], limit: usize) -> usize {
+    let (mut count, mut in_string, mut escaped) = (1usize, false, false);
+    for &b in bytes {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' | b',' => {
+                count += 1;
+                if count > limit {
+                    return count;
+                }
+            }
+            _ => {}
+        }
+    }
+    count
+}
 
 impl<T: DeserializeOwned> FromRequest<Arc<Node>> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, node: &Arc<Node>) -> Result<Self, ApiError> {
         let format = Format::for_path(req.uri().path());
+        let limit = if is_llm_route(req.uri().path()) {
+            node.max_request_bytes
+        } else {
+            node.max_request_bytes.min(MAX_ADMIN_BODY_BYTES)
+        };
         // A body trickled in slowly holds a connection and a task: it must
         // arrive within the limit, whatever its size.
-        let bytes = tokio::time::timeout(
-            node.http.body_read_timeout,
-            read_limited(req, node.max_request_bytes),
-        )
-        .await
-        .map_err(|_| ApiError::new(Error::RequestTimeout(node.http.body_read_timeout), format))?
-        .map_err(|e| ApiError::new(e, format))?;
+        let bytes = tokio::time::timeout(node.http.body_read_timeout, read_limited(req, limit))
+            .await
+            .map_err(|_| ApiError::new(Error::RequestTimeout(node.http.body_read_timeout), format))?
+            .map_err(|e| ApiError::new(e, format))?;
+        let values = json_values(&bytes, MAX_JSON_VALUES);
+        if values > MAX_JSON_VALUES {
+            return Err(ApiError::new(
+                Error::invalid(
+                    format!("Request body holds more than {MAX_JSON_VALUES} JSON values."),
+                    None,
+                ),
+                format,
+            ));
+        }
+        let cost = bytes
+            .len()
+            .saturating_add(values.saturating_mul(BYTES_PER_VALUE));
+        let kib = u32::try_from(cost.div_ceil(1024))
+            .unwrap_or(u32::MAX)
+            .min(ParseBudget::KIB);
+        let _permit = node.parse_budget.0.acquire_many(kib).await.map_err(|_| {
+            ApiError::new(Error::Internal("the parse budget is closed".into()), format)
+        })?;
         parse_json(&bytes)
             .map(JsonBody)
             .map_err(|e| ApiError::new(e, format))
@@ -160,6 +250,25 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn json_values_are_counted_outside_strings() {
+        assert_eq!(json_values(b"1", 10), 1);
+        assert_eq!(json_values(b"[0,0,0]", 10), 4);
+        assert_eq!(json_values(br#"{"a":[1,2],"b":"x,y[{"}"#, 100), 5);
+        assert_eq!(
+            json_values(br#"["a\",b",1]"#, 100),
+            3,
+            "an escaped quote stays in the string"
+        );
+        assert_eq!(
+            json_values(b"[0,0,0,0,0,0]", 3),
+            4,
+            "counting stops past the limit"
+        );
+        assert!(is_llm_route("/v1/chat/completions") && is_llm_route("/messages"));
+        assert!(!is_llm_route("/key/generate") && !is_llm_route("/v1/model/info"));
+    }
+
     use super::*;
     use crate::types::ChatRequest;
 
