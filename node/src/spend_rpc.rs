@@ -66,7 +66,8 @@ impl SpendLogs for SpendService {
         let limit = q.limit.clamp(1, MAX_ROWS) as usize;
         let rows = self
             .log
-            .query(&filter, limit)
+            .query_bounded(&filter, limit, q.max_scanned as usize)
+            .await
             .iter()
             .filter_map(|r| serde_json::to_vec(r).ok())
             .collect();
@@ -96,7 +97,7 @@ impl SpendPeers {
         &self,
         addr: &str,
         filter: &Filter,
-        limit: usize,
+        (limit, max_scanned): (usize, usize),
         deadline: Duration,
     ) -> Result<Vec<SpendRow>, CallError> {
         let mut client = SpendLogsClient::new(self.dialer.channel(addr)?)
@@ -111,6 +112,7 @@ impl SpendPeers {
             start_ms: filter.start_ms,
             end_ms: filter.end_ms,
             limit: u32::try_from(limit).unwrap_or(MAX_ROWS).min(MAX_ROWS),
+            max_scanned: u32::try_from(max_scanned).unwrap_or(u32::MAX),
         });
         self.secret.stamp(&mut request, deadline);
         let reply = with_deadline(deadline, client.query(request)).await?;

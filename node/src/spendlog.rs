@@ -84,6 +84,9 @@ pub struct SpendLog {
     pending: Mutex<WriteBatch>,
     full: Notify,
     retention: Duration,
+    /// One scan at a time: a scan runs on the caller's worker thread, and
+    /// a node with two workers must keep one for requests and Raft.
+    scans: tokio::sync::Semaphore,
 }
 
 /// Rows sort by the time they ended, then by request id.
@@ -100,7 +103,22 @@ impl SpendLog {
             pending: Mutex::new(WriteBatch::default()),
             full: Notify::new(),
             retention,
+            scans: tokio::sync::Semaphore::new(1),
         }
+    }
+
+    /// [`Self::query`], one at a time on this node, reading at most
+    /// `max_scanned` rows (at most [`MAX_SCANNED`]).
+    pub async fn query_bounded(
+        &self,
+        filter: &Filter,
+        limit: usize,
+        max_scanned: usize,
+    ) -> Vec<SpendRow> {
+        let Ok(_turn) = self.scans.acquire().await else {
+            return Vec::new();
+        };
+        self.scan(filter, limit, max_scanned.min(MAX_SCANNED))
     }
 
     /// Queues a row; it is written with the next batch.
@@ -162,6 +180,10 @@ impl SpendLog {
     /// after [`MAX_SCANNED`] rows: a query costs a bounded amount of memory
     /// and time however long the retention.
     pub fn query(&self, filter: &Filter, limit: usize) -> Vec<SpendRow> {
+        self.scan(filter, limit, MAX_SCANNED)
+    }
+
+    fn scan(&self, filter: &Filter, limit: usize, max_scanned: usize) -> Vec<SpendRow> {
         self.flush();
         let from = filter.start_ms.unwrap_or(0).to_be_bytes();
         let to = filter.end_ms.map(u64::to_be_bytes);
@@ -178,7 +200,7 @@ impl SpendLog {
                 {
                     rows.push(row);
                 }
-                Ok(if rows.len() >= limit || scanned >= MAX_SCANNED {
+                Ok(if rows.len() >= limit || scanned >= max_scanned {
                     std::ops::ControlFlow::Break(())
                 } else {
                     std::ops::ControlFlow::Continue(())
@@ -195,6 +217,9 @@ impl SpendLog {
 /// The most rows one query reads (a filter that matches little over a long
 /// range stops here rather than reading the whole log).
 pub const MAX_SCANNED: usize = 200_000;
+
+/// The most rows a caller who sees only its own key's rows has read for it.
+pub const MAX_SCANNED_OWN: usize = 20_000;
 
 #[cfg(test)]
 mod tests {
