@@ -11,7 +11,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use meridian_node::config::{self, Config, ProcessEnv};
 use meridian_node::node::{Node, Seams};
-use meridian_node::serve::{KeySource, resolve_master_key, serve};
+use meridian_node::serve::{KeySource, resolve_master_key, serve_with_tls};
 
 /// A request allocates and frees many small buffers across threads; mimalloc
 /// does that for less CPU than glibc's malloc (README, Performance).
@@ -375,14 +375,7 @@ fn run_serve(
             ..banner
         };
         banner.print(&master_key, key_source);
-        match public_tls {
-            None => serve(listener, node, shutdown_signal()).await?,
-            Some(tls) => {
-                let incoming = meridian_link::TlsAcceptor::public(tls).incoming(listener);
-                let listener = meridian_node::listener::TlsListener::new(incoming, bound);
-                serve(listener, node, shutdown_signal()).await?
-            }
-        }
+        serve_with_tls(listener, node, public_tls, shutdown_signal()).await?;
         let _ = stop_peers.send(());
         let _ = stop_flusher.send(());
         metadata.shutdown().await;

@@ -106,6 +106,19 @@ pub async fn serve<L>(
 where
     L: axum::serve::Listener<Addr = std::net::SocketAddr>,
 {
+    serve_with_tls(listener, node, None, shutdown).await
+}
+
+/// [`serve`], over HTTPS when `tls` is given.
+pub async fn serve_with_tls<L>(
+    listener: L,
+    node: Arc<Node>,
+    tls: Option<meridian_link::PublicTls>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()>
+where
+    L: axum::serve::Listener<Addr = std::net::SocketAddr>,
+{
     let checks = node
         .health
         .settings
@@ -113,7 +126,7 @@ where
         .then(|| tokio::spawn(crate::health::run(node.clone())));
     let limits = node.http;
     let app = crate::api::router(node);
-    crate::listener::serve(listener, app, limits, shutdown).await;
+    crate::listener::serve(listener, app, limits, tls, shutdown).await;
     if let Some(task) = checks {
         task.abort();
     }

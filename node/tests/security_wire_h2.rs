@@ -298,3 +298,31 @@ async fn a_header_block_that_never_ends_is_cut_off() {
     assert!(sent < cap, "all {} MiB were taken", cap >> 20);
     still_serves(&mut s).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_connection_that_asks_nothing_is_closed_when_idle() {
+    let idle = Duration::from_millis(1500);
+    let mut s = Server::start(&format!(
+        "{LIMITS}  idle_timeout_ms: {}\n",
+        idle.as_millis()
+    ))
+    .await;
+    // A well-behaved client that answers pings but never asks anything.
+    let (mut quiet, _) = open(s.port).await;
+    let start = Instant::now();
+    let seen = watch(&mut quiet, idle * 4, |_| false).await;
+    let after = start.elapsed();
+    assert!(seen.goaway.is_some() || seen.closed, "{seen:?}");
+    assert!(after >= idle && after < idle * 3, "closed after {after:?}");
+    // One that asks and then falls quiet is closed as well, after its answer.
+    let (mut asked, _) = open(s.port).await;
+    asked
+        .write_all(&h2::header_frames(1, &h2::get("/health/liveliness"), true))
+        .await
+        .unwrap();
+    let seen = watch(&mut asked, idle * 4, |_| false).await;
+    assert_eq!(seen.statuses.get(&1), Some(&Some(200)), "{seen:?}");
+    assert!(seen.goaway.is_some() || seen.closed, "{seen:?}");
+    eprintln!("idle h2: closed after {after:?}");
+    still_serves(&mut s).await;
+}

@@ -3,11 +3,12 @@
 //! tasks, bounded in time and in number, so a slow or silent client delays
 //! nobody else and a flood of them cannot exhaust memory.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -22,8 +23,13 @@ use tokio_rustls::server::TlsStream;
 use crate::identity::NodeIdentity;
 use crate::tls::{ClusterTls, PublicTls};
 
-/// How long a client has to complete its handshake once accepted.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client has to complete its handshake once accepted (a node's
+/// dialer gives up after two seconds).
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How many handshakes one address may have in flight: one address cannot
+/// take every place of [`MAX_CONCURRENT_HANDSHAKES`].
+pub const MAX_HANDSHAKES_PER_ADDRESS: usize = 16;
 
 /// How many handshakes may run at once. Beyond this, new connections are
 /// closed at once: queueing them would let a flood of silent clients delay
@@ -94,6 +100,7 @@ impl TlsAcceptor {
 
     async fn accept_loop(self, listener: TcpListener, sender: mpsc::Sender<TlsConnection>) {
         let handshakes = Arc::new(Semaphore::new(self.max_handshakes));
+        let per_address: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
         loop {
             let accepted = tokio::select! {
                 // Nobody takes connections any more: stop, closing the listener.
@@ -109,6 +116,10 @@ impl TlsAcceptor {
                     continue;
                 }
             };
+            let Some(mine) = AddressSlot::take(&per_address, peer.ip()) else {
+                tracing::debug!(%peer, "too many TLS handshakes from this address; connection closed");
+                continue;
+            };
             let Ok(permit) = Arc::clone(&handshakes).try_acquire_owned() else {
                 tracing::debug!(%peer, "too many TLS handshakes in flight; connection closed");
                 continue;
@@ -123,7 +134,7 @@ impl TlsAcceptor {
             let sender = sender.clone();
             tokio::spawn(async move {
                 let handshake = tokio::time::timeout(timeout, acceptor.accept(tcp)).await;
-                drop(permit);
+                drop((permit, mine));
                 let stream = match handshake {
                     Ok(Ok(stream)) => stream,
                     Ok(Err(e)) => {
@@ -141,6 +152,39 @@ impl TlsAcceptor {
                 // Fails only when the stream was dropped: the connection closes.
                 let _ = sender.send(connection).await;
             });
+        }
+    }
+}
+
+/// One handshake in flight from an address; dropping it frees the place.
+struct AddressSlot {
+    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    ip: IpAddr,
+}
+
+impl AddressSlot {
+    fn take(counts: &Arc<Mutex<HashMap<IpAddr, usize>>>, ip: IpAddr) -> Option<Self> {
+        let mut map = counts.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = map.entry(ip).or_insert(0);
+        if *n >= MAX_HANDSHAKES_PER_ADDRESS {
+            return None;
+        }
+        *n += 1;
+        Some(Self {
+            counts: counts.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut map = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
         }
     }
 }

@@ -60,7 +60,8 @@ mod secret;
 mod tls;
 
 pub use accept::{
-    HANDSHAKE_TIMEOUT, MAX_CONCURRENT_HANDSHAKES, TlsAcceptor, TlsConnection, TlsIncoming,
+    HANDSHAKE_TIMEOUT, MAX_CONCURRENT_HANDSHAKES, MAX_HANDSHAKES_PER_ADDRESS, TlsAcceptor,
+    TlsConnection, TlsIncoming,
 };
 pub use identity::{NODE_SERVER_NAME, NodeIdentity, PeerInfo, peer_identity};
 pub use secret::{Claim, ClusterSecret};

@@ -260,3 +260,41 @@ async fn the_public_listener_serves_without_client_certificates() {
     );
     assert!(PublicTls::load(cert, key).is_err());
 }
+
+#[tokio::test]
+async fn one_address_cannot_take_every_handshake_place() {
+    let pki = Pki::new("cluster CA");
+    let (server, _) = pki.node("eu", 1);
+    let (client, _) = pki.node("us", 2);
+    let addr = echo(TlsAcceptor::cluster(server)).await;
+    // Silent connections from one address take its places ...
+    let mut silent = Vec::new();
+    for _ in 0..meridian_link::MAX_HANDSHAKES_PER_ADDRESS {
+        silent.push(TcpStream::connect(addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // ... and the next from it is closed at once ...
+    let mut over = TcpStream::connect(addr).await.unwrap();
+    let started = Instant::now();
+    let read = timeout(BOUND, over.read(&mut [0u8; 16])).await.unwrap();
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    assert!(started.elapsed() < Duration::from_secs(2), "closed at once");
+    // ... while another address still gets a handshake.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let tcp = socket.connect(addr).await.unwrap();
+    let connector = tokio_rustls::TlsConnector::from(client.client_config());
+    let name = rustls::pki_types::ServerName::try_from(meridian_link::NODE_SERVER_NAME).unwrap();
+    let mut tls = timeout(BOUND, connector.connect(name, tcp))
+        .await
+        .unwrap()
+        .unwrap();
+    tls.write_all(b"x").await.unwrap();
+    let mut echoed = [0u8; 1];
+    timeout(BOUND, tls.read_exact(&mut echoed))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&echoed, b"x");
+    drop(silent);
+}

@@ -11,7 +11,7 @@ use super::{Parser, kind};
 use crate::config::{Config, Peer};
 use crate::error::Result;
 use crate::secret::Secret;
-const MERIDIAN_KEYS: &str = "node_id, region, host, port, data_dir, raft_id, cluster_listen, advertise_url, cluster_secret, cluster_tls_ca, cluster_tls_cert, cluster_tls_key, insecure_cluster, tls_cert, tls_key, peers, raft_snapshot_every, remote_regions, gossip_interval_ms, inject_region_delay_ms, inject_partition_file, enforcement, strict_wait_ms, model_env_allowlist, max_connections, max_connections_per_ip, max_header_bytes, header_read_timeout_ms, body_read_timeout_ms, disable_admin_endpoints, disable_llm_api_endpoints, disable_admin_ui";
+const MERIDIAN_KEYS: &str = "node_id, region, host, port, data_dir, raft_id, cluster_listen, advertise_url, cluster_secret, cluster_tls_ca, cluster_tls_cert, cluster_tls_key, insecure_cluster, tls_cert, tls_key, peers, raft_snapshot_every, remote_regions, gossip_interval_ms, inject_region_delay_ms, inject_partition_file, enforcement, strict_wait_ms, model_env_allowlist, max_connections, max_connections_per_ip, max_header_bytes, header_read_timeout_ms, body_read_timeout_ms, idle_timeout_ms, disable_admin_endpoints, disable_llm_api_endpoints, disable_admin_ui";
 
 impl Parser<'_> {
     /// Meridian's own section: every key is known, anything else is an error.
@@ -157,6 +157,10 @@ impl Parser<'_> {
                 "header_read_timeout_ms" => {
                     config.http.header_read_timeout =
                         Duration::from_millis(self.bounded(v, &path, 100, 3_600_000)?)
+                }
+                "idle_timeout_ms" => {
+                    config.http.idle_timeout =
+                        Duration::from_millis(self.bounded(v, &path, 100, 86_400_000)?)
                 }
                 "body_read_timeout_ms" => {
                     config.http.body_read_timeout =

@@ -14,7 +14,10 @@
 //!   `max_header_bytes` of headers per request, keep-alive pings to notice
 //!   vanished peers;
 //! - a request body must be read within `body_read_timeout`
-//!   (`api/extract.rs`), and is at most `max_request_bytes`.
+//!   (`api/extract.rs`), and is at most `max_request_bytes`;
+//! - a connection with no request in flight for `idle_timeout` is closed;
+//! - over HTTPS, the handshake is done within `header_read_timeout`, after
+//!   the caps above took the connection's place.
 //!
 //! On shutdown the listener stops accepting and every connection is asked
 //! to finish what it is serving.
@@ -26,14 +29,18 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::Router;
-use std::pin::Pin;
-use std::task::{Context, Poll};
-
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
+use tower::ServiceExt;
+
+mod idle;
+mod sniff;
+
+use idle::{Activity, Guarded};
+use sniff::Sniffed;
 
 /// What one connection may hold, and how many connections there may be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,16 +51,20 @@ pub struct HttpLimits {
     pub header_read_timeout: Duration,
     pub max_header_bytes: usize,
     pub body_read_timeout: Duration,
+    /// A connection with no request in flight for this long is closed
+    /// (HTTP/2 has no idle limit of its own).
+    pub idle_timeout: Duration,
 }
 
 impl Default for HttpLimits {
     fn default() -> Self {
         Self {
             max_connections: 4096,
-            max_connections_per_ip: 256,
+            max_connections_per_ip: 64,
             header_read_timeout: Duration::from_secs(10),
             max_header_bytes: 64 * 1024,
             body_read_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -104,12 +115,14 @@ fn admit(open: &Arc<Mutex<Open>>, ip: IpAddr, limits: &HttpLimits) -> Option<Slo
     })
 }
 
-/// Serves `app` on the connections `listener` accepts, within `limits`,
-/// until `shutdown` completes; then lets the connections finish.
+/// Serves `app` on the connections `listener` accepts, within `limits`
+/// (over TLS when `tls` is given), until `shutdown` completes; then lets the
+/// connections finish.
 pub async fn serve<L>(
     mut listener: L,
     app: Router,
     limits: HttpLimits,
+    tls: Option<meridian_link::PublicTls>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) where
     L: axum::serve::Listener<Addr = SocketAddr>,
@@ -140,43 +153,33 @@ pub async fn serve<L>(
             // Reap finished connections as we go.
             Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
         };
+        // The caps apply before anything else, a TLS handshake included.
         let Some(slot) = admit(&open, addr.ip(), &limits) else {
             tracing::debug!(peer = %addr, "connection refused: too many open");
             continue;
         };
-        let service = TowerToHyperService::new(app.clone());
-        let builder = builder.clone();
-        let mut closed = closed.clone();
-        let head_timeout = limits.header_read_timeout;
+        let conn = Conn {
+            addr,
+            builder: builder.clone(),
+            app: app.clone(),
+            limits,
+            closed: closed.clone(),
+        };
+        let tls = tls.clone();
         tasks.spawn(async move {
             let _slot = slot;
-            // hyper-util reads the first bytes to tell HTTP/2 from HTTP/1
-            // before hyper's own header timer starts, with no deadline of its
-            // own: a connection that sends nothing would be held forever.
-            let io = match tokio::time::timeout(head_timeout, Sniffed::read(io)).await {
-                Ok(Ok(io)) => io,
-                Ok(Err(e)) => {
-                    tracing::debug!(peer = %addr, error = %e, "connection ended before a request");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(peer = %addr, "connection closed: nothing sent within the header timeout");
-                    return;
-                }
-            };
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-            tokio::pin!(conn);
-            tokio::select! {
-                result = conn.as_mut() => {
-                    if let Err(e) = result {
-                        tracing::debug!(peer = %addr, error = %e, "connection ended");
+            match tls {
+                None => conn.serve(io).await,
+                Some(tls) => {
+                    let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config());
+                    match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(io))
+                        .await
+                    {
+                        Ok(Ok(io)) => conn.serve(io).await,
+                        Ok(Err(e)) => tracing::debug!(peer = %addr, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(peer = %addr, "TLS handshake not done within the header timeout"),
                     }
-                    return;
                 }
-                _ = closed.wait_for(|c| *c) => conn.as_mut().graceful_shutdown(),
-            }
-            if let Err(e) = conn.await {
-                tracing::debug!(peer = %addr, error = %e, "connection ended while shutting down");
             }
         });
     }
@@ -184,114 +187,73 @@ pub async fn serve<L>(
     while tasks.join_next().await.is_some() {}
 }
 
-/// The HTTP/2 connection preface; anything that departs from it is HTTP/1.
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
-/// A connection whose first bytes were read (enough to tell HTTP/2 from
-/// HTTP/1) and are handed out again before the rest.
-pub struct Sniffed<T> {
-    io: T,
-    head: Vec<u8>,
-    at: usize,
+/// One admitted connection, served.
+struct Conn {
+    addr: SocketAddr,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    app: Router,
+    limits: HttpLimits,
+    closed: watch::Receiver<bool>,
 }
 
-impl<T: AsyncRead + Unpin> Sniffed<T> {
-    /// Reads until the bytes depart from the HTTP/2 preface or make all of
-    /// it (HTTP/1 clients decide at their first byte), or the peer closes.
-    async fn read(mut io: T) -> std::io::Result<Self> {
-        use tokio::io::AsyncReadExt;
-        let mut head = Vec::with_capacity(H2_PREFACE.len());
-        let mut buf = [0u8; 24];
-        while head.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(&head) {
-            let want = H2_PREFACE.len() - head.len();
-            let n = io.read(&mut buf[..want]).await?;
-            if n == 0 {
-                break;
+impl Conn {
+    async fn serve<IO>(mut self, io: IO)
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let addr = self.addr;
+        // hyper-util reads the first bytes to tell HTTP/2 from HTTP/1
+        // before hyper's own header timer starts, with no deadline of its
+        // own: a connection that sends nothing would be held forever.
+        let io = match tokio::time::timeout(self.limits.header_read_timeout, Sniffed::read(io))
+            .await
+        {
+            Ok(Ok(io)) => io,
+            Ok(Err(e)) => {
+                tracing::debug!(peer = %addr, error = %e, "connection ended before a request");
+                return;
             }
-            head.extend_from_slice(&buf[..n]);
-        }
-        Ok(Self { io, head, at: 0 })
-    }
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for Sniffed<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let this = &mut *self;
-        if this.at < this.head.len() {
-            let n = (this.head.len() - this.at).min(buf.remaining());
-            buf.put_slice(&this.head[this.at..this.at + n]);
-            this.at += n;
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut this.io).poll_read(cx, buf)
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Sniffed<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-}
-
-/// The public listener over HTTPS: connections whose TLS handshake
-/// completed (bounded in time and number by [`meridian_link::TlsAcceptor`]).
-pub struct TlsListener {
-    incoming: meridian_link::TlsIncoming,
-    local: SocketAddr,
-}
-
-impl TlsListener {
-    pub fn new(incoming: meridian_link::TlsIncoming, local: SocketAddr) -> Self {
-        Self { incoming, local }
-    }
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = meridian_link::TlsConnection;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        use futures_util::StreamExt;
-        match self.incoming.next().await {
-            Some(conn) => {
-                let peer = conn.peer_addr();
-                (conn, peer)
+            Err(_) => {
+                tracing::debug!(peer = %addr, "connection closed: nothing sent within the header timeout");
+                return;
             }
-            // The accept task ended (the runtime is stopping): accept nothing.
-            None => std::future::pending().await,
+        };
+        let activity = Activity::new();
+        let app = self.app.clone();
+        let watched = activity.clone();
+        let service = tower::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+            let request = watched.start();
+            let app = app.clone();
+            async move {
+                let response = app.oneshot(req).await?;
+                Ok::<_, std::convert::Infallible>(response.map(|inner| {
+                    axum::body::Body::new(Guarded {
+                        inner,
+                        _request: request,
+                    })
+                }))
+            }
+        });
+        let conn = self
+            .builder
+            .serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(service));
+        tokio::pin!(conn);
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(peer = %addr, error = %e, "connection ended");
+                }
+                return;
+            }
+            _ = self.closed.wait_for(|c| *c) => conn.as_mut().graceful_shutdown(),
+            () = activity.idle_for(self.limits.idle_timeout) => {
+                tracing::debug!(peer = %addr, "connection closed: idle");
+                conn.as_mut().graceful_shutdown();
+            }
         }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.local)
+        if let Err(e) = conn.await {
+            tracing::debug!(peer = %addr, error = %e, "connection ended while closing");
+        }
     }
 }
 
