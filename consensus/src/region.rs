@@ -430,6 +430,11 @@ impl Region {
             RpcKind::Forward => {
                 let answer = match parse::<Proposal>(payload) {
                     Err(e) => ForwardReply::Failed(e),
+                    // Writes come from the region's members only: a removed
+                    // node's certificate writes nothing.
+                    Ok(_) if !self.admits(sender, false) => ForwardReply::Failed(
+                        "refused: the caller is not a member of this region".to_owned(),
+                    ),
                     // Only the leader writes; a stale forward is refused and the
                     // sender retries with the leader named here.
                     Ok(p) => match self.raft.client_write(p).await {
@@ -448,12 +453,20 @@ impl Region {
                 reply::<ForwardReply>(Ok(answer))
             }
             RpcKind::Membership => reply(match parse::<MembershipChange>(payload) {
+                // Only a voter passes on an admin's membership change: a
+                // removed or spare node cannot add itself back.
+                Ok(_) if !self.admits(sender, true) => {
+                    Err("refused: the caller is not a voter of this region".to_owned())
+                }
                 Ok(change) => match self.change_here(&change).await {
                     Ok(result) => Ok(result.map_err(|e| e.to_string())),
                     Err(_) => Err("this node is not the leader".to_owned()),
                 },
                 Err(e) => Err(e),
             }),
+            RpcKind::ReadIndex if !self.admits(sender, false) => reply::<u64>(Err(
+                "refused: the caller is not a member of this region".to_owned(),
+            )),
             RpcKind::ReadIndex => reply(
                 self.raft
                     .ensure_linearizable(ReadPolicy::ReadIndex)
@@ -461,6 +474,22 @@ impl Region {
                     .map(|read: ReadLogId<TypeConfig>| read.index())
                     .map_err(|e| e.to_string()),
             ),
+        }
+    }
+
+    /// Whether a call from `sender` (its certificate's node id; `None` on
+    /// plain links, where nothing vouches for it) may act on this region:
+    /// it must be in the current membership, and a voter if `voter`.
+    fn admits(&self, sender: Option<u64>, voter: bool) -> bool {
+        let Some(id) = sender else {
+            return true;
+        };
+        let metrics = self.raft.metrics().borrow_watched().clone();
+        let membership = metrics.membership_config.membership();
+        if voter {
+            membership.voter_ids().any(|v| v == id)
+        } else {
+            membership.nodes().any(|(n, _)| *n == id)
         }
     }
 

@@ -459,3 +459,58 @@ async fn oversized_and_malformed_messages_are_refused() {
     assert_eq!(unknown.unwrap_err().0, Code::InvalidArgument);
     region_unharmed(&mut region, leader).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_outside_the_regions_membership_writes_nothing() {
+    use meridian_consensus::metadata::{Command, Kind, Proposal};
+    let region = TlsRegion::start(REGION, 2).await;
+    let leader = region.leader().await;
+    let leader_index = usize::try_from(leader - 1).unwrap();
+    // A valid certificate of this region, for a node that is not a member
+    // (a spare, or one an admin removed).
+    let tls = region
+        .ca
+        .node_tls(region.dir.path(), REGION, 9, &[&region.ca]);
+    let mut raft =
+        raft::raft_client::RaftClient::new(peers::node_channel(&region.addr(leader_index), tls));
+    let ask = |kind: raft::RpcKind, payload: Vec<u8>| raft::RaftRequest {
+        kind: kind.into(),
+        payload,
+        region: REGION.into(),
+    };
+    let write = serde_json::to_vec(&Proposal {
+        at_ms: 1,
+        command: Command::Create {
+            kind: Kind::User,
+            record: serde_json::json!({ "user_id": "intruder", "user_role": "proxy_admin", "created_at": 0, "updated_at": 0 }),
+        },
+    })
+    .unwrap();
+    let join = br#"{"Add":{"node_id":9,"member":{"raft_addr":"127.0.0.1:9","api_url":"http://127.0.0.1:9"}}}"#.to_vec();
+    for (kind, payload) in [
+        (raft::RpcKind::Forward, write),
+        (raft::RpcKind::Membership, join),
+        (raft::RpcKind::ReadIndex, b"null".to_vec()),
+    ] {
+        let reply = bounded(raft.call(ask(kind, payload)))
+            .await
+            .expect("an answer");
+        let text = String::from_utf8_lossy(&reply.payload).to_string();
+        assert!(
+            text.contains("refused") && text.contains("of this region"),
+            "{kind:?}: {text}"
+        );
+    }
+    let status = region.status(leader_index).await;
+    assert_eq!(status["members"].as_array().unwrap().len(), 2, "{status}");
+    let (code, _) = process_support::call(
+        &reqwest::Client::new(),
+        &format!("http://127.0.0.1:{}", region.nodes[leader_index].api_port),
+        "GET",
+        "/user/info?user_id=intruder",
+        process_support::MASTER,
+        None,
+    )
+    .await;
+    assert_eq!(code, 404, "the forwarded write was not made");
+}
