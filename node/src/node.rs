@@ -81,7 +81,7 @@ pub struct Node {
     pub default_enforcement: meridian_consensus::metadata::Enforcement,
     pub strict_wait: std::time::Duration,
     /// What run-time models may read from the environment.
-    pub model_env_allowlist: std::collections::BTreeSet<String>,
+    pub model_env_allowlist: crate::config::EnvAllowlist,
     pub region: String,
     pub data_dir: PathBuf,
     pub router: ModelRouter,

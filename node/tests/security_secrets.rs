@@ -27,7 +27,8 @@ async fn no_secret_reaches_an_answer_a_log_or_a_file() {
     let fake = FakeUpstream::start(true).await.unwrap();
     let extra = format!(
         "  - model_name: configured\n    litellm_params: {{model: openai/gpt-4o, api_base: \"{}\", api_key: os.environ/PROVIDER_KEY}}\n\
-         meridian:\n  model_env_allowlist: [ALLOWED_PROVIDER_KEY]\n",
+         meridian:\n  model_env_allowlist: {{ALLOWED_PROVIDER_KEY: \"{}\", OPENAI_API_KEY: null}}\n",
+        fake.base_url(),
         fake.base_url()
     );
     let env = [
@@ -68,6 +69,11 @@ async fn no_secret_reaches_an_answer_a_log_or_a_file() {
         (
             "implicit",
             json!({ "model": "openai/gpt-4o", "api_base": base }),
+        ),
+        // An allowed variable sent anywhere but where the operator allowed.
+        (
+            "allowed-elsewhere",
+            json!({ "model": "openai/gpt-4o", "api_base": "http://127.0.0.1:9/v1", "api_key": "os.environ/ALLOWED_PROVIDER_KEY" }),
         ),
         (
             "master",

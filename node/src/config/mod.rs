@@ -20,6 +20,12 @@ pub use parse::{
 };
 pub use tls::{ClusterTlsFiles, PublicTlsFiles};
 
+/// Environment variables run-time models may name, each with the upstream
+/// it may be sent to: `None`, only the provider's own (the model sets no
+/// `api_base`); `Some(prefix)`, an `api_base` that starts with `prefix`.
+/// An admin can then never point an allowed secret at a server of its own.
+pub type EnvAllowlist = std::collections::BTreeMap<String, Option<String>>;
+
 use crate::pricing::Price;
 use crate::secret::Secret;
 
@@ -49,8 +55,9 @@ pub struct Config {
     /// the limit's home region before it is refused (`meridian.strict_wait_ms`).
     pub strict_wait: Duration,
     /// Environment variables that models added at run time may name in their
-    /// credential fields (`meridian.model_env_allowlist`); none by default.
-    pub model_env_allowlist: std::collections::BTreeSet<String>,
+    /// credential fields (`meridian.model_env_allowlist`), each with where
+    /// it may be sent; none by default.
+    pub model_env_allowlist: EnvAllowlist,
     /// Limits of the public listener's connections (`meridian.max_connections`, ...).
     pub http: crate::listener::HttpLimits,
     pub disable: Disabled,

@@ -66,6 +66,7 @@ pub fn parse_str(text: &str, file: &str, env: &dyn EnvSource, check: bool) -> Re
         ignored: Vec::new(),
         unset_env: Vec::new(),
         runtime_env: None,
+        env_bound: Vec::new(),
     };
     p.config(&doc)
 }
@@ -83,7 +84,7 @@ pub fn deployment_from_json(
     entry: &Value,
     source: &str,
     env: &dyn EnvSource,
-    allowed_env: &BTreeSet<String>,
+    allowed_env: &super::EnvAllowlist,
 ) -> Result<(Option<Deployment>, Vec<Ignored>)> {
     let mut p = Parser {
         file: source,
@@ -93,6 +94,7 @@ pub fn deployment_from_json(
         ignored: Vec::new(),
         unset_env: Vec::new(),
         runtime_env: Some(allowed_env),
+        env_bound: Vec::new(),
     };
     let defaults = Timeouts {
         timeout: DEFAULT_TIMEOUT,
@@ -143,7 +145,7 @@ impl Config {
             spend_log_retention: crate::spendlog::DEFAULT_RETENTION,
             default_enforcement: Default::default(),
             strict_wait: DEFAULT_STRICT_WAIT,
-            model_env_allowlist: BTreeSet::new(),
+            model_env_allowlist: Default::default(),
             http: crate::listener::HttpLimits::default(),
             disable: Disabled::default(),
             router: Default::default(),
@@ -203,7 +205,10 @@ struct Parser<'a> {
     /// Set for models added at run time (`/model/new`): the only variables
     /// their `os.environ/` references may name, and only in credential
     /// fields; nothing is read from the environment implicitly.
-    runtime_env: Option<&'a BTreeSet<String>>,
+    runtime_env: Option<&'a super::EnvAllowlist>,
+    /// Variables a run-time model's credentials named, with where each may
+    /// be sent (checked once its `api_base` is known).
+    env_bound: Vec<(String, Option<String>)>,
 }
 
 /// `litellm_params` that hold credentials: sealed when stored, the only
@@ -259,7 +264,7 @@ impl Parser<'_> {
             spend_log_retention: crate::spendlog::DEFAULT_RETENTION,
             default_enforcement: Default::default(),
             strict_wait: DEFAULT_STRICT_WAIT,
-            model_env_allowlist: BTreeSet::new(),
+            model_env_allowlist: Default::default(),
             http: crate::listener::HttpLimits::default(),
             disable: Disabled::default(),
             router: Default::default(),
@@ -332,12 +337,13 @@ impl Parser<'_> {
                     ),
                 ));
             }
-            if !allowed.contains(var) {
+            let Some(bound) = allowed.get(var) else {
                 return Err(self.err(
                     path,
                     format!("a variable listed in meridian.model_env_allowlist; `{var}` is not"),
                 ));
-            }
+            };
+            self.env_bound.push((var.to_owned(), bound.clone()));
         }
         if let Some(v) = self.overlay.get(var).cloned().or_else(|| self.env.var(var)) {
             return Ok(Some(v));
@@ -693,6 +699,27 @@ impl Parser<'_> {
                 .and_then(|v| self.env.var(v))
                 .map(Secret::new)
         });
+        // An allowed variable goes only where the operator said it may.
+        for (var, bound) in std::mem::take(&mut self.env_bound) {
+            let ok = match (&bound, &api_base) {
+                (None, None) => true,
+                (Some(prefix), Some(base)) => base.starts_with(prefix.as_str()),
+                (Some(prefix), None) => spec
+                    .default_base
+                    .is_some_and(|d| d.starts_with(prefix.as_str())),
+                (None, Some(_)) => false,
+            };
+            if !ok {
+                let to = bound.as_deref().map_or_else(
+                    || "the provider's own upstream (no api_base)".to_owned(),
+                    |p| format!("an api_base starting {p}"),
+                );
+                return Err(self.err(
+                    &format!("{params_path}.api_base"),
+                    format!("{to}: meridian.model_env_allowlist lets `{var}` be sent there only"),
+                ));
+            }
+        }
         let api_base = match (api_base, spec.default_base) {
             (Some(b), _) => b,
             (None, Some(b)) => b.to_owned(),

@@ -167,18 +167,7 @@ impl Parser<'_> {
                         Duration::from_millis(self.bounded(v, &path, 100, 3_600_000)?)
                 }
                 "model_env_allowlist" => {
-                    let names = self.string_list(v, &path)?;
-                    for (i, name) in names.iter().enumerate() {
-                        let ok = !name.is_empty()
-                            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
-                        if !ok {
-                            return Err(self.err(
-                                &format!("{path}[{i}]"),
-                                "an environment variable name (letters, digits, '_')",
-                            ));
-                        }
-                    }
-                    config.model_env_allowlist = names.into_iter().collect();
+                    config.model_env_allowlist = self.env_allowlist(v, &path)?
                 }
                 "raft_snapshot_every" => {
                     config.node.cluster.snapshot_every = match self.integer(Some(v), &path)? {
@@ -315,5 +304,43 @@ impl Parser<'_> {
             });
         }
         Ok(peers)
+    }
+
+    /// `model_env_allowlist: [VAR, ...]` (each for the provider's own
+    /// upstream only) or `{VAR: "https://allowed.prefix", VAR2: null, ...}`.
+    fn env_allowlist(&mut self, v: &Value, path: &str) -> Result<crate::config::EnvAllowlist> {
+        let entries: Vec<(String, Option<String>)> = match v {
+            Value::Object(map) => map
+                .iter()
+                .map(|(name, to)| match to {
+                    Value::Null => Ok((name.clone(), None)),
+                    Value::String(u) if u.starts_with("https://") || u.starts_with("http://") => {
+                        Ok((name.clone(), Some(u.to_owned())))
+                    }
+                    _ => Err(self.err(
+                        &format!("{path}.{name}"),
+                        "the URL prefix its value may be sent to, such as https://api.openai.com",
+                    )),
+                })
+                .collect::<Result<_>>()?,
+            _ => self
+                .string_list(v, path)?
+                .into_iter()
+                .map(|n| (n, None))
+                .collect(),
+        };
+        for (name, _) in &entries {
+            let ok =
+                !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            if !ok {
+                return Err(self.err(
+                    path,
+                    format!(
+                        "environment variable names (letters, digits, '_'); `{name}` is not one"
+                    ),
+                ));
+            }
+        }
+        Ok(entries.into_iter().collect())
     }
 }
