@@ -12,12 +12,22 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_meridian");
 pub const MASTER: &str = "sk-cluster-test-master";
 pub const SECRET: &str = "cluster-test-secret";
 
+/// A free port below the kernel's ephemeral range (32768 and up on
+/// Linux): a port the kernel handed out would be free again once released,
+/// and any test's outgoing connection could take it before the process we
+/// start binds it — a node that cannot bind never becomes ready.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::hash::{BuildHasher, Hasher};
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    loop {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        h.write_u32(std::process::id());
+        let port = 20_000 + (h.finish() % 12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// One `meridian` process of a test world; killed when dropped.
