@@ -8,6 +8,7 @@
 //! Layout: [`metadata`] is the pure core (records, commands, deterministic
 //! apply); the Raft storage, state machine and network wrap it.
 
+pub mod compactor;
 pub mod grpc;
 pub mod metadata;
 pub mod raft;

@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use meridian_consensus::compactor::Compactor;
 use meridian_consensus::grpc::{GrpcTransport, raft_service};
 use meridian_consensus::raft::Member;
 use meridian_consensus::transport::NoPeers;
@@ -70,6 +71,9 @@ async fn lone_region(
 ) -> Result<Joined> {
     let region = single_node_region(region, store, api_url).await?;
     let secret = ClusterSecret::new(None).map_err(|e| Error::Internal(e.to_string()))?;
+    let shutdown = futures_util::FutureExt::shared(Box::pin(shutdown));
+    let compactor = Compactor::new(region.clone());
+    tokio::spawn(compactor.run_alone(COMPACT_EVERY, shutdown.clone()));
     let rights = start_rights(
         &region,
         counters,
@@ -442,6 +446,10 @@ pub async fn start_region_on(
 fn wall_clock(clock: Arc<dyn Clock>) -> WallClock {
     Arc::new(move || clock.since_epoch().as_millis() as u64)
 }
+
+/// How often a region alone looks for documents to compact (a region
+/// with others does so in every metadata sync round).
+const COMPACT_EVERY: Duration = Duration::from_secs(1);
 
 /// How long an inter-region request for rights may take.
 const RIGHTS_DEADLINE: Duration = Duration::from_secs(2);

@@ -25,6 +25,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use meridian_consensus::Region;
+use meridian_consensus::compactor::Compactor;
+use meridian_consensus::metadata::Compactable;
 use meridian_consensus::metadata::{
     Command, EntityDoc, Kind, MergeSummary, OutboxLimits, Outcome, OutgoingDoc, RemoteChanges,
 };
@@ -222,16 +224,20 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// A document as it travels: every change it holds, and its heads. `None`
-/// (logged) if the stored document cannot be read.
-fn entity_to_wire(doc: &OutgoingDoc) -> Option<pb::EntityChanges> {
+/// A document as it travels: every change it holds, and its heads; with
+/// its compaction epoch. `None` (logged) if the stored document cannot be
+/// read.
+fn entity_to_wire(doc: &OutgoingDoc) -> Option<(pb::EntityChanges, u64)> {
     match EntityDoc::load(&doc.saved) {
-        Ok(loaded) => Some(pb::EntityChanges {
-            kind: kind_to_wire(doc.kind).into(),
-            id: doc.id.clone(),
-            changes: loaded.changes_since(&[]),
-            heads: loaded.heads().iter().map(|h| h.0.to_vec()).collect(),
-        }),
+        Ok(loaded) => Some((
+            pb::EntityChanges {
+                kind: kind_to_wire(doc.kind).into(),
+                id: doc.id.clone(),
+                changes: loaded.changes_since(&[]),
+                heads: loaded.heads().iter().map(|h| h.0.to_vec()).collect(),
+            },
+            loaded.epoch(),
+        )),
         Err(e) => {
             tracing::error!(kind = doc.kind.noun(), id = %doc.id, error = %e, "unreadable document not synced");
             None
@@ -282,7 +288,29 @@ pub struct MetadataSync {
     config: SyncConfig,
     progress: Mutex<BTreeMap<String, Progress>>,
     counters: Counters,
+    compactor: Compactor,
+    /// Per remote region, per document: the version of it the region last
+    /// acknowledged merging — where the document may be compacted while it
+    /// keeps changing (or while that region is unreachable).
+    held: Mutex<BTreeMap<String, Held>>,
 }
+
+/// A version of one of this region's documents.
+#[derive(Clone, Debug)]
+struct Version {
+    seq: u64,
+    /// A cut is only good in the epoch it was taken in.
+    epoch: u64,
+    heads: Vec<String>,
+}
+
+/// What one remote region holds: per document, the version it last
+/// acknowledged.
+type Held = BTreeMap<(Kind, String), Version>;
+
+/// Document versions remembered per remote region (past this, the memory
+/// is cleared; compaction then waits for the next pushes).
+const MAX_HELD: usize = 16 * 1024;
 
 impl MetadataSync {
     pub fn new(
@@ -293,6 +321,7 @@ impl MetadataSync {
         config: SyncConfig,
     ) -> Arc<Self> {
         Arc::new(Self {
+            compactor: Compactor::new(region.clone()),
             region,
             remote,
             dialer,
@@ -300,6 +329,7 @@ impl MetadataSync {
             config,
             progress: Mutex::default(),
             counters: Counters::default(),
+            held: Mutex::default(),
         })
     }
 
@@ -336,16 +366,72 @@ impl MetadataSync {
         if !self.region.is_leader() {
             // A later term as leader starts by asking again.
             self.progress().clear();
+            self.held().clear();
             return;
         }
         let round = self.counters.rounds.fetch_add(1, Ordering::Relaxed) + 1;
         let remotes = (self.remote)();
         let rounds = remotes.iter().map(|remote| self.sync_region(remote, round));
         futures_util::future::join_all(rounds).await;
+        self.compactor
+            .round(|candidate| self.cut_held_everywhere(candidate, &remotes))
+            .await;
+    }
+
+    /// A version of `candidate` every other region holds — the oldest of
+    /// the versions they hold — as heads to compact at; `None` while one of
+    /// them is not known to hold any.
+    fn cut_held_everywhere(
+        &self,
+        candidate: &Compactable,
+        remotes: &[RemoteRegion],
+    ) -> Option<Vec<String>> {
+        let progress = self.progress();
+        let held = self.held();
+        let me = self.region.name().as_str();
+        let current = Version {
+            seq: candidate.seq,
+            epoch: candidate.epoch,
+            heads: candidate.heads.clone(),
+        };
+        let mut cut = current.clone();
+        for remote in remotes.iter().filter(|r| r.name != me) {
+            let cursor = progress.get(&remote.name).and_then(|p| p.cursor)?;
+            let version = if cursor >= candidate.seq {
+                // Its cursor covers the document's last change.
+                &current
+            } else {
+                held.get(&remote.name)?
+                    .get(&(candidate.kind, candidate.id.clone()))?
+            };
+            if version.epoch != candidate.epoch {
+                return None; // it holds an older epoch: wait for it to move
+            }
+            if version.seq < cut.seq {
+                cut = version.clone();
+            }
+        }
+        Some(cut.heads)
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Held>> {
+        self.held.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn progress(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Progress>> {
         self.progress.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Notes that `region` merged these versions of documents.
+    fn note_held(&self, region: &str, versions: Vec<((Kind, String), Version)>) {
+        let mut held = self.held();
+        let held = held.entry(region.to_owned()).or_default();
+        for (doc, version) in versions {
+            if held.len() >= MAX_HELD {
+                held.clear();
+            }
+            held.insert(doc, version);
+        }
     }
 
     async fn sync_region(&self, remote: &RemoteRegion, round: u64) {
@@ -419,8 +505,18 @@ impl MetadataSync {
                 continue;
             }
             let mut entities = Vec::with_capacity(outbox.docs.len());
+            // The documents' versions, remembered once merged.
+            let mut sent_versions: Vec<((Kind, String), Version)> = Vec::new();
             for (n, doc) in outbox.docs.iter().enumerate() {
-                entities.extend(entity_to_wire(doc));
+                if let Some((entity, epoch)) = entity_to_wire(doc) {
+                    let version = Version {
+                        seq: doc.seq,
+                        epoch,
+                        heads: entity.heads.iter().map(|h| hex(h)).collect(),
+                    };
+                    sent_versions.push(((doc.kind, doc.id.clone()), version));
+                    entities.push(entity);
+                }
                 // Loading documents is CPU work: let other tasks run.
                 if n % 16 == 15 {
                     tokio::task::yield_now().await;
@@ -431,6 +527,9 @@ impl MetadataSync {
             let answered = self
                 .push(peer, &remote.name, since, outbox.through, entities)
                 .await?;
+            if answered == outbox.through {
+                self.note_held(&remote.name, sent_versions);
+            }
             self.counters.pushes.fetch_add(1, Ordering::Relaxed);
             self.counters.docs_sent.fetch_add(sent, Ordering::Relaxed);
             progress.cursor = Some(answered);

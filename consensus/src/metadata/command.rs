@@ -123,6 +123,16 @@ pub enum Command {
     /// Asks this region's rights ledger of a `strict` limit for rights (see
     /// [`super::ledger`]). Answered with `Done { records: [GrantReply], .. }`.
     Grant(super::ledger::GrantRequest),
+    /// Replaces an entity's document by its next compaction epoch (see
+    /// [`super::compact`]): refused unless the document's heads are still
+    /// `heads` (hex) and this region is the one that compacts it. The
+    /// record does not change. Proposed only once every other region holds
+    /// the document (its sync cursor covers it). Time plays no part.
+    Compact {
+        kind: Kind,
+        id: String,
+        heads: Vec<String>,
+    },
 }
 
 /// One document's changes from another region.

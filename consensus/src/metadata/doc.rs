@@ -45,6 +45,12 @@
 //! otherwise queue them and `save` would append them, so a replica that
 //! restarted from a snapshot could diverge from one that did not.
 //!
+//! # History
+//!
+//! A document keeps its whole history until it is compacted into a new
+//! epoch ([`super::compact`]); the reserved `~epoch`, `~origin` and `~base`
+//! fields of a compacted document's first change say where its epoch starts.
+//!
 //! # Actor and sequence numbers
 //!
 //! Automerge numbers an actor's changes 1, 2, 3...; two *different* changes
@@ -68,11 +74,11 @@ use serde_json::{Map, Number, Value};
 use sha2::{Digest, Sha256};
 
 /// Tombstone key: present (with the deleting command's `at_ms`) once deleted.
-const TOMBSTONE: &str = "~deleted";
+pub(super) const TOMBSTONE: &str = "~deleted";
 /// Keys with this prefix belong to the document, not to the record.
 const RESERVED_PREFIX: char = '~';
 /// Fields where any concurrent `true` wins (see the module docs).
-const STICKY_TRUE: &[&str] = &["blocked", "admin_blocked"];
+pub(super) const STICKY_TRUE: &[&str] = &["blocked", "admin_blocked"];
 
 /// Errors of this module.
 #[derive(Debug, thiserror::Error)]
@@ -103,7 +109,7 @@ pub enum DocError {
 /// SHA-256(`"meridian-region:" + name`). Deterministic, so every replica of
 /// the region writes as the same actor (see the module docs on seq numbers).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Actor(ActorId);
+pub struct Actor(pub(super) ActorId);
 
 impl Actor {
     pub fn for_region(name: &str) -> Self {
@@ -124,7 +130,7 @@ impl Actor {
 /// One entity's replicated document. See the module docs.
 #[derive(Clone, Debug)]
 pub struct EntityDoc {
-    doc: automerge::Automerge,
+    pub(super) doc: automerge::Automerge,
 }
 
 impl EntityDoc {
@@ -382,7 +388,7 @@ impl EntityDoc {
     }
 }
 
-fn is_reserved(field: &str) -> bool {
+pub(super) fn is_reserved(field: &str) -> bool {
     field.starts_with(RESERVED_PREFIX)
 }
 
@@ -441,7 +447,7 @@ fn decode(field: &str, value: &AmValue<'_>) -> Result<Value, DocError> {
 }
 
 /// Splits [`EntityDoc::changes_since`] output into verified changes.
-fn parse_frames(mut bytes: &[u8]) -> Result<Vec<Change>, DocError> {
+pub(super) fn parse_frames(mut bytes: &[u8]) -> Result<Vec<Change>, DocError> {
     let mut changes = Vec::new();
     while !bytes.is_empty() {
         let Some((len, rest)) = bytes.split_first_chunk::<8>() else {

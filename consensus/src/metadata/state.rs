@@ -42,11 +42,16 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
 use super::command::{Command, Kind, MergeSummary, Outcome, Proposal, Refusal, RemoteChanges};
+use super::compact::Merged;
 use super::doc::{Actor, DocError, EntityDoc};
+
+#[path = "state_compact.rs"]
+mod compaction;
 use super::ledger::{GrantReply, GrantRequest, Ledger, long_over};
 use super::records::{
     BudgetRecord, CustomerRecord, KeyRecord, ModelRecord, TagRecord, TeamRecord, UserRecord,
 };
+pub use compaction::{COMPACT_FLOOR, Compactable};
 
 /// A durable effect of applying a command.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -163,6 +168,8 @@ pub trait DocSource: Send + Sync + std::fmt::Debug {
 pub struct OutgoingDoc {
     pub kind: Kind,
     pub id: String,
+    /// The document's change number.
+    pub seq: u64,
     /// [`EntityDoc::save`]: load it to take its changes.
     pub saved: Vec<u8>,
 }
@@ -233,6 +240,9 @@ pub struct MetadataState {
     ledger_expiry: BTreeSet<(u64, Vec<u8>)>,
     /// Where documents not in `docs` are; `None`: `docs` holds them all.
     source: Option<Arc<dyn DocSource>>,
+    /// Documents this region compacts that are past the compaction floor
+    /// (node-local, derived; see [`compaction`]).
+    compactable: BTreeSet<EntityKey>,
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -365,6 +375,7 @@ impl MetadataState {
             ledgers: BTreeMap::new(),
             ledger_expiry: BTreeSet::new(),
             source: None,
+            compactable: BTreeSet::new(),
             names: BTreeSet::new(),
         }
     }
@@ -642,6 +653,7 @@ impl MetadataState {
             out.docs.push(OutgoingDoc {
                 kind: key.0,
                 id: key.1.to_string(),
+                seq: doc.seq,
                 saved: doc.saved.to_vec(),
             });
         }
@@ -798,6 +810,7 @@ impl MetadataState {
     }
 
     fn install_doc(&mut self, key: EntityKey, doc: StoredDoc) {
+        self.note_size(&key, &doc);
         let seq = doc.seq;
         self.seq = self.seq.max(seq);
         self.by_seq.insert(seq, key.clone());
@@ -1138,6 +1151,7 @@ impl Planner<'_> {
                 entities,
             } => self.merge_remote(source, *since, *through, entities),
             Command::Grant(request) => Ok(self.grant(request)),
+            Command::Compact { kind, id, heads } => self.compact(*kind, id, heads),
         }
     }
 
@@ -1405,8 +1419,12 @@ impl Planner<'_> {
                     }
                 }
             };
-            if slot.0.merge(&entity.changes).map_err(failed)? {
-                slot.1 = true;
+            // A whole document, perhaps of another compaction epoch.
+            match slot.0.merge_document(&entity.changes).map_err(failed)? {
+                Merged::Done(changed) => slot.1 |= changed,
+                Merged::Skipped(why) => {
+                    tracing::warn!(kind = kind.noun(), source, why, "document not merged");
+                }
             }
             slot.2 = &entity.heads;
         }

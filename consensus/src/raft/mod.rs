@@ -49,6 +49,7 @@ impl fmt::Display for Proposal {
                 source, entities, ..
             } => format!("merge {} document(s) from {source}", entities.len()),
             crate::metadata::Command::Grant(r) => format!("rights for {}", r.holder.region),
+            crate::metadata::Command::Compact { kind, .. } => format!("compact {}", kind.noun()),
         };
         write!(f, "{op} @{}", self.at_ms)
     }

@@ -1,0 +1,307 @@
+//! Compaction in the state: the `Compact` command, and the
+//! documents this region should compact (see [`super::super::compact`]).
+
+use std::sync::Arc;
+
+use automerge::ChangeHash;
+
+use super::Effect;
+use super::{
+    EntityDoc, EntityKey, Kind, MetadataState, Outcome, Planned, Planner, Refusal, StoredDoc, done,
+    invalid,
+};
+
+/// A document is compacted once its saved form exceeds this plus twice its
+/// record's JSON: its history, not its record, is what grew. Right after a
+/// compaction a document is about its record's size, so it is not compacted
+/// again until it has grown by this much once more.
+pub const COMPACT_FLOOR: usize = 16 * 1024;
+
+/// A document this region may compact now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Compactable {
+    pub kind: Kind,
+    pub id: String,
+    /// The document's change number.
+    pub seq: u64,
+    /// Its compaction epoch.
+    pub epoch: u64,
+    /// Its heads (hex), for `Command::Compact`.
+    pub heads: Vec<String>,
+}
+
+impl MetadataState {
+    /// Keeps the set of documents to look at for compaction current: a
+    /// document larger than [`COMPACT_FLOOR`] that this region compacts.
+    pub(super) fn note_size(&mut self, key: &EntityKey, doc: &StoredDoc) {
+        let ours = doc.saved.len() > COMPACT_FLOOR
+            && EntityDoc::load(&doc.saved).is_ok_and(|d| d.compacted_by(&self.region));
+        if ours {
+            self.compactable.insert(key.clone());
+        } else {
+            self.compactable.remove(key);
+        }
+    }
+
+    /// Up to `limit` documents this region compacts that outgrew their
+    /// record, skipping those `skip` rules out (by kind, id and change
+    /// number).
+    pub fn compactable(
+        &self,
+        limit: usize,
+        skip: impl Fn(Kind, &str, u64) -> bool,
+    ) -> Vec<Compactable> {
+        let mut out = Vec::new();
+        for key in &self.compactable {
+            if out.len() >= limit {
+                break;
+            }
+            let Ok(Some(stored)) = self.stored_doc(key) else {
+                continue;
+            };
+            if skip(key.0, &key.1, stored.seq) {
+                continue;
+            }
+            let record = self
+                .get_json(key.0, &key.1)
+                .map_or(0, |r| r.to_string().len());
+            if stored.saved.len() <= COMPACT_FLOOR.saturating_add(record.saturating_mul(2)) {
+                continue;
+            }
+            let Ok(doc) = EntityDoc::load(&stored.saved) else {
+                continue;
+            };
+            out.push(Compactable {
+                kind: key.0,
+                id: key.1.to_string(),
+                seq: stored.seq,
+                epoch: doc.epoch(),
+                heads: doc.heads().iter().map(ToString::to_string).collect(),
+            });
+        }
+        out
+    }
+}
+
+impl Planner<'_> {
+    /// `Command::Compact`.
+    pub(super) fn compact(&mut self, kind: Kind, id: &str, heads: &[String]) -> Planned {
+        let key: EntityKey = (kind, Arc::from(id));
+        let noun = kind.noun();
+        let Some(stored) = self.current_doc(&key)? else {
+            return Err(Outcome::refused(
+                Refusal::NotFound,
+                format!("{noun} `{id}` has no document"),
+            ));
+        };
+        let failed = |e: super::DocError| invalid(format!("{noun} `{id}`: {e}"));
+        let doc = EntityDoc::load(&stored.saved).map_err(failed)?;
+        // The cut: a version of this document every other region holds.
+        let cut: Option<Vec<ChangeHash>> = heads.iter().map(|h| h.parse().ok()).collect();
+        let cut = cut.filter(|c| !c.is_empty() && doc.holds(c));
+        let Some(cut) = cut else {
+            return Err(invalid(format!("{noun} `{id}` does not hold that cut")));
+        };
+        let region = &self.state.region;
+        if !doc.compacted_by(region) {
+            return Err(invalid(format!(
+                "{noun} `{id}` is compacted by another region"
+            )));
+        }
+        let next = doc.compact(region, &cut).map_err(failed)?;
+        // A change merged here that is concurrent with the cut may lose an
+        // unblock in translation (see `compact`): compact at a later cut then.
+        if next.record().map_err(failed)? != doc.record().map_err(failed)? {
+            return Err(invalid(format!(
+                "{noun} `{id}`: compaction at that cut would change it"
+            )));
+        }
+        let saved = next.save();
+        let summary = serde_json::json!({
+            "epoch": next.epoch(),
+            "bytes_before": stored.saved.len(),
+            "bytes_after": saved.len(),
+        });
+        self.next_seq += 1;
+        self.effects.push(Effect::Doc {
+            kind,
+            id: key.1,
+            doc: StoredDoc {
+                seq: self.next_seq,
+                echo: None,
+                saved: saved.into_boxed_slice(),
+            },
+            replaces: Some(stored.seq),
+        });
+        Ok(done(vec![summary], vec![]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+    use sha2::{Digest, Sha256};
+
+    use super::super::{Change, OutboxLimits, Proposal, RemoteChanges};
+    use super::*;
+    use crate::metadata::Command;
+
+    const US: &str = "us-east";
+    const EU: &str = "eu-west";
+    const T1: &str = "1111111111111111111111111111111111111111111111111111111111111111";
+
+    fn apply(state: &mut MetadataState, command: Command) -> (Outcome, Vec<Change>) {
+        state.apply(&Proposal {
+            at_ms: 1_000,
+            command,
+        })
+    }
+
+    /// Everything `from` has that `to` lacks, merged into `to`.
+    fn ship(from: &MetadataState, to: &mut MetadataState) {
+        let after = to.sync_cursor(from.region());
+        let limits = OutboxLimits {
+            max_docs: 1000,
+            max_bytes: 1 << 24,
+            max_scan: 10_000,
+        };
+        let outbox = from.outbox(after, to.region(), limits);
+        let entities = outbox
+            .docs
+            .iter()
+            .map(|d| {
+                let doc = EntityDoc::load(&d.saved).unwrap();
+                RemoteChanges {
+                    kind: d.kind,
+                    id: d.id.clone(),
+                    changes: doc.changes_since(&[]),
+                    heads: doc.heads().iter().map(ToString::to_string).collect(),
+                }
+            })
+            .collect();
+        let command = Command::MergeRemote {
+            source: from.region().to_owned(),
+            since: after,
+            through: outbox.through,
+            entities,
+        };
+        let (out, _) = apply(to, command);
+        assert!(matches!(out, Outcome::Done { .. }), "{out:?}");
+    }
+
+    fn size(state: &MetadataState) -> usize {
+        state.document_size(Kind::Key, T1).unwrap()
+    }
+
+    fn compact(state: &mut MetadataState, heads: Vec<String>) -> Outcome {
+        let command = Command::Compact {
+            kind: Kind::Key,
+            id: T1.into(),
+            heads,
+        };
+        apply(state, command).0
+    }
+
+    /// A key made in `us-east` and its metadata rewritten `edits` times
+    /// (512 bytes that do not compress away).
+    fn edited_key(edits: u64) -> MetadataState {
+        let mut us = MetadataState::new(US);
+        let create = Command::Create {
+            kind: Kind::Key,
+            record: json!({"token": T1, "key_name": "sk-...1111"}),
+        };
+        apply(&mut us, create);
+        for n in 0..edits {
+            let note: String = (0..16u64)
+                .flat_map(|i| Sha256::digest((n * 16 + i).to_be_bytes()))
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            let patch = json!({"metadata": {"note": note}});
+            let update = Command::Update {
+                kind: Kind::Key,
+                id: T1.into(),
+                patch: patch.as_object().unwrap().clone(),
+            };
+            assert!(matches!(apply(&mut us, update).0, Outcome::Done { .. }));
+        }
+        us
+    }
+
+    #[test]
+    fn a_grown_document_is_compacted_by_its_region_and_followed_by_others() {
+        let mut us = edited_key(40);
+        let mut eu = MetadataState::new(EU);
+        ship(&us, &mut eu);
+        let before = size(&us);
+        assert!(before > COMPACT_FLOOR + 4_000, "{before}");
+        let record = us.get_json(Kind::Key, T1);
+
+        // Only the region that made the key compacts it.
+        let found = us.compactable(8, |_, _, _| false);
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].seq, us.change_seq());
+        assert!(eu.compactable(8, |_, _, _| false).is_empty());
+        assert!(
+            us.compactable(8, |_, _, _| true).is_empty(),
+            "skip rules out"
+        );
+
+        // No cut, a cut not held, and another region, are refused.
+        assert!(matches!(compact(&mut us, vec![]), Outcome::Refused { .. }));
+        let unknown = vec!["ab".repeat(32)];
+        assert!(matches!(compact(&mut us, unknown), Outcome::Refused { .. }));
+        let heads = found[0].heads.clone();
+        assert!(matches!(
+            compact(&mut eu, heads.clone()),
+            Outcome::Refused { .. }
+        ));
+
+        let Outcome::Done { records, .. } = compact(&mut us, heads) else {
+            panic!("compaction refused");
+        };
+        assert_eq!(records[0]["epoch"], json!(1));
+        let after = size(&us);
+        assert!(after * 10 < before, "{before} -> {after}");
+        assert_eq!(
+            us.get_json(Kind::Key, T1),
+            record,
+            "the record is unchanged"
+        );
+        assert!(us.compactable(8, |_, _, _| false).is_empty());
+
+        // The other region moves to the new epoch when it is sent.
+        ship(&us, &mut eu);
+        assert_eq!(eu.document_size(Kind::Key, T1), Some(after));
+        assert_eq!(eu.get_json(Kind::Key, T1), record);
+        let doc = eu.document(Kind::Key, T1).unwrap().unwrap();
+        assert_eq!(doc.epoch(), 1);
+    }
+
+    #[test]
+    fn an_edit_in_flight_survives_the_compaction() {
+        let mut us = edited_key(40);
+        let mut eu = MetadataState::new(EU);
+        ship(&us, &mut eu);
+        // `eu-west` edits the old epoch while `us-east` compacts.
+        let patch = json!({"rpm_limit": 7});
+        let update = Command::Update {
+            kind: Kind::Key,
+            id: T1.into(),
+            patch: patch.as_object().unwrap().clone(),
+        };
+        assert!(matches!(apply(&mut eu, update).0, Outcome::Done { .. }));
+        let heads = us.compactable(8, |_, _, _| false)[0].heads.clone();
+        assert!(matches!(compact(&mut us, heads), Outcome::Done { .. }));
+        ship(&eu, &mut us);
+        ship(&us, &mut eu);
+        for state in [&us, &eu] {
+            assert_eq!(state.key(T1).unwrap().limits.rpm_limit, Some(7));
+            let doc = state.document(Kind::Key, T1).unwrap().unwrap();
+            assert_eq!(doc.epoch(), 1);
+        }
+        assert_eq!(
+            us.document(Kind::Key, T1).unwrap().unwrap().heads(),
+            eu.document(Kind::Key, T1).unwrap().unwrap().heads()
+        );
+    }
+}
