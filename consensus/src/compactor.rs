@@ -14,6 +14,9 @@ use crate::metadata::{Command, Compactable, Kind, Outcome};
 /// Documents compacted per round at most (each is one Raft write).
 const PER_ROUND: usize = 8;
 
+/// Documents looked at per round (those without a cut yet are passed over).
+const LOOKED_AT: usize = 64;
+
 /// Refusals remembered (a document refused at a change number is not
 /// proposed again until it changes); forgotten wholesale past this.
 const MAX_REMEMBERED: usize = 4096;
@@ -22,6 +25,8 @@ pub struct Compactor {
     region: Region,
     /// Per document: the change number at which compaction was refused.
     refused: Mutex<BTreeMap<(Kind, String), u64>>,
+    /// Where the next round starts looking.
+    next: Mutex<Option<(Kind, String)>>,
 }
 
 impl Compactor {
@@ -29,6 +34,7 @@ impl Compactor {
         Self {
             region,
             refused: Mutex::default(),
+            next: Mutex::default(),
         }
     }
 
@@ -44,16 +50,31 @@ impl Compactor {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
+        let after = self
+            .next
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
         let candidates = self.region.read(|s| {
-            s.compactable(PER_ROUND, |kind, id, seq| {
+            s.compactable(LOOKED_AT, after.as_ref(), |kind, id, seq| {
                 refused.get(&(kind, id.to_owned())) == Some(&seq)
             })
         });
+        if let Some(last) = candidates.last() {
+            // The next round starts after these: every document gets its turn.
+            *self.next.lock().unwrap_or_else(PoisonError::into_inner) =
+                Some((last.kind, last.id.clone()));
+        }
         let mut compacted = 0;
+        let mut proposed = 0;
         for candidate in candidates {
+            if proposed >= PER_ROUND {
+                break;
+            }
             let Some(heads) = cut(&candidate) else {
                 continue;
             };
+            proposed += 1;
             let command = Command::Compact {
                 kind: candidate.kind,
                 id: candidate.id.clone(),

@@ -25,6 +25,20 @@ fn config() -> ProptestConfig {
 }
 
 const REGIONS: [&str; 3] = ["us-east", "eu-west", "ap-south"];
+
+/// The regions' names in the order `n` (of 6) picks: which region made the
+/// key decides how its actor orders against the others'.
+fn names(n: usize) -> [&'static str; 3] {
+    let [a, b, c] = REGIONS;
+    [
+        [a, b, c],
+        [a, c, b],
+        [b, a, c],
+        [b, c, a],
+        [c, a, b],
+        [c, b, a],
+    ][n % 6]
+}
 const HOME: usize = 0;
 const T0: u64 = 1_800_000_000_000;
 
@@ -48,8 +62,11 @@ enum Step {
         from: usize,
         to: usize,
     },
-    /// The home region compacts, if every other region holds a version.
-    Compact,
+    /// The region compacts, if it is the one that compacts the document
+    /// and every other region holds a version of its document.
+    Compact {
+        region: usize,
+    },
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -58,7 +75,7 @@ fn step() -> impl Strategy<Value = Step> {
         1 => (0..3usize).prop_map(|region| Step::Delete { region }),
         1 => (0..3usize, 0..4u8).prop_map(|(region, value)| Step::Recreate { region, value }),
         4 => (0..3usize, 0..3usize).prop_map(|(from, to)| Step::Send { from, to }),
-        2 => Just(Step::Compact),
+        2 => (0..3usize).prop_map(|region| Step::Compact { region }),
     ]
 }
 
@@ -69,15 +86,20 @@ fn base_record(value: u8) -> Map<String, Value> {
         .clone()
 }
 
-/// One run: every region's document, and what the home region knows each
-/// other region holds (a version of its document: change count, epoch,
-/// heads).
+/// A version of a region's document another region holds as sent: the
+/// sender's change count then, its epoch, its heads.
+type Version = (u64, u64, Vec<automerge::ChangeHash>);
+
+/// One run: every region's document, and what each knows the others hold.
 struct World {
+    names: [&'static str; 3],
     docs: Vec<EntityDoc>,
-    /// Per region: the home document's version it last merged.
-    held: Vec<Option<(u64, u64, Vec<automerge::ChangeHash>)>>,
-    /// How many times the home document changed (orders its versions).
-    home_changes: u64,
+    /// `held[c][o]`: the version of `c`'s document `o` last merged as sent
+    /// (`None` after a merge that was not: skipped, translated, or holding
+    /// a creation `c`'s lacked) — what the sync task records.
+    held: Vec<Vec<Option<Version>>>,
+    /// How many times each region's document changed (orders versions).
+    changes: Vec<u64>,
     compacting: bool,
     time: u64,
     /// Per region: the block and delete events it has seen (its own, and
@@ -91,14 +113,28 @@ struct World {
 }
 
 impl World {
-    fn new(compacting: bool) -> Self {
-        let home = EntityDoc::new(&Actor::for_region(REGIONS[HOME]), T0, &base_record(0)).unwrap();
+    /// The home region made the key and the others received it; with
+    /// `twin` 1 or 2, that region made the same id on its own, concurrently
+    /// (the regions' actors order differently against the home's).
+    fn new(compacting: bool, twin: usize, names: [&'static str; 3]) -> Self {
+        let home = EntityDoc::new(&Actor::for_region(names[HOME]), T0, &base_record(0)).unwrap();
         let copy = EntityDoc::from_changes(&home.changes_since(&[])).unwrap();
-        let held = Some((0, 0, home.heads()));
+        let mut docs = vec![home.clone(), copy.clone(), copy];
+        let mut held = vec![vec![None; 3]; 3];
+        let version = Some((0, 0, home.heads()));
+        for other in 1..3 {
+            if other == twin {
+                let actor = Actor::for_region(names[other]);
+                docs[other] = EntityDoc::new(&actor, T0, &base_record(1)).unwrap();
+            } else {
+                held[HOME][other] = version.clone();
+            }
+        }
         Self {
-            docs: vec![home, copy.clone(), copy],
-            held: vec![None, held.clone(), held],
-            home_changes: 0,
+            names,
+            docs,
+            held,
+            changes: vec![0; 3],
             compacting,
             time: T0,
             seen_blocks: vec![BTreeSet::new(); 3],
@@ -115,9 +151,7 @@ impl World {
     }
 
     fn changed(&mut self, region: usize) {
-        if region == HOME {
-            self.home_changes += 1;
-        }
+        self.changes[region] += 1;
     }
 
     fn apply(&mut self, step: &Step) {
@@ -140,7 +174,7 @@ impl World {
                 };
                 let before = record.get(name).cloned();
                 record.insert(name.into(), v.clone());
-                let actor = Actor::for_region(REGIONS[region]);
+                let actor = Actor::for_region(self.names[region]);
                 if doc.update(&actor, at, &record).unwrap() {
                     self.changed(region);
                     if name == "blocked" && before != Some(v.clone()) {
@@ -155,7 +189,7 @@ impl World {
                 }
             }
             Step::Delete { region } => {
-                let actor = Actor::for_region(REGIONS[region]);
+                let actor = Actor::for_region(self.names[region]);
                 if self.docs[region].delete(&actor, at).unwrap() {
                     self.changed(region);
                     let e = self.event();
@@ -163,7 +197,7 @@ impl World {
                 }
             }
             Step::Recreate { region, value } => {
-                let actor = Actor::for_region(REGIONS[region]);
+                let actor = Actor::for_region(self.names[region]);
                 if self.docs[region]
                     .recreate(&actor, at, &base_record(value))
                     .unwrap()
@@ -177,7 +211,7 @@ impl World {
                 }
             }
             Step::Send { from, to } => self.send(from, to),
-            Step::Compact => self.compact(),
+            Step::Compact { region } => self.compact(region),
         }
     }
 
@@ -187,42 +221,41 @@ impl World {
         }
         let whole = self.docs[from].changes_since(&[]);
         let before = self.docs[to].heads();
-        match self.docs[to].merge_document(&whole).unwrap() {
-            Merged::Done(_) => {
-                let (blocks, deletes) = (
-                    self.seen_blocks[from].clone(),
-                    self.seen_deletes[from].clone(),
-                );
-                self.seen_blocks[to].extend(blocks);
-                self.seen_deletes[to].extend(deletes);
-                if from == HOME {
-                    let home = &self.docs[HOME];
-                    self.held[to] = Some((self.home_changes, home.epoch(), home.heads()));
-                }
-            }
-            Merged::Skipped(why) => {
-                // Only a document older than the cut may be skipped, never
-                // the home region's newer epoch (it waited for the cut).
-                assert_ne!(from, HOME, "{why}");
-            }
-        }
-        if to == HOME && self.docs[HOME].heads() != before {
-            self.home_changes += 1;
+        let merged = self.docs[to].merge_document(&whole).unwrap();
+        // Every document sent is its region's current one: a region that
+        // compacts waited until every other could follow.
+        assert!(!matches!(merged, Merged::Skipped(_)), "{merged:?}");
+        let (blocks, deletes) = (
+            self.seen_blocks[from].clone(),
+            self.seen_deletes[from].clone(),
+        );
+        self.seen_blocks[to].extend(blocks);
+        self.seen_deletes[to].extend(deletes);
+        let sent = &self.docs[from];
+        self.held[from][to] = merged
+            .held()
+            .then(|| (self.changes[from], sent.epoch(), sent.heads()));
+        if self.docs[to].heads() != before {
+            self.changes[to] += 1;
         }
     }
 
-    /// What the sync task does: compact at the oldest version every other
-    /// region holds, in the current epoch; as the state machine does,
-    /// only when the record stays the same.
-    fn compact(&mut self) {
-        if !self.compacting {
+    /// What the sync task does: if this region compacts the document,
+    /// compact at the oldest version every other region holds, in the
+    /// current epoch; as the state machine does, only when the record stays
+    /// the same.
+    fn compact(&mut self, region: usize) {
+        let doc = &self.docs[region];
+        if !self.compacting || !doc.compacted_by(self.names[region]) {
             return;
         }
-        let home = &self.docs[HOME];
-        let mut cut: Option<&(u64, u64, Vec<automerge::ChangeHash>)> = None;
-        for held in self.held.iter().skip(1) {
+        let mut cut: Option<&Version> = None;
+        for (other, held) in self.held[region].iter().enumerate() {
+            if other == region {
+                continue;
+            }
             let Some(version) = held else { return };
-            if version.1 != home.epoch() {
+            if version.1 != doc.epoch() {
                 return;
             }
             if cut.is_none_or(|c| version.0 < c.0) {
@@ -230,11 +263,11 @@ impl World {
             }
         }
         let cut = cut.unwrap().2.clone();
-        assert!(home.holds(&cut));
-        let next = home.compact(REGIONS[HOME], &cut).unwrap();
-        if next.record().unwrap() == home.record().unwrap() {
-            self.docs[HOME] = next;
-            self.home_changes += 1;
+        assert!(doc.is_version(&cut));
+        let next = doc.compact(self.names[region], &cut).unwrap();
+        if next.record().unwrap() == doc.record().unwrap() {
+            self.docs[region] = next;
+            self.changes[region] += 1;
         }
     }
 
@@ -254,9 +287,13 @@ proptest! {
     #![proptest_config(config())]
 
     #[test]
-    fn regions_converge_through_any_compactions(steps in prop::collection::vec(step(), 1..60)) {
+    fn regions_converge_through_any_compactions(
+        steps in prop::collection::vec(step(), 1..60),
+        twin in 0..3usize,
+        order in 0..6usize,
+    ) {
         for compacting in [true, false] {
-            let mut world = World::new(compacting);
+            let mut world = World::new(compacting, twin, names(order));
             for step in &steps {
                 world.apply(step);
             }

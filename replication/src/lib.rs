@@ -13,6 +13,7 @@ pub mod crdt;
 pub mod gossip;
 pub mod metadata_sync;
 pub mod rights;
+mod sync_holds;
 mod wire;
 
 pub use counters::{Counters, Reading, Ticket, Txn};

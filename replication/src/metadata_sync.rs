@@ -37,6 +37,7 @@ pub use pb::metadata_sync_server::MetadataSyncServer;
 use tonic::{Request, Response, Status};
 
 use crate::gossip::Peer;
+use crate::sync_holds::{Holds, Remote, Version};
 
 /// The other regions and their nodes' inter-node addresses; asked every
 /// round, so configuration changes are picked up.
@@ -136,7 +137,11 @@ impl pb::metadata_sync_server::MetadataSync for SyncService {
         // This node's applied state may trail the leader's: a lower cursor
         // only makes the sender resend.
         let cursor = self.region.read(|s| s.sync_cursor(&request.from_region));
-        Ok(Response::new(pb::CursorReply { cursor }))
+        Ok(Response::new(pb::CursorReply {
+            cursor,
+            not_held: Vec::new(),
+            compaction: true,
+        }))
     }
 
     async fn push(
@@ -167,6 +172,15 @@ impl pb::metadata_sync_server::MetadataSync for SyncService {
         match (MergeSummary::from_outcome(&outcome), outcome) {
             (Some(summary), _) => Ok(Response::new(pb::CursorReply {
                 cursor: summary.cursor,
+                not_held: summary
+                    .not_held
+                    .iter()
+                    .map(|(kind, id)| pb::EntityRef {
+                        kind: kind_to_wire(*kind).into(),
+                        id: id.clone(),
+                    })
+                    .collect(),
+                compaction: true,
             })),
             (None, Outcome::Refused { message, .. }) => Err(Status::invalid_argument(message)),
             (None, Outcome::Done { .. }) => Err(Status::internal("a merge without a summary")),
@@ -277,6 +291,8 @@ struct Progress {
     next_peer: usize,
     /// The round in which the cursor was last asked.
     asked: u64,
+    /// Its node last answered as following compaction epochs.
+    compaction: bool,
 }
 
 /// The sync task of one node; it works only while the node leads its region.
@@ -289,28 +305,9 @@ pub struct MetadataSync {
     progress: Mutex<BTreeMap<String, Progress>>,
     counters: Counters,
     compactor: Compactor,
-    /// Per remote region, per document: the version of it the region last
-    /// acknowledged merging — where the document may be compacted while it
-    /// keeps changing (or while that region is unreachable).
-    held: Mutex<BTreeMap<String, Held>>,
+    /// What the other regions hold of this region's documents.
+    holds: Holds,
 }
-
-/// A version of one of this region's documents.
-#[derive(Clone, Debug)]
-struct Version {
-    seq: u64,
-    /// A cut is only good in the epoch it was taken in.
-    epoch: u64,
-    heads: Vec<String>,
-}
-
-/// What one remote region holds: per document, the version it last
-/// acknowledged.
-type Held = BTreeMap<(Kind, String), Version>;
-
-/// Document versions remembered per remote region (past this, the memory
-/// is cleared; compaction then waits for the next pushes).
-const MAX_HELD: usize = 16 * 1024;
 
 impl MetadataSync {
     pub fn new(
@@ -329,7 +326,7 @@ impl MetadataSync {
             config,
             progress: Mutex::default(),
             counters: Counters::default(),
-            held: Mutex::default(),
+            holds: Holds::default(),
         })
     }
 
@@ -366,7 +363,7 @@ impl MetadataSync {
         if !self.region.is_leader() {
             // A later term as leader starts by asking again.
             self.progress().clear();
-            self.held().clear();
+            self.holds.clear();
             return;
         }
         let round = self.counters.rounds.fetch_add(1, Ordering::Relaxed) + 1;
@@ -378,60 +375,32 @@ impl MetadataSync {
             .await;
     }
 
-    /// A version of `candidate` every other region holds — the oldest of
-    /// the versions they hold — as heads to compact at; `None` while one of
-    /// them is not known to hold any.
+    /// A version of `candidate` every other region holds, as heads to
+    /// compact at; `None` while one of them is not known to hold any.
     fn cut_held_everywhere(
         &self,
         candidate: &Compactable,
         remotes: &[RemoteRegion],
     ) -> Option<Vec<String>> {
         let progress = self.progress();
-        let held = self.held();
         let me = self.region.name().as_str();
-        let current = Version {
-            seq: candidate.seq,
-            epoch: candidate.epoch,
-            heads: candidate.heads.clone(),
-        };
-        let mut cut = current.clone();
-        for remote in remotes.iter().filter(|r| r.name != me) {
-            let cursor = progress.get(&remote.name).and_then(|p| p.cursor)?;
-            let version = if cursor >= candidate.seq {
-                // Its cursor covers the document's last change.
-                &current
-            } else {
-                held.get(&remote.name)?
-                    .get(&(candidate.kind, candidate.id.clone()))?
-            };
-            if version.epoch != candidate.epoch {
-                return None; // it holds an older epoch: wait for it to move
-            }
-            if version.seq < cut.seq {
-                cut = version.clone();
-            }
-        }
-        Some(cut.heads)
-    }
-
-    fn held(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Held>> {
-        self.held.lock().unwrap_or_else(PoisonError::into_inner)
+        let others: Vec<Remote<'_>> = remotes
+            .iter()
+            .filter(|r| r.name != me)
+            .map(|r| {
+                let known = progress.get(&r.name);
+                Remote {
+                    name: &r.name,
+                    cursor: known.and_then(|p| p.cursor),
+                    compaction: known.is_some_and(|p| p.compaction),
+                }
+            })
+            .collect();
+        self.holds.cut(candidate, &others)
     }
 
     fn progress(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Progress>> {
         self.progress.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Notes that `region` merged these versions of documents.
-    fn note_held(&self, region: &str, versions: Vec<((Kind, String), Version)>) {
-        let mut held = self.held();
-        let held = held.entry(region.to_owned()).or_default();
-        for (doc, version) in versions {
-            if held.len() >= MAX_HELD {
-                held.clear();
-            }
-            held.insert(doc, version);
-        }
     }
 
     async fn sync_region(&self, remote: &RemoteRegion, round: u64) {
@@ -469,7 +438,9 @@ impl MetadataSync {
         let cursor = match progress.cursor {
             Some(cursor) if round.saturating_sub(progress.asked) < ASK_AGAIN_ROUNDS => cursor,
             known => {
-                let cursor = self.ask_cursor(peer, &remote.name).await?;
+                let reply = self.ask_cursor(peer, &remote.name).await?;
+                let cursor = reply.cursor;
+                progress.compaction = reply.compaction;
                 progress.asked = round;
                 // Behind what was acknowledged (or first contact): resume
                 // from what the remote region holds.
@@ -524,11 +495,18 @@ impl MetadataSync {
             }
             let sent = entities.len() as u64;
             let since = progress.cursor.unwrap_or(0);
-            let answered = self
+            let reply = self
                 .push(peer, &remote.name, since, outbox.through, entities)
                 .await?;
+            let answered = reply.cursor;
+            progress.compaction = reply.compaction;
             if answered == outbox.through {
-                self.note_held(&remote.name, sent_versions);
+                let not_held: Vec<(Kind, String)> = reply
+                    .not_held
+                    .iter()
+                    .filter_map(|e| Some((kind_from_wire(e.kind)?, e.id.clone())))
+                    .collect();
+                self.holds.note(&remote.name, sent_versions, &not_held);
             }
             self.counters.pushes.fetch_add(1, Ordering::Relaxed);
             self.counters.docs_sent.fetch_add(sent, Ordering::Relaxed);
@@ -553,7 +531,7 @@ impl MetadataSync {
             .max_encoding_message_size(MAX_MESSAGE_BYTES))
     }
 
-    async fn ask_cursor(&self, peer: &Peer, to: &str) -> Result<u64, CallError> {
+    async fn ask_cursor(&self, peer: &Peer, to: &str) -> Result<pb::CursorReply, CallError> {
         peer.reach().await?;
         let mut client = self.client(peer)?;
         let mut request = Request::new(pb::CursorRequest {
@@ -561,8 +539,7 @@ impl MetadataSync {
             to_region: to.to_owned(),
         });
         self.secret.stamp(&mut request, self.config.deadline);
-        let reply = with_deadline(self.config.deadline, client.cursor(request)).await?;
-        Ok(reply.cursor)
+        with_deadline(self.config.deadline, client.cursor(request)).await
     }
 
     async fn push(
@@ -572,7 +549,7 @@ impl MetadataSync {
         since: u64,
         through: u64,
         entities: Vec<pb::EntityChanges>,
-    ) -> Result<u64, CallError> {
+    ) -> Result<pb::CursorReply, CallError> {
         peer.reach().await?;
         let mut client = self.client(peer)?;
         let mut request = Request::new(pb::PushRequest {
@@ -583,8 +560,7 @@ impl MetadataSync {
             entities,
         });
         self.secret.stamp(&mut request, self.config.deadline);
-        let reply = with_deadline(self.config.deadline, client.push(request)).await?;
-        Ok(reply.cursor)
+        with_deadline(self.config.deadline, client.push(request)).await
     }
 }
 

@@ -186,3 +186,157 @@ async fn a_region_cut_off_does_not_stop_compaction_of_what_it_holds() {
         node.region.shutdown().await;
     }
 }
+
+/// The same id made in two regions while they cannot talk, then edited on
+/// both sides: once healed they hold one document, compacted, with every
+/// edit. (That no region compacts before all agree on which one does —
+/// each answers "not held" for a document lacking a creation it holds —
+/// is `consensus/tests/fuzz_compaction.rs`'s to show, under every order.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_made_in_two_regions_at_once_is_compacted_once() {
+    let directory = directory().await;
+    let us = start_region(US, 1, &directory).await;
+    let eu = start_region(EU, 1, &directory).await;
+    cut(&directory, EU, true);
+    sleep(Duration::from_millis(200)).await;
+    let id = token(3);
+    us.propose(create_key(3)).await;
+    eu.propose(create_key(3)).await;
+    for n in 0..20 {
+        us.propose(update(
+            Kind::Key,
+            &id,
+            json!({"metadata": {"note": note(n)}}),
+        ))
+        .await;
+        eu.propose(update(
+            Kind::Key,
+            &id,
+            json!({"key_alias": format!("eu-{n}")}),
+        ))
+        .await;
+    }
+    cut(&directory, EU, false);
+    for n in 20..60 {
+        us.propose(update(
+            Kind::Key,
+            &id,
+            json!({"metadata": {"note": note(n)}}),
+        ))
+        .await;
+    }
+    let last = json!(note(59));
+    eventually("one document everywhere, compacted", || {
+        converged(&[&us, &eu], Kind::Key, &id)
+            && epoch(&us.nodes[0].region, &id) >= 1
+            && eu.all(|n| {
+                json_of(n, Kind::Key, &id).is_some_and(|r| {
+                    r["metadata"]["note"] == last && r["key_alias"] == json!("eu-19")
+                })
+            })
+    })
+    .await;
+    assert_eq!(
+        epoch(&eu.nodes[0].region, &id),
+        epoch(&us.nodes[0].region, &id)
+    );
+    for node in us.nodes.iter().chain(&eu.nodes) {
+        node.region.shutdown().await;
+    }
+}
+
+/// A region answering as an older build (without `compaction`) would merge
+/// a compacted document's changes as plain ones: while one answers, no
+/// document is compacted. Nor is one a region answers it does not hold as
+/// sent.
+#[tokio::test(flavor = "multi_thread")]
+async fn no_compaction_while_a_region_runs_an_older_build_or_holds_otherwise() {
+    use meridian_proto::sync::v1 as pb;
+    use pb::metadata_sync_server::{MetadataSync, MetadataSyncServer};
+    use tonic::{Request, Response, Status};
+
+    /// Takes every push, as a region of either build would; with
+    /// `otherwise`, answers that it holds none of the documents as sent.
+    struct Remote {
+        compaction: bool,
+        otherwise: bool,
+    }
+
+    #[tonic::async_trait]
+    impl MetadataSync for Remote {
+        async fn cursor(
+            &self,
+            _: Request<pb::CursorRequest>,
+        ) -> Result<Response<pb::CursorReply>, Status> {
+            Ok(Response::new(pb::CursorReply {
+                cursor: 0,
+                not_held: vec![],
+                compaction: self.compaction,
+            }))
+        }
+        async fn push(
+            &self,
+            request: Request<pb::PushRequest>,
+        ) -> Result<Response<pb::CursorReply>, Status> {
+            let request = request.into_inner();
+            let not_held = match self.otherwise {
+                true => request
+                    .entities
+                    .iter()
+                    .map(|e| pb::EntityRef {
+                        kind: e.kind,
+                        id: e.id.clone(),
+                    })
+                    .collect(),
+                false => vec![],
+            };
+            Ok(Response::new(pb::CursorReply {
+                cursor: request.through,
+                not_held,
+                compaction: self.compaction,
+            }))
+        }
+    }
+
+    for (compaction, otherwise) in [(false, false), (true, true), (true, false)] {
+        let directory = directory().await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let routes = tonic::service::Routes::new(MetadataSyncServer::new(Remote {
+            compaction,
+            otherwise,
+        }));
+        tokio::spawn(meridian_link::serve(
+            listener,
+            routes,
+            std::future::pending(),
+        ));
+        directory
+            .lock()
+            .unwrap()
+            .regions
+            .insert(EU.into(), vec![addr]);
+        let us = start_region(US, 1, &directory).await;
+        let id = token(4);
+        us.propose(create_key(4)).await;
+        for n in 0..80 {
+            us.propose(update(
+                Kind::Key,
+                &id,
+                json!({"metadata": {"note": note(n)}}),
+            ))
+            .await;
+        }
+        let region = &us.nodes[0].region;
+        let record = json_of(region, Kind::Key, &id).unwrap().to_string().len();
+        if compaction && !otherwise {
+            eventually("compacted", || epoch(region, &id) >= 1).await;
+        } else {
+            sleep(Duration::from_millis(1000)).await; // ~20 sync rounds
+            assert_eq!(epoch(region, &id), 0, "compacted: {compaction} {otherwise}");
+            let size = doc_size(region, &id);
+            assert!(size > COMPACT_FLOOR + 2 * record, "{size}: past the floor");
+        }
+        region.shutdown().await;
+    }
+}

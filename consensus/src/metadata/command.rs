@@ -124,10 +124,11 @@ pub enum Command {
     /// [`super::ledger`]). Answered with `Done { records: [GrantReply], .. }`.
     Grant(super::ledger::GrantRequest),
     /// Replaces an entity's document by its next compaction epoch (see
-    /// [`super::compact`]): refused unless the document's heads are still
-    /// `heads` (hex) and this region is the one that compacts it. The
-    /// record does not change. Proposed only once every other region holds
-    /// the document (its sync cursor covers it). Time plays no part.
+    /// [`super::compact`]) at the cut `heads` (hex): refused unless they are
+    /// the heads of a version of the document, this region is the one that
+    /// compacts it, few enough changes came after the cut, and the record
+    /// stays the same. Proposed only once every other region holds that
+    /// version (the sync task knows). Time plays no part.
     Compact {
         kind: Kind,
         id: String,
@@ -159,6 +160,11 @@ pub struct MergeSummary {
     pub cursor: u64,
     /// Documents the batch changed.
     pub merged: u64,
+    /// Documents of the batch this region does not now hold as sent: the
+    /// sender must not compact them at that version (see
+    /// [`super::compact::Merged`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_held: Vec<(Kind, String)>,
 }
 
 impl MergeSummary {

@@ -49,12 +49,16 @@
 //! the peer's cut first: it holds that cut, since compaction waited for
 //! every region to hold it), or one epoch behind (the peer's document is
 //! translated into this epoch). A document that cannot be brought to the
-//! same epoch — it lacks the cut, or is two epochs away — is skipped: its
-//! sender holds a newer one and will send it.
+//! same epoch — it lacks the cut, is two epochs away, or is another lineage
+//! of the same epoch — is skipped. The receiving region reports the
+//! documents it skipped, translated, or holds with a creation the sender
+//! lacks, as not held (`MergeSummary::not_held`): the region that compacts
+//! counts only versions held as sent, so every region can follow each
+//! epoch, and all agree on who compacts (they see the same creations).
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use automerge::legacy::{Key, ObjectId, OpType};
+use automerge::legacy::{Key, OpType};
 use automerge::transaction::{CommitOptions, Transactable};
 use automerge::{
     ActorId, AutomergeError, Change, ChangeHash, ROOT, ReadDoc, ScalarValue, Value as AmValue,
@@ -62,6 +66,7 @@ use automerge::{
 use sha2::{Digest, Sha256};
 
 use super::doc::{Actor, DocError, EntityDoc, STICKY_TRUE, TOMBSTONE, is_reserved, parse_frames};
+use super::translate::{Lift, Translator, causal_order};
 
 /// The compaction epoch of a document (absent: 0).
 const EPOCH: &str = "~epoch";
@@ -75,11 +80,28 @@ const BASE: &str = "~base";
 /// What [`EntityDoc::merge_document`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Merged {
-    /// Merged; whether the document changed.
-    Done(bool),
-    /// Not merged: the peer's document is at an epoch this one cannot reach
-    /// (the sender will send a newer one).
+    /// Merged; this document now holds the peer's as sent (whether it
+    /// changed).
+    Held(bool),
+    /// Merged, but this document is not the peer's plus changes of its
+    /// own: it is an epoch ahead (the peer's was translated into it), or it
+    /// holds a creation of the entity the peer's lacks. Whether it changed.
+    Diverged(bool),
+    /// Not merged: the peer's document is at an epoch, or in a lineage,
+    /// this one cannot reach (the sender will send a newer one).
     Skipped(&'static str),
+}
+
+impl Merged {
+    /// Whether the document changed.
+    pub fn changed(self) -> bool {
+        matches!(self, Merged::Held(true) | Merged::Diverged(true))
+    }
+
+    /// Whether this document now holds the peer's as sent.
+    pub fn held(self) -> bool {
+        matches!(self, Merged::Held(_))
+    }
 }
 
 /// Where a compacted document's epoch starts.
@@ -99,7 +121,7 @@ fn base_actor(epoch: u64) -> ActorId {
     ActorId::from(&digest[..16])
 }
 
-fn framing(what: &'static str) -> DocError {
+pub(super) fn framing(what: &'static str) -> DocError {
     DocError::Framing(what)
 }
 
@@ -152,6 +174,29 @@ impl EntityDoc {
         self.rebase(&lineage)
     }
 
+    /// How many changes lie outside the history of `cut` (what compacting
+    /// at it would translate).
+    pub fn changes_outside(&self, cut: &[ChangeHash]) -> usize {
+        self.doc.get_changes(cut).len()
+    }
+
+    /// Whether `cut` is a set of heads of some version of this document
+    /// (held, and none in another's history).
+    pub fn is_version(&self, cut: &[ChangeHash]) -> bool {
+        if cut.is_empty() || !self.holds(cut) {
+            return false;
+        }
+        let mut heads = match self.doc.fork_at(cut) {
+            Ok(at) => at.get_heads(),
+            Err(_) => return false,
+        };
+        let mut cut = cut.to_vec();
+        heads.sort();
+        cut.sort();
+        cut.dedup();
+        heads == cut
+    }
+
     /// Whether the document holds every change in `heads`.
     pub fn holds(&self, heads: &[ChangeHash]) -> bool {
         heads
@@ -164,13 +209,45 @@ impl EntityDoc {
     /// docs, "Across epochs". A batch without a root change (a partial one)
     /// is merged as usual.
     pub fn merge_document(&mut self, changes: &[u8]) -> Result<Merged, DocError> {
+        // Another region's bytes: automerge panics on some corrupted
+        // changes (see `merge`), here when decoding them too. Refused, the
+        // same way on every replica, instead; `self` is untouched then.
+        let mut next = self.clone();
+        let merged =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| next.merge_whole(changes)));
+        match merged {
+            Ok(Ok(merged)) => {
+                *self = next;
+                Ok(merged)
+            }
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(framing("a change automerge cannot apply")),
+        }
+    }
+
+    fn merge_whole(&mut self, changes: &[u8]) -> Result<Merged, DocError> {
         let frames = parse_frames(changes)?;
         let Some(theirs) = batch_epoch(&frames)? else {
-            return self.merge(changes).map(Merged::Done);
+            return self.merge(changes).map(Merged::Held);
         };
+        let their_roots: BTreeSet<ChangeHash> = frames
+            .iter()
+            .filter(|c| c.deps().is_empty())
+            .map(Change::hash)
+            .collect();
         let mine = self.epoch();
         if theirs == mine {
-            return self.merge(changes).map(Merged::Done);
+            if mine > 0 && self.roots() != their_roots {
+                return Ok(Merged::Skipped("another lineage of the same epoch"));
+            }
+            let changed = self.merge(changes)?;
+            // A creation of the same entity the peer has not seen yet: the
+            // peer must not compact before it has (it would not know
+            // whether it is the one that compacts).
+            return Ok(match self.roots() == their_roots {
+                true => Merged::Held(changed),
+                false => Merged::Diverged(changed),
+            });
         }
         let peer = EntityDoc::from_changes(changes)?;
         if theirs == mine.saturating_add(1) {
@@ -181,13 +258,15 @@ impl EntityDoc {
                 }
                 other => other?,
             };
-            if rebased.base_hash() != peer.base_hash() {
-                return Err(framing("the peer's base differs from this region's"));
+            if rebased.roots() != their_roots {
+                return Ok(Merged::Skipped(
+                    "the peer's base differs from this region's",
+                ));
             }
             let mut next = rebased;
             next.merge(changes)?;
             *self = next;
-            return Ok(Merged::Done(true));
+            return Ok(Merged::Held(true));
         }
         if theirs.saturating_add(1) == mine {
             let lineage = self.lineage()?.ok_or(framing("a base without a lineage"))?;
@@ -197,14 +276,30 @@ impl EntityDoc {
                 }
                 other => other?,
             };
-            if translated.base_hash() != self.base_hash() {
-                return Err(framing("the peer's base differs from this region's"));
+            if translated.roots() != self.roots() {
+                return Ok(Merged::Skipped(
+                    "the peer's base differs from this region's",
+                ));
             }
-            return self.merge(&translated.changes_since(&[])).map(Merged::Done);
+            return self
+                .merge(&translated.changes_since(&[]))
+                .map(Merged::Diverged);
         }
         Ok(Merged::Skipped(
             "the peer's document is more than one epoch away",
         ))
+    }
+
+    /// The changes without dependencies: the base of a compacted document,
+    /// the creations of one that is not (several, when regions created the
+    /// entity concurrently).
+    fn roots(&self) -> BTreeSet<ChangeHash> {
+        self.doc
+            .get_changes(&[])
+            .iter()
+            .filter(|c| c.deps().is_empty())
+            .map(Change::hash)
+            .collect()
     }
 
     /// The current epoch's lineage, `None` at epoch 0.
@@ -237,21 +332,6 @@ impl EntityDoc {
             origin: origin.to_string(),
             base,
         }))
-    }
-
-    /// The hash of the base change (the root) of a compacted document.
-    fn base_hash(&self) -> Option<ChangeHash> {
-        let roots: Vec<_> = self
-            .doc
-            .get_changes(&[])
-            .iter()
-            .filter(|c| c.deps().is_empty())
-            .map(Change::hash)
-            .collect();
-        match roots.as_slice() {
-            [one] => Some(*one),
-            _ => None,
-        }
     }
 
     /// This document as epoch `lineage.epoch`: the base standing for the
@@ -288,6 +368,7 @@ impl EntityDoc {
         )
         .map_err(|failure| DocError::Automerge(failure.error))?;
         let base = next.get_heads();
+        let mut translator = Translator::new(next)?;
         // The changes after the cut, dependencies first.
         let after = causal_order(self.doc.get_changes(cut));
         let cut_set: BTreeSet<ChangeHash> = cut.iter().copied().collect();
@@ -313,17 +394,31 @@ impl EntityDoc {
                 }
             }
             let after_cut = seen == cut_set;
+            if deps.is_empty() {
+                // A root (the entity created again, concurrently, in
+                // another region) goes on the base like everything else:
+                // an epoch has one root.
+                deps.extend(base.iter().copied());
+            }
             // Every translated change descends from the base: with one
             // among the dependencies, the base is redundant.
             if deps.iter().any(|d| !base.contains(d)) {
                 deps.retain(|d| !base.contains(d));
             }
             let deps: Vec<ChangeHash> = deps.into_iter().collect();
-            let to = translate(&self.doc, &mut next, change, &deps, after_cut)?;
+            let lift = Lift {
+                original: &self.doc,
+                change,
+                cut,
+                after_cut,
+            };
+            let to = translator.translate(&lift, &deps)?;
             mapped.insert(change.hash(), to);
             covers.insert(change.hash(), seen);
         }
-        Ok(EntityDoc { doc: next })
+        Ok(EntityDoc {
+            doc: translator.into_doc(),
+        })
     }
 }
 
@@ -363,121 +458,6 @@ fn base_fields(
     let bytes = cut.iter().flat_map(|h| h.0).collect();
     fields.insert(BASE.to_owned(), ScalarValue::Bytes(bytes));
     Ok(fields)
-}
-
-/// Rewrites `change` (of `original`) into `next` on top of `deps` (already
-/// in `next`); returns the heads it became (`deps` themselves when it
-/// changes nothing there). The change is rewritten by its effect: each field
-/// it touched gets the value it held right after the change (automerge may
-/// have recorded a put of the value already winning as a delete of the
-/// losing values; the effect says what was meant). See the module docs for
-/// what a change not after the cut loses.
-fn translate(
-    original: &automerge::Automerge,
-    next: &mut automerge::Automerge,
-    change: &Change,
-    deps: &[ChangeHash],
-    after_cut: bool,
-) -> Result<Vec<ChangeHash>, DocError> {
-    let mut fields = BTreeSet::new();
-    for op in change.decode().operations {
-        let (ObjectId::Root, Key::Map(field), false) = (&op.obj, &op.key, op.insert) else {
-            return Err(framing("an operation outside the document's root map"));
-        };
-        if !matches!(op.action, OpType::Put(_) | OpType::Delete) {
-            return Err(framing("an operation this code never makes"));
-        }
-        let field = field.to_string();
-        if is_reserved(&field) && field != TOMBSTONE {
-            return Err(framing("an operation on a compaction field"));
-        }
-        fields.insert(field);
-    }
-    let at = [change.hash()];
-    let mut ops: Vec<(String, Option<ScalarValue>)> = Vec::new();
-    for field in fields {
-        let value = match original.get_at(ROOT, field.as_str(), &at)? {
-            Some((AmValue::Scalar(s), _)) => Some(s.into_owned()),
-            Some(_) => return Err(framing("an automerge object in a document")),
-            None => None,
-        };
-        let lifts = if field == TOMBSTONE {
-            value.is_none()
-        } else {
-            STICKY_TRUE.contains(&field.as_str())
-                && !matches!(value, Some(ScalarValue::Boolean(true)))
-        };
-        if lifts && !after_cut {
-            continue;
-        }
-        ops.push((field, value));
-    }
-    // The common case, a change on top of everything so far, needs no fork.
-    let mut heads = next.get_heads();
-    heads.sort();
-    let mut fork = match heads == deps {
-        true => None,
-        false => Some(next.fork_at(deps)?),
-    };
-    let target = fork.as_mut().unwrap_or(&mut *next);
-    target.set_actor(change.actor_id().clone());
-    let made = target
-        .transact_with(
-            |_| CommitOptions::default().with_time(change.timestamp()),
-            |tx| {
-                for (field, value) in ops {
-                    match value {
-                        Some(value) => {
-                            // Automerge drops a put of the value already
-                            // there, and with it the write's concurrency with
-                            // later changes; here the value there may differ
-                            // from the one the change saw (the base resolved
-                            // the cut, a dropped unblock left a block), and a
-                            // block no unblock saw would be lost. Clearing
-                            // first makes it a real write, as it was.
-                            tx.delete(ROOT, field.as_str())?;
-                            tx.put(ROOT, field, value)?
-                        }
-                        None => tx.delete(ROOT, field)?,
-                    }
-                }
-                Ok::<_, AutomergeError>(())
-            },
-        )
-        .map_err(|failure| DocError::Automerge(failure.error))?;
-    let Some(hash) = made.hash else {
-        // Nothing left to do there: the change stands for its dependencies.
-        return Ok(deps.to_vec());
-    };
-    if let Some(fork) = fork {
-        let change = fork
-            .get_change_by_hash(&hash)
-            .ok_or(framing("a translation lost its change"))?;
-        next.apply_changes([change])?;
-    }
-    Ok(vec![hash])
-}
-
-/// `changes` ordered so that every change comes after its dependencies
-/// among them (ties by hash: the order never depends on arrival).
-fn causal_order(changes: Vec<Change>) -> Vec<Change> {
-    let mut waiting: BTreeMap<ChangeHash, Change> =
-        changes.into_iter().map(|c| (c.hash(), c)).collect();
-    let mut out = Vec::with_capacity(waiting.len());
-    while !waiting.is_empty() {
-        let ready: Vec<ChangeHash> = waiting
-            .iter()
-            .filter(|(_, c)| c.deps().iter().all(|d| !waiting.contains_key(d)))
-            .map(|(h, _)| *h)
-            .collect();
-        if ready.is_empty() {
-            break; // a cycle cannot be hashed; unreachable
-        }
-        for hash in ready {
-            out.extend(waiting.remove(&hash));
-        }
-    }
-    out
 }
 
 /// The epoch of a whole document's batch, read from its root change:

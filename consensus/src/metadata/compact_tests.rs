@@ -67,8 +67,14 @@ fn record(doc: &EntityDoc) -> Map<String, Value> {
 /// Each side merges the other's whole document; both must then be equal.
 fn exchange(x: &mut EntityDoc, y: &mut EntityDoc) {
     let (to_y, to_x) = (whole(x), whole(y));
-    assert!(matches!(y.merge_document(&to_y).unwrap(), Merged::Done(_)));
-    assert!(matches!(x.merge_document(&to_x).unwrap(), Merged::Done(_)));
+    assert!(!matches!(
+        y.merge_document(&to_y).unwrap(),
+        Merged::Skipped(_)
+    ));
+    assert!(!matches!(
+        x.merge_document(&to_x).unwrap(),
+        Merged::Skipped(_)
+    ));
     assert_eq!(x.heads(), y.heads(), "converged");
     assert_eq!(x.record().unwrap(), y.record().unwrap());
 }
@@ -103,11 +109,11 @@ fn only_the_creating_region_compacts() {
 fn a_region_reaches_the_new_epoch_from_the_base_alone() {
     let (a, mut b) = edited(20);
     let mut a = a.compact_now().unwrap();
-    assert_eq!(b.merge_document(&whole(&a)).unwrap(), Merged::Done(true));
+    assert_eq!(b.merge_document(&whole(&a)).unwrap(), Merged::Held(true));
     assert_eq!(b.epoch(), 1);
     assert_eq!(b.save(), a.save());
     // Nothing new either way now.
-    assert_eq!(a.merge_document(&whole(&b)).unwrap(), Merged::Done(false));
+    assert_eq!(a.merge_document(&whole(&b)).unwrap(), Merged::Held(false));
 }
 
 #[test]
@@ -238,7 +244,7 @@ fn documents_an_epoch_cannot_reach_are_skipped() {
     old.merge(&newer.changes_since(&[])).unwrap();
     assert_eq!(
         old.merge_document(&whole(&compacted)).unwrap(),
-        Merged::Done(true)
+        Merged::Held(true)
     );
     assert_eq!(record(&old)["key_name"], json!("b"));
 }
@@ -269,12 +275,15 @@ fn a_forged_base_is_refused() {
         .unwrap();
     let forged = EntityDoc { doc: forged };
     let before = b.save();
-    assert!(b.merge_document(&whole(&forged)).is_err());
+    assert!(matches!(
+        b.merge_document(&whole(&forged)).unwrap(),
+        Merged::Skipped(_)
+    ));
     assert_eq!(b.save(), before);
     // The honest base of the same cut is taken.
     assert_eq!(
         b.merge_document(&whole(&a.compact_now().unwrap())).unwrap(),
-        Merged::Done(true)
+        Merged::Held(true)
     );
 }
 
@@ -292,4 +301,83 @@ fn a_change_after_the_cut_keeps_its_unblock() {
     assert_eq!(b.epoch(), 0, "B edits the old epoch");
     exchange(&mut a, &mut b);
     assert_eq!(record(&a)["blocked"], json!(false));
+}
+
+/// The same id created in two regions at once: the other region's root,
+/// outside the cut, goes on the base (an epoch has one root), and both
+/// regions converge.
+#[test]
+fn a_concurrent_creation_after_the_cut_joins_the_epoch() {
+    let (mut a, _) = edited(5);
+    let mut b = EntityDoc::new(&actor(B), T0 + 50, &key(json!({"rpm_limit": 77}))).unwrap();
+    let cut = a.heads();
+    b.merge(&whole(&a)).unwrap(); // B holds A's version: the cut
+    let b_old = b.clone();
+    let mut next = a.compact(A, &cut).unwrap();
+    exchange(&mut next, &mut b);
+    assert_eq!(next.epoch(), 1);
+    // When B's root reached A before it compacted, too.
+    a.merge(&whole(&b_old)).unwrap();
+    let with_root = a.compact(A, &cut).unwrap();
+    let mut third = EntityDoc::from_changes(&whole(&edited(5).0)).unwrap();
+    assert_eq!(
+        third.merge_document(&whole(&with_root)).unwrap(),
+        Merged::Held(true)
+    );
+}
+
+/// An unblock that saw the block, concurrent with an unrelated part of the
+/// cut, keeps its effect: it saw every block the base keeps.
+#[test]
+fn an_unblock_that_saw_the_block_survives_a_concurrent_cut() {
+    let (mut a, _) = edited(0);
+    a.update(&actor(A), T0 + 1, &key(json!({"blocked": true})))
+        .unwrap();
+    let mut b = EntityDoc::from_changes(&whole(&a)).unwrap();
+    b.update(&actor(B), T0 + 2, &key(json!({"blocked": false})))
+        .unwrap();
+    a.update(
+        &actor(A),
+        T0 + 3,
+        &key(json!({"blocked": true, "rpm_limit": 5})),
+    )
+    .unwrap();
+    b.merge(&whole(&a)).unwrap();
+    let mut plain = a.clone();
+    plain.merge(&whole(&b)).unwrap();
+    assert_eq!(record(&plain)["blocked"], json!(false));
+    let mut a = a.compact_now().unwrap();
+    exchange(&mut a, &mut b);
+    assert_eq!(record(&a)["blocked"], json!(false));
+}
+
+/// Likewise a recreate that saw the delete.
+#[test]
+fn a_recreate_that_saw_the_delete_survives_a_concurrent_cut() {
+    const C: &str = "ap-south";
+    let (mut a, mut c) = edited(0);
+    a.delete(&actor(A), T0 + 1).unwrap();
+    c.update(&actor(C), T0 + 2, &key(json!({"rpm_limit": 3})))
+        .unwrap();
+    let mut b = EntityDoc::from_changes(&whole(&a)).unwrap();
+    b.recreate(&actor(B), T0 + 3, &key(json!({"rpm_limit": 9})))
+        .unwrap();
+    a.merge(&whole(&c)).unwrap();
+    b.merge(&whole(&a)).unwrap();
+    let mut plain = a.clone();
+    plain.merge(&whole(&b)).unwrap();
+    assert!(!plain.is_deleted());
+    let mut a = a.compact_now().unwrap();
+    exchange(&mut a, &mut b);
+    assert!(!a.is_deleted());
+}
+
+#[test]
+fn a_cut_must_be_a_version() {
+    let (a, _) = edited(3);
+    let all: Vec<ChangeHash> = a.doc.get_changes(&[]).iter().map(Change::hash).collect();
+    assert!(a.is_version(&a.heads()));
+    assert!(a.is_version(&all[..1]));
+    assert!(!a.is_version(&all), "a head and its ancestors");
+    assert!(!a.is_version(&[]));
 }

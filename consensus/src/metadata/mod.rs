@@ -7,6 +7,7 @@ pub mod doc;
 pub mod ledger;
 pub mod records;
 pub mod state;
+mod translate;
 
 pub use command::{Command, Kind, MergeSummary, Outcome, Proposal, Refusal, RemoteChanges};
 pub use compact::Merged;

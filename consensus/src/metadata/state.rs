@@ -1395,6 +1395,8 @@ impl Planner<'_> {
         #[allow(clippy::type_complexity)]
         let mut work: BTreeMap<EntityKey, (EntityDoc, bool, &[String], Option<u64>)> =
             BTreeMap::new();
+        // Documents not now held as the source sent them (see `Merged`).
+        let mut not_held: Vec<(Kind, String)> = Vec::new();
         for entity in entities {
             let (kind, id) = (entity.kind, entity.id.as_str());
             let failed =
@@ -1420,11 +1422,13 @@ impl Planner<'_> {
                 }
             };
             // A whole document, perhaps of another compaction epoch.
-            match slot.0.merge_document(&entity.changes).map_err(failed)? {
-                Merged::Done(changed) => slot.1 |= changed,
-                Merged::Skipped(why) => {
-                    tracing::warn!(kind = kind.noun(), source, why, "document not merged");
-                }
+            let merged = slot.0.merge_document(&entity.changes).map_err(failed)?;
+            slot.1 |= merged.changed();
+            if let Merged::Skipped(why) = merged {
+                tracing::warn!(kind = kind.noun(), source, why, "document not merged");
+            }
+            if !merged.held() {
+                not_held.push((kind, id.to_owned()));
             }
             slot.2 = &entity.heads;
         }
@@ -1500,10 +1504,13 @@ impl Planner<'_> {
                 seq: cursor,
             });
         }
+        not_held.sort();
+        not_held.dedup();
         let summary = MergeSummary {
             source: source.to_owned(),
             cursor,
             merged,
+            not_held,
         };
         Ok(done(vec![to_json(&summary)], vec![]))
     }

@@ -17,6 +17,10 @@ use super::{
 /// again until it has grown by this much once more.
 pub const COMPACT_FLOOR: usize = 16 * 1024;
 
+/// Changes after the cut a compaction translates at most; a later cut
+/// (once the other regions hold more) leaves fewer.
+const MAX_TRANSLATED: usize = 512;
+
 /// A document this region may compact now.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Compactable {
@@ -45,14 +49,26 @@ impl MetadataState {
 
     /// Up to `limit` documents this region compacts that outgrew their
     /// record, skipping those `skip` rules out (by kind, id and change
-    /// number).
+    /// number), in key order from just after `after` and around: a caller
+    /// that passes the last one it was given sees every one in turn.
     pub fn compactable(
         &self,
         limit: usize,
+        after: Option<&(Kind, String)>,
         skip: impl Fn(Kind, &str, u64) -> bool,
     ) -> Vec<Compactable> {
+        use std::ops::Bound::{Excluded, Included, Unbounded};
+        let start: Option<EntityKey> = after.map(|(kind, id)| (*kind, Arc::from(id.as_str())));
+        let order: Vec<&EntityKey> = match &start {
+            Some(start) => self
+                .compactable
+                .range((Excluded(start), Unbounded))
+                .chain(self.compactable.range((Unbounded, Included(start))))
+                .collect(),
+            None => self.compactable.iter().collect(),
+        };
         let mut out = Vec::new();
-        for key in &self.compactable {
+        for key in order {
             if out.len() >= limit {
                 break;
             }
@@ -98,10 +114,19 @@ impl Planner<'_> {
         let doc = EntityDoc::load(&stored.saved).map_err(failed)?;
         // The cut: a version of this document every other region holds.
         let cut: Option<Vec<ChangeHash>> = heads.iter().map(|h| h.parse().ok()).collect();
-        let cut = cut.filter(|c| !c.is_empty() && doc.holds(c));
+        let cut = cut.filter(|c| doc.is_version(c));
         let Some(cut) = cut else {
-            return Err(invalid(format!("{noun} `{id}` does not hold that cut")));
+            return Err(invalid(format!(
+                "{noun} `{id}`: that cut is not a version of its document"
+            )));
         };
+        // Translating is work on every replica's apply path: bounded.
+        let outside = doc.changes_outside(&cut);
+        if outside > MAX_TRANSLATED {
+            return Err(invalid(format!(
+                "{noun} `{id}`: {outside} changes after that cut (at most {MAX_TRANSLATED})"
+            )));
+        }
         let region = &self.state.region;
         if !doc.compacted_by(region) {
             return Err(invalid(format!(
@@ -142,7 +167,7 @@ mod tests {
     use serde_json::json;
     use sha2::{Digest, Sha256};
 
-    use super::super::{Change, OutboxLimits, Proposal, RemoteChanges};
+    use super::super::{Change, MergeSummary, OutboxLimits, Proposal, RemoteChanges};
     use super::*;
     use crate::metadata::Command;
 
@@ -158,7 +183,7 @@ mod tests {
     }
 
     /// Everything `from` has that `to` lacks, merged into `to`.
-    fn ship(from: &MetadataState, to: &mut MetadataState) {
+    fn ship(from: &MetadataState, to: &mut MetadataState) -> MergeSummary {
         let after = to.sync_cursor(from.region());
         let limits = OutboxLimits {
             max_docs: 1000,
@@ -186,7 +211,7 @@ mod tests {
             entities,
         };
         let (out, _) = apply(to, command);
-        assert!(matches!(out, Outcome::Done { .. }), "{out:?}");
+        MergeSummary::from_outcome(&out).expect("merged")
     }
 
     fn size(state: &MetadataState) -> usize {
@@ -203,14 +228,19 @@ mod tests {
     }
 
     /// A key made in `us-east` and its metadata rewritten `edits` times
-    /// (512 bytes that do not compress away).
+    /// (1 KiB that does not compress away).
     fn edited_key(edits: u64) -> MetadataState {
         let mut us = MetadataState::new(US);
+        edit_key(&mut us, T1, edits);
+        us
+    }
+
+    fn edit_key(us: &mut MetadataState, token: &str, edits: u64) {
         let create = Command::Create {
             kind: Kind::Key,
-            record: json!({"token": T1, "key_name": "sk-...1111"}),
+            record: json!({"token": token, "key_name": "sk-...1111"}),
         };
-        apply(&mut us, create);
+        apply(us, create);
         for n in 0..edits {
             let note: String = (0..16u64)
                 .flat_map(|i| Sha256::digest((n * 16 + i).to_be_bytes()))
@@ -219,12 +249,30 @@ mod tests {
             let patch = json!({"metadata": {"note": note}});
             let update = Command::Update {
                 kind: Kind::Key,
-                id: T1.into(),
+                id: token.into(),
                 patch: patch.as_object().unwrap().clone(),
             };
-            assert!(matches!(apply(&mut us, update).0, Outcome::Done { .. }));
+            assert!(matches!(apply(us, update).0, Outcome::Done { .. }));
         }
-        us
+    }
+
+    #[test]
+    fn every_candidate_gets_its_turn() {
+        let tokens = ["1", "2", "3"].map(|d| d.repeat(64));
+        let mut us = MetadataState::new(US);
+        for token in &tokens {
+            edit_key(&mut us, token, 40);
+        }
+        let mut after = None;
+        let mut seen = Vec::new();
+        for _ in 0..4 {
+            let found = us.compactable(1, after.as_ref(), |_, _, _| false);
+            let next = (found[0].kind, found[0].id.clone());
+            seen.push(next.1.clone());
+            after = Some(next);
+        }
+        let expected: Vec<String> = tokens.iter().chain(&tokens[..1]).cloned().collect();
+        assert_eq!(seen, expected);
     }
 
     #[test]
@@ -237,12 +285,12 @@ mod tests {
         let record = us.get_json(Kind::Key, T1);
 
         // Only the region that made the key compacts it.
-        let found = us.compactable(8, |_, _, _| false);
+        let found = us.compactable(8, None, |_, _, _| false);
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].seq, us.change_seq());
-        assert!(eu.compactable(8, |_, _, _| false).is_empty());
+        assert!(eu.compactable(8, None, |_, _, _| false).is_empty());
         assert!(
-            us.compactable(8, |_, _, _| true).is_empty(),
+            us.compactable(8, None, |_, _, _| true).is_empty(),
             "skip rules out"
         );
 
@@ -267,7 +315,7 @@ mod tests {
             record,
             "the record is unchanged"
         );
-        assert!(us.compactable(8, |_, _, _| false).is_empty());
+        assert!(us.compactable(8, None, |_, _, _| false).is_empty());
 
         // The other region moves to the new epoch when it is sent.
         ship(&us, &mut eu);
@@ -290,7 +338,7 @@ mod tests {
             patch: patch.as_object().unwrap().clone(),
         };
         assert!(matches!(apply(&mut eu, update).0, Outcome::Done { .. }));
-        let heads = us.compactable(8, |_, _, _| false)[0].heads.clone();
+        let heads = us.compactable(8, None, |_, _, _| false)[0].heads.clone();
         assert!(matches!(compact(&mut us, heads), Outcome::Done { .. }));
         ship(&eu, &mut us);
         ship(&us, &mut eu);
@@ -303,5 +351,29 @@ mod tests {
             us.document(Kind::Key, T1).unwrap().unwrap().heads(),
             eu.document(Kind::Key, T1).unwrap().unwrap().heads()
         );
+    }
+
+    /// A document merged otherwise than as sent is reported, so the sender
+    /// does not count it as held.
+    #[test]
+    fn a_translated_document_is_reported_not_held() {
+        let mut us = edited_key(40);
+        let mut ap = MetadataState::new("ap-south");
+        assert!(ship(&us, &mut ap).not_held.is_empty(), "held as sent");
+        let heads = us.compactable(8, None, |_, _, _| false)[0].heads.clone();
+        assert!(matches!(compact(&mut us, heads), Outcome::Done { .. }));
+        // `ap-south`, still on the old epoch, edits and sends it.
+        let patch = json!({"rpm_limit": 9});
+        let update = Command::Update {
+            kind: Kind::Key,
+            id: T1.into(),
+            patch: patch.as_object().unwrap().clone(),
+        };
+        assert!(matches!(apply(&mut ap, update).0, Outcome::Done { .. }));
+        let summary = ship(&ap, &mut us);
+        assert_eq!(summary.not_held, vec![(Kind::Key, T1.to_owned())]);
+        assert_eq!(us.key(T1).unwrap().limits.rpm_limit, Some(9));
+        // And the other way: held as sent.
+        assert!(ship(&us, &mut ap).not_held.is_empty());
     }
 }
