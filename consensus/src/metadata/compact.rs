@@ -29,18 +29,19 @@
 //!
 //! # Changes concurrent with the cut
 //!
-//! The region that compacts does so only once every other region holds all
-//! of `H` (its sync cursor covers the document), so a change made anywhere
-//! afterwards is causally after `H`. A change made *before* a region
-//! received all of `H` — still in flight when the compaction was decided —
-//! is concurrent with part of it, and the base no longer holds what it was
-//! concurrent with. Such a change is translated as if made after the base,
-//! except that it cannot lift a block or a delete: its writes of `false` to
-//! a sticky field and its removal of the tombstone are dropped (they did not
-//! see everything they would override). Every region applies the same rule
-//! to the same change, so all converge; a region still on the old epoch
-//! may, until it moves, resolve a concurrent edit of an ordinary field to
-//! the other value.
+//! The region that compacts does so only at a version of its document that
+//! every other region holds as sent (the sync task knows from their
+//! answers), so a change made anywhere afterwards is causally after `H`.
+//! A change made *before* a region received all of `H` — still in flight
+//! when the compaction was decided — is concurrent with part of it, and the
+//! base no longer holds what it was concurrent with. Such a change is
+//! translated as if made after the base, except that it cannot lift a block
+//! or a delete it did not see: its write of `false` to a sticky field, or
+//! its removal of the tombstone, is dropped unless its history holds every
+//! write of that field still standing at the cut. Every region applies the
+//! same rule to the same change, so all converge; a region still on the old
+//! epoch may, until it moves, resolve a concurrent edit of an ordinary
+//! field to the other value.
 //!
 //! # Across epochs
 //!
