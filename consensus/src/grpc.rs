@@ -13,7 +13,9 @@ use std::fmt;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use meridian_link::{Claim, ClusterSecret, Dialer, peer_identity, with_deadline};
+use meridian_link::{
+    Claim, ClusterSecret, Dialer, Expect, NodeIdentity, peer_identity, with_deadline,
+};
 use meridian_proto::raft::v1 as wire;
 use tonic::{Request, Response, Status};
 use wire::raft_client::RaftClient;
@@ -60,6 +62,7 @@ impl fmt::Debug for GrpcTransport {
 impl Transport for GrpcTransport {
     fn call(
         &self,
+        target_id: Option<u64>,
         target: &Member,
         kind: RpcKind,
         payload: Vec<u8>,
@@ -67,8 +70,13 @@ impl Transport for GrpcTransport {
     ) -> BoxFuture<'static, Result<Vec<u8>, TransportError>> {
         let this = self.clone();
         let addr = target.raft_addr.clone();
+        // The node it should be, or at least one of this region.
+        let expect = match target_id.map(|id| NodeIdentity::new(this.region.clone(), id)) {
+            Some(Ok(node)) => Expect::Node(node),
+            _ => Expect::Region(this.region.clone()),
+        };
         Box::pin(async move {
-            let mut client = RaftClient::new(this.dialer.channel(&addr)?)
+            let mut client = RaftClient::new(this.dialer.channel_to(&addr, &expect)?)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES);
             let mut request = Request::new(wire::RaftRequest {

@@ -214,6 +214,7 @@ impl Region {
                 }
                 let sent = call::<_, ForwardReply>(
                     self.transport.as_ref(),
+                    None,
                     &target,
                     RpcKind::Forward,
                     &proposal,
@@ -250,6 +251,7 @@ impl Region {
             Err(e) => match e.forward_to_leader().and_then(|f| f.leader_node.clone()) {
                 Some(leader) => call::<_, u64>(
                     self.transport.as_ref(),
+                    None,
                     &leader,
                     RpcKind::ReadIndex,
                     &(),
@@ -286,6 +288,7 @@ impl Region {
             Err(LeaderIs(Some(leader))) => {
                 let sent = call::<_, Result<(), String>>(
                     self.transport.as_ref(),
+                    None,
                     &leader,
                     RpcKind::Membership,
                     &change,

@@ -40,9 +40,13 @@ pub enum RpcKind {
 pub use meridian_link::CallError as TransportError;
 
 /// Sends one request to a member and returns its reply; the payload is JSON.
+/// `target_id` is the member's Raft id when the caller knows it (a transport
+/// that authenticates peers then checks it is the node it reached; else it
+/// checks only the region).
 pub trait Transport: Send + Sync + 'static {
     fn call(
         &self,
+        target_id: Option<u64>,
         target: &Member,
         kind: RpcKind,
         payload: Vec<u8>,
@@ -53,6 +57,7 @@ pub trait Transport: Send + Sync + 'static {
 /// Calls `kind` on `target` with a typed request and reply.
 pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
     transport: &dyn Transport,
+    target_id: Option<u64>,
     target: &Member,
     kind: RpcKind,
     request: &Req,
@@ -60,7 +65,7 @@ pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
 ) -> Result<Resp, TransportError> {
     let payload = serde_json::to_vec(request)
         .map_err(|e| TransportError::Remote(format!("encoding: {e}")))?;
-    let call = transport.call(target, kind, payload, deadline);
+    let call = transport.call(target_id, target, kind, payload, deadline);
     let bytes = match tokio::time::timeout(deadline, call).await {
         Ok(result) => result?,
         Err(_) => return Err(TransportError::Timeout(deadline)),
@@ -102,15 +107,17 @@ pub struct Network {
 
 pub struct Peer {
     transport: Arc<dyn Transport>,
+    target_id: u64,
     target: Member,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Peer;
 
-    async fn new_client(&mut self, _target: u64, node: &Member) -> Peer {
+    async fn new_client(&mut self, target: u64, node: &Member) -> Peer {
         Peer {
             transport: self.transport.clone(),
+            target_id: target,
             target: node.clone(),
         }
     }
@@ -133,6 +140,7 @@ impl RaftNetworkV2<TypeConfig> for Peer {
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
         call(
             self.transport.as_ref(),
+            Some(self.target_id),
             &self.target,
             RpcKind::AppendEntries,
             &rpc,
@@ -149,6 +157,7 @@ impl RaftNetworkV2<TypeConfig> for Peer {
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
         call(
             self.transport.as_ref(),
+            Some(self.target_id),
             &self.target,
             RpcKind::Vote,
             &rpc,
@@ -179,6 +188,7 @@ impl RaftNetworkV2<TypeConfig> for Peer {
         let deadline = option.hard_ttl().max(SNAPSHOT_DEADLINE_FLOOR);
         let send = call(
             self.transport.as_ref(),
+            Some(self.target_id),
             &self.target,
             RpcKind::Snapshot,
             &message,
@@ -200,6 +210,7 @@ pub struct NoPeers;
 impl Transport for NoPeers {
     fn call(
         &self,
+        _: Option<u64>,
         target: &Member,
         _: RpcKind,
         _: Vec<u8>,

@@ -50,6 +50,7 @@ struct Loopback {
 impl Transport for Loopback {
     fn call(
         &self,
+        _target_id: Option<u64>,
         target: &Member,
         kind: RpcKind,
         payload: Vec<u8>,

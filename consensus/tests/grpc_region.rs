@@ -187,6 +187,7 @@ async fn a_region_replicates_over_grpc_and_survives_its_leader() {
         let outsider = transport(REGION, ClusterSecret::new(secret).unwrap());
         let err = outsider
             .call(
+                None,
                 &leader_node.member,
                 RpcKind::Forward,
                 forward.clone(),
@@ -202,6 +203,7 @@ async fn a_region_replicates_over_grpc_and_survives_its_leader() {
     let elsewhere = transport("another-region", secret());
     let err = elsewhere
         .call(
+            None,
             &leader_node.member,
             RpcKind::Forward,
             forward.clone(),
@@ -240,7 +242,7 @@ async fn a_region_replicates_over_grpc_and_survives_its_leader() {
     drop(free);
     let insider = transport(REGION, secret());
     let err = insider
-        .call(&nobody, RpcKind::Vote, b"{}".to_vec(), deadline)
+        .call(None, &nobody, RpcKind::Vote, b"{}".to_vec(), deadline)
         .await
         .unwrap_err();
     assert!(matches!(err, TransportError::Unreachable(_)), "{err}");

@@ -500,6 +500,7 @@ fn remote_regions(cluster: &crate::config::ClusterSettings) -> RemoteRegions {
                 .iter()
                 .map(|addr| Peer {
                     addr: addr.clone(),
+                    region: Some(name.clone()),
                     delay,
                     cut_while: cut.clone(),
                 })
@@ -518,10 +519,11 @@ fn gossip_peers(region: &Region, cluster: &crate::config::ClusterSettings) -> Pe
     let cut = partition_file(cluster);
     let remote: Vec<Peer> = cluster
         .remote_regions
-        .values()
-        .flatten()
-        .map(|addr| Peer {
+        .iter()
+        .flat_map(|(name, addrs)| addrs.iter().map(move |addr| (name, addr)))
+        .map(|(name, addr)| Peer {
             addr: addr.clone(),
+            region: Some(name.clone()),
             delay,
             cut_while: cut.clone(),
         })
@@ -545,7 +547,11 @@ fn gossip_peers(region: &Region, cluster: &crate::config::ClusterSettings) -> Pe
         if local.is_empty() {
             local.extend(configured.iter().cloned());
         }
-        let mut peers: Vec<Peer> = local.into_iter().map(Peer::new).collect();
+        let own = region.name().as_str();
+        let mut peers: Vec<Peer> = local
+            .into_iter()
+            .map(|addr| Peer::new(addr).of_region(own))
+            .collect();
         peers.extend(remote.iter().cloned());
         peers
     })

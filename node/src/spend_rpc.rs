@@ -100,7 +100,9 @@ impl SpendPeers {
         (limit, max_scanned): (usize, usize),
         deadline: Duration,
     ) -> Result<Vec<SpendRow>, CallError> {
-        let mut client = SpendLogsClient::new(self.dialer.channel(addr)?)
+        // A member of this region, and no other node.
+        let member = meridian_link::Expect::Region(self.region.clone());
+        let mut client = SpendLogsClient::new(self.dialer.channel_to(addr, &member)?)
             .max_decoding_message_size(32 * 1024 * 1024);
         let mut request = Request::new(pb::QueryRequest {
             region: self.region.clone(),

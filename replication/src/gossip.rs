@@ -25,13 +25,16 @@ pub type WallClock = Arc<dyn Fn() -> u64 + Send + Sync>;
 /// membership changes are picked up.
 pub type PeerList = Arc<dyn Fn() -> Vec<Peer> + Send + Sync>;
 
-/// A peer's inter-node address (`host:port`), and two faults that tests and
-/// demos inject into the link to it: a delay added before every message
+/// A peer's inter-node address (`host:port`), the region its node must be
+/// of (checked against its certificate over TLS), and two faults that tests
+/// and demos inject into the link to it: a delay added before every message
 /// (inter-region latency), and a file whose existence cuts the link (a
 /// partition). Both are off in production.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Peer {
     pub addr: String,
+    /// `None`: any node of the cluster.
+    pub region: Option<String>,
     pub delay: Duration,
     pub cut_while: Option<Arc<std::path::Path>>,
 }
@@ -40,9 +43,32 @@ impl Peer {
     pub fn new(addr: impl Into<String>) -> Self {
         Self {
             addr: addr.into(),
+            region: None,
             delay: Duration::ZERO,
             cut_while: None,
         }
+    }
+
+    /// This peer, as a node of `region`.
+    pub fn of_region(mut self, region: impl Into<String>) -> Self {
+        self.region = Some(region.into());
+        self
+    }
+
+    /// Who the node at this address must be.
+    pub fn expect(&self) -> meridian_link::Expect {
+        match &self.region {
+            Some(region) => meridian_link::Expect::Region(region.clone()),
+            None => meridian_link::Expect::Any,
+        }
+    }
+
+    /// The channel to this peer, through `dialer`.
+    pub fn channel(
+        &self,
+        dialer: &meridian_link::Dialer,
+    ) -> Result<tonic::transport::Channel, meridian_link::CallError> {
+        dialer.channel_to(&self.addr, &self.expect())
     }
 
     /// Crosses the link: waits out its delay, fails while it is cut.
@@ -270,7 +296,7 @@ impl Gossip {
         push: pb::PushRequest,
     ) -> Result<(), meridian_link::CallError> {
         peer.reach().await?;
-        let mut client = self.client(&peer.addr)?;
+        let mut client = self.client(peer)?;
         let mut request = Request::new(push);
         self.secret.stamp(&mut request, self.config.deadline);
         with_deadline(self.config.deadline, client.push(request)).await?;
@@ -313,7 +339,7 @@ impl Gossip {
     /// peer says this node lacks. Returns how many slots changed.
     pub async fn sync_with(&self, peer: &Peer) -> Result<usize, meridian_link::CallError> {
         peer.reach().await?;
-        let mut client = self.client(&peer.addr)?;
+        let mut client = self.client(peer)?;
         let mut request = Request::new(wire::digest_to_wire(&self.counters.digest()));
         self.secret.stamp(&mut request, self.config.deadline);
         let reply = with_deadline(self.config.deadline, client.sync(request)).await?;
@@ -348,9 +374,9 @@ impl Gossip {
 
     fn client(
         &self,
-        peer: &str,
+        peer: &Peer,
     ) -> Result<GossipClient<tonic::transport::Channel>, meridian_link::CallError> {
-        Ok(GossipClient::new(self.dialer.channel(peer)?)
+        Ok(GossipClient::new(peer.channel(&self.dialer)?)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES))
     }

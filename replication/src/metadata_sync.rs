@@ -526,7 +526,7 @@ impl MetadataSync {
         &self,
         peer: &Peer,
     ) -> Result<MetadataSyncClient<tonic::transport::Channel>, CallError> {
-        Ok(MetadataSyncClient::new(self.dialer.channel(&peer.addr)?)
+        Ok(MetadataSyncClient::new(peer.channel(&self.dialer)?)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES))
     }

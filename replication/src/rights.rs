@@ -286,7 +286,7 @@ impl Rights {
             let peer = &peers[(start + i) % peers.len()];
             let attempt = async {
                 peer.reach().await?;
-                let mut client = RightsClient::new(self.dialer.channel(&peer.addr)?);
+                let mut client = RightsClient::new(peer.channel(&self.dialer)?);
                 let mut call = Request::new(request_to_wire(&ask.home, &request));
                 self.secret.stamp(&mut call, self.deadline);
                 with_deadline(self.deadline, client.grant(call)).await

@@ -33,6 +33,40 @@ pub struct NodeIdentity {
     pub node: u64,
 }
 
+/// Who a dialing node expects to reach at an address: checked against the
+/// identity in the certificate the server presents (over TLS; plain links
+/// carry no identity and check nothing).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Expect {
+    /// Any node of the cluster (tests, tools).
+    Any,
+    /// A node of this region.
+    Region(String),
+    /// This node.
+    Node(NodeIdentity),
+}
+
+impl Expect {
+    /// Whether `found` is who was expected.
+    pub fn admits(&self, found: &NodeIdentity) -> bool {
+        match self {
+            Expect::Any => true,
+            Expect::Region(region) => &found.region == region,
+            Expect::Node(node) => found == node,
+        }
+    }
+}
+
+impl fmt::Display for Expect {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Expect::Any => f.write_str("any node"),
+            Expect::Region(region) => write!(f, "a node of region {region}"),
+            Expect::Node(node) => write!(f, "node {node}"),
+        }
+    }
+}
+
 impl NodeIdentity {
     /// Checks the region's spelling: it becomes a URI path segment, so only
     /// ASCII letters, digits, `-` and `_`.

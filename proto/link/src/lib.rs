@@ -63,7 +63,7 @@ pub use accept::{
     HANDSHAKE_TIMEOUT, MAX_CONCURRENT_HANDSHAKES, MAX_HANDSHAKES_PER_ADDRESS, TlsAcceptor,
     TlsConnection, TlsIncoming,
 };
-pub use identity::{NODE_SERVER_NAME, NodeIdentity, PeerInfo, peer_identity};
+pub use identity::{Expect, NODE_SERVER_NAME, NodeIdentity, PeerInfo, peer_identity};
 pub use secret::{Claim, ClusterSecret};
 pub use tls::{ClusterTls, PublicTls};
 
@@ -170,7 +170,7 @@ where
 }
 
 /// Builds a lazily connecting channel to an endpoint.
-type Dial = dyn Fn(Endpoint) -> Channel + Send + Sync;
+type Dial = dyn Fn(Endpoint, &Expect) -> Channel + Send + Sync;
 
 /// A call abandoned at its deadline resets its stream; its answer may still
 /// arrive. HTTP/2 ignores frames for a stream it remembers resetting and
@@ -190,13 +190,15 @@ pub struct Dialer {
     /// Bounds a whole dial, as tonic applies it: TCP connect, and for TLS the
     /// handshake after it.
     connect_timeout: Duration,
-    channels: Arc<Mutex<BTreeMap<String, Channel>>>,
+    channels: Arc<Mutex<BTreeMap<(String, Expect), Channel>>>,
 }
 
 impl Dialer {
     /// Dials peers over TCP.
     pub fn tcp() -> Self {
-        Self::build(Arc::new(|endpoint: Endpoint| endpoint.connect_lazy()))
+        Self::build(Arc::new(|endpoint: Endpoint, _: &Expect| {
+            endpoint.connect_lazy()
+        }))
     }
 
     /// Dials peers through `connector`, which opens a byte stream to the
@@ -209,7 +211,7 @@ impl Dialer {
         C::Future: Send + 'static,
         C::Error: std::error::Error + Send + Sync + 'static,
     {
-        Self::build(Arc::new(move |endpoint: Endpoint| {
+        Self::build(Arc::new(move |endpoint: Endpoint, _: &Expect| {
             endpoint.connect_with_connector_lazy(connector.clone().map_response(TokioIo::new))
         }))
     }
@@ -220,20 +222,24 @@ impl Dialer {
     /// peer's as [`NODE_SERVER_NAME`] under the CA bundle. Channels keep their
     /// `http://` URIs: TLS is in the stream, below HTTP/2.
     pub fn tls(tls: ClusterTls) -> Self {
-        let connector = tower::service_fn(move |uri: http::Uri| {
-            let tls = tls.clone();
-            async move {
-                let addr = uri
-                    .authority()
-                    .map(|a| a.as_str().to_owned())
-                    .ok_or_else(|| {
-                        io::Error::new(io::ErrorKind::InvalidInput, format!("no address in {uri}"))
-                    })?;
-                tls.connect(&addr).await
-            }
-        });
-        let mut dialer = Self::build(Arc::new(move |endpoint: Endpoint| {
-            endpoint.connect_with_connector_lazy(connector.clone().map_response(TokioIo::new))
+        let mut dialer = Self::build(Arc::new(move |endpoint: Endpoint, expect: &Expect| {
+            let (tls, expect) = (tls.clone(), expect.clone());
+            let connector = tower::service_fn(move |uri: http::Uri| {
+                let (tls, expect) = (tls.clone(), expect.clone());
+                async move {
+                    let addr = uri
+                        .authority()
+                        .map(|a| a.as_str().to_owned())
+                        .ok_or_else(|| {
+                            io::Error::new(
+                                io::ErrorKind::InvalidInput,
+                                format!("no address in {uri}"),
+                            )
+                        })?;
+                    tls.connect_to(&addr, &expect).await
+                }
+            });
+            endpoint.connect_with_connector_lazy(connector.map_response(TokioIo::new))
         }));
         // TCP keeps CONNECT_TIMEOUT inside `ClusterTls::connect`; tonic's
         // deadline over the whole dial leaves room for the handshake.
@@ -249,12 +255,21 @@ impl Dialer {
         }
     }
 
-    /// The channel to `addr` (`host:port`), dialing lazily on first use.
-    /// Creating a channel spawns its worker task, so call this on the runtime
-    /// (inside the call's future).
+    /// The channel to any node of the cluster at `addr` (`host:port`),
+    /// dialing lazily on first use. Creating a channel spawns its worker
+    /// task, so call this on the runtime (inside the call's future).
     pub fn channel(&self, addr: &str) -> Result<Channel, CallError> {
+        self.channel_to(addr, &Expect::Any)
+    }
+
+    /// The channel to `expect` at `addr`: over TLS, a connection to a
+    /// server whose certificate names another node (or region) is refused
+    /// before any request is sent, so a node of the cluster that answers at
+    /// another's address learns nothing the caller meant for that one.
+    pub fn channel_to(&self, addr: &str, expect: &Expect) -> Result<Channel, CallError> {
         let mut channels = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(channel) = channels.get(addr) {
+        let key = (addr.to_owned(), expect.clone());
+        if let Some(channel) = channels.get(&key) {
             return Ok(channel.clone());
         }
         let endpoint = Endpoint::from_shared(format!("http://{addr}"))
@@ -266,8 +281,8 @@ impl Dialer {
             .keep_alive_while_idle(true)
             .http2_max_concurrent_reset_streams(RESET_STREAMS_KEPT)
             .http2_reset_stream_duration(RESET_STREAMS_FOR);
-        let channel = (self.dial)(endpoint);
-        channels.insert(addr.to_owned(), channel.clone());
+        let channel = (self.dial)(endpoint, expect);
+        channels.insert(key, channel.clone());
         Ok(channel)
     }
 }

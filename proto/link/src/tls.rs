@@ -20,7 +20,7 @@ use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
 use crate::Error;
-use crate::identity::{NODE_SERVER_NAME, NodeIdentity};
+use crate::identity::{Expect, NODE_SERVER_NAME, NodeIdentity};
 
 /// How long the TLS handshake of an outgoing connection may take once TCP is
 /// up: a peer that accepts but never answers must not hold a dial forever.
@@ -95,6 +95,43 @@ impl ClusterTls {
     /// the server checks the client's certificate after this returns: a
     /// refusal shows as an error on the first read.
     pub async fn connect(
+        &self,
+        addr: &str,
+    ) -> io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+        self.connect_to(addr, &Expect::Any).await
+    }
+
+    /// [`Self::connect`], then checks that the server's certificate names
+    /// `expect`; a connection to anyone else is closed, and is an error.
+    pub async fn connect_to(
+        &self,
+        addr: &str,
+        expect: &Expect,
+    ) -> io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+        let stream = self.handshake(addr).await?;
+        if *expect == Expect::Any {
+            return Ok(stream);
+        }
+        let found = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .map(|cert| NodeIdentity::from_cert_der(cert));
+        match found {
+            Some(Ok(found)) if expect.admits(&found) => Ok(stream),
+            Some(Ok(found)) => Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!("{addr} is {found}, not {expect}"),
+            )),
+            _ => Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!("{addr} presented no node identity"),
+            )),
+        }
+    }
+
+    async fn handshake(
         &self,
         addr: &str,
     ) -> io::Result<tokio_rustls::client::TlsStream<TcpStream>> {

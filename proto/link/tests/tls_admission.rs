@@ -198,3 +198,38 @@ async fn loading_refuses_material_peers_would_refuse() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn a_dialer_refuses_a_server_that_is_not_who_it_expects() {
+    use meridian_link::Expect;
+    let pki = Pki::new("cluster CA");
+    let (server, _) = pki.node("us-east", 2);
+    let (client, _) = pki.node("us-east", 1);
+    let (addr, probe, _stop) = serve_probe(server).await;
+    let addr = addr.to_string();
+    let dialer = Dialer::tls(client);
+    let node = |region: &str, id| Expect::Node(NodeIdentity::new(region, id).unwrap());
+
+    for wrong in [
+        node("us-east", 3),
+        node("eu-west", 2),
+        Expect::Region("eu-west".into()),
+    ] {
+        let refused = ping(dialer.channel_to(&addr, &wrong).unwrap()).await;
+        assert!(
+            matches!(&refused, Err(CallError::Unreachable(m)) if m.contains("not")),
+            "{wrong}: {refused:?}"
+        );
+    }
+    assert!(probe.seen().is_empty(), "a call reached the wrong server");
+    for right in [
+        node("us-east", 2),
+        Expect::Region("us-east".into()),
+        Expect::Any,
+    ] {
+        ping(dialer.channel_to(&addr, &right).unwrap())
+            .await
+            .unwrap();
+    }
+    assert_eq!(probe.seen().len(), 3);
+}
