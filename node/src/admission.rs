@@ -287,7 +287,7 @@ impl Subject {
             rpm: pick(|l| l.rpm_limit),
             tpm: pick(|l| l.tpm_limit),
             parallel: pick(|l| l.max_parallel_requests),
-            budget: max_budget.map(usd_to_pico),
+            budget: max_budget.map(crate::pricing::dollars_to_pico),
             window: budget_window(duration.as_deref()),
             enforcement: limits
                 .enforcement
@@ -330,15 +330,6 @@ pub fn budget_window(duration: Option<&str>) -> Window {
         .map_or(Window::Lifetime, Window::Budget)
 }
 
-fn usd_to_pico(usd: f64) -> u64 {
-    let pico = (usd.max(0.0) * 1e12).round();
-    if pico >= u64::MAX as f64 {
-        u64::MAX
-    } else {
-        pico as u64
-    }
-}
-
 /// The global spend of an entity's current budget period, as the info
 /// endpoints report it: the total, each region's share, and the period.
 /// `limits` and `budget_id` are the entity's (a template's
@@ -365,7 +356,7 @@ pub fn spend_report(
     let window = subject.window;
     let id = subject.id(Metric::Spend, window, now_ms);
     let reading = counters.reading(&id);
-    let usd = |pico: u64| pico as f64 / 1e12;
+    let usd = |pico: u64| crate::pricing::pico_to_dollars(pico);
     let by_region: serde_json::Map<String, serde_json::Value> = reading
         .by_region
         .iter()

@@ -409,7 +409,7 @@ impl Settlement {
             prompt_tokens: self.usage.prompt_tokens,
             completion_tokens: self.usage.completion_tokens,
             total_tokens: self.usage.total_tokens(),
-            spend: cost.0 as f64 / 1e12,
+            spend: crate::pricing::pico_to_dollars(cost.0),
             start_time: end_time.saturating_sub(self.log.received.elapsed().as_millis() as u64),
             end_time,
         });

@@ -64,10 +64,31 @@ impl Price {
     }
 }
 
+/// [`PICO_PER_USD`] as a float, for the conversions below.
+const PICO_PER_USD_F64: f64 = PICO_PER_USD as f64;
+
 /// USD per token as a float → picodollars, rounded; `None` if negative or absurd.
 pub fn usd_to_pico(usd: f64) -> Option<PicoUsd> {
-    let pico = (usd * 1e12).round();
+    let pico = (usd * PICO_PER_USD_F64).round();
     (pico.is_finite() && (0.0..1e15).contains(&pico)).then_some(pico as u64)
+}
+
+/// An amount in dollars (a budget, a spend) → picodollars, rounded; a
+/// negative or non-number amount is 0, a huge one saturates.
+pub fn dollars_to_pico(usd: f64) -> u64 {
+    let pico = (usd * PICO_PER_USD_F64).round();
+    if pico.is_nan() || pico <= 0.0 {
+        0
+    } else if pico >= u64::MAX as f64 {
+        u64::MAX
+    } else {
+        pico as u64
+    }
+}
+
+/// Picodollars → dollars, for answers, logs and reports.
+pub fn pico_to_dollars(pico: impl Into<u128>) -> f64 {
+    pico.into() as f64 / PICO_PER_USD_F64
 }
 
 /// `$ per million tokens` → picodollars per token, for the table below.
@@ -159,6 +180,20 @@ pub fn lookup(model: &str) -> Option<Price> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dollars_and_picodollars_convert_both_ways() {
+        assert_eq!(dollars_to_pico(1.5), 1_500_000_000_000);
+        assert_eq!(dollars_to_pico(0.000_000_000_000_4), 0, "rounded");
+        assert_eq!(dollars_to_pico(0.000_000_000_000_6), 1);
+        assert_eq!(dollars_to_pico(-3.0), 0);
+        assert_eq!(dollars_to_pico(f64::NAN), 0);
+        assert_eq!(dollars_to_pico(1e30), u64::MAX);
+        assert_eq!(pico_to_dollars(2_500_000_000_000u64), 2.5);
+        assert_eq!(pico_to_dollars(dollars_to_pico(12.34)), 12.34);
+        assert_eq!(usd_to_pico(0.000_002_5), Some(2_500_000));
+        assert_eq!(usd_to_pico(-1.0), None);
+    }
 
     #[test]
     fn dated_variants_and_longest_match() {

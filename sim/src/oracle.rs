@@ -42,5 +42,5 @@ impl Oracle {
 /// Dollars as the cost header states them → picodollars.
 pub fn picodollars(dollars: &str) -> Option<u64> {
     let value: f64 = dollars.trim().parse().ok()?;
-    (value.is_finite() && value >= 0.0).then(|| (value * 1e12).round() as u64)
+    (value.is_finite() && value >= 0.0).then(|| meridian_node::pricing::dollars_to_pico(value))
 }

@@ -10,6 +10,7 @@ use meridian_bugs::Bug;
 use meridian_node::clock::{Clock, SeededRng, SkewedClock};
 use meridian_node::cluster::{PeerNet, start_counters, start_region_on, start_spend_log};
 use meridian_node::node::{Local, Node, Seams};
+use meridian_node::pricing::dollars_to_pico;
 use meridian_node::secret::Secret;
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
@@ -103,18 +104,18 @@ impl Spec {
     pub fn call_cost(&self) -> u64 {
         let dollars = crate::upstream::PROMPT_TOKENS as f64 * INPUT_COST
             + crate::upstream::COMPLETION_TOKENS as f64 * OUTPUT_COST;
-        (dollars * 1e12).round() as u64
+        dollars_to_pico(dollars)
     }
 
     /// Most one call can be charged: its reservation (a prompt of "hi" is
     /// far below 100 tokens, plus `max_tokens`).
     pub fn worst_call(&self) -> u64 {
         let dollars = 100.0 * INPUT_COST + MAX_TOKENS as f64 * OUTPUT_COST;
-        (dollars * 1e12).round() as u64
+        dollars_to_pico(dollars)
     }
 
     pub fn budget_pico(&self) -> u64 {
-        (self.budget * 1e12).round() as u64
+        dollars_to_pico(self.budget)
     }
 }
 
@@ -163,7 +164,7 @@ pub struct Outcome {
 }
 
 /// Simulated wall time: turmoil's clock from a fixed epoch.
-pub(crate) struct SimClock;
+pub struct SimClock;
 
 impl Clock for SimClock {
     fn since_epoch(&self) -> Duration {

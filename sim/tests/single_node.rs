@@ -11,23 +11,15 @@ use std::time::{Duration, UNIX_EPOCH};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
-use meridian_node::clock::{Clock, SeededRng};
+use meridian_node::clock::SeededRng;
 use meridian_node::config::Config;
 use meridian_node::node::{Node, Seams};
 use meridian_node::secret::Secret;
 use meridian_node::upstream::{UpstreamClient, UpstreamRequest, UpstreamResponse};
 use meridian_sim::SimListener;
+use meridian_sim::world::SimClock;
 
 const KEY: &str = "sk-sim";
-
-/// Wall time inside the simulation: turmoil's logical clock from a fixed epoch.
-struct SimClock;
-
-impl Clock for SimClock {
-    fn since_epoch(&self) -> Duration {
-        turmoil::since_epoch().unwrap_or_default()
-    }
-}
 
 /// The mock models never call out; anything that tries is a test bug.
 struct NoUpstream;

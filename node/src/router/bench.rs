@@ -20,19 +20,12 @@ pub struct Cost {
     pub ns_per_choice: f64,
 }
 
-pub const STRATEGIES: [(&str, Strategy); 5] = [
-    ("simple-shuffle", Strategy::SimpleShuffle),
-    ("least-busy", Strategy::LeastBusy),
-    ("latency-based-routing", Strategy::LatencyBased),
-    ("usage-based-routing", Strategy::UsageBased),
-    ("cost-based-routing", Strategy::CostBased),
-];
-
 /// Measures every strategy on groups of each of `sizes`, `choices` picks each.
 pub fn run(sizes: &[usize], choices: u32) -> Vec<Cost> {
     let base = Config::embedded(&BTreeMap::<String, String>::new()).deployments[0].clone();
     let mut out = Vec::new();
-    for (name, strategy) in STRATEGIES {
+    for strategy in Strategy::ALL {
+        let name = strategy.name();
         for &n in sizes {
             let deployments = (0..n).map(|i| {
                 let mut d = base.clone();

@@ -24,17 +24,56 @@ pub enum Strategy {
 }
 
 impl Strategy {
-    /// The `routing_strategy` names LiteLLM accepts. `priority-routing` is
+    pub const ALL: [Strategy; 5] = [
+        Strategy::SimpleShuffle,
+        Strategy::LeastBusy,
+        Strategy::LatencyBased,
+        Strategy::UsageBased,
+        Strategy::CostBased,
+    ];
+
+    /// Other `routing_strategy` names LiteLLM accepts. `priority-routing` is
     /// `simple-shuffle`: ordering by `order`/`priority` always applies.
+    const ALIASES: [(&'static str, Strategy); 2] = [
+        ("priority-routing", Strategy::SimpleShuffle),
+        ("usage-based-routing-v2", Strategy::UsageBased),
+    ];
+
+    /// The strategy's `routing_strategy` name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Strategy::SimpleShuffle => "simple-shuffle",
+            Strategy::LeastBusy => "least-busy",
+            Strategy::LatencyBased => "latency-based-routing",
+            Strategy::UsageBased => "usage-based-routing",
+            Strategy::CostBased => "cost-based-routing",
+        }
+    }
+
+    /// A `routing_strategy` name, canonical or an alias.
     pub fn parse(name: &str) -> Option<Self> {
-        Some(match name {
-            "simple-shuffle" | "priority-routing" => Strategy::SimpleShuffle,
-            "least-busy" => Strategy::LeastBusy,
-            "latency-based-routing" => Strategy::LatencyBased,
-            "usage-based-routing" | "usage-based-routing-v2" => Strategy::UsageBased,
-            "cost-based-routing" => Strategy::CostBased,
-            _ => return None,
-        })
+        Self::ALL
+            .into_iter()
+            .find(|s| s.name() == name)
+            .or_else(|| {
+                Self::ALIASES
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .map(|(_, s)| *s)
+            })
+    }
+
+    /// Every name [`Self::parse`] accepts, for messages: "a, b, ... or z".
+    pub fn accepted() -> String {
+        let names: Vec<&str> = Self::ALL
+            .iter()
+            .map(|s| s.name())
+            .chain(Self::ALIASES.iter().map(|(n, _)| *n))
+            .collect();
+        match names.split_last() {
+            Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+            None => String::new(),
+        }
     }
 }
 
@@ -305,6 +344,28 @@ impl RouterSettings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_strategy_name_parses_back_and_is_listed() {
+        let accepted = Strategy::accepted();
+        for strategy in Strategy::ALL {
+            assert_eq!(Strategy::parse(strategy.name()), Some(strategy));
+            assert!(accepted.contains(strategy.name()), "{accepted}");
+        }
+        assert_eq!(
+            Strategy::parse("priority-routing"),
+            Some(Strategy::SimpleShuffle)
+        );
+        assert_eq!(
+            Strategy::parse("usage-based-routing-v2"),
+            Some(Strategy::UsageBased)
+        );
+        assert!(
+            accepted.ends_with("or usage-based-routing-v2"),
+            "{accepted}"
+        );
+        assert_eq!(Strategy::parse("round-robin"), None);
+    }
 
     fn status(status: u16, message: &str, code: Option<&str>) -> Error {
         Error::UpstreamStatus {

@@ -25,6 +25,7 @@ use crate::api::extract::{Auth, JsonBody};
 use crate::config::{CREDENTIAL_PARAMS, Deployment, deployment_from_json};
 use crate::error::{Error, Result};
 use crate::node::Node;
+use crate::pricing::pico_to_dollars;
 use crate::secret::Secret;
 
 type Reply = std::result::Result<Json<Value>, ApiError>;
@@ -394,8 +395,8 @@ pub async fn model_info(
                     "id": d.id,
                     "mode": format!("{:?}", d.mode).to_lowercase(),
                     "db_model": stored.contains(&d.id),
-                    "input_cost_per_token": d.price.map(|p| p.input as f64 / 1e12),
-                    "output_cost_per_token": d.price.map(|p| p.output as f64 / 1e12),
+                    "input_cost_per_token": d.price.map(|p| pico_to_dollars(p.input)),
+                    "output_cost_per_token": d.price.map(|p| pico_to_dollars(p.output)),
                 },
             })
         })

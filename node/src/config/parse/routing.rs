@@ -9,8 +9,6 @@ use super::{Parser, kind};
 use crate::error::Result;
 use crate::router::settings::{ErrorClass, RouterSettings, Strategy};
 
-const STRATEGIES: &str = "simple-shuffle, least-busy, latency-based-routing, usage-based-routing, cost-based-routing or priority-routing";
-
 impl Parser<'_> {
     /// Applies one router key. `Ok(false)`: not a router key.
     pub(super) fn router_key(
@@ -24,7 +22,8 @@ impl Parser<'_> {
             "routing_strategy" => {
                 let name = self.required_string(Some(v), path)?;
                 s.strategy = Strategy::parse(&name).ok_or_else(|| {
-                    self.err(path, format!("one of {STRATEGIES}, found `{name}`"))
+                    let accepted = Strategy::accepted();
+                    self.err(path, format!("one of {accepted}, found `{name}`"))
                 })?;
             }
             "routing_strategy_args" => {
