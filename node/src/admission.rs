@@ -148,7 +148,7 @@ impl Demand {
     /// A rough prompt estimate from the text the request carries: about four
     /// bytes per token, plus a little per message. Settlement corrects it.
     pub fn estimate(text_bytes: usize, messages: usize) -> u64 {
-        (text_bytes as u64).div_ceil(4) + 4 * messages as u64
+        crate::providers::estimate_tokens(text_bytes) + 4 * messages as u64
     }
 
     /// At least as many tokens as the prompt can have: one per byte of text,

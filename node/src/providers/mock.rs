@@ -115,7 +115,7 @@ fn answer(req: &ChatRequest) -> Answer {
         .filter_map(|m| m.content.as_ref().map(|c| c.joined_text()))
         .collect::<Vec<_>>()
         .join("\n");
-    let prompt_tokens = estimate_tokens(&prompt_text) + 3 * req.messages.len() as u64;
+    let prompt_tokens = estimate_tokens(prompt_text.len()).max(1) + 3 * req.messages.len() as u64;
     let last = req.messages.last();
     let wants_tool = req.tools.as_ref().is_some_and(|t| !t.is_empty())
         && req.tool_choice.as_ref().and_then(|c| c.as_str()) != Some("none")
@@ -140,7 +140,7 @@ fn answer(req: &ChatRequest) -> Answer {
             .map(|c| c.joined_text())
             .unwrap_or_default();
         let arguments = json!({ "input": said }).to_string();
-        let completion_tokens = estimate_tokens(&arguments) + 5;
+        let completion_tokens = estimate_tokens(arguments.len()).max(1) + 5;
         return Answer {
             text: None,
             tool_call: Some((name, arguments)),
@@ -283,7 +283,7 @@ impl Provider for Mock {
                 req.max_tokens,
             );
             let usage = Usage {
-                prompt_tokens: estimate_tokens(&prompt),
+                prompt_tokens: estimate_tokens(prompt.len()).max(1),
                 completion_tokens,
                 ..Usage::default()
             };
@@ -382,7 +382,7 @@ impl Provider for Mock {
                     json!({ "object": "embedding", "index": i, "embedding": embedding })
                 })
                 .collect();
-            let prompt_tokens: u64 = inputs.iter().map(|t| estimate_tokens(t)).sum();
+            let prompt_tokens: u64 = inputs.iter().map(|t| estimate_tokens(t.len()).max(1)).sum();
             let usage = Usage {
                 prompt_tokens,
                 ..Usage::default()

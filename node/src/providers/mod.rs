@@ -164,10 +164,11 @@ pub fn upstream_error(status: http::StatusCode, headers: &HeaderMap, body: &[u8]
     }
 }
 
-/// Rough token count for text (≈4 bytes per token), for estimates only — real
-/// usage always comes from the provider.
-pub fn estimate_tokens(text: &str) -> u64 {
-    (text.len() as u64).div_ceil(4).max(1)
+/// Rough token count for `text_bytes` bytes of text (≈4 bytes per token),
+/// for estimates only — admission's reservation, the mock provider's usage;
+/// real usage always comes from the provider.
+pub fn estimate_tokens(text_bytes: usize) -> u64 {
+    (text_bytes as u64).div_ceil(4)
 }
 
 #[cfg(test)]
