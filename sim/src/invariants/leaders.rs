@@ -5,10 +5,35 @@ use std::collections::BTreeMap;
 
 use super::{Invariant, View};
 
+/// Which node led each term of each region, as seen so far: Raft's election
+/// safety, checked one observation at a time (this invariant, and the Raft
+/// scenarios in `sim/tests/`).
 #[derive(Default)]
-pub struct OneLeaderPerTerm {
+pub struct TermLeaders {
     /// (region, term) → the node that led it.
     seen: BTreeMap<(String, u64), String>,
+}
+
+impl TermLeaders {
+    /// Records that `node` leads `term` of `region`; an error if another
+    /// node led that term.
+    pub fn observe(&mut self, region: &str, term: u64, node: &str) -> Result<(), String> {
+        match self.seen.get(&(region.to_owned(), term)) {
+            Some(other) if other != node => Err(format!(
+                "{other} and {node} both led term {term} of {region}"
+            )),
+            Some(_) => Ok(()),
+            None => {
+                self.seen.insert((region.to_owned(), term), node.to_owned());
+                Ok(())
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct OneLeaderPerTerm {
+    leaders: TermLeaders,
 }
 
 impl Invariant for OneLeaderPerTerm {
@@ -22,18 +47,7 @@ impl Invariant for OneLeaderPerTerm {
 
     fn during(&mut self, view: &View) -> Result<(), String> {
         for node in view.nodes.iter().filter(|n| n.state == "leader") {
-            let slot = (node.region.clone(), node.term);
-            match self.seen.get(&slot) {
-                Some(other) if *other != node.host => {
-                    return Err(format!(
-                        "{} and {} both led term {} of {}",
-                        other, node.host, node.term, node.region
-                    ));
-                }
-                _ => {
-                    self.seen.insert(slot, node.host.clone());
-                }
-            }
+            self.leaders.observe(&node.region, node.term, &node.host)?;
         }
         Ok(())
     }

@@ -18,6 +18,7 @@ use crate::world::Spec;
 mod committed;
 mod convergence;
 mod leaders;
+pub use leaders::TermLeaders;
 mod metadata;
 mod overshoot;
 mod revocation;
