@@ -146,10 +146,6 @@ impl RunResult {
         std::fs::write(path, text)?;
         Ok(())
     }
-
-    pub fn read_json(path: &Path) -> Result<Self, Error> {
-        Ok(serde_json::from_slice(&std::fs::read(path)?)?)
-    }
 }
 
 /// Microseconds as milliseconds with two decimals, for people.

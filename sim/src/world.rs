@@ -100,13 +100,6 @@ impl Spec {
             .unwrap_or_default()
     }
 
-    /// Picodollars one served call costs.
-    pub fn call_cost(&self) -> u64 {
-        let dollars = crate::upstream::PROMPT_TOKENS as f64 * INPUT_COST
-            + crate::upstream::COMPLETION_TOKENS as f64 * OUTPUT_COST;
-        dollars_to_pico(dollars)
-    }
-
     /// Most one call can be charged: its reservation (a prompt of "hi" is
     /// far below 100 tokens, plus `max_tokens`).
     pub fn worst_call(&self) -> u64 {
