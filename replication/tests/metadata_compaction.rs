@@ -176,12 +176,13 @@ async fn a_region_cut_off_does_not_stop_compaction_of_what_it_holds() {
     );
 
     cut(&directory, EU, false);
+    // Equal heads are the same epoch (us-east may compact again after).
     eventually("eu-west catches up across the epoch", || {
         converged(&[&us, &eu], Kind::Key, &id)
+            && epoch(&eu.nodes[0].region, &id) > before
             && eu.all(|n| json_of(n, Kind::Key, &id).is_some_and(|r| r["metadata"]["note"] == last))
     })
     .await;
-    assert_eq!(epoch(&eu.nodes[0].region, &id), epoch(us_node, &id));
     for node in us.nodes.iter().chain(&eu.nodes) {
         node.region.shutdown().await;
     }
@@ -228,7 +229,7 @@ async fn a_key_made_in_two_regions_at_once_is_compacted_once() {
     let last = json!(note(59));
     eventually("one document everywhere, compacted", || {
         converged(&[&us, &eu], Kind::Key, &id)
-            && epoch(&us.nodes[0].region, &id) >= 1
+            && epoch(&eu.nodes[0].region, &id) >= 1
             && eu.all(|n| {
                 json_of(n, Kind::Key, &id).is_some_and(|r| {
                     r["metadata"]["note"] == last && r["key_alias"] == json!("eu-19")
@@ -236,10 +237,8 @@ async fn a_key_made_in_two_regions_at_once_is_compacted_once() {
             })
     })
     .await;
-    assert_eq!(
-        epoch(&eu.nodes[0].region, &id),
-        epoch(&us.nodes[0].region, &id)
-    );
+    // (Converged: equal heads, so the same epoch then; us-east may compact
+    // again after.)
     for node in us.nodes.iter().chain(&eu.nodes) {
         node.region.shutdown().await;
     }
