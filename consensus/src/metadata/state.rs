@@ -1784,8 +1784,9 @@ mod tests {
         }
     }
 
-    /// Sends `from`'s changes the receiver lacks, as the sync task does.
-    fn ship(from: &MetadataState, to: &mut MetadataState) -> MergeSummary {
+    /// Sends `from`'s changes the receiver lacks, as the sync task does
+    /// (the compaction tests use it too).
+    pub(super) fn ship(from: &MetadataState, to: &mut MetadataState) -> MergeSummary {
         let after = to.sync_cursor(from.region());
         let (out, _) = to.apply(&at(0, batch(from, to.region(), after)));
         MergeSummary::from_outcome(&out).unwrap_or_else(|| panic!("{out:?}"))

@@ -167,7 +167,8 @@ mod tests {
     use serde_json::json;
     use sha2::{Digest, Sha256};
 
-    use super::super::{Change, MergeSummary, OutboxLimits, Proposal, RemoteChanges};
+    use super::super::tests::ship;
+    use super::super::{Change, Proposal};
     use super::*;
     use crate::metadata::Command;
 
@@ -180,38 +181,6 @@ mod tests {
             at_ms: 1_000,
             command,
         })
-    }
-
-    /// Everything `from` has that `to` lacks, merged into `to`.
-    fn ship(from: &MetadataState, to: &mut MetadataState) -> MergeSummary {
-        let after = to.sync_cursor(from.region());
-        let limits = OutboxLimits {
-            max_docs: 1000,
-            max_bytes: 1 << 24,
-            max_scan: 10_000,
-        };
-        let outbox = from.outbox(after, to.region(), limits);
-        let entities = outbox
-            .docs
-            .iter()
-            .map(|d| {
-                let doc = EntityDoc::load(&d.saved).unwrap();
-                RemoteChanges {
-                    kind: d.kind,
-                    id: d.id.clone(),
-                    changes: doc.changes_since(&[]),
-                    heads: doc.heads().iter().map(ToString::to_string).collect(),
-                }
-            })
-            .collect();
-        let command = Command::MergeRemote {
-            source: from.region().to_owned(),
-            since: after,
-            through: outbox.through,
-            entities,
-        };
-        let (out, _) = apply(to, command);
-        MergeSummary::from_outcome(&out).expect("merged")
     }
 
     fn size(state: &MetadataState) -> usize {
