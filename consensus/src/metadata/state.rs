@@ -1321,18 +1321,31 @@ impl Planner<'_> {
                 doc
             }
         };
+        self.push_doc(kind, key.1, doc.save(), None, replaces);
+        Ok(())
+    }
+
+    /// The effect that stores a document's new saved form under the next
+    /// change number.
+    fn push_doc(
+        &mut self,
+        kind: Kind,
+        id: Arc<str>,
+        saved: Vec<u8>,
+        echo: Option<Arc<str>>,
+        replaces: Option<u64>,
+    ) {
         self.next_seq += 1;
         self.effects.push(Effect::Doc {
             kind,
-            id: key.1,
+            id,
             doc: StoredDoc {
                 seq: self.next_seq,
-                echo: None,
-                saved: doc.save().into_boxed_slice(),
+                echo,
+                saved: saved.into_boxed_slice(),
             },
             replaces,
         });
-        Ok(())
     }
 
     /// An entity's current document; a read failure ends planning, faulted.
@@ -1481,17 +1494,7 @@ impl Planner<'_> {
             let mut theirs = heads.to_vec();
             theirs.sort();
             let echo = (!theirs.is_empty() && ours == theirs).then(|| source_name.clone());
-            self.next_seq += 1;
-            self.effects.push(Effect::Doc {
-                kind,
-                id,
-                doc: StoredDoc {
-                    seq: self.next_seq,
-                    echo,
-                    saved: doc.save().into_boxed_slice(),
-                },
-                replaces,
-            });
+            self.push_doc(kind, id, doc.save(), echo, replaces);
         }
         // Everything in (since, through] is merged now; with nothing missed
         // before `since`, the source is merged through `through`. (A stale

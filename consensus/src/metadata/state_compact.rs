@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use automerge::ChangeHash;
 
-use super::Effect;
 use super::{
     EntityDoc, EntityKey, Kind, MetadataState, Outcome, Planned, Planner, Refusal, StoredDoc, done,
     invalid,
@@ -147,17 +146,7 @@ impl Planner<'_> {
             "bytes_before": stored.saved.len(),
             "bytes_after": saved.len(),
         });
-        self.next_seq += 1;
-        self.effects.push(Effect::Doc {
-            kind,
-            id: key.1,
-            doc: StoredDoc {
-                seq: self.next_seq,
-                echo: None,
-                saved: saved.into_boxed_slice(),
-            },
-            replaces: Some(stored.seq),
-        });
+        self.push_doc(kind, key.1, saved, None, Some(stored.seq));
         Ok(done(vec![summary], vec![]))
     }
 }
