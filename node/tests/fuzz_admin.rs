@@ -12,7 +12,7 @@ mod router_support;
 
 use std::sync::Arc;
 
-use fuzz_support::{arb_json, arb_mutated, assert_clean, check, post, runtime, send};
+use fuzz_support::{arb_json, arb_mutated, assert_clean, check, post, post_bodies, runtime, send};
 use meridian_node::node::Node;
 use proptest::prelude::*;
 use router_support::MASTER;
@@ -119,14 +119,7 @@ fn fuzz_bodies(cases: u32, bodies: impl Strategy<Value = Vec<u8>>) {
     let rt = runtime();
     let node = rt.block_on(admin_node());
     let paths: Vec<&str> = routes().into_iter().map(|(p, _)| p).collect();
-    check(
-        cases,
-        (prop::sample::select(paths), bodies),
-        |(path, body)| {
-            let r = rt.block_on(send(&node, post(path, Some(MASTER), body)));
-            assert_clean(path, &r)
-        },
-    );
+    post_bodies(&rt, &node, MASTER, paths, cases, bodies);
     rt.block_on(assert_alive(&node));
 }
 

@@ -400,6 +400,26 @@ impl Reply {
     }
 }
 
+/// Posts each generated body, with `key`, to one of `paths` on `node`: every
+/// answer must be a clean one ([`assert_clean`]).
+pub fn post_bodies(
+    rt: &tokio::runtime::Runtime,
+    node: &Arc<Node>,
+    key: &str,
+    paths: Vec<&'static str>,
+    cases: u32,
+    bodies: impl Strategy<Value = Vec<u8>>,
+) {
+    check(
+        cases,
+        (prop::sample::select(paths), bodies),
+        |(path, body)| {
+            let r = rt.block_on(send(node, post(path, Some(key), body)));
+            assert_clean(path, &r)
+        },
+    );
+}
+
 /// Calls the node in process. A handler that panics panics here (and the
 /// property fails); a body that breaks off mid-way fails too, since a client
 /// would see a dropped connection.
