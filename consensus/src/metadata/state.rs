@@ -33,6 +33,13 @@
 //! identical on every replica; the cross-region sync sends the documents
 //! changed after the number a remote region has acknowledged (its cursor,
 //! which the remote region keeps in its own state: [`Self::sync_cursor`]).
+//!
+//! Size: past the ~600-line rule, knowingly for now. One thing — the applied
+//! state and the planner every command goes through — but the per-command
+//! planning (records, members, merges, rights ledgers) shares the planner's
+//! private effect list and the state's private maps, so it stays here until
+//! it is split by command into child modules as `state_compact.rs` (document
+//! compaction) already is: issue 16, item 5.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
