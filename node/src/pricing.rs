@@ -76,14 +76,8 @@ pub fn usd_to_pico(usd: f64) -> Option<PicoUsd> {
 /// An amount in dollars (a budget, a spend) → picodollars, rounded; a
 /// negative or non-number amount is 0, a huge one saturates.
 pub fn dollars_to_pico(usd: f64) -> u64 {
-    let pico = (usd * PICO_PER_USD_F64).round();
-    if pico.is_nan() || pico <= 0.0 {
-        0
-    } else if pico >= u64::MAX as f64 {
-        u64::MAX
-    } else {
-        pico as u64
-    }
+    // A float-to-integer `as` saturates, and takes NaN to 0.
+    (usd * PICO_PER_USD_F64).round() as u64
 }
 
 /// Picodollars → dollars, for answers, logs and reports.
