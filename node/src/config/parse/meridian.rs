@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::{Parser, kind};
+use super::Parser;
+use super::scalars::kind;
 use crate::config::{Config, Peer};
 use crate::error::Result;
 use crate::secret::Secret;

@@ -1,11 +1,10 @@
 //! `router_settings` (and the router keys LiteLLM also reads from
 //! `litellm_settings`): strategy, retries, cooldowns, fallbacks, tags.
 
-use std::time::Duration;
-
 use serde_json::Value;
 
-use super::{Parser, kind};
+use super::Parser;
+use super::scalars::kind;
 use crate::error::Result;
 use crate::router::settings::{ErrorClass, RouterSettings, Strategy};
 
@@ -81,25 +80,6 @@ impl Parser<'_> {
             _ => return Ok(false),
         }
         Ok(true)
-    }
-
-    /// A count that fits `u32`.
-    pub(super) fn count(&mut self, v: &Value, path: &str) -> Result<Option<u32>> {
-        match self.integer(Some(v), path)? {
-            None => Ok(None),
-            Some(n) => u32::try_from(n)
-                .map(Some)
-                .map_err(|_| self.err(path, "a whole number below 4294967296")),
-        }
-    }
-
-    /// Seconds, zero allowed.
-    pub(super) fn wait(&mut self, v: &Value, path: &str) -> Result<Option<Duration>> {
-        match self.number(Some(v), path)? {
-            None => Ok(None),
-            Some(s) if s < 1e9 => Ok(Some(Duration::from_secs_f64(s))),
-            Some(_) => Err(self.err(path, "a number of seconds")),
-        }
     }
 
     /// `{RateLimitErrorRetries: 2, ...}` into counts per class.
