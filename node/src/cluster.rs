@@ -61,7 +61,7 @@ pub struct Joined {
 
 /// A region of one that no other node can reach, and its rights to `strict`
 /// limits (all issued by its own ledger).
-async fn lone_region(
+pub(crate) async fn lone_region(
     region: &str,
     store: Arc<dyn Store>,
     api_url: String,
@@ -90,49 +90,20 @@ async fn lone_region(
     })
 }
 
-/// A region of one with its counters and spend log, for embedding (tests,
-/// simulations): their tasks run until the runtime stops.
-pub async fn single_node(
-    store: Arc<dyn Store>,
-    config: &crate::config::Config,
-    seams: &crate::node::Seams,
-) -> Result<crate::node::Local> {
-    let settings = &config.node;
-    let api_url = format!("http://{}", settings.listen);
-    let counters = start_counters(
-        &settings.region,
-        settings.cluster.raft_id,
-        store.clone(),
-        Durability::Process,
-        &seams.rng,
-        std::future::pending(),
-    )?;
-    let joined = lone_region(
-        &settings.region,
-        store.clone(),
-        api_url,
-        &counters,
-        wall_clock(seams.clock.clone()),
-        std::future::pending(),
-    )
-    .await?;
-    let spend_log = start_spend_log(store, config, seams.clock.clone(), std::future::pending());
-    Ok(crate::node::Local::new(joined, counters, spend_log))
-}
-
-/// Opens the spend log in `store` and starts its writer (until `shutdown`).
+/// Opens the spend log in `store` and starts its writer, which writes what
+/// is pending when `shutdown` resolves and then ends.
 pub fn start_spend_log(
     store: Arc<dyn Store>,
     config: &crate::config::Config,
     clock: Arc<dyn Clock>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Arc<crate::spendlog::SpendLog> {
+) -> (Arc<crate::spendlog::SpendLog>, tokio::task::JoinHandle<()>) {
     let log = Arc::new(crate::spendlog::SpendLog::new(
         store,
         config.spend_log_retention,
     ));
-    tokio::spawn(log.clone().run(clock, shutdown));
-    log
+    let writer = tokio::spawn(log.clone().run(clock, shutdown));
+    (log, writer)
 }
 
 /// How a node reaches the other nodes and is reached by them: TCP in
@@ -443,7 +414,7 @@ pub async fn start_region_on(
 }
 
 /// Unix milliseconds from the node's clock, for the replication tasks.
-fn wall_clock(clock: Arc<dyn Clock>) -> WallClock {
+pub(crate) fn wall_clock(clock: Arc<dyn Clock>) -> WallClock {
     Arc::new(move || clock.since_epoch().as_millis() as u64)
 }
 
@@ -557,13 +528,16 @@ fn gossip_peers(region: &Region, cluster: &crate::config::ClusterSettings) -> Pe
     })
 }
 
-/// Opens this node's counters from `store` and starts the task that makes
-/// its own changes durable (until `shutdown`). `node` is the node's Raft id:
-/// unique in its region, so `(region, node, incarnation)` names one writer.
+/// The file whose existence cuts this node's links to other regions
+/// (a test-only fault switch).
 fn partition_file(cluster: &crate::config::ClusterSettings) -> Option<Arc<std::path::Path>> {
     cluster.inject_partition_file.as_deref().map(Arc::from)
 }
 
+/// Opens this node's counters from `store` and starts the task that makes
+/// its own changes durable; it writes what is pending when `shutdown`
+/// resolves and then ends. `node` is the node's Raft id: unique in its
+/// region, so `(region, node, incarnation)` names one writer.
 pub fn start_counters(
     region: &str,
     node: u64,
@@ -571,15 +545,15 @@ pub fn start_counters(
     durability: Durability,
     rng: &crate::clock::SeededRng,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<Arc<Counters>> {
+) -> Result<(Arc<Counters>, tokio::task::JoinHandle<()>)> {
     let counters = Counters::open(region, node, store, durability, || rng.next_u64())
         .map_err(|e| Error::Internal(format!("opening counters: {e}")))?;
     let counters = Arc::new(counters);
     // Requests in flight when this node last stopped are gone: free their
     // `max_parallel_requests` slots.
     let _ = counters.release_own(|id| id.metric == meridian_replication::crdt::Metric::Parallel);
-    tokio::spawn(counters.clone().run_flusher(shutdown));
-    Ok(counters)
+    let flusher = tokio::spawn(counters.clone().run_flusher(shutdown));
+    Ok((counters, flusher))
 }
 
 /// Opens the node's database in its data directory.

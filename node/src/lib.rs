@@ -3,7 +3,7 @@
 //! Owns the configuration, the HTTP API (OpenAI- and Anthropic-compatible, health),
 //! authentication, routing, provider adapters, cost accounting and the wiring of
 //! one node. It is the code simulations run: every listener, the upstream client,
-//! the wall clock and the RNG are injected ([`node::Seams`], [`serve::serve`]), so
+//! the wall clock and the RNG are injected ([`node::Seams`], [`runtime::NodeBuilder`]), so
 //! nothing here may reach for a socket, `SystemTime` or a thread-local RNG.
 //!
 //! The request path reads top to bottom in [`pipeline`].
@@ -23,6 +23,7 @@ pub mod pipeline;
 pub mod pricing;
 pub mod providers;
 pub mod router;
+pub mod runtime;
 pub mod secret;
 pub mod serve;
 pub mod spend_rpc;

@@ -10,8 +10,9 @@ mod cert_cli;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use meridian_node::config::{self, Config, ProcessEnv};
-use meridian_node::node::{Node, Seams};
-use meridian_node::serve::{KeySource, resolve_master_key, serve_with_tls};
+use meridian_node::node::Seams;
+use meridian_node::runtime::NodeBuilder;
+use meridian_node::serve::{KeySource, resolve_master_key};
 
 /// A request allocates and frees many small buffers across threads; mimalloc
 /// does that for less CPU than glibc's malloc (README, Performance).
@@ -319,38 +320,6 @@ fn run_serve(
             .with_context(|| format!("listening on {listen}"))?;
         let bound = listener.local_addr().unwrap_or(listen);
         let store = meridian_node::cluster::open_store(&data_dir)?;
-        let store_for_log = store.clone();
-        let (stop_peers, peers_stopped) = tokio::sync::oneshot::channel::<()>();
-        let (stop_flusher, flusher_stopped) = tokio::sync::oneshot::channel::<()>();
-        let counters = meridian_node::cluster::start_counters(
-            &config.node.region,
-            config.node.cluster.raft_id,
-            store.clone(),
-            meridian_storage::Durability::Process,
-            &seams.rng,
-            async {
-                let _ = flusher_stopped.await;
-            },
-        )?;
-        let spend_log = meridian_node::cluster::start_spend_log(
-            store_for_log,
-            &config,
-            seams.clock.clone(),
-            std::future::pending(),
-        );
-        let joined = meridian_node::cluster::start_region(
-            &config.node,
-            store,
-            bound,
-            counters.clone(),
-            spend_log.clone(),
-            seams.clock.clone(),
-            async {
-                let _ = peers_stopped.await;
-            },
-        )
-        .await?;
-        let local = meridian_node::node::Local::new(joined, counters, spend_log);
         let public_tls = match &config.node.public_tls {
             None => None,
             Some(files) => {
@@ -367,19 +336,19 @@ fn run_serve(
                 Some(tls)
             }
         };
-        let node = Node::new(config, &master_key, seams, local);
-        let metadata = node.metadata.clone();
+        let running = NodeBuilder::new(config, master_key.clone(), seams, store)
+            .api_addr(bound)
+            .start()
+            .await?;
         let banner = Banner {
             listen: bound,
             https: public_tls.is_some(),
             ..banner
         };
         banner.print(&master_key, key_source);
-        serve_with_tls(listener, node, public_tls, shutdown_signal()).await?;
-        let _ = stop_peers.send(());
-        let _ = stop_flusher.send(());
-        metadata.shutdown().await;
-        tracing::info!("stopped");
+        running
+            .serve(listener, public_tls, shutdown_signal())
+            .await?;
         Ok(ExitCode::SUCCESS)
     })
 }

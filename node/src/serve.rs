@@ -1,15 +1,13 @@
-//! Starting a node: the master key, the listener (injected: a TCP socket in
-//! production, a simulated one under turmoil) and graceful shutdown.
+//! The master key a node starts with: configured, kept in the data
+//! directory, or generated there. (Starting and stopping the node itself is
+//! `runtime`.)
 
-use std::future::Future;
 use std::io::Write as _;
 use std::path::Path;
-use std::sync::Arc;
 
 use crate::clock::SeededRng;
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::node::Node;
 use crate::secret::Secret;
 
 /// Where the master key came from; a generated or stored key is shown at start
@@ -94,43 +92,6 @@ fn write_private(path: &Path, text: &str) -> Result<()> {
     file.write_all(text.as_bytes())
         .and_then(|()| file.sync_all())
         .map_err(|e| Error::io(format!("writing {}", path.display()), e))
-}
-
-/// Serves the node's API on `listener` until `shutdown` completes, then lets
-/// in-flight requests finish.
-pub async fn serve<L>(
-    listener: L,
-    node: Arc<Node>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<()>
-where
-    L: axum::serve::Listener<Addr = std::net::SocketAddr>,
-{
-    serve_with_tls(listener, node, None, shutdown).await
-}
-
-/// [`serve`], over HTTPS when `tls` is given.
-pub async fn serve_with_tls<L>(
-    listener: L,
-    node: Arc<Node>,
-    tls: Option<meridian_link::PublicTls>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<()>
-where
-    L: axum::serve::Listener<Addr = std::net::SocketAddr>,
-{
-    let checks = node
-        .health
-        .settings
-        .enabled
-        .then(|| tokio::spawn(crate::health::run(node.clone())));
-    let limits = node.http;
-    let app = crate::api::router(node);
-    crate::listener::serve(listener, app, limits, tls, shutdown).await;
-    if let Some(task) = checks {
-        task.abort();
-    }
-    Ok(())
 }
 
 #[cfg(test)]

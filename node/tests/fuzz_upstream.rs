@@ -23,6 +23,7 @@ use http::{HeaderMap, HeaderValue, StatusCode};
 use meridian_node::clock::{Clock, SeededRng};
 use meridian_node::config;
 use meridian_node::node::{Node, Seams};
+use meridian_node::runtime::{NodeBuilder, Peers};
 use meridian_node::secret::Secret;
 use meridian_node::upstream::{UpstreamClient, UpstreamRequest, UpstreamResponse};
 use proptest::prelude::*;
@@ -101,10 +102,12 @@ async fn node(upstream: Arc<FakeUpstream>) -> Arc<Node> {
         rng: SeededRng::from_seed(7),
     };
     let store: Arc<dyn meridian_storage::Store> = Arc::new(meridian_storage::MemStore::new());
-    let local = meridian_node::cluster::single_node(store, &config, &seams)
+    NodeBuilder::new(config, Secret::new(MASTER), seams, store)
+        .peers(Peers::Alone)
+        .start()
         .await
-        .unwrap();
-    Node::new(config, &Secret::new(MASTER), seams, local)
+        .unwrap()
+        .node
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]

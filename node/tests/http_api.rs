@@ -12,6 +12,7 @@ use http::{Request, StatusCode};
 use meridian_node::clock::{SeededRng, SystemClock};
 use meridian_node::config::{self, Config};
 use meridian_node::node::{Node, Seams};
+use meridian_node::runtime::{NodeBuilder, Peers};
 use meridian_node::secret::Secret;
 use meridian_node::upstream::HttpUpstream;
 use serde_json::{Value, json};
@@ -27,10 +28,12 @@ async fn node_with(mut config: Config, data_dir: &std::path::Path) -> Arc<Node> 
         rng: SeededRng::from_seed(1),
     };
     let store: Arc<dyn meridian_storage::Store> = Arc::new(meridian_storage::MemStore::new());
-    let local = meridian_node::cluster::single_node(store, &config, &seams)
+    NodeBuilder::new(config, Secret::new(KEY), seams, store)
+        .peers(Peers::Alone)
+        .start()
         .await
-        .unwrap();
-    Node::new(config, &Secret::new(KEY), seams, local)
+        .unwrap()
+        .node
 }
 
 fn yaml(text: &str) -> Config {

@@ -235,6 +235,27 @@ impl Rights {
         }
     }
 
+    /// Gives back every right this node holds and has not spent, as a node
+    /// leaving its region does: the rest of the world may spend them while
+    /// it is away. Returns how many counters could not be given back now
+    /// (they are given back with this node's next request for them).
+    pub async fn give_back_all(&self) -> usize {
+        let held: Vec<Ask> = lock(&self.used).values().map(|u| u.ask.clone()).collect();
+        let mut failed = 0;
+        for ask in held {
+            match self.give_back(&ask).await {
+                Ok(_) => {
+                    lock(&self.used).remove(&ask.id);
+                }
+                Err(e) => {
+                    failed += 1;
+                    tracing::debug!(counter = ?ask.id, error = %e, "giving back rights at shutdown failed");
+                }
+            }
+        }
+        failed
+    }
+
     fn turn(&self, id: &CounterId) -> Arc<tokio::sync::Mutex<()>> {
         lock(&self.asking).entry(id.clone()).or_default().clone()
     }

@@ -19,7 +19,8 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use meridian_bugs::Bug;
 use meridian_node::clock::SeededRng;
-use meridian_node::node::{Node, Seams};
+use meridian_node::node::Seams;
+use meridian_node::runtime::{NodeBuilder, Peers};
 use meridian_node::secret::Secret;
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
@@ -104,10 +105,14 @@ async fn run_node(seed: u64, region: &'static str) -> Result<(), Box<dyn std::er
         rng: SeededRng::from_seed(seed ^ region.len() as u64),
     };
     let store: Arc<dyn meridian_storage::Store> = Arc::new(meridian_storage::MemStore::new());
-    let local = meridian_node::cluster::single_node(store, &config, &seams).await?;
-    let node = Node::new(config, &Secret::new(MASTER_KEY), seams, local);
+    let running = NodeBuilder::new(config, Secret::new(MASTER_KEY), seams, store)
+        .peers(Peers::Alone)
+        .start()
+        .await?;
     let listener = crate::SimListener(turmoil::net::TcpListener::bind("0.0.0.0:4000").await?);
-    meridian_node::serve::serve(listener, node, std::future::pending()).await?;
+    running
+        .serve(listener, None, std::future::pending())
+        .await?;
     Ok(())
 }
 

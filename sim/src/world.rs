@@ -12,9 +12,10 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use meridian_bugs::Bug;
 use meridian_node::clock::{Clock, SeededRng, SkewedClock};
-use meridian_node::cluster::{PeerNet, start_counters, start_region_on, start_spend_log};
-use meridian_node::node::{Local, Node, Seams};
+use meridian_node::cluster::PeerNet;
+use meridian_node::node::{Node, Seams};
 use meridian_node::pricing::dollars_to_pico;
+use meridian_node::runtime::{NodeBuilder, Peers};
 use meridian_node::secret::Secret;
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
@@ -243,14 +244,6 @@ async fn run_node(
         clock: clock.clone(),
         rng: SeededRng::from_seed(seed ^ name.len() as u64),
     };
-    let counters = start_counters(
-        &config.node.region,
-        raft_id,
-        store.clone(),
-        meridian_storage::Durability::Process,
-        &seams.rng,
-        std::future::pending(),
-    )?;
     let net = PeerNet {
         dialer: crate::sim_dialer(),
         own_addr: format!("{name}:7000"),
@@ -263,29 +256,20 @@ async fn run_node(
             })
         }),
     };
-    let spend_log = start_spend_log(
-        store.clone(),
-        &config,
-        clock.clone(),
-        std::future::pending(),
-    );
-    let joined = start_region_on(
-        &config.node,
-        store,
-        format!("http://{name}:4000"),
-        counters.clone(),
-        spend_log.clone(),
-        clock,
-        seed,
-        net,
-        std::future::pending(),
-    )
-    .await?;
-    let local = Local::new(joined, counters, spend_log);
-    let node = Node::new(config, &Secret::new(MASTER_KEY), seams, local);
+    let running = NodeBuilder::new(config, Secret::new(MASTER_KEY), seams, store)
+        .peers(Peers::Net {
+            net,
+            api_url: format!("http://{name}:4000"),
+            seed,
+        })
+        .start()
+        .await?;
+    let node = running.node.clone();
     lock(&registry).insert(name, Live { node: node.clone() });
     let listener = crate::SimListener(turmoil::net::TcpListener::bind("0.0.0.0:4000").await?);
-    meridian_node::serve::serve(listener, node, std::future::pending()).await?;
+    running
+        .serve(listener, None, std::future::pending())
+        .await?;
     Ok(())
 }
 

@@ -13,7 +13,8 @@ use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use meridian_node::clock::SeededRng;
 use meridian_node::config::Config;
-use meridian_node::node::{Node, Seams};
+use meridian_node::node::Seams;
+use meridian_node::runtime::{NodeBuilder, Peers};
 use meridian_node::secret::Secret;
 use meridian_node::upstream::{UpstreamClient, UpstreamRequest, UpstreamResponse};
 use meridian_sim::SimListener;
@@ -49,10 +50,14 @@ fn run(seed: u64) -> (u16, String, serde_json::Value) {
             rng: SeededRng::from_seed(seed),
         };
         let store: Arc<dyn meridian_storage::Store> = Arc::new(meridian_storage::MemStore::new());
-        let local = meridian_node::cluster::single_node(store, &config, &seams).await?;
-        let node = Node::new(config, &Secret::new(KEY), seams, local);
+        let running = NodeBuilder::new(config, Secret::new(KEY), seams, store)
+            .peers(Peers::Alone)
+            .start()
+            .await?;
         let listener = SimListener(turmoil::net::TcpListener::bind("0.0.0.0:4000").await?);
-        meridian_node::serve::serve(listener, node, std::future::pending()).await?;
+        running
+            .serve(listener, None, std::future::pending())
+            .await?;
         Ok(())
     });
     let seen = Arc::new(std::sync::Mutex::new(None));

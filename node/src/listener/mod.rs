@@ -20,7 +20,8 @@
 //!   the caps above took the connection's place.
 //!
 //! On shutdown the listener stops accepting and every connection is asked
-//! to finish what it is serving.
+//! to finish what it is serving, within a drain deadline; connections still
+//! open then are cut.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -116,14 +117,17 @@ fn admit(open: &Arc<Mutex<Open>>, ip: IpAddr, limits: &HttpLimits) -> Option<Slo
 }
 
 /// Serves `app` on the connections `listener` accepts, within `limits`
-/// (over TLS when `tls` is given), until `shutdown` completes; then lets the
-/// connections finish.
+/// (over TLS when `tls` is given), until `shutdown` completes; then stops
+/// accepting and lets the connections finish their requests, for up to
+/// `drain`. Connections still open then are cut: dropping a call settles
+/// what it served.
 pub async fn serve<L>(
     mut listener: L,
     app: Router,
     limits: HttpLimits,
     tls: Option<meridian_link::PublicTls>,
     shutdown: impl Future<Output = ()> + Send + 'static,
+    drain: Duration,
 ) where
     L: axum::serve::Listener<Addr = SocketAddr>,
 {
@@ -183,8 +187,17 @@ pub async fn serve<L>(
             }
         });
     }
+    drop(listener);
     let _ = closing.send(true);
-    while tasks.join_next().await.is_some() {}
+    let drained =
+        tokio::time::timeout(drain, async { while tasks.join_next().await.is_some() {} }).await;
+    if drained.is_err() {
+        tracing::warn!(
+            connections = tasks.len(),
+            "calls still running at the shutdown deadline are cut; each is billed for what it served"
+        );
+        tasks.shutdown().await;
+    }
 }
 
 /// One admitted connection, served.

@@ -112,7 +112,34 @@ pub struct Server {
     pub http: reqwest::Client,
     pub dir: tempfile::TempDir,
     pub port: u16,
+    env: Vec<(String, String)>,
     child: Child,
+}
+
+/// `meridian serve` on `dir`'s config.yaml and data directory, its output
+/// appended to `dir`/node.log.
+fn spawn_server(dir: &Path, port: u16, env: &[(String, String)]) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("node.log"))
+        .unwrap();
+    Command::new(BIN)
+        .args([
+            "serve",
+            "--config",
+            dir.join("config.yaml").to_str().unwrap(),
+            "--port",
+            &port.to_string(),
+        ])
+        .args(["--data-dir", dir.join("data").to_str().unwrap()])
+        .env("MERIDIAN_MASTER_KEY", MASTER)
+        .env("RUST_LOG", "info")
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap()
 }
 
 impl Drop for Server {
@@ -132,49 +159,71 @@ impl Server {
 
     /// As [`Server::start`], with more environment variables.
     pub async fn start_with(extra: &str, env: &[(&str, &str)]) -> Server {
+        Self::start_yaml(&format!("{MOCK_MODELS}{extra}\n"), env).await
+    }
+
+    /// A node whose whole config is `yaml`.
+    pub async fn start_yaml(yaml: &str, env: &[(&str, &str)]) -> Server {
         meridian_node::upstream::install_crypto_provider();
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
-        let data = dir.path().join("data");
-        let config = dir.path().join("config.yaml");
-        std::fs::write(&config, format!("{MOCK_MODELS}{extra}\n",)).unwrap();
-        let log = std::fs::File::create(dir.path().join("node.log")).unwrap();
-        let child = Command::new(BIN)
-            .args([
-                "serve",
-                "--config",
-                config.to_str().unwrap(),
-                "--port",
-                &port.to_string(),
-            ])
-            .args(["--data-dir", data.to_str().unwrap()])
-            .env("MERIDIAN_MASTER_KEY", MASTER)
-            .env("RUST_LOG", "info")
-            .envs(env.iter().copied())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+        std::fs::write(dir.path().join("config.yaml"), yaml).unwrap();
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let child = spawn_server(dir.path(), port, &env);
         let s = Server {
             base: format!("http://127.0.0.1:{port}"),
             master: MASTER.to_owned(),
             http: reqwest::Client::new(),
             dir,
             port,
+            env,
             child,
         };
+        s.wait_ready().await;
+        s
+    }
+
+    async fn wait_ready(&self) {
         for _ in 0..300 {
-            if s.http
-                .get(format!("{}/health/liveliness", s.base))
+            if self
+                .http
+                .get(format!("{}/health/liveliness", self.base))
                 .send()
                 .await
                 .is_ok()
             {
-                return s;
+                return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("the node did not start: {}", s.log());
+        panic!("the node did not start: {}", self.log());
+    }
+
+    /// Sends SIGTERM and waits (up to `within`) for the process to exit;
+    /// `None` if it did not.
+    pub async fn terminate(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let pid = rustix::process::Pid::from_child(&self.child);
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+        let deadline = tokio::time::Instant::now() + within;
+        while tokio::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        None
+    }
+
+    /// Starts the node again on the same config, port and data directory
+    /// (after it stopped), and waits until it answers.
+    pub async fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = spawn_server(self.dir.path(), self.port, &self.env);
+        self.wait_ready().await;
     }
 
     /// Everything the process printed so far.

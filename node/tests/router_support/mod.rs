@@ -11,6 +11,7 @@ use http::Request;
 use meridian_node::clock::{SeededRng, SystemClock};
 use meridian_node::config;
 use meridian_node::node::{Node, Seams};
+use meridian_node::runtime::{NodeBuilder, Peers};
 use meridian_node::secret::Secret;
 use meridian_node::upstream::HttpUpstream;
 use serde_json::{Value, json};
@@ -32,10 +33,12 @@ pub async fn node_yaml(yaml: &str) -> Arc<Node> {
         rng: SeededRng::from_seed(5),
     };
     let store: Arc<dyn meridian_storage::Store> = Arc::new(meridian_storage::MemStore::new());
-    let local = meridian_node::cluster::single_node(store, &config, &seams)
+    NodeBuilder::new(config, Secret::new(MASTER), seams, store)
+        .peers(Peers::Alone)
+        .start()
         .await
-        .unwrap();
-    Node::new(config, &Secret::new(MASTER), seams, local)
+        .unwrap()
+        .node
 }
 
 pub async fn call(

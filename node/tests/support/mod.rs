@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use meridian_node::clock::{SeededRng, SystemClock};
 use meridian_node::config::{self, Config};
-use meridian_node::node::{Node, Seams};
+use meridian_node::node::Seams;
+use meridian_node::runtime::{NodeBuilder, Peers};
 use meridian_node::secret::Secret;
 use meridian_node::upstream::HttpUpstream;
 use serde_json::Value;
@@ -37,21 +38,25 @@ pub async fn start(mut config: Config) -> Gateway {
         rng: SeededRng::from_seed(42),
     };
     let store: Arc<dyn meridian_storage::Store> = Arc::new(meridian_storage::MemStore::new());
-    let local = meridian_node::cluster::single_node(store, &config, &seams)
-        .await
-        .unwrap();
-    let node = Node::new(config, &Secret::new(MASTER_KEY), seams, local);
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
         .await
         .unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
-        meridian_node::serve::serve(listener, node, async {
-            let _ = rx.await;
-        })
+    let addr = listener.local_addr().unwrap();
+    let running = NodeBuilder::new(config, Secret::new(MASTER_KEY), seams, store)
+        .peers(Peers::Alone)
+        .api_addr(addr)
+        .start()
         .await
         .unwrap();
+    let base = format!("http://{addr}");
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        running
+            .serve(listener, None, async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
     });
     Gateway {
         base,
