@@ -73,8 +73,16 @@ pub struct RunOptions {
     pub path: String,
     /// Sent as `Authorization: Bearer` (as `x-api-key` for `/messages`).
     pub key: Option<String>,
+    /// More headers sent with every request, as (name, value): what a
+    /// gateway routes by when the key alone does not say (Portkey's
+    /// `x-portkey-provider`).
+    pub headers: Vec<(String, String)>,
     pub model: String,
     pub load: Load,
+    /// Closed loop: how long each worker waits after an answer before its
+    /// next request. With one worker, requests one at a time with gaps: a
+    /// quiet client, so nothing is queued and latency is the path's own.
+    pub gap: Duration,
     /// Open loop: most requests in flight at once; a send due beyond it waits
     /// (and counts as late). One connection each, HTTP/1.1.
     pub max_in_flight: usize,
@@ -101,8 +109,10 @@ impl Default for RunOptions {
             extra_urls: Vec::new(),
             path: "/v1/chat/completions".into(),
             key: None,
+            headers: Vec::new(),
             model: "mock-chat".into(),
             load: Load::Rate(100.0),
+            gap: Duration::ZERO,
             max_in_flight: 512,
             duration: Duration::from_secs(10),
             warmup: Duration::from_secs(1),
@@ -121,6 +131,8 @@ const MAX_RATE: f64 = 1_000_000.0;
 const MAX_CONCURRENCY: usize = 100_000;
 /// Longest run (window plus warm-up) accepted.
 const MAX_RUN: Duration = Duration::from_secs(24 * 3600);
+/// Longest closed-loop gap accepted: a client slower than this is not load.
+pub const MAX_GAP: Duration = Duration::from_secs(60);
 
 impl RunOptions {
     /// Rejects options out of range before anything is sent; [`run`] calls it.
@@ -151,6 +163,16 @@ impl RunOptions {
         }
         if self.timeout.is_zero() {
             return invalid("timeout must be above zero".into());
+        }
+        if !self.gap.is_zero() && matches!(self.load, Load::Rate(_)) {
+            // The open loop sends on a schedule; a gap would silently not apply.
+            return invalid("a gap between requests needs a closed loop (concurrency)".into());
+        }
+        if self.gap > MAX_GAP {
+            return invalid(format!(
+                "gap {:?} is above the most accepted, {MAX_GAP:?}",
+                self.gap
+            ));
         }
         if let Load::Rate(rate) = self.load
             && Schedule::new(rate, self.warmup, self.duration).measured() == 0
@@ -198,7 +220,7 @@ pub async fn run(opts: RunOptions) -> Result<RunResult, Error> {
         Plan::Open(schedule) => {
             tokio::spawn(open_loop(ctx.clone(), schedule, t0, opts.max_in_flight, tx));
         }
-        Plan::Closed(workers) => closed_loop(&ctx, workers, end, tx),
+        Plan::Closed(workers) => closed_loop(&ctx, workers, opts.gap, end, tx),
     }
     let progress = opts.progress.then_some(Progress {
         t0,
@@ -291,10 +313,16 @@ async fn open_loop(
     }
 }
 
-/// Starts `workers` senders, each sending its next request as the previous
-/// one ends, until `end`. Takes `tx` so that the collector ends once the last
-/// worker has.
-fn closed_loop(ctx: &Arc<Ctx>, workers: usize, end: Instant, tx: mpsc::UnboundedSender<Sample>) {
+/// Starts `workers` senders, each sending its next request `gap` after the
+/// previous one ends, until `end`. Takes `tx` so that the collector ends
+/// once the last worker has.
+fn closed_loop(
+    ctx: &Arc<Ctx>,
+    workers: usize,
+    gap: Duration,
+    end: Instant,
+    tx: mpsc::UnboundedSender<Sample>,
+) {
     let next = Arc::new(AtomicU64::new(0));
     for _ in 0..workers {
         let (ctx, tx, next) = (ctx.clone(), tx.clone(), next.clone());
@@ -303,6 +331,9 @@ fn closed_loop(ctx: &Arc<Ctx>, workers: usize, end: Instant, tx: mpsc::Unbounded
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if tx.send(ctx.exchange(i, None).await).is_err() {
                     return;
+                }
+                if !gap.is_zero() {
+                    tokio::time::sleep_until((Instant::now() + gap).min(end)).await;
                 }
             }
         });
@@ -388,6 +419,8 @@ struct Target {
     streams: bool,
     anthropic: bool,
     auth: Option<(HeaderName, HeaderValue)>,
+    /// [`RunOptions::headers`], checked once.
+    extra: Vec<(HeaderName, HeaderValue)>,
     plain: Bytes,
     streamed: Bytes,
 }
@@ -452,11 +485,23 @@ impl Target {
                 Some((name, value))
             }
         };
+        let extra = opts
+            .headers
+            .iter()
+            .map(|(name, value)| {
+                let bad = || Error::InvalidOption(format!("bad header {name:?}: {value:?}"));
+                Ok((
+                    HeaderName::try_from(name.as_str()).map_err(|_| bad())?,
+                    HeaderValue::try_from(value.as_str()).map_err(|_| bad())?,
+                ))
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
         let target = Self {
             uris,
             streams: !embeddings,
             anthropic,
             auth,
+            extra,
             plain: Bytes::from(serde_json::to_vec(&plain)?),
             streamed: Bytes::from(serde_json::to_vec(&streamed)?),
         };
@@ -485,6 +530,9 @@ impl Target {
         }
         if self.anthropic {
             request = request.header("anthropic-version", "2023-06-01");
+        }
+        for (name, value) in &self.extra {
+            request = request.header(name, value.clone());
         }
         let body = if stream { &self.streamed } else { &self.plain };
         Ok(request.body(Full::new(body.clone()))?)
@@ -754,6 +802,22 @@ mod tests {
             })
             .is_err()
         );
+        // A gap belongs to the closed loop, and is bounded.
+        assert!(with(|o| o.gap = Duration::from_millis(20)).is_err());
+        assert!(
+            with(|o| {
+                o.load = Load::Concurrency(1);
+                o.gap = Duration::from_millis(20);
+            })
+            .is_ok()
+        );
+        assert!(
+            with(|o| {
+                o.load = Load::Concurrency(1);
+                o.gap = MAX_GAP + Duration::from_millis(1);
+            })
+            .is_err()
+        );
     }
 
     #[test]
@@ -776,6 +840,23 @@ mod tests {
         assert_eq!(request.headers()["x-api-key"], "sk-1");
         assert!(!target("/v1/embeddings").unwrap().streams);
         assert!(target("/v1/nothing").is_err());
+
+        let routed = Target::new(&RunOptions {
+            headers: vec![("x-portkey-provider".into(), "openai".into())],
+            ..RunOptions::default()
+        })
+        .unwrap();
+        let request = routed.request(3, false).unwrap();
+        assert_eq!(request.headers()["x-portkey-provider"], "openai");
+        let bad = |name: &str, value: &str| {
+            Target::new(&RunOptions {
+                headers: vec![(name.into(), value.into())],
+                ..RunOptions::default()
+            })
+            .is_err()
+        };
+        assert!(bad("no spaces", "v"));
+        assert!(bad("x-ok", "line\nbreak"));
         assert!(
             Target::new(&RunOptions {
                 url: "https://example.com".into(),

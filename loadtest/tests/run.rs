@@ -258,6 +258,33 @@ async fn closed_loop_keeps_its_workers_busy() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_worker_with_a_gap_sends_one_request_at_a_time() {
+    let upstream = FakeUpstream::start(true).await.unwrap();
+    let result = run(RunOptions {
+        load: Load::Concurrency(1),
+        gap: Duration::from_millis(50),
+        duration: Duration::from_millis(500),
+        warmup: Duration::ZERO,
+        headers: vec![("x-route".into(), "seq".into())],
+        ..options(&upstream)
+    })
+    .await
+    .unwrap();
+    // Each request takes its exchange plus the 50 ms gap, so 500 ms hold at
+    // most ten (and a last one started before the end): a bound by
+    // construction, however slow the machine.
+    assert!(result.requests >= 1, "{result:#?}");
+    assert!(result.sent_total <= 11, "{result:#?}");
+    assert_eq!(result.successes, result.requests, "{result:#?}");
+    let seen = upstream.take_requests();
+    assert_eq!(seen.len() as u64, result.sent_total);
+    assert!(
+        seen.iter()
+            .all(|r| r.headers.get("x-route").map(String::as_str) == Some("seq"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_targets_count_as_transport_errors() {
     // Bound and dropped: nothing listens there any more.
     let port = {

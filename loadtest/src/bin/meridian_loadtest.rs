@@ -1,7 +1,7 @@
 //! `meridian-loadtest`: the fake upstream as a fast server (`upstream`), the
 //! open-loop load generator with its JSON and HTML reports (`run`), and the
-//! side-by-side comparison of the upstream alone, Meridian and LiteLLM
-//! (`compare`).
+//! side-by-side comparison of the upstream alone, nginx as the floor,
+//! Meridian, and LiteLLM and Portkey as peers (`compare`).
 //!
 //! ```sh
 //! meridian-loadtest upstream --port 9000 --latency-ms 20 --output-tokens 100
@@ -9,6 +9,8 @@
 //!     --stream-fraction 0.3 --json run.json --html run.html
 //! meridian-loadtest compare --meridian-bin target/debug/meridian --rate 500 \
 //!     --duration 10 --json compare.json --html compare.html [--litellm]
+//! meridian-loadtest compare --rows direct,nginx,meridian-1,portkey --rate 50 \
+//!     --sequential-gap-ms 20 --meridian-bin target/debug/meridian
 //! ```
 
 use std::io::IsTerminal;
@@ -116,10 +118,11 @@ struct RunArgs {
 #[derive(Args)]
 struct CompareArgs {
     /// Rows to run, comma-separated, in any order (they run in this one):
-    /// direct, meridian-1, meridian-region, meridian-2regions, litellm.
+    /// direct, nginx, meridian-1, meridian-region, meridian-2regions,
+    /// litellm, portkey.
     #[arg(
         long,
-        default_value = "direct,meridian-1,meridian-region,meridian-2regions,litellm"
+        default_value = "direct,nginx,meridian-1,meridian-region,meridian-2regions,litellm,portkey"
     )]
     rows: String,
     /// The `meridian` binary the Meridian rows start.
@@ -138,6 +141,14 @@ struct CompareArgs {
     /// LiteLLM's --num_workers (its default is 1).
     #[arg(long, default_value_t = 1)]
     litellm_workers: usize,
+    /// The nginx the nginx row starts [default: nginx on PATH, then
+    /// /usr/sbin/nginx].
+    #[arg(long, env = "NGINX_BIN")]
+    nginx_bin: Option<PathBuf>,
+    /// Where the Portkey row finds the gateway, installed there with npm
+    /// when it is not [default: $HOME/.cache/meridian/portkey].
+    #[arg(long, env = "PORTKEY_DIR")]
+    portkey_dir: Option<PathBuf>,
     /// Open-loop phase: requests per second.
     #[arg(long, default_value_t = 500.0)]
     rate: f64,
@@ -153,6 +164,11 @@ struct CompareArgs {
     /// Closed-loop phase: measured seconds (after 1 s of warm-up).
     #[arg(long, default_value_t = 5.0)]
     throughput_duration: f64,
+    /// Adds a sequential phase, first: one client, waiting this many ms
+    /// after each answer before its next request, for --duration after
+    /// --warmup (low load, nothing queued).
+    #[arg(long)]
+    sequential_gap_ms: Option<u64>,
     /// Fraction of requests that ask for a stream.
     #[arg(long, default_value_t = 0.0)]
     stream_fraction: f64,
@@ -217,8 +233,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         extra_urls: urls.collect(),
         path: args.path,
         key: args.key,
+        headers: Vec::new(),
         model: args.model,
         load,
+        gap: Duration::ZERO,
         max_in_flight: args.max_in_flight,
         duration: seconds("duration", args.duration)?,
         warmup: seconds("warmup", args.warmup)?,
@@ -252,23 +270,29 @@ async fn compare(args: CompareArgs) -> anyhow::Result<()> {
         Some(bin) => bin,
         None => std::env::current_exe().context("finding this binary for the fake upstream")?,
     };
+    let cache = || {
+        let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+        PathBuf::from(home).join(".cache/meridian")
+    };
     let litellm_venv = args.litellm.then(|| {
-        args.litellm_venv.unwrap_or_else(|| {
-            let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
-            PathBuf::from(home).join(".cache/meridian/litellm-venv")
-        })
+        args.litellm_venv
+            .unwrap_or_else(|| cache().join("litellm-venv"))
     });
+    let portkey_dir = args.portkey_dir.unwrap_or_else(|| cache().join("portkey"));
     let opts = CompareOptions {
         rows,
         meridian_bin: args.meridian_bin,
         upstream_bin,
         litellm_venv,
         litellm_workers: args.litellm_workers,
+        nginx_bin: args.nginx_bin,
+        portkey_dir: Some(portkey_dir),
         rate: args.rate,
         duration: seconds("duration", args.duration)?,
         warmup: seconds("warmup", args.warmup)?,
         concurrency: args.concurrency,
         throughput_duration: seconds("throughput-duration", args.throughput_duration)?,
+        sequential_gap: args.sequential_gap_ms.map(Duration::from_millis),
         stream_fraction: args.stream_fraction,
         max_tokens: args.max_tokens,
         upstream_latency: Duration::from_millis(args.upstream_latency_ms),

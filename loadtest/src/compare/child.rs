@@ -61,6 +61,17 @@ pub(crate) fn free_port() -> Result<u16, Error> {
         .port())
 }
 
+/// The first executable file called `name` in the directories of
+/// `path_var` (a `PATH` value), as a shell would find it.
+pub(crate) fn find_program(name: &str, path_var: Option<&std::ffi::OsStr>) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    std::env::split_paths(path_var?)
+        .map(|dir| dir.join(name))
+        .find(|p| {
+            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+}
+
 /// One started process, its output going to a log file.
 pub(crate) struct Proc {
     pub(crate) name: String,
@@ -218,6 +229,20 @@ mod tests {
             strip_ansi("\u{1b}[2m2026\u{1b}[0m \u{1b}[32m INFO\u{1b}[0m stopped"),
             "2026  INFO stopped"
         );
+    }
+
+    #[test]
+    fn programs_are_found_on_a_path_when_executable() {
+        let dir = WorkDir::create().unwrap();
+        let (a, b) = (dir.subdir("a").unwrap(), dir.subdir("b").unwrap());
+        std::fs::write(a.join("tool"), "not executable").unwrap();
+        std::fs::write(b.join("tool"), "#!/bin/sh\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(b.join("tool"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = std::env::join_paths([&a, &b]).unwrap();
+        assert_eq!(find_program("tool", Some(&path)), Some(b.join("tool")));
+        assert_eq!(find_program("other", Some(&path)), None);
+        assert_eq!(find_program("tool", None), None);
     }
 
     #[test]

@@ -8,15 +8,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::Request;
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
+use super::calls::{Http, call};
 use super::child::{Group, Proc, WorkDir, free_port};
 use crate::Error;
 
@@ -30,49 +25,7 @@ pub(crate) const KEY_LIMITS: &str =
     r#"{"max_budget": 1000000, "rpm_limit": 100000000, "tpm_limit": 10000000000}"#;
 
 /// How often readiness is polled.
-const POLL: Duration = Duration::from_millis(100);
-
-/// A plain HTTP/1.1 client for setup calls.
-pub(crate) type Http = Client<HttpConnector, Full<Bytes>>;
-
-pub(crate) fn http() -> Http {
-    Client::builder(TokioExecutor::new()).build_http()
-}
-
-/// One call; `None` when nothing answered in time. A body that is not JSON
-/// comes back as a JSON string.
-pub(crate) async fn call(
-    http: &Http,
-    method: http::Method,
-    url: &str,
-    key: Option<&str>,
-    body: Option<&Value>,
-) -> Option<(u16, Value)> {
-    let mut request = Request::builder().method(method).uri(url);
-    if let Some(key) = key {
-        request = request.header(http::header::AUTHORIZATION, format!("Bearer {key}"));
-    }
-    let body = match body {
-        Some(b) => {
-            request = request.header(http::header::CONTENT_TYPE, "application/json");
-            Bytes::from(b.to_string())
-        }
-        None => Bytes::new(),
-    };
-    let request = request.body(Full::new(body)).ok()?;
-    let exchange = async {
-        let response = http.request(request).await.ok()?;
-        let status = response.status().as_u16();
-        let bytes = response.into_body().collect().await.ok()?.to_bytes();
-        let value = serde_json::from_slice(&bytes)
-            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
-        Some((status, value))
-    };
-    tokio::time::timeout(Duration::from_secs(10), exchange)
-        .await
-        .ok()
-        .flatten()
-}
+pub(crate) const POLL: Duration = Duration::from_millis(100);
 
 /// The fake upstream as its own process (`meridian-loadtest upstream`), so
 /// that its CPU is not the load generator's and can be measured apart.
@@ -251,7 +204,7 @@ pub(crate) struct Start<'a> {
 }
 
 impl Start<'_> {
-    fn error(&self, reason: String) -> Error {
+    pub(crate) fn error(&self, reason: String) -> Error {
         Error::Gateway {
             row: self.row.to_owned(),
             reason,
@@ -495,7 +448,7 @@ impl Start<'_> {
 
     /// Polls `ready` until it holds; an error naming process `i` when the
     /// row has a process that exited or the deadline passes.
-    async fn poll<F, Fut>(
+    pub(crate) async fn poll<F, Fut>(
         &self,
         group: &mut Group,
         i: usize,
@@ -524,7 +477,7 @@ impl Start<'_> {
     }
 }
 
-fn proc_failure(group: &Group, i: usize, what: &str) -> String {
+pub(crate) fn proc_failure(group: &Group, i: usize, what: &str) -> String {
     group
         .procs
         .get(i)

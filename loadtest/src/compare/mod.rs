@@ -6,13 +6,22 @@
 //! stopped before the next starts; the fake upstream is one process shared
 //! by all):
 //! - `direct`: the fake upstream alone — the baseline;
+//! - `nginx`: nginx as a minimal pass-through proxy — the floor any gateway
+//!   pays here for a second HTTP exchange ([`nginx`]);
 //! - `meridian-1`: one Meridian node;
 //! - `meridian-region`: a region of three Meridian nodes, load spread over them;
 //! - `meridian-2regions`: two regions of one node each, load spread over both;
-//! - `litellm`: the LiteLLM proxy (with `--litellm`), without a database.
+//! - `litellm`: the LiteLLM proxy (with `--litellm`), without a database;
+//! - `portkey`: the Portkey OSS gateway on node, installed with npm into a
+//!   cache directory at first use ([`portkey`]).
 //!
-//! Each row gets the same two phases: an open-loop run at a fixed rate (its
-//! latencies, and their *overhead* over `direct` at the same percentile),
+//! A row that cannot run here (not asked for, a program missing, an install
+//! that failed) is reported as not run, with the reason.
+//!
+//! Each row gets the same phases: with `--sequential-gap-ms`, first one
+//! client sending a request, waiting for the answer and the gap, and so on
+//! (the latency of a quiet path); an open-loop run at a fixed rate (its
+//! latencies, and their *overhead* over `direct` at the same percentile);
 //! then a closed-loop run at a fixed concurrency (the throughput the whole
 //! stack sustains, and its ratio to `direct`). Around each phase the CPU time
 //! of the row's processes is read from `/proc`, and their resident memory
@@ -20,11 +29,14 @@
 //! that has a budget and rate limits, so authentication, admission and spend
 //! accounting all run.
 
+mod calls;
 mod child;
 mod gateway;
 mod measure;
+mod nginx;
 mod notes;
 mod options;
+mod portkey;
 mod results;
 mod rows;
 mod table;
@@ -66,7 +78,8 @@ pub async fn compare(opts: CompareOptions) -> Result<Comparison, Error> {
         command: opts.command_line.clone(),
         machine: Machine::read(),
         clock_ticks_per_s: clock,
-        builds: builds(&opts),
+        // Filled in once the rows ran: Portkey may be installed by then.
+        builds: Vec::new(),
         settings: Settings {
             rate: opts.rate,
             duration_s: opts.duration.as_secs_f64(),
@@ -78,6 +91,9 @@ pub async fn compare(opts: CompareOptions) -> Result<Comparison, Error> {
             max_tokens: opts.max_tokens,
             upstream_latency_ms: u64::try_from(opts.upstream_latency.as_millis())
                 .unwrap_or(u64::MAX),
+            sequential_gap_ms: opts
+                .sequential_gap
+                .map(|gap| u64::try_from(gap.as_millis()).unwrap_or(u64::MAX)),
         },
         rows: Vec::new(),
         skipped: Vec::new(),
@@ -96,10 +112,10 @@ pub async fn compare(opts: CompareOptions) -> Result<Comparison, Error> {
         opts.startup_timeout,
     )
     .await?;
-    let http = gateway::http();
+    let http = calls::http();
     for &row in &opts.rows {
-        if let Some(reason) = skip_reason(row, &opts) {
-            say(format!("== {}: skipped: {reason}", row.name()));
+        if let Some(reason) = prepare(row, &opts, &say).await {
+            say(format!("== {}: not run: {reason}", row.name()));
             comparison.skipped.push(NotRun { row, reason });
             continue;
         }
@@ -124,6 +140,7 @@ pub async fn compare(opts: CompareOptions) -> Result<Comparison, Error> {
         }
     }
     comparison.relate_to_direct();
+    comparison.builds = builds(&opts);
     if opts.rows.iter().any(|r| r.is_meridian())
         && let Some(bin) = &opts.meridian_bin
     {
@@ -135,4 +152,18 @@ pub async fn compare(opts: CompareOptions) -> Result<Comparison, Error> {
     }
     comparison.notes = notes(&comparison);
     Ok(comparison)
+}
+
+/// Why `row` cannot run here, if it cannot: [`skip_reason`], then for
+/// Portkey its install when it is not installed yet.
+async fn prepare(row: RowKind, opts: &CompareOptions, say: &impl Fn(String)) -> Option<String> {
+    if let Some(reason) = skip_reason(row, opts) {
+        return Some(reason);
+    }
+    match (row, &opts.portkey_dir) {
+        (RowKind::Portkey, Some(dir)) => portkey::ensure_installed(dir, opts.startup_timeout, say)
+            .await
+            .err(),
+        _ => None,
+    }
 }

@@ -1,10 +1,10 @@
 //! The report's words around the figures: which builds ran, and how to
 //! read what they measured.
 
-use super::RowKind;
 use super::gateway;
 use super::options::{CompareOptions, IDLE_WINDOW};
 use super::results::Comparison;
+use super::{RowKind, nginx, portkey};
 
 /// `--version` of each gateway binary, and how it was built.
 pub(super) fn builds(opts: &CompareOptions) -> Vec<String> {
@@ -49,6 +49,29 @@ pub(super) fn builds(opts: &CompareOptions) -> Vec<String> {
             ));
         }
     }
+    let path = std::env::var_os("PATH");
+    if opts.rows.contains(&RowKind::Nginx)
+        && let Ok(bin) = nginx::locate(opts.nginx_bin.as_deref(), path.as_deref())
+        && let Some(version) = nginx::version(&bin)
+    {
+        out.push(format!(
+            "{version} ({}): one worker, generated configuration",
+            bin.display()
+        ));
+    }
+    if opts.rows.contains(&RowKind::Portkey)
+        && let Some(dir) = &opts.portkey_dir
+        && let Some(version) = portkey::installed_version(dir)
+    {
+        let node = super::child::find_program("node", path.as_deref())
+            .and_then(|n| portkey::node_version(&n))
+            .unwrap_or_else(|| "version unknown".into());
+        out.push(format!(
+            "Portkey gateway {version} ({} from npm, in {}) on node {node}, --headless",
+            portkey::PACKAGE,
+            dir.display()
+        ));
+    }
     out.push("meridian-loadtest (load generator and fake upstream): the dev-profile build".into());
     out
 }
@@ -81,7 +104,7 @@ pub(super) fn notes(c: &Comparison) -> Vec<String> {
             "Idle CPU: the same processes' CPU over {} s while ready and unloaded, in percent \
              of one core (background work the per-request figures include). RSS: VmRSS from \
              /proc/PID/status summed over the row's processes: idle once ready (key made, \
-             one test call through every node), and after both phases.",
+             one test call through every node), and after every phase.",
             IDLE_WINDOW.as_secs()
         ),
     ];
@@ -93,6 +116,34 @@ pub(super) fn notes(c: &Comparison) -> Vec<String> {
              RUST_LOG in compare's environment reaches them).",
             gateway::KEY_LIMITS
         ));
+    }
+    if let Some(gap) = s.sequential_gap_ms {
+        notes.push(format!(
+            "Sequential: one client, each request sent {gap} ms after the previous answer, \
+             for {} s after {} s of warm-up; latency from each request's send, overhead \
+             = the row's minus direct's. Nothing is queued anywhere: this is the path's \
+             own latency at low load.",
+            s.duration_s, s.warmup_s
+        ));
+    }
+    if c.rows.iter().any(|r| r.row == RowKind::Nginx) {
+        notes.push(
+            "nginx: a minimal pass-through proxy (one worker process under its master, \
+             HTTP/1.1 keep-alive pool to the upstream, no access log, no buffering, no \
+             key checked): the floor any gateway pays on this machine for the second \
+             HTTP exchange. Its CPU is the master's and the worker's."
+                .into(),
+        );
+    }
+    if c.rows.iter().any(|r| r.row == RowKind::Portkey) {
+        notes.push(
+            "Portkey: its open-source gateway on node, offline and --headless, one \
+             process; each request names its provider and the fake upstream in \
+             x-portkey-provider and x-portkey-custom-host headers and passes its key on. \
+             It keeps no keys, budgets or spend, so its row is a lower bound of a gateway \
+             that does."
+                .into(),
+        );
     }
     if c.rows.iter().any(|r| r.row == RowKind::Litellm) {
         notes.push(

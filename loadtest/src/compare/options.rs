@@ -5,8 +5,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::RowKind;
 use super::gateway;
+use super::{RowKind, nginx, portkey};
+use crate::run::MAX_GAP;
 use crate::{Error, Load, RunOptions};
 
 /// Everything [`compare`] needs.
@@ -21,6 +22,12 @@ pub struct CompareOptions {
     pub litellm_venv: Option<PathBuf>,
     /// LiteLLM's `--num_workers` (its own default is 1).
     pub litellm_workers: usize,
+    /// The nginx the `nginx` row starts; `None` looks for `nginx` on PATH,
+    /// then in `/usr/sbin`.
+    pub nginx_bin: Option<PathBuf>,
+    /// Where Portkey is installed, or is installed with npm when it is not;
+    /// `None` skips the Portkey row.
+    pub portkey_dir: Option<PathBuf>,
     /// The open-loop phase: requests per second, measured window, warm-up.
     pub rate: f64,
     pub duration: Duration,
@@ -29,6 +36,10 @@ pub struct CompareOptions {
     /// [`THROUGHPUT_WARMUP`]).
     pub concurrency: usize,
     pub throughput_duration: Duration,
+    /// A sequential phase too, first: one client, waiting this long after
+    /// each answer before its next request, for `duration` after `warmup`.
+    /// The latency of a quiet path, nothing queued anywhere.
+    pub sequential_gap: Option<Duration>,
     pub stream_fraction: f64,
     pub max_tokens: u32,
     /// Added by the fake upstream before every answer.
@@ -49,11 +60,14 @@ impl Default for CompareOptions {
             upstream_bin: PathBuf::from("meridian-loadtest"),
             litellm_venv: None,
             litellm_workers: 1,
+            nginx_bin: None,
+            portkey_dir: None,
             rate: 500.0,
             duration: Duration::from_secs(10),
             warmup: Duration::from_secs(2),
             concurrency: 32,
             throughput_duration: Duration::from_secs(5),
+            sequential_gap: None,
             stream_fraction: 0.0,
             max_tokens: 64,
             upstream_latency: Duration::ZERO,
@@ -70,6 +84,18 @@ pub const THROUGHPUT_WARMUP: Duration = Duration::from_secs(1);
 /// How long a ready row is left idle, its CPU measured, before load.
 pub const IDLE_WINDOW: Duration = Duration::from_secs(2);
 
+/// The load phases a row gets, in the order they run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Phase {
+    /// One client, a gap after each answer (with `--sequential-gap-ms`).
+    Sequential,
+    /// Open loop at `rate`.
+    Rate,
+    /// Closed loop at `concurrency`: the most the stack sustains.
+    Max,
+}
+
+/// Checks the options before anything starts.
 pub(super) fn validate(opts: &CompareOptions) -> Result<(), Error> {
     if opts.rows.is_empty() {
         return Err(Error::InvalidOption("no rows to run".into()));
@@ -102,22 +128,32 @@ pub(super) fn validate(opts: &CompareOptions) -> Result<(), Error> {
             "startup timeout must be above zero".into(),
         ));
     }
+    if opts.sequential_gap.is_some_and(|gap| gap > MAX_GAP) {
+        return Err(Error::InvalidOption(format!(
+            "the sequential gap is above the most accepted, {MAX_GAP:?}"
+        )));
+    }
     // The generator's own checks, once, before anything starts.
-    phase_options(
-        opts,
-        "check",
-        vec!["http://127.0.0.1:1".into()],
-        None,
-        false,
-    )
-    .validate()?;
-    phase_options(opts, "check", vec!["http://127.0.0.1:1".into()], None, true).validate()
+    let mut phases = vec![Phase::Rate, Phase::Max];
+    if opts.sequential_gap.is_some() {
+        phases.push(Phase::Sequential);
+    }
+    for phase in phases {
+        let urls = vec!["http://127.0.0.1:1".into()];
+        phase_options(opts, "check", urls, None, Vec::new(), phase).validate()?;
+    }
+    Ok(())
 }
 
-/// Why `row` will not run, if it will not.
+/// Why `row` will not run, if it will not: not asked for, or a program it
+/// needs is missing (Portkey's install, when npm is there, comes later).
 pub(super) fn skip_reason(row: RowKind, opts: &CompareOptions) -> Option<String> {
-    if row != RowKind::Litellm {
-        return None;
+    let path = std::env::var_os("PATH");
+    match row {
+        RowKind::Litellm => {}
+        RowKind::Nginx => return nginx::locate(opts.nginx_bin.as_deref(), path.as_deref()).err(),
+        RowKind::Portkey => return portkey::missing(opts.portkey_dir.as_deref(), path.as_deref()),
+        _ => return None,
     }
     let Some(venv) = &opts.litellm_venv else {
         return Some("not asked for (--litellm)".into());
@@ -131,31 +167,45 @@ pub(super) fn skip_reason(row: RowKind, opts: &CompareOptions) -> Option<String>
     })
 }
 
-/// One phase's generator options.
+/// One phase's generator options; `headers` go with every request.
 pub(super) fn phase_options(
     opts: &CompareOptions,
     label: &str,
     urls: Vec<String>,
     key: Option<String>,
-    closed: bool,
+    headers: Vec<(String, String)>,
+    phase: Phase,
 ) -> RunOptions {
     let mut urls = urls.into_iter();
     let url = urls.next().unwrap_or_default();
-    let (load, duration, warmup) = if closed {
-        (
+    let (load, gap, duration, warmup) = match phase {
+        Phase::Sequential => (
+            Load::Concurrency(1),
+            opts.sequential_gap.unwrap_or_default(),
+            opts.duration,
+            opts.warmup,
+        ),
+        Phase::Rate => (
+            Load::Rate(opts.rate),
+            Duration::ZERO,
+            opts.duration,
+            opts.warmup,
+        ),
+        Phase::Max => (
             Load::Concurrency(opts.concurrency),
+            Duration::ZERO,
             opts.throughput_duration,
             THROUGHPUT_WARMUP,
-        )
-    } else {
-        (Load::Rate(opts.rate), opts.duration, opts.warmup)
+        ),
     };
     RunOptions {
         url,
         extra_urls: urls.collect(),
         key,
+        headers,
         model: gateway::MODEL.into(),
         load,
+        gap,
         duration,
         warmup,
         stream_fraction: opts.stream_fraction,
@@ -199,8 +249,68 @@ mod tests {
         assert!(validate(&direct_only).is_ok());
         let bad_rate = CompareOptions {
             rate: 0.0,
-            ..direct_only
+            ..direct_only.clone()
         };
         assert!(validate(&bad_rate).is_err());
+    }
+
+    #[test]
+    fn low_load_options_are_accepted_and_bounded() {
+        let direct = || CompareOptions {
+            rows: vec![RowKind::Direct],
+            ..CompareOptions::default()
+        };
+        let low = CompareOptions {
+            rate: 50.0,
+            sequential_gap: Some(Duration::from_millis(20)),
+            ..direct()
+        };
+        assert!(validate(&low).is_ok());
+        let long_gap = CompareOptions {
+            sequential_gap: Some(MAX_GAP + Duration::from_millis(1)),
+            ..direct()
+        };
+        assert!(validate(&long_gap).is_err());
+        // 0.01/s for 10 s: no request in the window.
+        let too_slow = CompareOptions {
+            rate: 0.01,
+            ..direct()
+        };
+        assert!(validate(&too_slow).is_err());
+
+        let urls = vec!["http://a:1".to_owned(), "http://b:2".to_owned()];
+        let seq = phase_options(&low, "s", urls.clone(), None, Vec::new(), Phase::Sequential);
+        assert_eq!(seq.load, Load::Concurrency(1));
+        assert_eq!(seq.gap, Duration::from_millis(20));
+        assert_eq!((seq.duration, seq.warmup), (low.duration, low.warmup));
+        assert_eq!(seq.extra_urls, ["http://b:2"]);
+        let rate = phase_options(&low, "r", urls.clone(), None, Vec::new(), Phase::Rate);
+        assert_eq!((rate.load, rate.gap), (Load::Rate(50.0), Duration::ZERO));
+        let headers = vec![("x-a".to_owned(), "1".to_owned())];
+        let max = phase_options(
+            &low,
+            "m",
+            urls,
+            Some("k".into()),
+            headers.clone(),
+            Phase::Max,
+        );
+        assert_eq!(max.load, Load::Concurrency(low.concurrency));
+        assert_eq!(max.warmup, THROUGHPUT_WARMUP);
+        assert_eq!((max.key.as_deref(), max.headers), (Some("k"), headers));
+    }
+
+    #[test]
+    fn reference_rows_say_why_they_cannot_run() {
+        let opts = CompareOptions {
+            nginx_bin: Some("/nonexistent/nginx".into()),
+            ..CompareOptions::default()
+        };
+        let reason = skip_reason(RowKind::Nginx, &opts).unwrap();
+        assert!(reason.contains("/nonexistent/nginx"), "{reason}");
+        // No directory to find or install Portkey in: not asked for.
+        let reason = skip_reason(RowKind::Portkey, &opts).unwrap();
+        assert!(reason.contains("--portkey-dir"), "{reason}");
+        assert!(skip_reason(RowKind::Meridian1, &opts).is_none());
     }
 }

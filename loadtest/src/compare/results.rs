@@ -19,6 +19,9 @@ pub struct Settings {
     pub stream_fraction: f64,
     pub max_tokens: u32,
     pub upstream_latency_ms: u64,
+    /// The sequential phase's gap, when it ran (absent in older reports).
+    #[serde(default)]
+    pub sequential_gap_ms: Option<u64>,
 }
 
 /// Latency differences at the usual percentiles, microseconds (negative
@@ -75,6 +78,17 @@ pub struct RowResult {
     pub fixed_rate: RunResult,
     /// The closed-loop phase.
     pub max_throughput: RunResult,
+    /// The sequential phase (one client, a gap after each answer), when
+    /// asked for.
+    #[serde(default)]
+    pub sequential: Option<RunResult>,
+    /// `sequential` latency minus `direct`'s, when both ran.
+    #[serde(default)]
+    pub sequential_overhead: Option<Overhead>,
+    /// CPU seconds per 1,000 requests of the measured processes during the
+    /// sequential phase.
+    #[serde(default)]
+    pub cpu_s_per_1k_sequential: Option<f64>,
     /// `fixed_rate` latency minus `direct`'s, when `direct` ran.
     pub overhead: Option<Overhead>,
     /// `max_throughput` throughput over `direct`'s, when `direct` ran.
@@ -156,8 +170,9 @@ impl Comparison {
     /// Every run, for the plots and the runs table: open-loop runs first.
     pub fn runs(&self) -> Vec<RunResult> {
         let fixed = self.rows.iter().map(|r| r.fixed_rate.clone());
+        let sequential = self.rows.iter().filter_map(|r| r.sequential.clone());
         let max = self.rows.iter().map(|r| r.max_throughput.clone());
-        fixed.chain(max).collect()
+        fixed.chain(sequential).chain(max).collect()
     }
 
     pub fn write_json(&self, path: &std::path::Path) -> Result<(), Error> {
@@ -173,9 +188,15 @@ impl Comparison {
             return;
         };
         let latency = direct.fixed_rate.latency;
+        let sequential = direct.sequential.as_ref().map(|s| s.latency);
         let throughput = direct.max_throughput.throughput_rps;
         for row in &mut self.rows {
             row.overhead = Some(Overhead::between(&row.fixed_rate.latency, &latency));
+            row.sequential_overhead = row
+                .sequential
+                .as_ref()
+                .zip(sequential.as_ref())
+                .map(|(r, d)| Overhead::between(&r.latency, d));
             row.throughput_ratio = ratio(row.max_throughput.throughput_rps, throughput);
         }
     }

@@ -11,42 +11,51 @@ use crate::Error;
 #[serde(rename_all = "kebab-case")]
 pub enum RowKind {
     Direct,
+    /// A minimal pass-through proxy: the floor of any gateway here.
+    Nginx,
     #[serde(rename = "meridian-1")]
     Meridian1,
     MeridianRegion,
     #[serde(rename = "meridian-2regions")]
     Meridian2Regions,
     Litellm,
+    Portkey,
 }
 
 impl RowKind {
-    pub const ALL: [RowKind; 5] = [
+    pub const ALL: [RowKind; 7] = [
         RowKind::Direct,
+        RowKind::Nginx,
         RowKind::Meridian1,
         RowKind::MeridianRegion,
         RowKind::Meridian2Regions,
         RowKind::Litellm,
+        RowKind::Portkey,
     ];
 
     pub fn name(self) -> &'static str {
         match self {
             RowKind::Direct => "direct",
+            RowKind::Nginx => "nginx",
             RowKind::Meridian1 => "meridian-1",
             RowKind::MeridianRegion => "meridian-region",
             RowKind::Meridian2Regions => "meridian-2regions",
             RowKind::Litellm => "litellm",
+            RowKind::Portkey => "portkey",
         }
     }
 
     pub(super) fn description(self) -> &'static str {
         match self {
             RowKind::Direct => "the fake upstream alone",
+            RowKind::Nginx => "nginx as a pass-through proxy, one worker, keep-alive upstream",
             RowKind::Meridian1 => "one Meridian node",
             RowKind::MeridianRegion => "a Meridian region of three nodes, load spread over them",
             RowKind::Meridian2Regions => {
                 "two Meridian regions of one node each, load spread over both"
             }
             RowKind::Litellm => "the LiteLLM proxy, no database",
+            RowKind::Portkey => "the Portkey OSS gateway on node, routed by headers",
         }
     }
 
@@ -101,7 +110,17 @@ mod tests {
             RowKind::parse_list("meridian-1, direct,meridian-1").unwrap(),
             vec![RowKind::Direct, RowKind::Meridian1]
         );
-        assert!(RowKind::parse_list("direct,nginx").is_err());
+        assert!(RowKind::parse_list("direct,envoy").is_err());
+        // Run order is the floor first, then the gateways, then the peers.
+        assert_eq!(
+            RowKind::parse_list("portkey,meridian-1,nginx,direct").unwrap(),
+            vec![
+                RowKind::Direct,
+                RowKind::Nginx,
+                RowKind::Meridian1,
+                RowKind::Portkey
+            ]
+        );
         assert!(RowKind::parse_list(" , ").is_err());
         for row in RowKind::ALL {
             assert_eq!(row.name().parse::<RowKind>().unwrap(), row);
