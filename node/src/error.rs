@@ -149,6 +149,15 @@ fn no_deployments_message(group: &str, reason: &str, retry_after: Option<Duratio
 }
 
 impl Error {
+    /// Seconds the provider asked to wait before trying again (its
+    /// `retry-after`).
+    pub fn upstream_retry_after(&self) -> Option<u64> {
+        match self {
+            Error::UpstreamStatus { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
     pub fn invalid(message: impl Into<String>, param: Option<&str>) -> Self {
         Error::InvalidRequest {
             message: message.into(),

@@ -11,12 +11,10 @@ use bytes::Bytes;
 use super::error_response::{ApiError, Format};
 use super::extract::{Ctx, JsonBody};
 use super::messages_translate::{chat_response_to_messages, messages_to_chat};
-use super::respond::{answered, anthropic_stream, json_response};
-use crate::admission::Demand;
+use super::respond::{answer_headers, anthropic_stream, json_response};
 use crate::error::Error;
 use crate::node::Node;
-use crate::pipeline;
-use crate::providers::Outcome;
+use crate::pipeline::{self, Operation, Output, Routing};
 
 pub async fn create(
     State(node): State<Arc<Node>>,
@@ -24,44 +22,36 @@ pub async fn create(
     JsonBody(mut body): JsonBody<serde_json::Value>,
 ) -> Result<Response, ApiError> {
     let fail = |e| ApiError::new(e, Format::Anthropic).with_request_id(&ctx.request_id);
-    let (tags, fallbacks) = match body.as_object_mut() {
-        Some(fields) => pipeline::routing_fields(&ctx, fields).map_err(fail)?,
-        None => (ctx.tags.clone(), None),
+    // The gateway's own fields, before the body is translated.
+    let routing = match body.as_object_mut() {
+        Some(fields) => Routing::take(fields, &ctx.tags).map_err(fail)?,
+        None => Routing {
+            tags: ctx.tags.clone(),
+            fallbacks: None,
+        },
     };
     let req = messages_to_chat(body).map_err(fail)?;
     let model = req.model.clone();
-    let demand = Demand {
-        tags,
-        ..Demand::for_chat(&req)
-    };
-    let called = pipeline::route_and_call(
-        &node,
-        &ctx,
-        &model,
-        &demand,
-        fallbacks.as_deref(),
-        |p, cx| p.chat(cx, req.clone()),
-    )
-    .await
-    .map_err(fail)?;
-    let (output, mut s, answered) = answered(&node, &ctx, called);
-    let mut response = match output {
-        Outcome::Complete(done) => {
-            s.observe(done.usage);
-            let chat: serde_json::Value = serde_json::from_slice(&done.body).map_err(|e| {
+    let finished = pipeline::run(&node, &ctx, Operation::Chat(req), Some(routing))
+        .await
+        .map_err(fail)?;
+    let deployment = &finished.answered.deployment.id;
+    let mut response = match finished.output {
+        Output::Complete { body, cost } => {
+            let chat: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
                 fail(Error::protocol(
-                    &answered.deployment().id,
+                    deployment,
                     format!("response is not JSON: {e}"),
                 ))
             })?;
             let message = chat_response_to_messages(&chat, &model)
-                .map_err(|reason| fail(Error::protocol(&answered.deployment().id, reason)))?;
-            let cost = s.finish();
-            s.durable().await;
+                .map_err(|reason| fail(Error::protocol(deployment, reason)))?;
             json_response(Bytes::from(message.to_string()), cost)
         }
-        Outcome::Stream(chunks) => anthropic_stream(chunks, s, &model, ctx.request_id.clone()),
+        Output::Stream { chunks, settlement } => {
+            anthropic_stream(chunks, *settlement, &model, ctx.request_id.clone())
+        }
     };
-    answered.headers(&mut response, &node, &ctx);
+    answer_headers(&mut response, &node, &ctx, &finished.answered);
     Ok(response)
 }

@@ -1,5 +1,6 @@
 //! OpenAI-format endpoints: chat completions, text completions, embeddings and
-//! the model list. Each handler runs the pipeline and shapes the answer.
+//! the model list. Each handler decodes its request into an operation, runs
+//! the pipeline and encodes the answer.
 
 use std::sync::Arc;
 
@@ -10,137 +11,66 @@ use serde_json::json;
 
 use super::error_response::{ApiError, Format};
 use super::extract::{Auth, Ctx, JsonBody};
-use super::respond::{answered, json_response, openai_stream};
-use crate::admission::Demand;
+use super::respond::{answer_headers, json_response, openai_stream};
 use crate::node::Node;
-use crate::pipeline::{self, RequestCtx};
-use crate::providers::Outcome;
+use crate::pipeline::{self, Operation, Output, RequestCtx};
 use crate::types::{ChatRequest, CompletionRequest, EmbeddingsRequest};
 
 pub async fn chat(
     State(node): State<Arc<Node>>,
     Ctx(ctx): Ctx,
-    JsonBody(mut req): JsonBody<ChatRequest>,
+    JsonBody(req): JsonBody<ChatRequest>,
 ) -> Result<Response, ApiError> {
-    let fail = |e| ApiError::new(e, Format::OpenAi).with_request_id(&ctx.request_id);
     if req.messages.is_empty() {
-        return Err(fail(crate::error::Error::invalid(
-            "`messages` must not be empty",
-            Some("messages"),
-        )));
+        return Err(ApiError::new(
+            crate::error::Error::invalid("`messages` must not be empty", Some("messages")),
+            Format::OpenAi,
+        )
+        .with_request_id(&ctx.request_id));
     }
     let wants_usage = req.wants_stream_usage();
-    let model = req.model.clone();
-    let (tags, fallbacks) = pipeline::routing_fields(&ctx, &mut req.extra).map_err(fail)?;
-    let demand = Demand {
-        tags,
-        ..Demand::for_chat(&req)
-    };
-    let called = pipeline::route_and_call(
-        &node,
-        &ctx,
-        &model,
-        &demand,
-        fallbacks.as_deref(),
-        |p, cx| {
-            let mut req = req.clone();
-            if let Some(cap) = cx.output_cap {
-                req.cap_output(cap);
-            }
-            p.chat(cx, req)
-        },
-    )
-    .await
-    .map_err(fail)?;
-    Ok(finish(&node, &ctx, called, wants_usage).await)
+    run(&node, &ctx, Operation::Chat(req), wants_usage).await
 }
 
 pub async fn completion(
     State(node): State<Arc<Node>>,
     Ctx(ctx): Ctx,
-    JsonBody(mut req): JsonBody<CompletionRequest>,
+    JsonBody(req): JsonBody<CompletionRequest>,
 ) -> Result<Response, ApiError> {
     let wants_usage = req
         .stream_options
         .as_ref()
         .and_then(|o| o.include_usage)
         .unwrap_or(false);
-    let fail = |e| ApiError::new(e, Format::OpenAi).with_request_id(&ctx.request_id);
-    let model = req.model.clone();
-    let (tags, fallbacks) = pipeline::routing_fields(&ctx, &mut req.extra).map_err(fail)?;
-    let demand = Demand {
-        tags,
-        ..Demand::for_completion(&req)
-    };
-    let called = pipeline::route_and_call(
-        &node,
-        &ctx,
-        &model,
-        &demand,
-        fallbacks.as_deref(),
-        |p, cx| {
-            let mut req = req.clone();
-            if req.max_tokens.is_none()
-                && let Some(cap) = cx.output_cap
-            {
-                req.max_tokens = Some(u32::try_from(cap).unwrap_or(u32::MAX));
-            }
-            p.completion(cx, req)
-        },
-    )
-    .await
-    .map_err(fail)?;
-    Ok(finish(&node, &ctx, called, wants_usage).await)
-}
-
-async fn finish(
-    node: &Node,
-    ctx: &RequestCtx,
-    called: pipeline::Called<Outcome>,
-    wants_usage: bool,
-) -> Response {
-    let (output, mut s, answered) = answered(node, ctx, called);
-    let mut response = match output {
-        Outcome::Complete(done) => {
-            s.observe(done.usage);
-            let cost = s.finish();
-            s.durable().await;
-            json_response(done.body, cost)
-        }
-        Outcome::Stream(chunks) => openai_stream(chunks, s, wants_usage, ctx.request_id.clone()),
-    };
-    answered.headers(&mut response, node, ctx);
-    response
+    run(&node, &ctx, Operation::Completion(req), wants_usage).await
 }
 
 pub async fn embeddings(
     State(node): State<Arc<Node>>,
     Ctx(ctx): Ctx,
-    JsonBody(mut req): JsonBody<EmbeddingsRequest>,
+    JsonBody(req): JsonBody<EmbeddingsRequest>,
 ) -> Result<Response, ApiError> {
-    let fail = |e| ApiError::new(e, Format::OpenAi).with_request_id(&ctx.request_id);
-    let model = req.model.clone();
-    let (tags, fallbacks) = pipeline::routing_fields(&ctx, &mut req.extra).map_err(fail)?;
-    let demand = Demand {
-        tags,
-        ..Demand::for_embeddings(&req)
+    run(&node, &ctx, Operation::Embeddings(req), false).await
+}
+
+/// Runs `op` and encodes its answer in OpenAI's format; a stream carries
+/// the usage chunk only if the client asked for it.
+async fn run(
+    node: &Node,
+    ctx: &RequestCtx,
+    op: Operation,
+    wants_usage: bool,
+) -> Result<Response, ApiError> {
+    let finished = pipeline::run(node, ctx, op, None)
+        .await
+        .map_err(|e| ApiError::new(e, Format::OpenAi).with_request_id(&ctx.request_id))?;
+    let mut response = match finished.output {
+        Output::Complete { body, cost } => json_response(body, cost),
+        Output::Stream { chunks, settlement } => {
+            openai_stream(chunks, *settlement, wants_usage, ctx.request_id.clone())
+        }
     };
-    let called = pipeline::route_and_call(
-        &node,
-        &ctx,
-        &model,
-        &demand,
-        fallbacks.as_deref(),
-        |p, cx| p.embeddings(cx, req.clone()),
-    )
-    .await
-    .map_err(fail)?;
-    let (output, mut s, answered) = answered(&node, &ctx, called);
-    s.observe(output.usage);
-    let cost = s.finish();
-    s.durable().await;
-    let mut response = json_response(output.body, cost);
-    answered.headers(&mut response, &node, &ctx);
+    answer_headers(&mut response, node, ctx, &finished.answered);
     Ok(response)
 }
 

@@ -4,7 +4,6 @@
 //! through and settled when the stream ends (or is dropped by the client).
 
 use std::convert::Infallible;
-use std::sync::Arc;
 
 use axum::body::Body;
 use axum::response::Response;
@@ -19,7 +18,7 @@ use super::messages_translate::ChunksToEvents;
 use crate::config::Deployment;
 use crate::error::Error;
 use crate::node::Node;
-use crate::pipeline::{RequestCtx, Settlement};
+use crate::pipeline::{Answered, RequestCtx, Settlement};
 use crate::pricing::Cost;
 use crate::providers::{Chunk, ChunkStream};
 use crate::sse;
@@ -248,62 +247,15 @@ pub fn anthropic_stream(
     relay(chunks, settlement, AnthropicEncoder { events, request_id })
 }
 
-/// The settlement for a call: it takes over the call's reservation.
-/// What the headers of an answer need from its call, once the output is
-/// taken and the settlement holds the reservation.
-pub struct Answered {
-    deployment: Arc<Deployment>,
-    upstream_time: std::time::Duration,
-    headroom: crate::admission::Headroom,
-    tries: crate::pipeline::Tries,
-}
-
-impl Answered {
-    /// Sets the rate-limit and `x-meridian-*` headers on `response`.
-    pub fn headers(&self, response: &mut Response, node: &Node, ctx: &RequestCtx) {
-        super::error_response::ratelimit_headers(response.headers_mut(), &self.headroom);
-        meridian_headers(
-            response.headers_mut(),
-            node,
-            ctx,
-            &self.deployment,
-            self.upstream_time,
-            self.tries,
-        );
-    }
-
-    pub fn deployment(&self) -> &Deployment {
-        &self.deployment
-    }
-}
-
-/// Splits a finished call into its output, the settlement that bills it
-/// (once, at the end of the answer or stream), and what the headers need.
-pub fn answered<T>(
-    node: &Node,
-    ctx: &RequestCtx,
-    called: crate::pipeline::Called<T>,
-) -> (T, Settlement, Answered) {
-    let log = crate::pipeline::LogTarget {
-        log: node.spend_log.clone(),
-        clock: node.clock.clone(),
-        region: node.region.clone(),
-        node: node.node_id.clone(),
-        received: ctx.received,
-    };
-    let headroom = called.reservation.headroom;
-    let settlement = Settlement::new(
-        ctx.request_id.clone(),
-        called.deployment.clone(),
-        called.reservation,
-        called.attempt,
-        log,
+/// Sets the rate-limit and `x-meridian-*` headers of an answer.
+pub fn answer_headers(response: &mut Response, node: &Node, ctx: &RequestCtx, answered: &Answered) {
+    super::error_response::ratelimit_headers(response.headers_mut(), &answered.headroom);
+    meridian_headers(
+        response.headers_mut(),
+        node,
+        ctx,
+        &answered.deployment,
+        answered.upstream_time,
+        answered.tries,
     );
-    let answered = Answered {
-        deployment: called.deployment,
-        upstream_time: called.upstream_time,
-        headroom,
-        tries: called.tries,
-    };
-    (called.output, settlement, answered)
 }
