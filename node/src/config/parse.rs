@@ -262,6 +262,10 @@ impl<'a> Parser<'a> {
                 }
                 "meridian" => self.meridian(value, &mut config)?,
                 "model_list" | "environment_variables" => {}
+                "guardrails" => self.ignore(
+                    "guardrails".into(),
+                    "LiteLLM guardrails are not supported by Meridian; requests and answers pass unchecked by them",
+                ),
                 "credential_list" => self.ignore(
                     "credential_list".into(),
                     "shared credentials are not supported yet; put api_key on each deployment",

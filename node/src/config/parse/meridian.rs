@@ -8,7 +8,6 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::Parser;
-use super::scalars::kind;
 use crate::config::{Config, Peer};
 use crate::error::Result;
 use crate::secret::Secret;
@@ -17,7 +16,7 @@ const MERIDIAN_KEYS: &str = "node_id, region, host, port, data_dir, raft_id, clu
 impl Parser<'_> {
     /// Meridian's own section: every key is known, anything else is an error.
     pub(super) fn meridian(&mut self, value: &Value, config: &mut Config) -> Result<()> {
-        let map = self.mapping(value, "meridian")?.clone();
+        let map = self.mapping(value, "meridian")?;
         let mut host: Option<IpAddr> = None;
         let mut port: Option<u16> = None;
         for (key, v) in &map {
@@ -247,7 +246,7 @@ impl Parser<'_> {
         value: &Value,
         path: &str,
     ) -> Result<std::collections::BTreeMap<String, Vec<String>>> {
-        let map = self.mapping(value, path)?.clone();
+        let map = self.mapping(value, path)?;
         let mut out = std::collections::BTreeMap::new();
         for (region, addrs) in &map {
             let p = format!("{path}.{region}");
@@ -269,14 +268,11 @@ impl Parser<'_> {
 
     /// `peers: [{raft_id, cluster_addr, api_url}, ...]`
     fn peers(&mut self, value: &Value, path: &str) -> Result<Vec<Peer>> {
-        let items = value
-            .as_array()
-            .ok_or_else(|| self.err(path, format!("a list of peers, found {}", kind(value))))?
-            .clone();
+        let items = self.list(value, path, "peers")?;
         let mut peers: Vec<Peer> = Vec::new();
         for (i, item) in items.iter().enumerate() {
             let p = format!("{path}[{i}]");
-            let map = self.mapping(item, &p)?.clone();
+            let map = self.mapping(item, &p)?;
             for key in map.keys() {
                 if !matches!(key.as_str(), "raft_id" | "cluster_addr" | "api_url") {
                     return Err(self.err(

@@ -1,12 +1,12 @@
 //! `model_list`: each entry into a [`Deployment`], or skipped with a reason.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::providers::{AZURE_DEFAULT_API_VERSION, provider_spec};
-use super::scalars::{is_unresolved, kind};
+use super::scalars::is_unresolved;
 use super::settings::Timeouts;
 use super::{NOT_YET, Parser};
 use crate::config::{Deployment, DeploymentHealth, Mode, ProviderKind};
@@ -20,25 +20,37 @@ impl Parser<'_> {
         value: &Value,
         defaults: &Timeouts,
     ) -> Result<Vec<Deployment>> {
-        let list = value.as_array().ok_or_else(|| {
-            self.err(
-                "model_list",
-                format!("a list of models, found {}", kind(value)),
-            )
-        })?;
+        let list = self.list(value, "model_list", "models")?;
         let mut out: Vec<Deployment> = Vec::new();
-        let mut ids = BTreeSet::new();
+        // Each id, with the entry it came from.
+        let mut ids: BTreeMap<String, usize> = BTreeMap::new();
         for (i, entry) in list.iter().enumerate() {
             let path = format!("model_list[{i}]");
-            if let Some(d) = self.deployment(entry, &path, defaults)? {
-                if !ids.insert(d.id.clone()) {
+            let Some(mut d) = self.deployment(entry, &path, defaults)? else {
+                continue;
+            };
+            if let Some(&first) = ids.get(&d.id) {
+                let own_id = entry
+                    .get("model_info")
+                    .and_then(|info| info.get("id"))
+                    .is_some_and(|id| !id.is_null());
+                if own_id {
+                    // Named by the entry, not echoed: it may come from the environment.
                     return Err(self.err(
                         &format!("{path}.model_info.id"),
-                        format!("a unique id; `{}` is used twice", d.id),
+                        format!("a unique id; model_list[{first}] has the same one"),
                     ));
                 }
-                out.push(d);
+                // The same entry written again: LiteLLM serves both, so each
+                // copy gets the hash with its place among the copies.
+                let mut n = 2;
+                while ids.contains_key(&format!("{}-{n}", d.id)) {
+                    n += 1;
+                }
+                d.id = format!("{}-{n}", d.id);
             }
+            ids.insert(d.id.clone(), i);
+            out.push(d);
         }
         Ok(out)
     }
@@ -49,16 +61,19 @@ impl Parser<'_> {
         path: &str,
         defaults: &Timeouts,
     ) -> Result<Option<Deployment>> {
-        let entry = self.mapping(entry, path)?.clone();
+        let entry = self.mapping(entry, path)?;
         let model_group =
             self.required_string(entry.get("model_name"), &format!("{path}.model_name"))?;
         let params_path = format!("{path}.litellm_params");
         let params = match entry.get("litellm_params") {
-            Some(v) => self.mapping(v, &params_path)?.clone(),
+            Some(v) => self.mapping(v, &params_path)?,
             None => return Err(self.err(&params_path, "a mapping with at least `model`")),
         };
         for key in entry.keys() {
-            if !matches!(key.as_str(), "model_name" | "litellm_params" | "model_info") {
+            if !matches!(
+                key.as_str(),
+                "model_name" | "litellm_params" | "model_info" | "rpm" | "tpm"
+            ) {
                 self.ignore(
                     format!("{path}.{key}"),
                     "unknown key in a model_list entry; ignored",
@@ -127,10 +142,26 @@ impl Parser<'_> {
             }
         }
 
+        // Written beside `model_name`, as LiteLLM's router docs do: its rpm/tpm
+        // checks read these before `litellm_params`, and so does Meridian.
+        for (key, set) in [("rpm", &mut rpm), ("tpm", &mut tpm)] {
+            let p = format!("{path}.{key}");
+            let Some(own) = self.integer(entry.get(key), &p)? else {
+                continue;
+            };
+            if set.is_some_and(|params| params != own) {
+                self.ignore(
+                    format!("{params_path}.{key}"),
+                    format!("`{p}` is set too, and wins (as in LiteLLM's rpm/tpm checks)"),
+                );
+            }
+            *set = Some(own);
+        }
+
         let (mut mode, mut id, mut base_model) = (None, None, None);
         if let Some(info) = entry.get("model_info") {
             let info_path = format!("{path}.model_info");
-            let info = self.mapping(info, &info_path)?.clone();
+            let info = self.mapping(info, &info_path)?;
             for (key, v) in &info {
                 let p = format!("{info_path}.{key}");
                 match key.as_str() {

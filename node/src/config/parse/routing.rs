@@ -6,7 +6,10 @@ use serde_json::Value;
 use super::Parser;
 use super::scalars::kind;
 use crate::error::Result;
-use crate::router::settings::{ErrorClass, RouterSettings, Strategy};
+use std::collections::BTreeMap;
+
+use crate::error::Error;
+use crate::router::settings::{ErrorClass, MAX_BACKOFF, RouterSettings, Strategy};
 
 impl Parser<'_> {
     /// Applies one router key. `Ok(false)`: not a router key.
@@ -26,7 +29,7 @@ impl Parser<'_> {
                 })?;
             }
             "routing_strategy_args" => {
-                let map = self.mapping(v, path)?.clone();
+                let map = self.mapping(v, path)?;
                 for (k, v) in &map {
                     let p = format!("{path}.{k}");
                     match k.as_str() {
@@ -47,7 +50,10 @@ impl Parser<'_> {
             "disable_cooldowns" => {
                 s.disable_cooldowns = self.boolean(Some(v), path)?.unwrap_or(false)
             }
-            "retry_policy" => self.per_class(v, path, "Retries", &mut s.retry_policy)?,
+            "retry_policy" => match v {
+                Value::Array(entries) => self.retry_policy_list(entries, path, s)?,
+                _ => self.per_class(v, path, "Retries", &mut s.retry_policy)?,
+            },
             "allowed_fails_policy" => {
                 self.per_class(v, path, "AllowedFails", &mut s.allowed_fails_policy)?
             }
@@ -82,6 +88,68 @@ impl Parser<'_> {
         Ok(true)
     }
 
+    /// The list form operators' HA guides write, one entry an upstream status:
+    /// `[{status_code: 429, retry_after: 60, num_retries: 5}, ...]`. A count
+    /// becomes the retries of the status's failure class (Meridian counts per
+    /// class, as LiteLLM's own mapping form does); a delay per status has no
+    /// equivalent, so it is reported, never silently dropped.
+    fn retry_policy_list(
+        &mut self,
+        entries: &[Value],
+        path: &str,
+        s: &mut RouterSettings,
+    ) -> Result<()> {
+        // The entry that set each class's count, to report a second one.
+        let mut set_by: BTreeMap<ErrorClass, String> = BTreeMap::new();
+        for (i, entry) in entries.iter().enumerate() {
+            let p = format!("{path}[{i}]");
+            let entry = self.mapping(entry, &p)?;
+            let code_path = format!("{p}.status_code");
+            let class = match self.integer(entry.get("status_code"), &code_path)? {
+                Some(status @ 400..=599) => status_class(status as u16),
+                _ => {
+                    return Err(self.err(&code_path, "an upstream error status, 400 to 599"));
+                }
+            };
+            for (key, v) in &entry {
+                let kp = format!("{p}.{key}");
+                match key.as_str() {
+                    "status_code" => {}
+                    "num_retries" => {
+                        let Some(n) = self.count(v, &kp)? else {
+                            continue;
+                        };
+                        match set_by.get(&class) {
+                            Some(first) if s.retry_policy.get(class) != Some(n) => self.ignore(
+                                kp,
+                                format!(
+                                    "{first} already sets the retries of its class ({}); Meridian counts retries per class, not per status",
+                                    class.name()
+                                ),
+                            ),
+                            _ => {
+                                s.retry_policy.set(class, n);
+                                set_by.entry(class).or_insert(kp);
+                            }
+                        }
+                    }
+                    "retry_after" => {
+                        self.wait(v, &kp)?;
+                        self.ignore(
+                            kp,
+                            format!(
+                                "a delay per status is not supported: every retry waits router_settings.retry_after, and a 429 with no other deployment ready waits the provider's retry-after or backs off exponentially, at most {} s",
+                                MAX_BACKOFF.as_secs()
+                            ),
+                        );
+                    }
+                    _ => self.ignore(kp, super::NOT_YET),
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// `{RateLimitErrorRetries: 2, ...}` into counts per class.
     fn per_class(
         &mut self,
@@ -90,7 +158,7 @@ impl Parser<'_> {
         suffix: &str,
         out: &mut crate::router::settings::PerClass,
     ) -> Result<()> {
-        let map = self.mapping(v, path)?.clone();
+        let map = self.mapping(v, path)?;
         for (k, v) in &map {
             let p = format!("{path}.{k}");
             let class = ErrorClass::ALL
@@ -133,7 +201,7 @@ impl Parser<'_> {
                             ),
                         )
                     })?;
-                    entries.extend(map.iter().map(|(k, v)| (k.clone(), v.clone())));
+                    entries.extend(map);
                 }
                 entries
             }
@@ -195,4 +263,17 @@ pub fn request_fallbacks(
         out.push(name);
     }
     Ok(Some(out))
+}
+
+/// The failure class of an upstream error status, as the router classes a
+/// failed call with that status and no further detail.
+fn status_class(status: u16) -> ErrorClass {
+    let failure = Error::UpstreamStatus {
+        status,
+        message: String::new(),
+        kind: None,
+        code: None,
+        retry_after: None,
+    };
+    ErrorClass::of(&failure).unwrap_or(ErrorClass::InternalServer)
 }

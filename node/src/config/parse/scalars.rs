@@ -10,14 +10,23 @@ use crate::config::Ignored;
 use crate::error::Result;
 
 impl Parser<'_> {
-    pub(super) fn mapping<'v>(
-        &self,
-        value: &'v Value,
-        path: &str,
-    ) -> Result<&'v Map<String, Value>> {
-        value
-            .as_object()
-            .ok_or_else(|| self.err(path, format!("a mapping, found {}", kind(value))))
+    /// A mapping; a key written with nothing under it (or only comments,
+    /// which YAML reads as null) is an empty one, as LiteLLM takes it.
+    pub(super) fn mapping(&self, value: &Value, path: &str) -> Result<Map<String, Value>> {
+        match value {
+            Value::Null => Ok(Map::new()),
+            Value::Object(map) => Ok(map.clone()),
+            other => Err(self.err(path, format!("a mapping, found {}", kind(other)))),
+        }
+    }
+
+    /// A list; null is an empty one (see [`Self::mapping`]).
+    pub(super) fn list<'v>(&self, value: &'v Value, path: &str, of: &str) -> Result<&'v [Value]> {
+        match value {
+            Value::Null => Ok(&[]),
+            Value::Array(items) => Ok(items),
+            other => Err(self.err(path, format!("a list of {of}, found {}", kind(other)))),
+        }
     }
 
     /// A string, with `os.environ/VAR` resolved. `Ok(None)` if absent, null, or
@@ -79,7 +88,8 @@ impl Parser<'_> {
         }
     }
 
-    /// A number, also accepted as a numeric string (what `os.environ/` yields).
+    /// A number, also accepted as a numeric string (what `os.environ/` yields)
+    /// and with `_` between digits ([`yaml11_number`]).
     pub(super) fn number(&mut self, value: Option<&Value>, path: &str) -> Result<Option<f64>> {
         let n = match value {
             None | Some(Value::Null) => return Ok(None),
@@ -87,7 +97,7 @@ impl Parser<'_> {
             Some(Value::String(_)) => match self.string(value, path)? {
                 Some(s) if is_unresolved(&s) => return Ok(None),
                 None => return Ok(None),
-                Some(s) => s.trim().parse::<f64>().ok(),
+                Some(s) => yaml11_number(&s),
             },
             Some(_) => None,
         };
@@ -160,9 +170,7 @@ impl Parser<'_> {
     }
 
     pub(super) fn string_list(&mut self, value: &Value, path: &str) -> Result<Vec<String>> {
-        let items = value
-            .as_array()
-            .ok_or_else(|| self.err(path, format!("a list of strings, found {}", kind(value))))?;
+        let items = self.list(value, path, "strings")?;
         let mut out = Vec::with_capacity(items.len());
         for (i, item) in items.iter().enumerate() {
             if let Some(s) = self.string(Some(item), &format!("{path}[{i}]"))? {
@@ -176,6 +184,29 @@ impl Parser<'_> {
 /// An `os.environ/` reference left in place by check mode.
 pub(super) fn is_unresolved(v: &str) -> bool {
     v.starts_with("os.environ/")
+}
+
+/// A number as PyYAML (YAML 1.1, what LiteLLM reads its file with) reads
+/// it: `_` may stand between digits (`tpm: 20_000`, `max_budget: 1_000.5`).
+/// The YAML 1.2 parser here leaves such a scalar a string, so it is read
+/// again from the text. The exponent takes no `_`, as in YAML 1.1.
+pub(super) fn yaml11_number(text: &str) -> Option<f64> {
+    let text = text.trim();
+    if !text.contains('_') {
+        return text.parse().ok();
+    }
+    let unsigned = text.strip_prefix(['+', '-']).unwrap_or(text);
+    let (mantissa, exponent) =
+        unsigned.split_at(unsigned.find(['e', 'E']).unwrap_or(unsigned.len()));
+    let well_formed = mantissa.starts_with(|c: char| c.is_ascii_digit())
+        && mantissa
+            .chars()
+            .all(|c| c.is_ascii_digit() || c == '_' || c == '.')
+        && !exponent.contains('_');
+    if !well_formed {
+        return None;
+    }
+    text.replace('_', "").parse().ok()
 }
 
 pub(super) fn is_truthy(v: &str) -> bool {

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use super::scalars::kind;
 use super::{NOT_YET, Parser};
 use crate::config::{Config, DEFAULT_TIMEOUT};
 use crate::error::Result;
@@ -12,18 +13,32 @@ use crate::secret::Secret;
 
 impl Parser<'_> {
     pub(super) fn environment_variables(&mut self, value: &Value) -> Result<()> {
-        let map = self.mapping(value, "environment_variables")?.clone();
+        let map = self.mapping(value, "environment_variables")?;
         for (name, v) in &map {
             let path = format!("environment_variables.{name}");
-            if let Some(s) = self.string(Some(v), &path)? {
-                self.overlay.insert(name.clone(), s);
+            // LiteLLM exports every value with Python's `str()`: unquoted
+            // numbers and booleans are variables like any other.
+            let value = match v {
+                Value::Number(n) => Some(n.to_string()),
+                Value::Bool(b) => Some(if *b { "True" } else { "False" }.to_owned()),
+                Value::Array(_) | Value::Object(_) => {
+                    self.ignore(
+                        path,
+                        format!("{} is not an environment value; not exported", kind(v)),
+                    );
+                    continue;
+                }
+                Value::Null | Value::String(_) => self.string(Some(v), &path)?,
+            };
+            if let Some(value) = value {
+                self.overlay.insert(name.clone(), value);
             }
         }
         Ok(())
     }
 
     pub(super) fn general_settings(&mut self, value: &Value, config: &mut Config) -> Result<()> {
-        let map = self.mapping(value, "general_settings")?.clone();
+        let map = self.mapping(value, "general_settings")?;
         for (key, v) in &map {
             let path = format!("general_settings.{key}");
             match key.as_str() {
@@ -78,7 +93,7 @@ impl Parser<'_> {
         defaults: &mut Timeouts,
         router: &mut crate::router::RouterSettings,
     ) -> Result<()> {
-        let map = self.mapping(value, "router_settings")?.clone();
+        let map = self.mapping(value, "router_settings")?;
         for (key, v) in &map {
             let path = format!("router_settings.{key}");
             if self.router_key(key, v, &path, router)? {
@@ -112,7 +127,7 @@ impl Parser<'_> {
         defaults: &mut Timeouts,
         router: &mut crate::router::RouterSettings,
     ) -> Result<()> {
-        let map = self.mapping(value, "litellm_settings")?.clone();
+        let map = self.mapping(value, "litellm_settings")?;
         for (key, v) in &map {
             let path = format!("litellm_settings.{key}");
             // LiteLLM reads retries and fallbacks from either section.
