@@ -81,13 +81,14 @@ pub fn comparison_html(title: &str, c: &Comparison) -> String {
             );
         }
     }
-    let all: Vec<RunResult> = fixed.iter().chain(&max).cloned().collect();
+    let all = c.runs();
     let body = format!(
-        "{facts}<h2>Side by side</h2>\n{comparison}\n{missing}{notes}{routing}\
+        "{facts}<h2>Side by side</h2>\n{comparison}\n{sequential}{missing}{notes}{routing}\
          <h2>Latency by percentile, open loop at {rate}/s</h2>\n{OPEN_LOOP_NOTE}\n{latency}\n\
          <h2>Closed loop at {concurrency} in flight: successful answers per second</h2>\n{throughput}\n\
          <h2>Runs</h2>\n{table}\n",
         comparison = comparison_table(c),
+        sequential = sequential_table(c),
         routing = routing_table(&c.routing),
         rate = c.settings.rate,
         concurrency = c.settings.concurrency,
@@ -218,6 +219,40 @@ fn comparison_table(c: &Comparison) -> String {
         );
     }
     s.push_str("</table>");
+    s
+}
+
+/// The sequential phase's latencies and overheads, when it ran.
+fn sequential_table(c: &Comparison) -> String {
+    let Some(gap) = c.settings.sequential_gap_ms else {
+        return String::new();
+    };
+    let mut s = format!(
+        "<h3>One client, {gap} ms between an answer and the next request</h3>\n<table>\n\
+         <tr><th>row</th><th>ok / sent</th><th>p50</th><th>p99</th><th>overhead p50</th>\
+         <th>overhead p99</th><th>CPU s / 1k req</th></tr>\n"
+    );
+    for r in &c.rows {
+        let Some(run) = &r.sequential else { continue };
+        let (o50, o99) = r.sequential_overhead.map_or_else(
+            || ("–".to_owned(), "–".to_owned()),
+            |o| (signed_ms(o.p50_us), signed_ms(o.p99_us)),
+        );
+        let cpu = r
+            .cpu_s_per_1k_sequential
+            .map_or_else(|| "–".to_owned(), |v| format!("{v:.3}"));
+        let _ = writeln!(
+            s,
+            "<tr><td>{}</td><td>{} / {}</td><td>{}</td><td>{}</td><td>{o50}</td><td>{o99}</td>\
+             <td>{cpu}</td></tr>",
+            escape(r.row.name()),
+            run.successes,
+            run.requests,
+            ms(run.latency.p50_us),
+            ms(run.latency.p99_us),
+        );
+    }
+    s.push_str("</table>\n");
     s
 }
 

@@ -16,6 +16,12 @@ const BIN: &str = env!("CARGO_BIN_EXE_meridian-loadtest");
 
 /// Runs `compare` with short phases and `extra` arguments; its JSON back.
 fn compare(dir: &Path, extra: &[&str]) -> (Comparison, String) {
+    let (c, page, _) = compare_text(dir, extra);
+    (c, page)
+}
+
+/// [`compare`], with the tables it printed too.
+fn compare_text(dir: &Path, extra: &[&str]) -> (Comparison, String, String) {
     let json = dir.join("compare.json");
     let html = dir.join("compare.html");
     let child = Command::new(BIN)
@@ -54,15 +60,32 @@ fn compare(dir: &Path, extra: &[&str]) -> (Comparison, String) {
     // Its work directory (logs, data directories) is gone.
     let work = std::env::temp_dir().join(format!("meridian-compare-{pid}-0"));
     assert!(!work.exists(), "{} left behind", work.display());
+    // Nothing it started still runs: every process of a row names its
+    // directory in the work directory on its command line.
+    let marker = format!("meridian-compare-{pid}-");
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        assert!(!cmdline.contains(&marker), "left running: {cmdline}");
+    }
     let comparison: Comparison = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     let page = std::fs::read_to_string(&html).unwrap();
-    (comparison, page)
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    (comparison, page, text)
 }
 
 #[test]
 fn compare_runs_the_direct_row_and_skips_what_is_not_asked_for() {
     let dir = tempfile_dir("direct");
-    let (c, page) = compare(&dir, &["--rows", "litellm,direct"]);
+    let (c, page, text) = compare_text(
+        &dir,
+        &[
+            "--rows",
+            "litellm,direct,nginx",
+            "--nginx-bin",
+            "/nonexistent/nginx",
+        ],
+    );
 
     assert_eq!(c.rows.len(), 1, "{c:#?}");
     let direct = &c.rows[0];
@@ -88,11 +111,27 @@ fn compare_runs_the_direct_row_and_skips_what_is_not_asked_for() {
     assert!(direct.rss_idle_kib > 0);
     assert!(direct.rss_after_kib > 0);
 
-    // LiteLLM was named but not asked for: skipped, saying how to ask.
-    assert_eq!(c.skipped.len(), 1);
-    assert_eq!(c.skipped[0].row, RowKind::Litellm);
-    assert!(c.skipped[0].reason.contains("--litellm"), "{:?}", c.skipped);
+    // LiteLLM was named but not asked for: skipped, saying how to ask; nginx
+    // is not where it was said to be. Both are in the tables, not run.
+    assert_eq!(c.skipped.len(), 2);
+    assert_eq!(c.skipped[0].row, RowKind::Nginx);
+    assert!(
+        c.skipped[0].reason.contains("/nonexistent/nginx"),
+        "{:?}",
+        c.skipped
+    );
+    assert_eq!(c.skipped[1].row, RowKind::Litellm);
+    assert!(c.skipped[1].reason.contains("--litellm"), "{:?}", c.skipped);
     assert!(c.failed.is_empty());
+    assert!(
+        text.contains("nginx              not run: no nginx at /nonexistent/nginx"),
+        "{text}"
+    );
+    assert!(
+        text.contains("litellm            not run: not asked for"),
+        "{text}"
+    );
+    assert_eq!(direct.sequential, None);
 
     // The report states where and how it ran.
     assert!(c.machine.cores > 0);
@@ -203,6 +242,91 @@ fn proc_readings_of_this_process() {
     let machine = procfs::Machine::read();
     assert!(machine.cores > 0);
     assert!(machine.memory_mib > 0);
+}
+
+/// The reference rows end to end at low load: nginx and Portkey started,
+/// loaded in all three phases (the sequential one too) and stopped. Each
+/// runs only where its programs are (nginx; node and npm, Portkey being
+/// installed into the usual cache directory at first use); a missing one is
+/// said and skipped, so this passes on a machine with neither.
+#[test]
+fn compare_runs_the_reference_rows_where_installed() {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let on_path = |name: &str| std::env::split_paths(&path).any(|d| d.join(name).is_file());
+    let mut rows = vec!["direct"];
+    if on_path("nginx") || Path::new("/usr/sbin/nginx").is_file() {
+        rows.push("nginx");
+    } else {
+        eprintln!("skipping the nginx row: no nginx on PATH or in /usr/sbin");
+    }
+    if on_path("node") && on_path("npm") {
+        rows.push("portkey");
+    } else {
+        eprintln!("skipping the portkey row: node or npm not on PATH");
+    }
+    if rows.len() == 1 {
+        eprintln!("skipping: neither nginx nor node and npm are installed");
+        return;
+    }
+    let dir = tempfile_dir("reference");
+    let list = rows.join(",");
+    let (c, page, text) = compare_text(&dir, &["--rows", &list, "--sequential-gap-ms", "20"]);
+    assert!(c.failed.is_empty(), "{:?}", c.failed);
+    // An install that cannot be done here (no registry) is a row not run,
+    // said, not a failure.
+    for n in &c.skipped {
+        eprintln!("skipped the {} row: {}", n.row.name(), n.reason);
+        assert_eq!(n.row, RowKind::Portkey, "{:?}", c.skipped);
+        assert!(text.contains("portkey            not run: "), "{text}");
+    }
+    let names: Vec<&str> = c.rows.iter().map(|r| r.row.name()).collect();
+    let ran: Vec<&str> = rows
+        .iter()
+        .copied()
+        .filter(|r| !c.skipped.iter().any(|n| n.row.name() == *r))
+        .collect();
+    assert_eq!(names, ran);
+    assert_eq!(c.settings.sequential_gap_ms, Some(20));
+    for row in &c.rows {
+        let name = row.row.name();
+        let sequential = row.sequential.as_ref().expect("a sequential phase");
+        for run in [&row.fixed_rate, &row.max_throughput, sequential] {
+            assert!(run.requests > 0, "{name}: {run:#?}");
+            assert_eq!(run.successes, run.requests, "{name}: {:?}", run.errors);
+        }
+        // 100/s for 1 s, the warm-up not counted.
+        assert_eq!(row.fixed_rate.requests, 100, "{name}");
+        // One request at a time with 20 ms between: at most 50 a second,
+        // over 1.5 s with the warm-up.
+        assert!(
+            sequential.sent_total <= 76,
+            "{name}: {}",
+            sequential.sent_total
+        );
+        assert!(row.overhead.is_some() && row.sequential_overhead.is_some());
+        assert!(row.throughput_ratio.is_some_and(|r| r > 0.0), "{name}");
+        assert!(row.cpu_s_per_1k.is_some() && row.cpu_s_per_1k_sequential.is_some());
+        assert!(row.rss_idle_kib > 0, "{name}");
+        assert!(page.contains(name));
+        assert!(
+            text.lines().filter(|l| l.starts_with(name)).count() >= 3,
+            "{text}"
+        );
+    }
+    if let Some(nginx) = c.rows.iter().find(|r| r.row == RowKind::Nginx) {
+        assert_eq!(nginx.measured, "proxy");
+        assert!(c.builds.iter().any(|b| b.starts_with("nginx version")));
+    }
+    if c.rows.iter().any(|r| r.row == RowKind::Portkey) {
+        assert!(
+            c.builds
+                .iter()
+                .any(|b| b.starts_with("Portkey gateway 1.15.2"))
+        );
+    }
+    assert!(text.contains("Latency of one client, 20 ms"), "{text}");
+    assert!(page.contains("One client, 20 ms"));
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A Meridian row end to end: a real gateway, a virtual key, both phases.
