@@ -15,8 +15,8 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-use super::child::Group;
-use super::gateway::{MODEL, Start};
+use super::child::{Group, Proc};
+use super::gateway::{MODEL, Ready, Start};
 use crate::Error;
 
 /// A plain HTTP/1.1 client for setup calls.
@@ -77,6 +77,31 @@ pub(crate) async fn call_with(
 }
 
 impl Start<'_> {
+    /// Starts `command` as the row's one process, `name` (its output to
+    /// `name.log` in the row's directory), ready once a chat completion with
+    /// `key` and `headers` comes back through it on 127.0.0.1:`port`.
+    pub(crate) async fn start_proxy(
+        &self,
+        name: &str,
+        command: std::process::Command,
+        port: u16,
+        key: &str,
+        headers: &[(String, String)],
+    ) -> Result<Ready, Error> {
+        let mut group = Group::default();
+        let log = self.dir.join(format!("{name}.log"));
+        group.procs.push(Proc::spawn(name, command, &log)?);
+        let url = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + self.timeout;
+        self.wait_chat(&mut group, &url, key, headers, deadline)
+            .await?;
+        Ok(Ready {
+            group,
+            urls: vec![url],
+            key: key.to_owned(),
+        })
+    }
+
     /// Until a chat completion through `url` (with `key` and `headers`, as
     /// load will send it) answers 200: the path load takes, end to end. An
     /// error naming the row's first process if it exits or the deadline

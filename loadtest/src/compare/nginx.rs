@@ -10,9 +10,7 @@ use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use tokio::time::Instant;
-
-use super::child::{Group, Proc, find_program, free_port};
+use super::child::{find_program, free_port};
 use super::gateway::{Ready, Start};
 use crate::Error;
 
@@ -118,18 +116,7 @@ impl Start<'_> {
             .args(["-e", "stderr"])
             .arg("-c")
             .arg(&conf);
-        let mut group = Group::default();
-        group
-            .procs
-            .push(Proc::spawn("nginx", command, &self.dir.join("nginx.log"))?);
-        let url = format!("http://127.0.0.1:{port}");
-        let deadline = Instant::now() + self.timeout;
-        self.wait_chat(&mut group, &url, key, &[], deadline).await?;
-        Ok(Ready {
-            group,
-            urls: vec![url],
-            key: key.to_owned(),
-        })
+        self.start_proxy("nginx", command, port, key, &[]).await
     }
 }
 

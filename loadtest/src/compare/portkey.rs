@@ -187,16 +187,8 @@ impl Start<'_> {
             .env_remove("https_proxy")
             .env_remove("NODE_OPTIONS")
             .current_dir(&self.dir);
-        let mut group = Group::default();
-        group.procs.push(Proc::spawn(
-            "portkey",
-            command,
-            &self.dir.join("portkey.log"),
-        )?);
-        let url = format!("http://127.0.0.1:{port}");
-        let deadline = Instant::now() + self.timeout;
-        let headers = headers(self.upstream_port);
-        self.wait_chat(&mut group, &url, key, &headers, deadline)
+        let ready = self
+            .start_proxy("portkey", command, port, key, &headers(self.upstream_port))
             .await?;
         for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
             let text = std::fs::read_to_string(table).unwrap_or_default();
@@ -206,11 +198,7 @@ impl Start<'_> {
                 )));
             }
         }
-        Ok(Ready {
-            group,
-            urls: vec![url],
-            key: key.to_owned(),
-        })
+        Ok(ready)
     }
 }
 
