@@ -59,13 +59,23 @@ cmd_run() {
 
 cmd_test() {
   ensure_build_deps
-  log "building (one profile: tests, binaries and the SDK tier share it)"
-  cargo build --workspace --all-targets
-  log "unit, router, integration and simulation tiers"
+  # Two builds that never mix: the product (the binary `run` starts, every
+  # test tier but the simulator's, the SDK tier) without the simulator's
+  # bug switches, so `run` after `test` builds nothing; and the simulator's,
+  # which compiles the same crates again with the switches on.
+  log "building the product (tests, binaries and the SDK tier share it; so does 'run')"
+  cargo build --workspace --exclude meridian-sim --all-targets
+  log "unit, router and integration tiers"
   if cargo nextest --version >/dev/null 2>&1; then
-    cargo nextest run --workspace --profile ci
+    cargo nextest run --workspace --exclude meridian-sim --profile ci
   else
-    cargo test --workspace
+    cargo test --workspace --exclude meridian-sim
+  fi
+  log "simulation tier (its own build, with the bug switches)"
+  if cargo nextest --version >/dev/null 2>&1; then
+    cargo nextest run -p meridian-sim --profile ci
+  else
+    cargo test -p meridian-sim
   fi
   log "real-client tier: official openai and anthropic SDKs against a running gateway"
   ensure_python

@@ -3,7 +3,9 @@
 //! Owns the openraft type configuration, the log store and state machine (RocksDB
 //! in production, an in-memory twin for tests and simulation), the typed metadata
 //! commands (keys, teams, users, customers, budgets, region-scoped models) and Raft
-//! RPC over tonic. It must not know about HTTP or counters.
+//! RPC over tonic, and the cross-region sync of the metadata documents
+//! ([`metadata_sync`], over `meridian.sync.v1`). It must not know about HTTP
+//! or counters.
 //!
 //! Layout: [`metadata`] is the pure core (records, commands, deterministic
 //! apply); the Raft storage, state machine and network wrap it.
@@ -11,8 +13,10 @@
 pub mod compactor;
 pub mod grpc;
 pub mod metadata;
+pub mod metadata_sync;
 pub mod raft;
 pub mod region;
+mod sync_holds;
 pub mod transport;
 
 pub use grpc::GrpcTransport;

@@ -14,7 +14,7 @@
 //! `available` mode (see the README's guarantees).
 //!
 //! A `strict` limit admits while this node holds enough rights to it
-//! (`meridian_replication::rights`), granted by the entity's home region:
+//! (`crate::rights`), granted by the entity's home region:
 //! never more than the limit in all. Spending held rights is as local as the
 //! `available` check; only a node that runs out waits, bounded, for a grant.
 //!
@@ -26,10 +26,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::rights::{self, Ask, Rights};
 use meridian_consensus::Region;
 use meridian_consensus::metadata::{Enforcement, Limits, MetadataState, ModelBudget};
 use meridian_replication::crdt::{CounterId, Metric, PeriodSpec, Scope, Window, sliding_estimate};
-use meridian_replication::rights::{self, Ask, Rights};
 use meridian_replication::{Counters, Ticket, Txn};
 
 use crate::auth::Principal;
@@ -707,7 +707,7 @@ pub async fn admit(
                     // told to the client.
                     tracing::debug!(home = %s.ask.home, error = %e, "no rights from the home region");
                     let note = match e {
-                        meridian_replication::Error::HomeUnreachable { .. } => format!(
+                        Error::RightsUnreachable { .. } => format!(
                             "It is enforced strictly, and region {} (which issues its rights) could not be reached.",
                             s.ask.home
                         ),

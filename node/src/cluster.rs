@@ -12,17 +12,17 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::rights::{Rights, rights_service};
 use meridian_consensus::compactor::Compactor;
 use meridian_consensus::grpc::{GrpcTransport, raft_service};
+use meridian_consensus::metadata_sync::{
+    MetadataSync, RemoteRegion, RemoteRegions, SyncConfig, sync_service,
+};
 use meridian_consensus::raft::Member;
 use meridian_consensus::transport::NoPeers;
 use meridian_consensus::{Region, RegionConfig, RegionId};
 use meridian_link::{ClusterSecret, ClusterTls, Dialer};
 use meridian_replication::gossip::{PeerList, WallClock};
-use meridian_replication::metadata_sync::{
-    MetadataSync, RemoteRegion, RemoteRegions, SyncConfig, sync_service,
-};
-use meridian_replication::rights::{Rights, rights_service};
 use meridian_replication::{Counters, Gossip, GossipConfig, Peer, gossip_service};
 use meridian_storage::{Durability, Store};
 use tonic::service::Routes;

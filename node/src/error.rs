@@ -70,6 +70,16 @@ pub enum Error {
     #[error("{0}")]
     Consensus(#[from] meridian_consensus::Error),
 
+    /// The home region of a `strict` limit did not answer a request for
+    /// rights (its reason names inter-node addresses: logged, never sent).
+    #[error("region {home} (which issues this limit's rights) could not be reached: {reason}")]
+    RightsUnreachable { home: String, reason: String },
+
+    /// This region's rights ledger could not take a request (no leader, or
+    /// the outcome is unknown).
+    #[error("the rights ledger: {0}")]
+    RightsLedger(String),
+
     /// A budget or rate limit refused the request (429).
     #[error("{}", .0.message())]
     LimitExceeded(Box<crate::admission::Exceeded>),
@@ -200,9 +210,12 @@ impl Error {
             | Error::UpstreamTimeout { .. }
             | Error::UpstreamUnreachable { .. }
             | Error::UpstreamProtocol { .. } => Side::Upstream,
-            Error::Config { .. } | Error::Io { .. } | Error::Internal(_) | Error::Consensus(_) => {
-                Side::Gateway
-            }
+            Error::Config { .. }
+            | Error::Io { .. }
+            | Error::Internal(_)
+            | Error::Consensus(_)
+            | Error::RightsUnreachable { .. }
+            | Error::RightsLedger(_) => Side::Gateway,
         }
     }
 }

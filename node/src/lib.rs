@@ -22,6 +22,7 @@ pub mod node;
 pub mod pipeline;
 pub mod pricing;
 pub mod providers;
+pub mod rights;
 pub mod router;
 pub mod runtime;
 pub mod secret;

@@ -43,7 +43,7 @@ pub struct Local {
     pub metadata: Region,
     pub counters: Arc<Counters>,
     pub spend_log: Arc<SpendLog>,
-    pub rights: Arc<meridian_replication::rights::Rights>,
+    pub rights: Arc<crate::rights::Rights>,
     /// The region's other members' spend-log rows (`None`: a region of one).
     pub spend_peers: Option<crate::spend_rpc::SpendPeers>,
 }
@@ -75,7 +75,7 @@ pub struct Node {
     /// Per-request spend rows served by this node (`/spend/logs`).
     pub spend_log: Arc<SpendLog>,
     /// Rights this node holds to `strict` limits, and the asking for more.
-    pub rights: Arc<meridian_replication::rights::Rights>,
+    pub rights: Arc<crate::rights::Rights>,
     /// Asks the region's other members for their spend-log rows.
     pub spend_peers: Option<crate::spend_rpc::SpendPeers>,
     pub default_enforcement: meridian_consensus::metadata::Enforcement,

@@ -4,16 +4,14 @@
 //! Owns the pure CRDTs (`crdt/`: PN-counters per period, sliding rate windows,
 //! escrow rights for `strict` mode), this node's table of counters with its
 //! durability rules (`counters`), and the gossip and anti-entropy that carry
-//! their changes between nodes (`gossip`, over `meridian.gossip.v1`), and
-//! the asking for and giving back of `strict` limits' rights (`rights`). It must not
-//! know about HTTP or Raft internals.
+//! their changes between nodes (`gossip`, over `meridian.gossip.v1`). It must
+//! not know about HTTP, and it does not depend on `meridian-consensus`: the
+//! node joins the counters to the region's Raft log (the rights of `strict`
+//! limits, `meridian-node`'s `rights`).
 
 pub mod counters;
 pub mod crdt;
 pub mod gossip;
-pub mod metadata_sync;
-pub mod rights;
-mod sync_holds;
 mod wire;
 
 pub use counters::{Counters, Reading, Ticket, Txn};
@@ -26,12 +24,4 @@ pub enum Error {
     Storage(#[from] meridian_storage::Error),
     #[error("corrupt stored counters: {0}")]
     Corrupt(String),
-    /// The home region of a `strict` limit did not answer a request for
-    /// rights.
-    #[error("region {home} (which issues this limit's rights) could not be reached: {reason}")]
-    HomeUnreachable { home: String, reason: String },
-    /// This region's rights ledger could not take a request (no leader, or
-    /// the outcome is unknown).
-    #[error("the rights ledger: {0}")]
-    Ledger(String),
 }

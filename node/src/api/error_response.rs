@@ -101,9 +101,12 @@ fn classify(e: &Error) -> (StatusCode, &'static str) {
         Error::UpstreamUnreachable { .. } | Error::UpstreamProtocol { .. } => {
             (StatusCode::BAD_GATEWAY, "api_error")
         }
-        Error::Config { .. } | Error::Io { .. } | Error::Internal(_) | Error::Consensus(_) => {
-            (StatusCode::INTERNAL_SERVER_ERROR, "internal_server_error")
-        }
+        Error::Config { .. }
+        | Error::Io { .. }
+        | Error::Internal(_)
+        | Error::Consensus(_)
+        | Error::RightsUnreachable { .. }
+        | Error::RightsLedger(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_server_error"),
     }
 }
 

@@ -1,12 +1,12 @@
 //! What the other regions hold of this region's metadata documents, as the
 //! sync task learns it from their answers — and from that, where a
-//! document may be compacted (`meridian_consensus::metadata::compact`):
+//! document may be compacted (`crate::metadata::compact`):
 //! at a version every other region holds as it was sent.
 
 use std::collections::BTreeMap;
 use std::sync::{Mutex, PoisonError};
 
-use meridian_consensus::metadata::{Compactable, Kind};
+use crate::metadata::{Compactable, Kind};
 
 /// A version of one of this region's documents.
 #[derive(Clone, Debug)]

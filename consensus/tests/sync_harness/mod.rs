@@ -10,13 +10,13 @@ use std::time::Duration;
 
 use meridian_consensus::grpc::{GrpcTransport, raft_service};
 use meridian_consensus::metadata::{Command, Kind, Outcome, token_bytes};
-use meridian_consensus::raft::Member;
-use meridian_consensus::{Region, RegionConfig, RegionId};
-use meridian_link::{ClusterSecret, Dialer};
-use meridian_replication::gossip::Peer;
-use meridian_replication::metadata_sync::{
+use meridian_consensus::metadata_sync::{
     MetadataSync, RemoteRegion, RemoteRegions, SyncConfig, SyncStats, sync_service,
 };
+use meridian_consensus::raft::Member;
+use meridian_consensus::{Region, RegionConfig, RegionId};
+use meridian_link::Peer;
+use meridian_link::{ClusterSecret, Dialer};
 use meridian_storage::{MemStore, Store};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;

@@ -1,6 +1,6 @@
 //! Metadata sync between regions (REPLICATION.md, "Metadata across
 //! regions"): each region's metadata entities are automerge documents in its
-//! Raft state machine (`meridian_consensus::metadata`); this module carries
+//! Raft state machine ([`crate::metadata`]); this module carries
 //! their changes to the other regions over `meridian.sync.v1`.
 //!
 //! - [`MetadataSync`], the task: on the region's current leader only, every
@@ -24,10 +24,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use meridian_consensus::Region;
-use meridian_consensus::compactor::Compactor;
-use meridian_consensus::metadata::Compactable;
-use meridian_consensus::metadata::{
+use crate::Region;
+use crate::compactor::Compactor;
+use crate::metadata::Compactable;
+use crate::metadata::{
     Command, EntityDoc, Kind, MergeSummary, OutboxLimits, Outcome, OutgoingDoc, RemoteChanges,
 };
 use meridian_link::{CallError, Claim, ClusterSecret, Dialer, with_deadline};
@@ -36,8 +36,8 @@ use pb::metadata_sync_client::MetadataSyncClient;
 pub use pb::metadata_sync_server::MetadataSyncServer;
 use tonic::{Request, Response, Status};
 
-use crate::gossip::Peer;
 use crate::sync_holds::{Holds, Remote, Version};
+use meridian_link::Peer;
 
 /// The other regions and their nodes' inter-node addresses; asked every
 /// round, so configuration changes are picked up.

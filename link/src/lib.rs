@@ -56,6 +56,7 @@ use tower::ServiceExt;
 mod accept;
 pub mod certs;
 mod identity;
+mod peer;
 mod secret;
 mod tls;
 
@@ -64,6 +65,7 @@ pub use accept::{
     TlsConnection, TlsIncoming,
 };
 pub use identity::{Expect, NODE_SERVER_NAME, NodeIdentity, PeerInfo, peer_identity};
+pub use peer::Peer;
 pub use secret::{Claim, ClusterSecret};
 pub use tls::{ClusterTls, PublicTls};
 

@@ -28,11 +28,12 @@ use pb::rights_client::RightsClient;
 pub use pb::rights_server::RightsServer;
 use tonic::{Request, Response, Status};
 
-use crate::Error;
-use crate::counters::Counters;
-use crate::crdt::{CounterId, escrow};
-use crate::gossip::WallClock;
-use crate::metadata_sync::RemoteRegions;
+use meridian_consensus::metadata_sync::RemoteRegions;
+use meridian_replication::Counters;
+use meridian_replication::crdt::{CounterId, escrow};
+use meridian_replication::gossip::WallClock;
+
+use crate::error::Error;
 
 /// What a node asks for: rights to `id` (a limited counter), from the ledger
 /// of region `home`, under `limit` as of `limit_version`.
@@ -57,7 +58,7 @@ fn rights_id(id: &CounterId) -> CounterId {
 }
 
 /// What this node holds of rights to `id` and may still spend.
-pub fn available(t: &crate::Txn<'_>, id: &CounterId) -> u64 {
+pub fn available(t: &meridian_replication::Txn<'_>, id: &CounterId) -> u64 {
     escrow::available(&t.own(&rights_id(id)), &t.own(id))
 }
 
@@ -289,7 +290,7 @@ impl Rights {
         if *ask.home == *self.region.name().as_str() {
             return propose(&self.region, request, (self.clock)()).await;
         }
-        let unreachable = |reason: String| Error::HomeUnreachable {
+        let unreachable = |reason: String| Error::RightsUnreachable {
             home: ask.home.to_string(),
             reason,
         };
@@ -329,14 +330,14 @@ async fn propose(region: &Region, request: GrantRequest, at_ms: u64) -> Result<G
     let outcome = region
         .propose(Command::Grant(request), at_ms)
         .await
-        .map_err(|e| Error::Ledger(e.to_string()))?;
+        .map_err(|e| Error::RightsLedger(e.to_string()))?;
     match outcome {
         Outcome::Done { records, .. } => records
             .into_iter()
             .next()
             .and_then(|r| serde_json::from_value(r).ok())
-            .ok_or_else(|| Error::Ledger("a grant without a reply".into())),
-        Outcome::Refused { message, .. } => Err(Error::Ledger(message)),
+            .ok_or_else(|| Error::RightsLedger("a grant without a reply".into())),
+        Outcome::Refused { message, .. } => Err(Error::RightsLedger(message)),
     }
 }
 
