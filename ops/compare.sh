@@ -19,7 +19,7 @@ log() { printf '== %s\n' "$*" >&2; }
 
 ops/dev.sh build-deps
 log "building meridian and meridian-loadtest"
-cargo build -p meridian-node --bin meridian -p meridian-loadtest --bins
+cargo build -p meridian-node --bin meridian --example router_cost -p meridian-loadtest --bins
 litellm=()
 if [ -z "${NO_LITELLM:-}" ]; then
   ops/litellm.sh

@@ -107,7 +107,7 @@ fn routing_table(costs: &[crate::compare::RouterCost]) -> String {
     let (sizes, rows) = crate::compare::routing_grid(costs);
     let mut s = String::from(
         "<h2>Choosing a deployment</h2>\n<p class=\"note\">Nanoseconds per routing decision \
-         in the <code>meridian</code> binary (<code>meridian bench-router</code>: one thread, \
+         in <code>meridian</code>'s code (the <code>router_cost</code> example: one thread, \
          in memory, live state updated as calls would). It depends on the group's size, not \
          on the request rate.</p>\n<table>\n<tr><th>strategy</th>",
     );

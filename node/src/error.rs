@@ -114,6 +114,10 @@ pub enum Error {
         code: Option<String>,
         /// Seconds from the provider's `retry-after`, passed on to the client.
         retry_after: Option<u64>,
+        /// What the provider's error says about the request, read once
+        /// where its body is decoded; routing classifies on this, never on
+        /// the message.
+        rejection: Option<Rejection>,
     },
 
     #[error("The upstream deployment `{deployment}` did not answer within {}s.", after.as_secs_f64())]
@@ -154,6 +158,49 @@ fn no_deployments_message(group: &str, reason: &str, retry_after: Option<Duratio
         ),
         None => {
             format!("No deployments available for selected model. Passed model={group}. {reason}.")
+        }
+    }
+}
+
+/// Why a provider refused a request it understood, when its error says so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    /// The prompt (with the output asked for) exceeds the model's context.
+    ContextWindowExceeded,
+    /// The provider's content policy refused it.
+    ContentPolicy,
+}
+
+impl Rejection {
+    /// Reads a provider's error: its `code` and `type` (OpenAI:
+    /// `context_length_exceeded`, `content_policy_violation`), else the
+    /// wording providers use when they send no code (Anthropic: "prompt is
+    /// too long"; OpenAI-compatible servers: "maximum context length").
+    pub fn read(
+        status: u16,
+        code: Option<&str>,
+        kind: Option<&str>,
+        message: &str,
+    ) -> Option<Self> {
+        if !(400..500).contains(&status) || matches!(status, 401 | 403 | 404 | 408 | 429) {
+            return None;
+        }
+        let said = |needle: &str| {
+            [code, kind, Some(message)]
+                .into_iter()
+                .flatten()
+                .any(|s| s.to_ascii_lowercase().contains(needle))
+        };
+        if said("context_length_exceeded")
+            || said("context length")
+            || said("context window")
+            || said("prompt is too long")
+        {
+            Some(Rejection::ContextWindowExceeded)
+        } else if said("content_policy") || said("content policy") {
+            Some(Rejection::ContentPolicy)
+        } else {
+            None
         }
     }
 }

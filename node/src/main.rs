@@ -53,14 +53,6 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
-    /// Measure what choosing a deployment costs, per strategy and group
-    /// size (used by `meridian-loadtest compare`).
-    #[command(hide = true)]
-    BenchRouter {
-        /// Print JSON instead of a table.
-        #[arg(long)]
-        json: bool,
-    },
     /// The cluster's CA and its nodes' certificates (mutual TLS between nodes).
     Cert {
         #[command(subcommand)]
@@ -110,21 +102,6 @@ enum ConfigCommand {
     Check { file: PathBuf },
 }
 
-fn bench_router(json: bool) -> anyhow::Result<ExitCode> {
-    let costs = meridian_node::router::bench::run(&[1, 4, 16], 200_000);
-    if json {
-        println!("{}", serde_json::to_string(&costs)?);
-    } else {
-        for c in &costs {
-            println!(
-                "{:<24} {:>3} deployments {:>8.0} ns per choice",
-                c.strategy, c.deployments, c.ns_per_choice
-            );
-        }
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -139,7 +116,6 @@ fn main() -> ExitCode {
         } => check(&file),
         Command::Cluster { command } => cluster(command),
         Command::Cert { command } => cert_cli::run(command),
-        Command::BenchRouter { json } => bench_router(json),
     };
     match result {
         Ok(code) => code,

@@ -144,7 +144,7 @@ pub async fn compare(opts: CompareOptions) -> Result<Comparison, Error> {
     if opts.rows.iter().any(|r| r.is_meridian())
         && let Some(bin) = &opts.meridian_bin
     {
-        say("== routing: what choosing a deployment costs (meridian bench-router)".into());
+        say("== routing: what choosing a deployment costs (router_cost example)".into());
         match router_costs(bin) {
             Ok(costs) => comparison.routing = costs,
             Err(e) => say(format!("== routing: not measured: {e}")),

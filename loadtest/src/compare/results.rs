@@ -138,7 +138,8 @@ pub struct Comparison {
     /// How to read the figures.
     pub notes: Vec<String>,
     /// What choosing a deployment costs, measured in the `meridian` binary
-    /// (`meridian bench-router`); empty without Meridian rows.
+    /// (the `router_cost` example beside it); empty without Meridian
+    /// rows.
     #[serde(default)]
     pub routing: Vec<RouterCost>,
 }
@@ -151,14 +152,31 @@ pub struct RouterCost {
     pub ns_per_choice: f64,
 }
 
-/// Runs `meridian bench-router --json` (one thread, in memory).
-pub(super) fn router_costs(bin: &std::path::Path) -> Result<Vec<RouterCost>, Error> {
-    let out = std::process::Command::new(bin)
-        .args(["bench-router", "--json"])
-        .output()?;
+/// The routing benchmark built beside `meridian_bin` (cargo puts examples
+/// in `examples/` next to the binaries).
+pub(super) fn router_cost_bin(meridian_bin: &std::path::Path) -> std::path::PathBuf {
+    meridian_bin
+        .parent()
+        .unwrap_or_else(|| std::path::Path::new("."))
+        .join("examples")
+        .join("router_cost")
+}
+
+/// Runs the `router_cost` example with `--json` (one thread, in memory).
+pub(super) fn router_costs(meridian_bin: &std::path::Path) -> Result<Vec<RouterCost>, Error> {
+    let bin = router_cost_bin(meridian_bin);
+    let out = std::process::Command::new(&bin)
+        .arg("--json")
+        .output()
+        .map_err(|e| {
+            Error::InvalidOption(format!(
+                "{}: {e} (build it with `cargo build -p meridian-node --example router_cost`)",
+                bin.display()
+            ))
+        })?;
     if !out.status.success() {
         return Err(Error::InvalidOption(format!(
-            "{} bench-router failed: {}",
+            "{} failed: {}",
             bin.display(),
             String::from_utf8_lossy(&out.stderr)
         )));

@@ -265,7 +265,7 @@ impl fmt::Display for Comparison {
             writeln!(f)?;
             writeln!(
                 f,
-                "Choosing a deployment (meridian bench-router: one thread, in memory), ns per choice"
+                "Choosing a deployment (the router_cost example: one thread, in memory), ns per choice"
             )?;
             for line in routing_table(&self.routing) {
                 writeln!(f, "{line}")?;

@@ -273,6 +273,7 @@ mod tests {
             kind: None,
             code: None,
             retry_after: None,
+            rejection: None,
         };
         let (s, b) = anthropic_body(&upstream, None);
         assert_eq!(s, 429);

@@ -92,6 +92,7 @@ async fn act(d: &Deployment, stream: bool) -> Result<()> {
             ),
             code: Some(status.to_string()),
             retry_after: (status == 429).then_some(1),
+            rejection: None,
         }),
         Behaviour::Garbage => Err(Error::protocol(
             &d.id,

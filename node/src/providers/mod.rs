@@ -21,7 +21,7 @@ use http::HeaderMap;
 
 use crate::clock::Clock;
 use crate::config::{Deployment, ProviderKind};
-use crate::error::{Error, Result};
+use crate::error::{Error, Rejection, Result};
 use crate::types::{ChatRequest, CompletionRequest, EmbeddingsRequest, Usage};
 use crate::upstream::UpstreamClient;
 
@@ -151,11 +151,14 @@ pub fn upstream_error(status: http::StatusCode, headers: &HeaderMap, body: &[u8]
         serde_json::Value::Number(n) => Some(n.to_string()),
         _ => None,
     });
+    let kind = text("type");
+    let rejection = Rejection::read(status.as_u16(), code.as_deref(), kind.as_deref(), &message);
     Error::UpstreamStatus {
         status: status.as_u16(),
         message,
-        kind: text("type"),
+        kind,
         code,
+        rejection,
         retry_after: headers
             .get(http::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
@@ -190,6 +193,7 @@ mod tests {
                 kind,
                 code,
                 retry_after,
+                rejection: None,
             } => {
                 assert_eq!((status, message.as_str()), (429, "Rate limit reached"));
                 assert_eq!(

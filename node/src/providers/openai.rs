@@ -190,6 +190,7 @@ async fn send(
                     kind: None,
                     code: None,
                     retry_after: None,
+                    rejection: None,
                 });
             }
             let usage = probe.usage.map(Usage::from);

@@ -1,4 +1,4 @@
-//! `meridian bench-router`: what one routing decision costs, per strategy
+//! What one routing decision costs (the `router_cost` example), per strategy
 //! and group size, in this binary — measured in memory on one thread, with
 //! each choice followed by what a call does to the live state (in flight,
 //! usage, latency), so the strategies read state that moves.

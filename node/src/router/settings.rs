@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::error::Error;
+use crate::error::{Error, Rejection};
 
 /// How a deployment is chosen among the available ones of the best `order`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -123,35 +123,17 @@ impl ErrorClass {
     pub fn of(e: &Error) -> Option<Self> {
         Some(match e {
             Error::UpstreamStatus {
-                status,
-                message,
-                code,
-                kind,
-                ..
+                status, rejection, ..
             } => match status {
                 401 | 403 => ErrorClass::Authentication,
                 404 => ErrorClass::NotFound,
                 408 => ErrorClass::Timeout,
                 429 => ErrorClass::RateLimit,
-                400..=499 => {
-                    let said = |needle: &str| {
-                        [code.as_deref(), kind.as_deref(), Some(message.as_str())]
-                            .into_iter()
-                            .flatten()
-                            .any(|s| s.to_ascii_lowercase().contains(needle))
-                    };
-                    if said("context_length_exceeded")
-                        || said("context length")
-                        || said("context window")
-                        || said("prompt is too long")
-                    {
-                        ErrorClass::ContextWindowExceeded
-                    } else if said("content_policy") || said("content policy") {
-                        ErrorClass::ContentPolicyViolation
-                    } else {
-                        ErrorClass::BadRequest
-                    }
-                }
+                400..=499 => match rejection {
+                    Some(Rejection::ContextWindowExceeded) => ErrorClass::ContextWindowExceeded,
+                    Some(Rejection::ContentPolicy) => ErrorClass::ContentPolicyViolation,
+                    None => ErrorClass::BadRequest,
+                },
                 _ => ErrorClass::InternalServer,
             },
             Error::UpstreamTimeout { .. } => ErrorClass::Timeout,
@@ -367,6 +349,7 @@ mod tests {
         assert_eq!(Strategy::parse("round-robin"), None);
     }
 
+    /// A provider's error as its adapter decodes it.
     fn status(status: u16, message: &str, code: Option<&str>) -> Error {
         Error::UpstreamStatus {
             status,
@@ -374,6 +357,7 @@ mod tests {
             kind: None,
             code: code.map(str::to_owned),
             retry_after: None,
+            rejection: crate::error::Rejection::read(status, code, None, message),
         }
     }
 

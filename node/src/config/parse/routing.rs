@@ -274,6 +274,7 @@ fn status_class(status: u16) -> ErrorClass {
         kind: None,
         code: None,
         retry_after: None,
+        rejection: None,
     };
     ErrorClass::of(&failure).unwrap_or(ErrorClass::InternalServer)
 }

@@ -93,6 +93,7 @@ impl Provider for Anthropic {
                                 kind: None,
                                 code: None,
                                 retry_after: None,
+                                rejection: None,
                             })?;
                     let mut out: Vec<Chunk> = chunks
                         .iter()
