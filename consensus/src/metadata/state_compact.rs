@@ -5,10 +5,8 @@ use std::sync::Arc;
 
 use automerge::ChangeHash;
 
-use super::{
-    EntityDoc, EntityKey, Kind, MetadataState, Outcome, Planned, Planner, Refusal, StoredDoc, done,
-    invalid,
-};
+use super::plan::{Planned, Planner, done, invalid};
+use super::{EntityDoc, EntityKey, Kind, MetadataState, Outcome, Refusal, StoredDoc};
 
 /// A document is compacted once its saved form exceeds this plus twice its
 /// record's JSON: its history, not its record, is what grew. Right after a
