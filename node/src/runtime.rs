@@ -35,8 +35,9 @@ use crate::error::Result;
 use crate::node::{Local, Node, Seams};
 use crate::secret::Secret;
 
-/// How long in-flight calls may take to finish once a node is told to stop.
-/// Below Kubernetes' default grace period (30 s), so the steps after it run
+/// How long in-flight calls may take to finish once a node is told to stop,
+/// unless `meridian.shutdown_drain_seconds` says otherwise. Below
+/// Kubernetes' default grace period (30 s), so the steps after it run
 /// before a SIGKILL.
 pub const DRAIN_DEADLINE: Duration = Duration::from_secs(20);
 
@@ -77,13 +78,13 @@ impl NodeBuilder {
     /// production, in memory in tests).
     pub fn new(config: Config, master_key: Secret, seams: Seams, store: Arc<dyn Store>) -> Self {
         Self {
+            drain: config.shutdown_drain,
             config,
             master_key,
             seams,
             store,
             peers: Peers::Configured,
             api_addr: None,
-            drain: DRAIN_DEADLINE,
         }
     }
 
@@ -99,7 +100,8 @@ impl NodeBuilder {
         self
     }
 
-    /// How long in-flight calls may take to finish at shutdown.
+    /// How long in-flight calls may take to finish at shutdown (instead of
+    /// the config's).
     pub fn drain_deadline(mut self, drain: Duration) -> Self {
         self.drain = drain;
         self

@@ -90,6 +90,7 @@ const KEYS: &[&str] = &[
     "gossip_interval_ms",
     "enforcement",
     "strict_wait_ms",
+    "shutdown_drain_seconds",
     "max_connections",
     "tls_cert",
     "tls_key",

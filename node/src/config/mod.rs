@@ -54,6 +54,9 @@ pub struct Config {
     /// How long a request under a `strict` limit may wait for rights from
     /// the limit's home region before it is refused (`meridian.strict_wait_ms`).
     pub strict_wait: Duration,
+    /// How long in-flight calls may take to finish once the node is told
+    /// to stop (`meridian.shutdown_drain_seconds`).
+    pub shutdown_drain: Duration,
     /// Environment variables that models added at run time may name in their
     /// credential fields (`meridian.model_env_allowlist`), each with where
     /// it may be sent; none by default.

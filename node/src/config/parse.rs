@@ -135,6 +135,7 @@ impl Config {
             spend_log_retention: crate::spendlog::DEFAULT_RETENTION,
             default_enforcement: Default::default(),
             strict_wait: DEFAULT_STRICT_WAIT,
+            shutdown_drain: crate::runtime::DRAIN_DEADLINE,
             model_env_allowlist: Default::default(),
             http: crate::listener::HttpLimits::default(),
             disable: Disabled::default(),

@@ -316,3 +316,25 @@ fn ids_are_stable_hashes_and_must_be_unique() {
             .contains("`model_list[1].model_info.id`: a unique id")
     );
 }
+
+#[test]
+fn the_shutdown_drain_is_configurable_and_bounded() {
+    let base = "model_list: []\n";
+    assert_eq!(
+        parse(base, &[]).unwrap().shutdown_drain,
+        crate::runtime::DRAIN_DEADLINE
+    );
+    let set = parse(
+        &format!("{base}meridian:\n  shutdown_drain_seconds: 5\n"),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(set.shutdown_drain, std::time::Duration::from_secs(5));
+    let e = parse(
+        &format!("{base}meridian:\n  shutdown_drain_seconds: 4000\n"),
+        &[],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("meridian.shutdown_drain_seconds"), "{e}");
+}
