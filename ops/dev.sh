@@ -53,7 +53,10 @@ ensure_python() {
 
 cmd_run() {
   ensure_build_deps
-  cargo build -p meridian-node --bin meridian
+  # The very build `test` makes (tests included): cargo resolves the
+  # dependencies' features per invocation, so building the binary alone
+  # would compile another variant of it and of the crates it uses.
+  cargo build --workspace --exclude meridian-sim --all-targets
   exec "$TARGET/debug/meridian" serve "$@"
 }
 
