@@ -241,7 +241,7 @@ fn any_chat_answer_becomes_an_anthropic_message_or_an_error() {
         })),
     ];
     check(256, answers, |chat| {
-        if let Ok(msg) = chat_response_to_messages(&chat, "m") {
+        if let Ok(msg) = chat_response_to_messages(&chat, "m", None) {
             prop_assert_eq!(&msg["type"], "message");
         }
         Ok(())

@@ -37,14 +37,14 @@ pub async fn create(
         .map_err(fail)?;
     let deployment = &finished.answered.deployment.id;
     let mut response = match finished.output {
-        Output::Complete { body, cost } => {
+        Output::Complete { body, cost, usage } => {
             let chat: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
                 fail(Error::protocol(
                     deployment,
                     format!("response is not JSON: {e}"),
                 ))
             })?;
-            let message = chat_response_to_messages(&chat, &model)
+            let message = chat_response_to_messages(&chat, &model, Some(usage))
                 .map_err(|reason| fail(Error::protocol(deployment, reason)))?;
             json_response(Bytes::from(message.to_string()), cost)
         }

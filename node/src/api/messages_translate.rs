@@ -9,6 +9,7 @@
 use serde_json::{Map, Value, json};
 
 use crate::error::Error;
+use crate::providers::anthropic::translate::AnthropicUsage;
 use crate::types::{
     ChatMessage, ChatRequest, Content, ContentPart, FunctionCall, FunctionDef, ImageUrl,
     OpenAiUsage, Role, Stop, StreamOptions, Tool, ToolCall, Usage,
@@ -84,7 +85,14 @@ pub fn messages_to_chat(body: Value) -> Result<ChatRequest, Error> {
 
 /// Translates a whole OpenAI `chat.completion` into an Anthropic message object.
 /// `model` is the name the client asked for, which is what Anthropic echoes.
-pub fn chat_response_to_messages(chat: &Value, model: &str) -> Result<Value, String> {
+/// `usage` is the call's usage as the gateway settled it, when it has it:
+/// it keeps what the OpenAI-format body cannot carry (tokens written to the
+/// provider's prompt cache).
+pub fn chat_response_to_messages(
+    chat: &Value,
+    model: &str,
+    usage: Option<Usage>,
+) -> Result<Value, String> {
     let choice = chat
         .get("choices")
         .and_then(Value::as_array)
@@ -131,11 +139,12 @@ pub fn chat_response_to_messages(chat: &Value, model: &str) -> Result<Value, Str
         }));
     }
 
-    let usage = chat
-        .get("usage")
-        .and_then(|u| serde_json::from_value::<OpenAiUsage>(u.clone()).ok())
-        .map(Usage::from)
-        .unwrap_or_default();
+    let usage = usage.unwrap_or_else(|| {
+        chat.get("usage")
+            .and_then(|u| serde_json::from_value::<OpenAiUsage>(u.clone()).ok())
+            .map(Usage::from)
+            .unwrap_or_default()
+    });
     let id = chat.get("id").and_then(Value::as_str).unwrap_or_default();
 
     Ok(json!({
@@ -201,6 +210,13 @@ impl ChunksToEvents {
         }
     }
 
+    /// Takes the usage the gateway read from the provider's own stream (it
+    /// keeps what the OpenAI-format chunk cannot carry: tokens written to the
+    /// prompt cache) over the chunk's.
+    pub fn observe_usage(&mut self, usage: Usage) {
+        self.usage = Some(usage);
+    }
+
     /// Consumes one parsed `chat.completion.chunk`, returning the events it yields.
     pub fn on_chunk(&mut self, chunk: &Value) -> Vec<Event> {
         let mut events = Vec::new();
@@ -255,20 +271,12 @@ impl ChunksToEvents {
         self.close(&mut events);
         self.finished = true;
 
-        let mut usage = Map::new();
-        if let Some(u) = &self.usage {
-            // message_start went out before the upstream counted the prompt; Anthropic's
-            // own message_delta also carries the input counts, and SDKs take them from it.
-            usage.insert(
-                "input_tokens".into(),
-                json!(u.prompt_tokens.saturating_sub(u.cached_tokens)),
-            );
-            usage.insert("cache_read_input_tokens".into(), json!(u.cached_tokens));
-        }
-        usage.insert(
-            "output_tokens".into(),
-            json!(self.usage.map(|u| u.completion_tokens).unwrap_or(0)),
-        );
+        // message_start went out before the upstream counted the prompt; Anthropic's
+        // own message_delta also carries the input counts, and SDKs take them from it.
+        let usage = match &self.usage {
+            Some(u) => AnthropicUsage::from_usage(u).to_json(),
+            None => json!({ "output_tokens": 0 }),
+        };
         events.push((
             "message_delta",
             json!({
@@ -280,7 +288,7 @@ impl ChunksToEvents {
                     ),
                     "stop_sequence": null,
                 },
-                "usage": Value::Object(usage),
+                "usage": usage,
             }),
         ));
         events.push(("message_stop", json!({ "type": "message_stop" })));
@@ -428,11 +436,7 @@ fn stop_reason(finish_reason: Option<&str>, has_tool_calls: bool) -> &'static st
 
 /// Anthropic counts cached tokens apart from `input_tokens`; OpenAI includes them.
 fn anthropic_usage(usage: &Usage) -> Value {
-    json!({
-        "input_tokens": usage.prompt_tokens.saturating_sub(usage.cached_tokens),
-        "output_tokens": usage.completion_tokens,
-        "cache_read_input_tokens": usage.cached_tokens,
-    })
+    AnthropicUsage::from_usage(usage).to_json()
 }
 
 fn optional_bool(body: &Map<String, Value>, key: &str) -> Result<Option<bool>, Error> {
@@ -1117,7 +1121,7 @@ mod tests {
                       "prompt_tokens_details": {"cached_tokens": 60}},
         });
         assert_eq!(
-            chat_response_to_messages(&chat, "claude-alias").unwrap(),
+            chat_response_to_messages(&chat, "claude-alias", None).unwrap(),
             json!({
                 "id": "msg_chatcmpl-9",
                 "type": "message",
@@ -1130,7 +1134,7 @@ mod tests {
                 ],
                 "stop_reason": "tool_use",
                 "stop_sequence": null,
-                "usage": {"input_tokens": 40, "output_tokens": 20, "cache_read_input_tokens": 60},
+                "usage": {"input_tokens": 40, "output_tokens": 20, "cache_read_input_tokens": 60, "cache_creation_input_tokens": 0},
             })
         );
     }
@@ -1148,16 +1152,17 @@ mod tests {
             ("content_filter", "end_turn"),
         ];
         for (finish, expected) in cases {
-            let msg = chat_response_to_messages(&make(finish), "m").unwrap();
+            let msg = chat_response_to_messages(&make(finish), "m", None).unwrap();
             assert_eq!(msg["stop_reason"], json!(expected));
             assert_eq!(msg["id"], json!("msg_x"));
             assert_eq!(msg["content"], json!([]));
             assert_eq!(
                 msg["usage"],
-                json!({"input_tokens": 0, "output_tokens": 0, "cache_read_input_tokens": 0})
+                json!({"input_tokens": 0, "output_tokens": 0, "cache_read_input_tokens": 0, "cache_creation_input_tokens": 0})
             );
         }
-        let err = chat_response_to_messages(&json!({"id": "x", "choices": []}), "m").unwrap_err();
+        let err =
+            chat_response_to_messages(&json!({"id": "x", "choices": []}), "m", None).unwrap_err();
         assert_eq!(err, "chat completion has no choices");
     }
 
@@ -1209,7 +1214,7 @@ mod tests {
             events[5].1,
             json!({"type": "message_delta",
                    "delta": {"stop_reason": "end_turn", "stop_sequence": null},
-                   "usage": {"input_tokens": 20, "cache_read_input_tokens": 10, "output_tokens": 2}})
+                   "usage": {"input_tokens": 20, "cache_read_input_tokens": 10, "cache_creation_input_tokens": 0, "output_tokens": 2}})
         );
         assert_eq!(events[6].1, json!({"type": "message_stop"}));
         for (name, data) in &events {

@@ -65,7 +65,7 @@ async fn run(
         .await
         .map_err(|e| ApiError::new(e, Format::OpenAi).with_request_id(&ctx.request_id))?;
     let mut response = match finished.output {
-        Output::Complete { body, cost } => json_response(body, cost),
+        Output::Complete { body, cost, .. } => json_response(body, cost),
         Output::Stream { chunks, settlement } => {
             openai_stream(chunks, *settlement, wants_usage, ctx.request_id.clone())
         }

@@ -205,10 +205,14 @@ fn named_frames(events: Vec<(&'static str, serde_json::Value)>) -> Vec<Bytes> {
 
 impl Encoder for AnthropicEncoder {
     fn chunk(&mut self, chunk: &Chunk) -> Vec<Bytes> {
-        match serde_json::from_slice::<serde_json::Value>(&chunk.json) {
+        let frames = match serde_json::from_slice::<serde_json::Value>(&chunk.json) {
             Ok(value) => named_frames(self.events.on_chunk(&value)),
             Err(_) => Vec::new(),
+        };
+        if let Some(usage) = chunk.usage {
+            self.events.observe_usage(usage);
         }
+        frames
     }
 
     fn error(&mut self, e: &Error) -> Vec<Bytes> {

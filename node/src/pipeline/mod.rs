@@ -157,8 +157,13 @@ pub struct Finished {
 }
 
 pub enum Output {
-    /// A whole answer, settled, its cost durable on this node.
-    Complete { body: Bytes, cost: Cost },
+    /// A whole answer, settled, its cost durable on this node; `usage` as
+    /// settled (the body's OpenAI format cannot carry all of it).
+    Complete {
+        body: Bytes,
+        cost: Cost,
+        usage: crate::types::Usage,
+    },
     /// A stream of chunks; the settlement bills it when it ends (or is
     /// dropped).
     Stream {
@@ -224,6 +229,7 @@ pub async fn run(
             Output::Complete {
                 body: done.body,
                 cost,
+                usage: done.usage,
             }
         }
         Outcome::Stream(chunks) => Output::Stream {

@@ -236,9 +236,11 @@ pub(crate) fn finish_reason(stop_reason: Option<&str>) -> &'static str {
 
 /// Anthropic's token counters. Kept apart from [`Usage`] because Anthropic counts
 /// cached input separately from `input_tokens`, and streams report the counters in
-/// two events.
+/// two events. Both directions of the mapping are here ([`Self::to_usage`],
+/// [`Self::from_usage`]), for answers from Anthropic and answers to Anthropic
+/// clients alike.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) struct AnthropicUsage {
+pub struct AnthropicUsage {
     pub input_tokens: u64,
     pub output_tokens: u64,
     pub cache_read_input_tokens: u64,
@@ -276,6 +278,29 @@ impl AnthropicUsage {
             cached_tokens: self.cache_read_input_tokens,
             cache_creation_tokens: self.cache_creation_input_tokens,
         }
+    }
+
+    /// The inverse of [`Self::to_usage`]: what an Anthropic client is told.
+    pub fn from_usage(usage: &Usage) -> Self {
+        Self {
+            input_tokens: usage
+                .prompt_tokens
+                .saturating_sub(usage.cached_tokens)
+                .saturating_sub(usage.cache_creation_tokens),
+            output_tokens: usage.completion_tokens,
+            cache_read_input_tokens: usage.cached_tokens,
+            cache_creation_input_tokens: usage.cache_creation_tokens,
+        }
+    }
+
+    /// The `usage` object of an Anthropic message.
+    pub fn to_json(self) -> Value {
+        serde_json::json!({
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "cache_read_input_tokens": self.cache_read_input_tokens,
+            "cache_creation_input_tokens": self.cache_creation_input_tokens,
+        })
     }
 }
 
@@ -536,6 +561,29 @@ fn tool_choice_value(choice: &Value, parallel: Option<bool>) -> Result<Value, Er
 
 #[cfg(test)]
 mod tests {
+
+    proptest::proptest! {
+        /// One mapping, both ways: Anthropic's counters become the gateway's
+        /// usage (what is billed) and come back unchanged for an Anthropic
+        /// client, prompt-cache writes included.
+        #[test]
+        fn anthropic_usage_survives_the_round_trip(
+            input in 0u64..1_000_000_000,
+            output in 0u64..1_000_000_000,
+            read in 0u64..1_000_000_000,
+            written in 0u64..1_000_000_000,
+        ) {
+            let theirs = AnthropicUsage {
+                input_tokens: input,
+                output_tokens: output,
+                cache_read_input_tokens: read,
+                cache_creation_input_tokens: written,
+            };
+            let usage = theirs.to_usage();
+            proptest::prop_assert_eq!(usage.prompt_tokens, input + read + written);
+            proptest::prop_assert_eq!(AnthropicUsage::from_usage(&usage), theirs);
+        }
+    }
     use super::*;
     use crate::types::{FunctionCall, FunctionDef, ImageUrl, Stop, Tool, ToolCall};
 
