@@ -115,11 +115,20 @@ fn existing(node: &Node, token: &str) -> Result<Arc<KeyRecord>> {
         .ok_or_else(|| Error::NotFound("key not found".into()))
 }
 
+/// When a key made at `now` (since the epoch) for `secs` seconds expires, in
+/// whole Unix seconds. Rounded up: expiry is checked in whole seconds, so a
+/// key made late in a second must not lose most of its first one.
+fn expiry(now: std::time::Duration, secs: u64) -> u64 {
+    u64::try_from(now.as_millis().div_ceil(1000))
+        .unwrap_or(u64::MAX)
+        .saturating_add(secs)
+}
+
 fn expires_from(node: &Node, body: &Map<String, Value>) -> Result<Option<Value>> {
     match body.get("duration") {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(d)) => match duration_secs(d) {
-            Some(secs) if secs > 0 => Ok(Some(json!(node.clock.unix_secs().saturating_add(secs)))),
+            Some(secs) if secs > 0 => Ok(Some(json!(expiry(node.clock.since_epoch(), secs)))),
             _ => Err(Error::invalid(
                 format!("duration `{d}` is not a period like 30s, 30m, 30h or 30d"),
                 Some("duration"),
@@ -516,6 +525,16 @@ async fn set_blocked(node: &Node, p: &Principal, body: Value, blocked: bool) -> 
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_key_lives_at_least_as_long_as_asked() {
+        use std::time::Duration;
+        // Made at 100.95 s for 1 s: checked in whole seconds, it must still
+        // be valid at 101.9 s (expired when the clock's second reaches it).
+        let expires = expiry(Duration::from_millis(100_950), 1);
+        assert!(expires > 101, "expires at {expires}: 50 ms of life");
+        assert_eq!(expiry(Duration::from_secs(100), 1), 101);
+    }
     use super::*;
 
     #[test]
