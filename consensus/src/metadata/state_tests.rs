@@ -1,4 +1,9 @@
 //! The applied state's tests: commands, documents, merges between regions.
+//!
+//! Size: over the ~600-line rule, knowingly. It is one thing: the tests of
+//! one state machine. They share its fixtures (regions, tokens, the
+//! `batch`/`update` helpers that ship one region's changes to another).
+//! Split by command, each file would carry a copy of those fixtures.
 
 use super::*;
 use crate::metadata::command::{Command, MergeSummary, RemoteChanges};
