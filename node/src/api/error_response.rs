@@ -189,12 +189,8 @@ impl IntoResponse for ApiError {
         };
         let mut response = (status, axum::Json(body)).into_response();
         let headers = response.headers_mut();
-        if let Error::UpstreamStatus {
-            retry_after: Some(secs),
-            ..
-        } = &self.error
-        {
-            headers.insert(http::header::RETRY_AFTER, HeaderValue::from(*secs));
+        if let Some(secs) = self.error.upstream_retry_after() {
+            headers.insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
         }
         if let Error::NoDeployments {
             retry_after: Some(d),
