@@ -45,18 +45,11 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
 use crate::Error;
+use crate::fixtures::{
+    ANTHROPIC_MESSAGES, ANTHROPIC_STREAM, ANTHROPIC_TOOL_USE, OPENAI_CHAT, OPENAI_CHAT_STREAM,
+    OPENAI_CHAT_TOOL, OPENAI_COMPLETION, OPENAI_COMPLETION_STREAM, OPENAI_EMBEDDINGS,
+};
 use crate::seeded;
-
-const OPENAI_CHAT: &str = include_str!("../../fixtures/openai/chat.json");
-const OPENAI_CHAT_TOOL: &str = include_str!("../../fixtures/openai/chat_tool_call.json");
-const OPENAI_CHAT_STREAM: &str = include_str!("../../fixtures/openai/chat_stream.jsonl");
-const OPENAI_COMPLETION: &str = include_str!("../../fixtures/openai/completion.json");
-const OPENAI_COMPLETION_STREAM: &str =
-    include_str!("../../fixtures/openai/completion_stream.jsonl");
-const OPENAI_EMBEDDINGS: &str = include_str!("../../fixtures/openai/embeddings.json");
-const ANTHROPIC_MESSAGES: &str = include_str!("../../fixtures/anthropic/messages.json");
-const ANTHROPIC_TOOL_USE: &str = include_str!("../../fixtures/anthropic/messages_tool_use.json");
-const ANTHROPIC_STREAM: &str = include_str!("../../fixtures/anthropic/messages_stream.jsonl");
 
 /// Most output tokens [`UpstreamOptions::output_tokens`] accepts: every answer
 /// is held in memory, and a load test wants realistic answers, not huge ones.

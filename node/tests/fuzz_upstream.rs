@@ -20,6 +20,7 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use fuzz_support::{Reply, arb_json, arb_mutated, assert_clean, check, post, runtime, send};
 use http::{HeaderMap, HeaderValue, StatusCode};
+use meridian_loadtest::fixtures;
 use meridian_node::clock::{Clock, SeededRng};
 use meridian_node::config;
 use meridian_node::node::{Node, Seams};
@@ -166,17 +167,13 @@ fn request_body(r: &Route) -> String {
 /// the stream's events as (`event:` name, data).
 fn recorded(r: &Route) -> Vec<(Option<String>, Value)> {
     let text = match (r.upstream, r.stream, r.path) {
-        (Format::Anthropic, false, _) => include_str!("../../fixtures/anthropic/messages.json"),
-        (Format::Anthropic, true, _) => {
-            include_str!("../../fixtures/anthropic/messages_stream.jsonl")
-        }
-        (_, false, "/v1/embeddings") => include_str!("../../fixtures/openai/embeddings.json"),
-        (_, false, "/v1/completions") => include_str!("../../fixtures/openai/completion.json"),
-        (_, false, _) => include_str!("../../fixtures/openai/chat.json"),
-        (_, true, "/v1/completions") => {
-            include_str!("../../fixtures/openai/completion_stream.jsonl")
-        }
-        (_, true, _) => include_str!("../../fixtures/openai/chat_stream.jsonl"),
+        (Format::Anthropic, false, _) => fixtures::ANTHROPIC_MESSAGES,
+        (Format::Anthropic, true, _) => fixtures::ANTHROPIC_STREAM,
+        (_, false, "/v1/embeddings") => fixtures::OPENAI_EMBEDDINGS,
+        (_, false, "/v1/completions") => fixtures::OPENAI_COMPLETION,
+        (_, false, _) => fixtures::OPENAI_CHAT,
+        (_, true, "/v1/completions") => fixtures::OPENAI_COMPLETION_STREAM,
+        (_, true, _) => fixtures::OPENAI_CHAT_STREAM,
     };
     text.lines()
         .map(|l| serde_json::from_str::<Value>(l).unwrap())
@@ -428,8 +425,7 @@ fn recorded_answers_split_anywhere_give_the_same_answer() {
 
 /// The recorded OpenAI chat answer, reporting `usage`.
 fn chat_answer(usage: Value) -> Canned {
-    let mut body: Value =
-        serde_json::from_str(include_str!("../../fixtures/openai/chat.json")).unwrap();
+    let mut body: Value = serde_json::from_str(fixtures::OPENAI_CHAT).unwrap();
     body["usage"] = usage;
     Canned {
         status: 200,
