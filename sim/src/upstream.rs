@@ -1,8 +1,10 @@
 //! The world's LLM provider: an OpenAI-compatible chat endpoint on a simulated
-//! host, whose errors and slowness the fault schedule switches on and off.
+//! host, whose errors and slowness the fault schedule switches on and off. It
+//! answers with the recorded chat answer every fake upstream shares
+//! (`fixtures/openai/chat.json`), reporting its own usage.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use axum::Json;
@@ -12,8 +14,30 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 /// Tokens every answer reports (so every served request costs the same).
+/// They replace the fixture's usage: the worlds' budgets and the checkers'
+/// bounds are calibrated to the cost of these counts.
 pub const PROMPT_TOKENS: u64 = 10;
 pub const COMPLETION_TOKENS: u64 = 20;
+
+/// The shared fixture, parsed once. It is compiled in; one that did not
+/// parse would be answered as an object of the fields set below only.
+static CHAT: LazyLock<Value> = LazyLock::new(|| {
+    serde_json::from_str(include_str!("../../fixtures/openai/chat.json")).unwrap_or_default()
+});
+
+/// The `n`-th answer for `model`: the fixture with its own id, the model
+/// asked for, and the world's usage.
+fn answer(n: u64, model: Value) -> Value {
+    let mut body = CHAT.clone();
+    body["id"] = json!(format!("chatcmpl-sim-{n}"));
+    body["model"] = model;
+    body["usage"] = json!({
+        "prompt_tokens": PROMPT_TOKENS,
+        "completion_tokens": COMPLETION_TOKENS,
+        "total_tokens": PROMPT_TOKENS + COMPLETION_TOKENS,
+    });
+    body
+}
 
 /// What the provider is doing wrong right now.
 #[derive(Clone, Copy, Debug, Default)]
@@ -81,13 +105,25 @@ async fn chat(State(provider): State<Arc<Provider>>, Json(body): Json<Value>) ->
         return (StatusCode::INTERNAL_SERVER_ERROR, Json(error)).into_response();
     }
     let model = body.get("model").cloned().unwrap_or(Value::Null);
-    Json(json!({
-        "id": format!("chatcmpl-sim-{n}"),
-        "object": "chat.completion",
-        "created": 1_800_000_000u64,
-        "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": COMPLETION_TOKENS, "total_tokens": PROMPT_TOKENS + COMPLETION_TOKENS}
-    }))
-    .into_response()
+    Json(answer(n, model)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_are_the_fixture_with_the_worlds_usage() {
+        let body = answer(3, json!("gpt-sim"));
+        assert_eq!(body["object"], "chat.completion");
+        assert_eq!(
+            body["choices"][0]["message"]["content"],
+            "Hello from the fake upstream."
+        );
+        assert_eq!(body["id"], "chatcmpl-sim-3");
+        assert_eq!(body["model"], "gpt-sim");
+        assert_eq!(body["usage"]["prompt_tokens"], 10);
+        assert_eq!(body["usage"]["completion_tokens"], 20);
+        assert_eq!(body["usage"]["total_tokens"], 30);
+    }
 }
