@@ -100,13 +100,6 @@ impl NodeBuilder {
         self
     }
 
-    /// How long in-flight calls may take to finish at shutdown (instead of
-    /// the config's).
-    pub fn drain_deadline(mut self, drain: Duration) -> Self {
-        self.drain = drain;
-        self
-    }
-
     /// Opens the node's state, joins (or forms) its region, and starts its
     /// background tasks.
     pub async fn start(self) -> Result<Running> {
