@@ -28,12 +28,12 @@ pub struct Cost(pub u128);
 
 impl fmt::Display for Cost {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        const SCALE: u128 = 1_000_000_000_000;
-        let whole = self.0 / SCALE;
-        let frac = self.0 % SCALE;
+        let whole = self.0 / PICO_PER_USD;
+        let frac = self.0 % PICO_PER_USD;
         if frac == 0 {
             return write!(f, "{whole}");
         }
+        // Twelve digits: a picodollar is 10⁻¹² USD.
         let digits = format!("{frac:012}");
         write!(f, "{whole}.{}", digits.trim_end_matches('0'))
     }
