@@ -15,7 +15,9 @@ use crate::config::{Deployment, HealthChecks, Mode};
 use crate::node::Node;
 use crate::providers::CallContext;
 use crate::router::Member;
-use crate::types::{ChatMessage, ChatRequest, CompletionRequest, EmbeddingsRequest, Prompt, Role};
+use crate::wire::openai::{
+    ChatMessage, ChatRequest, CompletionRequest, EmbeddingsRequest, Prompt, Role,
+};
 
 /// Upper bound on one deployment's health probe.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(30);

@@ -31,5 +31,5 @@ pub mod spend_rpc;
 pub mod spendlog;
 pub mod sse;
 pub mod tags;
-pub mod types;
 pub mod upstream;
+pub mod wire;

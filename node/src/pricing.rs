@@ -4,7 +4,7 @@
 
 use std::fmt;
 
-use crate::types::Usage;
+use crate::wire::openai::Usage;
 
 /// USD 10⁻¹² per token.
 pub type PicoUsd = u64;

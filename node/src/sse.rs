@@ -91,9 +91,7 @@ fn parse_event(raw: &[u8]) -> Result<Option<SseEvent>, String> {
 /// `data: <json>\n\n`
 pub fn data_frame(json: &[u8]) -> Bytes {
     let mut out = BytesMut::with_capacity(json.len() + 8);
-    out.extend_from_slice(b"data: ");
-    out.extend_from_slice(json);
-    out.extend_from_slice(b"\n\n");
+    data_lines(&mut out, json);
     out.freeze()
 }
 
@@ -102,10 +100,21 @@ pub fn named_frame(event: &str, json: &[u8]) -> Bytes {
     let mut out = BytesMut::with_capacity(json.len() + event.len() + 16);
     out.extend_from_slice(b"event: ");
     out.extend_from_slice(event.as_bytes());
-    out.extend_from_slice(b"\ndata: ");
-    out.extend_from_slice(json);
-    out.extend_from_slice(b"\n\n");
+    out.extend_from_slice(b"\n");
+    data_lines(&mut out, json);
     out.freeze()
+}
+
+/// The `data:` lines of one event, then its blank line. Data relayed from
+/// an upstream may span lines (SSE joins them with `\n`); each goes out as
+/// its own `data:` line so the client decodes the same data.
+fn data_lines(out: &mut BytesMut, data: &[u8]) {
+    for line in data.split(|&b| b == b'\n') {
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(line);
+        out.extend_from_slice(b"\n");
+    }
+    out.extend_from_slice(b"\n");
 }
 
 pub const DONE_FRAME: &[u8] = b"data: [DONE]\n\n";

@@ -10,12 +10,12 @@
 mod fuzz_support;
 
 use fuzz_support::{arb_json, arb_mutated, arb_number, check};
-use meridian_node::api::messages_translate::{
-    ChunksToEvents, chat_response_to_messages, messages_to_chat,
-};
-use meridian_node::providers::anthropic::stream::EventsToChunks;
-use meridian_node::providers::anthropic::translate::{chat_to_messages, messages_response_to_chat};
-use meridian_node::types::ChatRequest;
+use meridian_node::error::Error;
+use meridian_node::wire::anthropic::read_request::messages_to_chat as read_map;
+use meridian_node::wire::anthropic::stream::{ChunksToEvents, EventsToChunks};
+use meridian_node::wire::anthropic::write_request::chat_to_messages;
+use meridian_node::wire::anthropic::{Message, StreamEvent, response};
+use meridian_node::wire::openai::{ChatChunk, ChatCompletion, ChatRequest, Usage};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
@@ -128,6 +128,41 @@ fn valid_request() -> impl Strategy<Value = Value> {
         )
 }
 
+/// The edge's reading of a body: an object, read into a chat request.
+fn messages_to_chat(body: Value) -> Result<ChatRequest, Error> {
+    match body {
+        Value::Object(map) => read_map(&map),
+        _ => Err(Error::invalid("request body must be a JSON object", None)),
+    }
+}
+
+/// An Anthropic answer as the adapter reads it: typed, then translated.
+fn messages_response_to_chat(resp: &Value) -> Result<(Value, Usage), String> {
+    let message: Message = serde_json::from_value(resp.clone()).map_err(|e| e.to_string())?;
+    let (chat, usage) = response::to_chat(message, "m", 1)?;
+    Ok((
+        serde_json::to_value(chat).map_err(|e| e.to_string())?,
+        usage,
+    ))
+}
+
+fn chat_response_to_messages(chat: &Value) -> Result<Value, String> {
+    let chat: ChatCompletion = serde_json::from_value(chat.clone()).map_err(|e| e.to_string())?;
+    let message = response::from_chat(chat, "m", None)?;
+    serde_json::to_value(message).map_err(|e| e.to_string())
+}
+
+/// An event as the adapter reads it: its data typed by `type` (the SSE
+/// name stands in when the data names none); `None` when it does not parse
+/// (the stream then ends with a protocol error).
+fn event_of(name: &str, data: &Value) -> Option<StreamEvent> {
+    let mut data = data.clone();
+    if let Value::Object(map) = &mut data {
+        map.entry("type").or_insert_with(|| Value::from(name));
+    }
+    serde_json::from_value(data).ok()
+}
+
 #[test]
 fn valid_anthropic_requests_translate_and_always_the_same_way() {
     check(256, valid_request(), |body| {
@@ -224,7 +259,7 @@ fn anthropic_answer() -> impl Strategy<Value = Value> {
 #[test]
 fn any_anthropic_answer_becomes_a_chat_completion_or_an_error() {
     check(256, anthropic_answer(), |resp| {
-        if let Ok((chat, _)) = messages_response_to_chat(&resp, "m", 1) {
+        if let Ok((chat, _)) = messages_response_to_chat(&resp) {
             prop_assert!(chat.pointer("/choices/0/message").is_some(), "{chat}");
         }
         Ok(())
@@ -241,7 +276,7 @@ fn any_chat_answer_becomes_an_anthropic_message_or_an_error() {
         })),
     ];
     check(256, answers, |chat| {
-        if let Ok(msg) = chat_response_to_messages(&chat, "m", None) {
+        if let Ok(msg) = chat_response_to_messages(&chat) {
             prop_assert_eq!(&msg["type"], "message");
         }
         Ok(())
@@ -283,8 +318,15 @@ fn any_anthropic_event_sequence_becomes_chunks_or_an_error() {
         |events| {
             let mut s = EventsToChunks::new("m", 1);
             for (name, data) in &events {
-                match s.on_event(name, data) {
-                    Ok(chunks) => prop_assert!(chunks.iter().all(Value::is_object)),
+                let Some(event) = event_of(name, data) else {
+                    break;
+                };
+                match s.on_event(&event) {
+                    Ok(chunks) => prop_assert!(
+                        chunks
+                            .iter()
+                            .all(|c| serde_json::to_value(c).is_ok_and(|v| v.is_object()))
+                    ),
                     Err(_) => break,
                 }
             }
@@ -316,10 +358,20 @@ fn any_chat_chunks_become_a_well_formed_anthropic_stream() {
     check(256, prop::collection::vec(chat_chunk(), 0..10), |chunks| {
         let mut t = ChunksToEvents::new("m", "msg_1");
         let mut events = Vec::new();
+        let as_json = |events: Vec<StreamEvent>| -> Vec<(&'static str, Value)> {
+            events
+                .into_iter()
+                .map(|e| (e.name(), serde_json::to_value(&e).unwrap_or_default()))
+                .collect()
+        };
         for c in &chunks {
-            events.extend(t.on_chunk(c));
+            // A chunk that does not parse ends the stream upstream of here.
+            let Ok(chunk) = serde_json::from_value::<ChatChunk>(c.clone()) else {
+                break;
+            };
+            events.extend(as_json(t.on_chunk(&chunk)));
         }
-        events.extend(t.finish());
+        events.extend(as_json(t.finish()));
         prop_assert!(t.finish().is_empty(), "a second finish adds nothing");
         let names: Vec<&str> = events.iter().map(|(n, _)| *n).collect();
         prop_assert_eq!(names.first(), Some(&"message_start"));
@@ -356,7 +408,7 @@ fn any_chat_chunks_become_a_well_formed_anthropic_stream() {
 /// Found by `any_anthropic_answer_…` and `any_anthropic_event_sequence_…`
 /// before their counters were bounded: Anthropic's input counters are
 /// summed unchecked (`AnthropicUsage::to_usage`,
-/// node/src/providers/anthropic/translate.rs:270), so an answer or a stream
+/// node/src/wire/anthropic/mod.rs), so an answer or a stream
 /// whose `input_tokens` and `cache_read_input_tokens` add past u64::MAX
 /// panics in debug builds and wraps the billed prompt tokens in release
 /// builds. End to end: `fuzz_upstream`'s
@@ -365,9 +417,11 @@ fn any_chat_chunks_become_a_well_formed_anthropic_stream() {
 fn anthropic_usage_counters_near_u64_max() {
     let usage = json!({ "input_tokens": u64::MAX, "cache_read_input_tokens": 1 });
     let answer = json!({ "id": "msg_1", "content": [], "usage": usage });
-    let _ = messages_response_to_chat(&answer, "m", 1);
+    let _ = messages_response_to_chat(&answer);
     let mut stream = EventsToChunks::new("m", 1);
     let start = json!({ "message": { "id": "msg_1", "usage": usage } });
-    let _ = stream.on_event("message_start", &start);
+    if let Some(event) = event_of("message_start", &start) {
+        let _ = stream.on_event(&event);
+    }
     let _ = stream.usage_chunk();
 }

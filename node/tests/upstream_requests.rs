@@ -297,6 +297,87 @@ async fn the_anthropic_endpoint_reaches_openai_upstreams_and_back() {
     );
 }
 
+/// Same format, same body: an Anthropic client on an Anthropic deployment
+/// has its body passed through with only `model` changed (and the
+/// gateway's own fields taken out), so fields the chat format has no place
+/// for reach the provider; the answer and the stream come back as the
+/// upstream sent them, billed from the usage they report.
+#[tokio::test]
+async fn anthropic_clients_on_anthropic_deployments_pass_through() {
+    let fake = FakeUpstream::start(true).await.unwrap();
+    let gw = start_yaml(&format!(
+        "model_list:\n  - model_name: claude\n    litellm_params: {{model: anthropic/claude-3-5-sonnet-20241022, api_base: {}, api_key: sk-ant-upstream}}\n  - model_name: gpt\n    litellm_params: {{model: openai/gpt-4o, api_base: {}/v1}}\n",
+        fake.base_url(),
+        fake.base_url()
+    ))
+    .await;
+    let body = json!({
+        "model": "claude", "max_tokens": 64, "top_k": 5,
+        "thinking": { "type": "enabled", "budget_tokens": 1024 },
+        "system": [{ "type": "text", "text": "Be terse.", "cache_control": { "type": "ephemeral" } }],
+        "messages": [{ "role": "user", "content": [
+            { "type": "text", "text": "hi", "citations": null },
+            { "type": "search_result", "source": "s", "title": "t", "content": [] } ] }],
+        "service_tier": "auto",
+    });
+    let mut tagged = body.clone();
+    tagged["tags"] = json!(["eng"]);
+    let r = gw.post("/v1/messages", tagged).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let up = one(&fake);
+    assert_eq!(up.path, "/v1/messages");
+    let mut expected = body.clone();
+    expected["model"] = json!("claude-3-5-sonnet-20241022");
+    assert_eq!(up.body, expected, "only the model changes");
+    let fixture: Value =
+        serde_json::from_str(include_str!("../../fixtures/anthropic/messages.json")).unwrap();
+    assert_eq!(r.json(), fixture, "the answer comes back as sent");
+    // 12 input + 7 output tokens at claude-3-5-sonnet's built-in price.
+    assert_eq!(
+        r.headers
+            .get("x-meridian-response-cost")
+            .and_then(|v| v.to_str().ok()),
+        Some("0.000141")
+    );
+
+    let mut stream = body.clone();
+    stream["stream"] = json!(true);
+    let r = gw.post("/v1/messages", stream.clone()).await;
+    assert_eq!(r.status, 200);
+    let mut expected = stream;
+    expected["model"] = json!("claude-3-5-sonnet-20241022");
+    assert_eq!(one(&fake).body, expected);
+    let events: Vec<Value> = include_str!("../../fixtures/anthropic/messages_stream.jsonl")
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let relayed: Vec<Value> = r
+        .text
+        .split("\n\n")
+        .filter_map(|frame| {
+            let event = frame.strip_prefix("event: ")?;
+            let (name, data) = event.split_once("\ndata: ")?;
+            Some(json!({ "event": name, "data": serde_json::from_str::<Value>(data).ok()? }))
+        })
+        .collect();
+    assert_eq!(relayed, events, "every event relayed as sent, in order");
+
+    // A block the chat format has no place for: another provider refuses
+    // it, naming it, and is never called.
+    let mut elsewhere = body.clone();
+    elsewhere["model"] = json!("gpt");
+    let r = gw.post("/v1/messages", elsewhere).await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert!(
+        r.text
+            .contains("content block type `search_result` is not supported"),
+        "{}",
+        r.text
+    );
+    assert!(fake.take_requests().is_empty());
+}
+
 /// The gateway relays each event as it arrives: with the upstream holding its
 /// stream half-way, the client already has the first events. A gateway that
 /// buffered the stream would hand over nothing until the upstream finished.

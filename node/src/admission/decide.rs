@@ -17,7 +17,7 @@ use crate::config::Deployment;
 use crate::error::{Error, Result};
 use crate::pricing::Cost;
 use crate::rights::{self, Ask};
-use crate::types::Usage;
+use crate::wire::openai::Usage;
 
 pub(super) enum Step {
     /// Reserved. Under `strict` limits: the change to make durable before

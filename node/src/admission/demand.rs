@@ -54,7 +54,7 @@ fn choices(extra: &serde_json::Map<String, serde_json::Value>, fields: &[&str]) 
 }
 
 impl Demand {
-    pub fn for_chat(req: &crate::types::ChatRequest) -> Self {
+    pub fn for_chat(req: &crate::wire::openai::ChatRequest) -> Self {
         let text: usize = req
             .messages
             .iter()
@@ -71,10 +71,10 @@ impl Demand {
         }
     }
 
-    pub fn for_completion(req: &crate::types::CompletionRequest) -> Self {
+    pub fn for_completion(req: &crate::wire::openai::CompletionRequest) -> Self {
         let (text, n) = match &req.prompt {
-            crate::types::Prompt::One(p) => (p.len(), 1),
-            crate::types::Prompt::Many(ps) => (ps.iter().map(String::len).sum(), ps.len()),
+            crate::wire::openai::Prompt::One(p) => (p.len(), 1),
+            crate::wire::openai::Prompt::Many(ps) => (ps.iter().map(String::len).sum(), ps.len()),
         };
         Self {
             customer: req.user.clone(),
@@ -87,7 +87,7 @@ impl Demand {
         }
     }
 
-    pub fn for_embeddings(req: &crate::types::EmbeddingsRequest) -> Self {
+    pub fn for_embeddings(req: &crate::wire::openai::EmbeddingsRequest) -> Self {
         let text = match &req.input {
             serde_json::Value::String(s) => s.len(),
             serde_json::Value::Array(items) => items

@@ -8,7 +8,7 @@ use meridian_replication::{Counters, Ticket, Txn};
 
 use super::refusal::Headroom;
 use crate::pricing::Cost;
-use crate::types::Usage;
+use crate::wire::openai::Usage;
 
 /// What a request holds on the counters until it settles.
 pub struct Reservation {

@@ -14,7 +14,7 @@ use crate::auth::{Caller, Principal};
 use crate::config::Deployment;
 use crate::error::Error;
 use crate::pricing::{Cost, Price};
-use crate::types::Usage;
+use crate::wire::openai::Usage;
 
 const TOKEN: &str = "5d41402abc4b2a76b9719d911017c592aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
 const NOW_MS: u64 = 1_800_000_000_000;

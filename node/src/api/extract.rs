@@ -270,7 +270,7 @@ mod tests {
     }
 
     use super::*;
-    use crate::types::ChatRequest;
+    use crate::wire::openai::ChatRequest;
 
     fn param_of(body: &str) -> (Option<String>, String) {
         match parse_json::<ChatRequest>(body.as_bytes()) {

@@ -6,7 +6,6 @@ mod error_response;
 pub(crate) mod extract;
 mod health;
 mod messages;
-pub mod messages_translate;
 mod openai;
 mod respond;
 

@@ -14,7 +14,7 @@ use super::extract::{Auth, Ctx, JsonBody};
 use super::respond::{answer_headers, json_response, openai_stream};
 use crate::node::Node;
 use crate::pipeline::{self, Operation, Output, RequestCtx};
-use crate::types::{ChatRequest, CompletionRequest, EmbeddingsRequest};
+use crate::wire::openai::{ChatRequest, CompletionRequest, EmbeddingsRequest};
 
 pub async fn chat(
     State(node): State<Arc<Node>>,

@@ -14,7 +14,6 @@ use http_body::Frame;
 use http_body_util::StreamBody;
 
 use super::error_response::{anthropic_body, openai_body};
-use super::messages_translate::ChunksToEvents;
 use crate::config::Deployment;
 use crate::error::Error;
 use crate::node::Node;
@@ -22,6 +21,8 @@ use crate::pipeline::{Answered, RequestCtx, Settlement};
 use crate::pricing::Cost;
 use crate::providers::{Chunk, ChunkStream};
 use crate::sse;
+use crate::wire::anthropic::StreamEvent;
+use crate::wire::anthropic::stream::ChunksToEvents;
 
 pub const COST_HEADER: &str = "x-meridian-response-cost";
 
@@ -135,7 +136,7 @@ fn relay(chunks: ChunkStream, settlement: Settlement, encoder: impl Encoder) -> 
             }
             let (frames, cost) = match s.chunks.next().await {
                 Some(Ok(chunk)) => {
-                    if let Some(usage) = chunk.usage {
+                    if let Some(usage) = chunk.usage() {
                         s.settlement.observe(usage);
                     }
                     (s.encoder.chunk(&chunk), None)
@@ -171,10 +172,12 @@ struct OpenAiEncoder {
 
 impl Encoder for OpenAiEncoder {
     fn chunk(&mut self, chunk: &Chunk) -> Vec<Bytes> {
-        if chunk.usage_only && !self.wants_usage {
-            return Vec::new();
+        match chunk {
+            Chunk::OpenAi { .. } if chunk.usage_only() && !self.wants_usage => Vec::new(),
+            Chunk::OpenAi { json, .. } => vec![sse::data_frame(json)],
+            // An OpenAI operation is never answered in Anthropic's format.
+            Chunk::Anthropic { .. } => Vec::new(),
         }
-        vec![sse::data_frame(&chunk.json)]
     }
 
     fn error(&mut self, e: &Error) -> Vec<Bytes> {
@@ -190,29 +193,42 @@ impl Encoder for OpenAiEncoder {
     }
 }
 
-/// Anthropic's format, translated from OpenAI chunks as they arrive.
+/// Anthropic's format: events passed through from an Anthropic deployment
+/// as they came, or translated from another provider's OpenAI chunks as
+/// they arrive.
 struct AnthropicEncoder {
     events: ChunksToEvents,
+    /// Whether the stream is an Anthropic deployment's own (it closed
+    /// itself); otherwise the translation closes it.
+    passed_through: bool,
     request_id: String,
 }
 
-fn named_frames(events: Vec<(&'static str, serde_json::Value)>) -> Vec<Bytes> {
+fn event_frames(events: Vec<StreamEvent>) -> Vec<Bytes> {
     events
         .into_iter()
-        .map(|(name, data)| sse::named_frame(name, data.to_string().as_bytes()))
+        .filter_map(|event| {
+            let data = serde_json::to_vec(&event).ok()?;
+            Some(sse::named_frame(event.name(), &data))
+        })
         .collect()
 }
 
 impl Encoder for AnthropicEncoder {
     fn chunk(&mut self, chunk: &Chunk) -> Vec<Bytes> {
-        let frames = match serde_json::from_slice::<serde_json::Value>(&chunk.json) {
-            Ok(value) => named_frames(self.events.on_chunk(&value)),
-            Err(_) => Vec::new(),
-        };
-        if let Some(usage) = chunk.usage {
-            self.events.observe_usage(usage);
+        match chunk {
+            Chunk::Anthropic { name, json, .. } => {
+                self.passed_through = true;
+                vec![sse::named_frame(name, json)]
+            }
+            Chunk::OpenAi { parsed, usage, .. } => {
+                let frames = event_frames(self.events.on_chunk(parsed));
+                if let Some(usage) = usage {
+                    self.events.observe_usage(*usage);
+                }
+                frames
+            }
         }
-        frames
     }
 
     fn error(&mut self, e: &Error) -> Vec<Bytes> {
@@ -221,7 +237,11 @@ impl Encoder for AnthropicEncoder {
     }
 
     fn end(&mut self, _cost: Cost) -> Vec<Bytes> {
-        named_frames(self.events.finish())
+        if self.passed_through {
+            Vec::new()
+        } else {
+            event_frames(self.events.finish())
+        }
     }
 }
 
@@ -248,7 +268,15 @@ pub fn anthropic_stream(
     request_id: String,
 ) -> Response {
     let events = ChunksToEvents::new(model, &format!("msg_{request_id}"));
-    relay(chunks, settlement, AnthropicEncoder { events, request_id })
+    relay(
+        chunks,
+        settlement,
+        AnthropicEncoder {
+            events,
+            passed_through: false,
+            request_id,
+        },
+    )
 }
 
 /// Sets the rate-limit and `x-meridian-*` headers of an answer.

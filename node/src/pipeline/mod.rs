@@ -39,7 +39,8 @@ use crate::error::Result;
 use crate::node::Node;
 use crate::pricing::Cost;
 use crate::providers::{CallContext, ChunkStream, Outcome, Provider};
-use crate::types::{ChatRequest, CompletionRequest, EmbeddingsRequest};
+use crate::wire::anthropic::read_request::MessagesRequest;
+use crate::wire::openai::{ChatRequest, CompletionRequest, EmbeddingsRequest};
 
 /// Per-request facts the stages share.
 pub struct RequestCtx {
@@ -51,9 +52,13 @@ pub struct RequestCtx {
     pub tags: Vec<String>,
 }
 
-/// What a request asks for, decoded. (`/v1/messages` arrives as a chat.)
+/// What a request asks for, decoded. The answer comes back in the same
+/// format.
 pub enum Operation {
     Chat(ChatRequest),
+    /// Anthropic's Messages API (`/v1/messages`): routed and admitted as
+    /// the chat it reads as; an Anthropic deployment gets the body itself.
+    Messages(Box<MessagesRequest>),
     Completion(CompletionRequest),
     Embeddings(EmbeddingsRequest),
 }
@@ -63,6 +68,7 @@ impl Operation {
     pub fn model(&self) -> &str {
         match self {
             Operation::Chat(r) => &r.model,
+            Operation::Messages(r) => &r.chat.model,
             Operation::Completion(r) => &r.model,
             Operation::Embeddings(r) => &r.model,
         }
@@ -72,6 +78,7 @@ impl Operation {
     fn demand(&self) -> Demand {
         match self {
             Operation::Chat(r) => Demand::for_chat(r),
+            Operation::Messages(r) => Demand::for_chat(&r.chat),
             Operation::Completion(r) => Demand::for_completion(r),
             Operation::Embeddings(r) => Demand::for_embeddings(r),
         }
@@ -82,6 +89,7 @@ impl Operation {
     fn take_routing(&mut self, header_tags: &[String]) -> Result<Routing> {
         let extra = match self {
             Operation::Chat(r) => &mut r.extra,
+            Operation::Messages(r) => &mut r.body,
             Operation::Completion(r) => &mut r.extra,
             Operation::Embeddings(r) => &mut r.extra,
         };
@@ -104,6 +112,8 @@ impl Operation {
                 }
                 provider.chat(cx, req)
             }
+            // `max_tokens` is required in the Messages API: never uncapped.
+            Operation::Messages(r) => provider.messages(cx, r),
             Operation::Completion(r) => {
                 let mut req = r.clone();
                 if req.max_tokens.is_none()
@@ -157,14 +167,15 @@ pub struct Finished {
 }
 
 pub enum Output {
-    /// A whole answer, settled, its cost durable on this node; `usage` as
-    /// settled (the body's OpenAI format cannot carry all of it).
+    /// A whole answer in the operation's format, settled, its cost durable
+    /// on this node; `usage` as settled.
     Complete {
         body: Bytes,
         cost: Cost,
-        usage: crate::types::Usage,
+        usage: crate::wire::openai::Usage,
     },
-    /// A stream of chunks; the settlement bills it when it ends (or is
+    /// A stream of chunks (a Messages stream may carry OpenAI chunks, for
+    /// the edge to translate); the settlement bills it when it ends (or is
     /// dropped).
     Stream {
         chunks: ChunkStream,
@@ -182,8 +193,9 @@ pub struct Answered {
 }
 
 /// Runs one request through the stages. `routing` is given when the edge
-/// took the routing fields from a body it then translated (`/v1/messages`);
-/// otherwise they are taken from the operation's body here.
+/// took the routing fields from a body before reading it
+/// (`/v1/messages`); otherwise they are taken from the operation's body
+/// here.
 pub async fn run(
     node: &Node,
     ctx: &RequestCtx,

@@ -13,7 +13,7 @@ use crate::admission::Reservation;
 use crate::config::Deployment;
 use crate::node::Node;
 use crate::pricing::Cost;
-use crate::types::Usage;
+use crate::wire::openai::Usage;
 
 use super::RequestCtx;
 use super::call::Attempt;

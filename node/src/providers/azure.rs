@@ -9,7 +9,7 @@ use super::openai::{chat, completion, embeddings, json_headers, secret_header};
 use super::{CallContext, Completed, Outcome, Provider};
 use crate::config::Deployment;
 use crate::error::Result;
-use crate::types::{ChatRequest, CompletionRequest, EmbeddingsRequest};
+use crate::wire::openai::{ChatRequest, CompletionRequest, EmbeddingsRequest};
 
 pub struct Azure;
 

@@ -25,7 +25,7 @@ use sha2::{Digest, Sha256};
 use super::{CallContext, Chunk, Completed, Outcome, Provider, estimate_tokens};
 use crate::config::Deployment;
 use crate::error::{Error, Result};
-use crate::types::{ChatRequest, CompletionRequest, EmbeddingsRequest, Prompt, Role, Usage};
+use crate::wire::openai::{ChatRequest, CompletionRequest, EmbeddingsRequest, Prompt, Role, Usage};
 
 pub struct Mock;
 
@@ -194,6 +194,16 @@ fn to_bytes(v: &Value) -> Bytes {
     Bytes::from(v.to_string())
 }
 
+/// A stream chunk the mock made: its bytes, and the same chunk parsed.
+fn chunk_of(v: Value, usage: Option<Usage>) -> Chunk {
+    let parsed = serde_json::from_value(v.clone()).unwrap_or_default();
+    Chunk::OpenAi {
+        json: to_bytes(&v),
+        parsed: Box::new(parsed),
+        usage,
+    }
+}
+
 impl Provider for Mock {
     fn chat<'a>(&'a self, cx: CallContext<'a>, req: ChatRequest) -> BoxFuture<'a, Result<Outcome>> {
         Box::pin(async move {
@@ -225,13 +235,14 @@ impl Provider for Mock {
                     usage: a.usage,
                 }));
             }
-            let chunk = |delta: Value, finish: Option<&str>| Chunk {
-                json: to_bytes(&json!({
-                    "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-                    "choices": [{ "index": 0, "delta": delta, "logprobs": null, "finish_reason": finish }],
-                })),
-                usage: None,
-                usage_only: false,
+            let chunk = |delta: Value, finish: Option<&str>| {
+                chunk_of(
+                    json!({
+                        "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+                        "choices": [{ "index": 0, "delta": delta, "logprobs": null, "finish_reason": finish }],
+                    }),
+                    None,
+                )
             };
             let mut chunks = vec![chunk(json!({ "role": "assistant", "content": "" }), None)];
             if let Some(text) = &a.text {
@@ -252,14 +263,13 @@ impl Provider for Mock {
                 chunks.push(chunk(json!({ "tool_calls": calls }), None));
             }
             chunks.push(chunk(json!({}), Some(a.finish_reason)));
-            chunks.push(Chunk {
-                json: to_bytes(&json!({
+            chunks.push(chunk_of(
+                json!({
                     "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
                     "choices": [], "usage": a.usage.to_openai_json(),
-                })),
-                usage: Some(a.usage),
-                usage_only: true,
-            });
+                }),
+                Some(a.usage),
+            ));
             Ok(Outcome::Stream(Box::pin(futures_util::stream::iter(
                 chunks.into_iter().map(Ok),
             ))))
@@ -308,32 +318,20 @@ impl Provider for Mock {
             let mut chunks: Vec<Chunk> = text
                 .split(' ')
                 .enumerate()
-                .map(|(i, w)| Chunk {
-                    json: to_bytes(&body(
-                        &if i == 0 {
-                            w.to_owned()
-                        } else {
-                            format!(" {w}")
-                        },
-                        None,
-                    )),
-                    usage: None,
-                    usage_only: false,
+                .map(|(i, w)| {
+                    let piece = if i == 0 {
+                        w.to_owned()
+                    } else {
+                        format!(" {w}")
+                    };
+                    chunk_of(body(&piece, None), None)
                 })
                 .collect();
-            chunks.push(Chunk {
-                json: to_bytes(&body("", Some(finish))),
-                usage: None,
-                usage_only: false,
-            });
+            chunks.push(chunk_of(body("", Some(finish)), None));
             let mut last = body("", None);
             last["choices"] = json!([]);
             last["usage"] = usage.to_openai_json();
-            chunks.push(Chunk {
-                json: to_bytes(&last),
-                usage: Some(usage),
-                usage_only: true,
-            });
+            chunks.push(chunk_of(last, Some(usage)));
             Ok(Outcome::Stream(Box::pin(futures_util::stream::iter(
                 chunks.into_iter().map(Ok),
             ))))
@@ -420,7 +418,7 @@ fn embed(text: &str) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::types::ChatMessage;
+    use crate::wire::openai::ChatMessage;
 
     fn req(text: &str) -> ChatRequest {
         ChatRequest {

@@ -3,8 +3,14 @@
 //! An adapter translates the gateway's OpenAI-format request into its provider's
 //! wire format, sends it through the [`UpstreamClient`] it is given (never a
 //! client of its own, so simulations can swap the network), and translates the
-//! answer back: a whole body or a stream of OpenAI chunks, with the usage the
-//! pricing needs. Wire structs stay private to each module.
+//! answer back: a whole body or a stream of chunks, with the usage the
+//! pricing needs. Wire types and translations live in [`crate::wire`].
+//!
+//! An answer comes back in the format the operation was asked in: OpenAI's
+//! for chat, completions and embeddings, Anthropic's for
+//! [`Provider::messages`] — except a Messages stream from a provider that
+//! is not Anthropic, whose OpenAI chunks the edge turns into events as they
+//! arrive.
 
 pub mod anthropic;
 pub mod azure;
@@ -12,6 +18,7 @@ pub mod mock;
 pub mod openai;
 mod stream;
 
+use std::borrow::Cow;
 use std::pin::Pin;
 
 use bytes::Bytes;
@@ -22,8 +29,12 @@ use http::HeaderMap;
 use crate::clock::Clock;
 use crate::config::{Deployment, ProviderKind};
 use crate::error::{Error, Rejection, Result};
-use crate::types::{ChatRequest, CompletionRequest, EmbeddingsRequest, Usage};
 use crate::upstream::UpstreamClient;
+use crate::wire::anthropic::read_request::MessagesRequest;
+use crate::wire::anthropic::response;
+use crate::wire::openai::{
+    ChatChunk, ChatCompletion, ChatRequest, CompletionRequest, EmbeddingsRequest, Usage,
+};
 
 /// What an adapter needs for one call.
 #[derive(Clone, Copy)]
@@ -43,17 +54,53 @@ pub struct Completed {
     pub usage: Usage,
 }
 
-/// One OpenAI-format stream chunk (`chat.completion.chunk` or `text_completion`).
+/// One event of a stream, parsed once where it was read.
 #[derive(Debug, Clone)]
-pub struct Chunk {
-    /// The chunk's JSON, without SSE framing.
-    pub json: Bytes,
-    /// Usage, if this chunk carries it.
-    pub usage: Option<Usage>,
-    /// A chunk that carries only usage (`"choices": []`). The gateway always asks
-    /// upstreams for usage so it can price streams exactly; it forwards these
-    /// only to clients that asked with `stream_options.include_usage`.
-    pub usage_only: bool,
+pub enum Chunk {
+    /// An OpenAI chunk (`chat.completion.chunk` or `text_completion`): the
+    /// bytes an OpenAI client is sent (the upstream's own, when it speaks
+    /// OpenAI), and the same chunk parsed.
+    OpenAi {
+        json: Bytes,
+        parsed: Box<ChatChunk>,
+        /// Usage, if this chunk reports it (with what the OpenAI shape
+        /// cannot carry, when translated from another format).
+        usage: Option<Usage>,
+    },
+    /// An Anthropic event passed through: its SSE name and its bytes as the
+    /// upstream sent them.
+    Anthropic {
+        name: Cow<'static, str>,
+        json: Bytes,
+        /// The stream's usage so far, on the events that report it.
+        usage: Option<Usage>,
+    },
+}
+
+impl Chunk {
+    pub fn usage(&self) -> Option<Usage> {
+        match self {
+            Chunk::OpenAi { usage, .. } | Chunk::Anthropic { usage, .. } => *usage,
+        }
+    }
+
+    /// A chunk that carries only usage (`"choices": []`). The gateway always
+    /// asks upstreams for usage so it can price streams exactly; it forwards
+    /// these only to clients that asked with `stream_options.include_usage`.
+    pub fn usage_only(&self) -> bool {
+        matches!(self, Chunk::OpenAi { parsed, .. } if parsed.usage_only())
+    }
+
+    /// An OpenAI chunk: written once, from a chunk the gateway made.
+    pub fn openai(parsed: ChatChunk, usage: Option<Usage>) -> Result<Self> {
+        let json = serde_json::to_vec(&parsed)
+            .map_err(|e| Error::Internal(format!("encoding a stream chunk: {e}")))?;
+        Ok(Chunk::OpenAi {
+            json: Bytes::from(json),
+            parsed: Box::new(parsed),
+            usage,
+        })
+    }
 }
 
 pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<Chunk>> + Send>>;
@@ -65,6 +112,39 @@ pub enum Outcome {
 
 pub trait Provider: Send + Sync + 'static {
     fn chat<'a>(&'a self, cx: CallContext<'a>, req: ChatRequest) -> BoxFuture<'a, Result<Outcome>>;
+
+    /// Anthropic's Messages API. Any provider serves it through its chat
+    /// call, the whole answer translated back here (a stream is translated
+    /// at the edge); the Anthropic adapter passes the body through instead.
+    fn messages<'a>(
+        &'a self,
+        cx: CallContext<'a>,
+        req: &'a MessagesRequest,
+    ) -> BoxFuture<'a, Result<Outcome>> {
+        Box::pin(async move {
+            if let Some(refusal) = &req.no_chat_form {
+                return Err(refusal.error());
+            }
+            let model = &req.chat.model;
+            match self.chat(cx, req.chat.clone()).await? {
+                Outcome::Complete(done) => {
+                    let d = cx.deployment;
+                    let chat: ChatCompletion = serde_json::from_slice(&done.body).map_err(|e| {
+                        Error::protocol(&d.id, format!("response is not the expected JSON: {e}"))
+                    })?;
+                    let message = response::from_chat(chat, model, Some(done.usage))
+                        .map_err(|reason| Error::protocol(&d.id, reason))?;
+                    let body = serde_json::to_vec(&message)
+                        .map_err(|e| Error::Internal(format!("encoding a message: {e}")))?;
+                    Ok(Outcome::Complete(Completed {
+                        body: Bytes::from(body),
+                        usage: done.usage,
+                    }))
+                }
+                stream => Ok(stream),
+            }
+        })
+    }
 
     fn completion<'a>(
         &'a self,
@@ -122,6 +202,18 @@ impl Providers {
             ProviderKind::Anthropic => &self.anthropic,
             ProviderKind::Mock => &self.mock,
         }
+    }
+}
+
+/// An error a provider reported inside a stream that had already started.
+pub fn stream_error(message: String) -> Error {
+    Error::UpstreamStatus {
+        status: 500,
+        message,
+        kind: None,
+        code: None,
+        retry_after: None,
+        rejection: None,
     }
 }
 

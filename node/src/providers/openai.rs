@@ -5,18 +5,15 @@
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use http::{HeaderMap, HeaderValue, Method, header};
-use serde::Deserialize;
-use serde::de::IgnoredAny;
 
 use super::stream::{Mapped, sse_chunks};
-use super::{CallContext, Chunk, Completed, Outcome, Provider, upstream_error};
+use super::{CallContext, Chunk, Completed, Outcome, Provider, stream_error, upstream_error};
 use crate::config::Deployment;
 use crate::error::{Error, Result};
-use crate::types::{
-    ChatRequest, CompletionRequest, EmbeddingsRequest, OpenAiUsage, StreamOptions, Usage,
-    UsageProbe,
-};
 use crate::upstream::{self, UpstreamRequest};
+use crate::wire::openai::{
+    ChatChunk, ChatRequest, CompletionRequest, EmbeddingsRequest, StreamOptions, Usage, UsageProbe,
+};
 
 pub struct OpenAi;
 
@@ -175,42 +172,26 @@ async fn send(
             if data == "[DONE]" {
                 return Ok(Mapped::End(Vec::new()));
             }
-            let probe: ChunkProbe = serde_json::from_str(data).map_err(|e| {
-                Error::protocol(&deployment, format!("stream chunk is not JSON: {e}"))
+            let parsed: ChatChunk = serde_json::from_str(data).map_err(|e| {
+                Error::protocol(
+                    &deployment,
+                    format!("stream chunk is not the expected JSON: {e}"),
+                )
             })?;
-            if let Some(err) = probe.error {
-                let message = err
-                    .get("message")
-                    .and_then(|m| m.as_str())
-                    .unwrap_or("stream error")
-                    .to_owned();
-                return Err(Error::UpstreamStatus {
-                    status: 500,
-                    message,
-                    kind: None,
-                    code: None,
-                    retry_after: None,
-                    rejection: None,
-                });
+            if let Some(message) = parsed.error_message() {
+                return Err(stream_error(message));
             }
-            let usage = probe.usage.map(Usage::from);
-            let usage_only = usage.is_some() && probe.choices.is_some_and(|c| c.is_empty());
-            Ok(Mapped::Chunks(vec![Chunk {
-                json: Bytes::copy_from_slice(data.as_bytes()),
-                usage,
-                usage_only,
+            // The upstream's own bytes go to OpenAI clients.
+            let json = if data.len() == event.data.len() {
+                Bytes::from(event.data)
+            } else {
+                Bytes::copy_from_slice(data.as_bytes())
+            };
+            Ok(Mapped::Chunks(vec![Chunk::OpenAi {
+                json,
+                usage: parsed.usage.clone().map(Usage::from),
+                parsed: Box::new(parsed),
             }]))
         },
     )))
-}
-
-/// Reads what the gateway needs from a stream chunk and skips the rest.
-#[derive(Deserialize)]
-struct ChunkProbe {
-    #[serde(default)]
-    usage: Option<OpenAiUsage>,
-    #[serde(default)]
-    choices: Option<Vec<IgnoredAny>>,
-    #[serde(default)]
-    error: Option<serde_json::Value>,
 }

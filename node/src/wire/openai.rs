@@ -1,7 +1,13 @@
-//! OpenAI wire types the gateway reads. The gateway's internal lingua franca is the
-//! OpenAI chat format: every inbound API is translated to it, every provider adapter
-//! translates from it. Fields the gateway does not interpret are kept in `extra` and
-//! passed through untouched, so a new OpenAI parameter works without a release.
+//! OpenAI's wire types: requests, whole answers and stream chunks. The
+//! gateway's internal lingua franca is the OpenAI chat format: every inbound
+//! API is translated to it, every provider adapter translates from it.
+//!
+//! Requests keep every field the gateway does not interpret (`extra`, at
+//! each level, and content parts of types it does not know), so an OpenAI
+//! client's body reaches an OpenAI upstream with only the fields the gateway
+//! must change — a new OpenAI parameter works without a release. Answers and
+//! chunks are read for what the gateway needs and otherwise relayed as the
+//! upstream sent them.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -143,7 +149,7 @@ impl Content {
             Content::Parts(parts) => parts
                 .iter()
                 .map(|p| match p {
-                    ContentPart::Text { text } => text.len(),
+                    ContentPart::Text { text, .. } => text.len(),
                     _ => 0,
                 })
                 .sum(),
@@ -158,7 +164,7 @@ impl Content {
             Content::Parts(parts) => parts
                 .iter()
                 .filter_map(|p| match p {
-                    ContentPart::Text { text } => Some(text.as_str()),
+                    ContentPart::Text { text, .. } => Some(text.as_str()),
                     _ => None,
                 })
                 .collect(),
@@ -169,10 +175,34 @@ impl Content {
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ContentPart {
-    Text { text: String },
-    ImageUrl { image_url: ImageUrl },
-    InputAudio { input_audio: Value },
-    File { file: Value },
+    Text {
+        text: String,
+        #[serde(flatten)]
+        extra: Map<String, Value>,
+    },
+    ImageUrl {
+        image_url: ImageUrl,
+        #[serde(flatten)]
+        extra: Map<String, Value>,
+    },
+    InputAudio {
+        input_audio: Value,
+    },
+    File {
+        file: Value,
+    },
+    /// A part type the gateway does not know, passed on as it came.
+    #[serde(untagged)]
+    Other(Map<String, Value>),
+}
+
+impl ContentPart {
+    pub fn text(text: impl Into<String>) -> Self {
+        ContentPart::Text {
+            text: text.into(),
+            extra: Map::new(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -181,6 +211,8 @@ pub struct ImageUrl {
     pub url: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -188,6 +220,8 @@ pub struct Tool {
     #[serde(rename = "type")]
     pub kind: String,
     pub function: FunctionDef,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -199,20 +233,29 @@ pub struct FunctionDef {
     pub parameters: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub strict: Option<bool>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 pub struct ToolCall {
+    #[serde(default)]
     pub id: String,
-    #[serde(rename = "type")]
+    #[serde(rename = "type", default = "function_kind")]
     pub kind: String,
     pub function: FunctionCall,
 }
 
+fn function_kind() -> String {
+    "function".into()
+}
+
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 pub struct FunctionCall {
+    #[serde(default)]
     pub name: String,
     /// JSON text, as OpenAI sends it.
+    #[serde(default)]
     pub arguments: String,
 }
 
@@ -270,39 +313,47 @@ impl Usage {
         self.prompt_tokens.saturating_add(self.completion_tokens)
     }
 
-    /// The `usage` object of an OpenAI response.
-    pub fn to_openai_json(&self) -> Value {
-        let mut usage = serde_json::json!({
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "total_tokens": self.total_tokens(),
-        });
-        if self.cached_tokens > 0 {
-            usage["prompt_tokens_details"] =
-                serde_json::json!({ "cached_tokens": self.cached_tokens });
+    /// The `usage` object of an OpenAI answer.
+    pub fn to_openai(&self) -> OpenAiUsage {
+        OpenAiUsage {
+            prompt_tokens: self.prompt_tokens,
+            completion_tokens: self.completion_tokens,
+            total_tokens: self.total_tokens(),
+            prompt_tokens_details: (self.cached_tokens > 0).then_some(PromptTokensDetails {
+                cached_tokens: Some(self.cached_tokens),
+            }),
         }
-        usage
     }
 }
 
-/// Reads `usage` from an OpenAI response or chunk without parsing the rest.
+impl Usage {
+    /// [`Self::to_openai`] as a JSON value.
+    pub fn to_openai_json(&self) -> Value {
+        serde_json::to_value(self.to_openai()).unwrap_or(Value::Null)
+    }
+}
+
+/// Reads `usage` from an OpenAI answer without parsing the rest.
 #[derive(Debug, Default, Deserialize)]
 pub struct UsageProbe {
     #[serde(default)]
     pub usage: Option<OpenAiUsage>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// OpenAI's `usage` object.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 pub struct OpenAiUsage {
     #[serde(default)]
     pub prompt_tokens: u64,
     #[serde(default)]
     pub completion_tokens: u64,
     #[serde(default)]
+    pub total_tokens: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prompt_tokens_details: Option<PromptTokensDetails>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 pub struct PromptTokensDetails {
     #[serde(default)]
     pub cached_tokens: Option<u64>,
@@ -322,57 +373,169 @@ impl From<OpenAiUsage> for Usage {
     }
 }
 
-#[cfg(test)]
-mod tests {
+/// A whole `chat.completion` answer, as the gateway writes one (from another
+/// format) or reads one (to translate it).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+pub struct ChatCompletion {
+    #[serde(default)]
+    pub id: String,
+    #[serde(default = "completion_object")]
+    pub object: String,
+    #[serde(default)]
+    pub created: u64,
+    #[serde(default)]
+    pub model: String,
+    #[serde(default)]
+    pub choices: Vec<Choice>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<OpenAiUsage>,
+}
 
-    #[test]
-    fn an_output_cap_applies_only_to_requests_without_a_limit() {
-        let mut open = ChatRequest::default();
-        open.cap_output(4096);
-        assert_eq!(open.max_tokens, Some(4096));
-        let mut limited = ChatRequest {
-            max_completion_tokens: Some(7),
-            ..ChatRequest::default()
-        };
-        limited.cap_output(4096);
-        assert_eq!(
-            (limited.max_tokens, limited.output_limit()),
-            (None, Some(7))
-        );
-    }
+fn completion_object() -> String {
+    "chat.completion".into()
+}
 
-    use super::*;
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+pub struct Choice {
+    #[serde(default)]
+    pub index: u32,
+    #[serde(default)]
+    pub message: Option<AnswerMessage>,
+    #[serde(default)]
+    pub logprobs: Option<Value>,
+    #[serde(default)]
+    pub finish_reason: Option<String>,
+}
 
-    #[test]
-    fn unknown_fields_pass_through_and_content_parts_parse() {
-        let body = serde_json::json!({
-            "model": "m",
-            "messages": [
-                {"role": "user", "content": [
-                    {"type": "text", "text": "hi"},
-                    {"type": "image_url", "image_url": {"url": "https://x/y.png"}}
-                ]}
-            ],
-            "seed": 7,
-            "logit_bias": {"42": 1}
-        });
-        let req: ChatRequest = serde_json::from_value(body.clone()).unwrap();
-        assert_eq!(req.extra.get("seed"), Some(&serde_json::json!(7)));
-        assert_eq!(
-            req.messages[0].content.as_ref().unwrap().joined_text(),
-            "hi"
-        );
-        assert_eq!(serde_json::to_value(&req).unwrap(), body);
-    }
+/// The message of an answer. `content` is `null` when the answer is only
+/// tool calls.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+pub struct AnswerMessage {
+    #[serde(default = "assistant_role")]
+    pub role: String,
+    #[serde(default)]
+    pub content: Option<AnswerContent>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCall>>,
+}
 
-    #[test]
-    fn usage_reads_cached_tokens() {
-        let probe: UsageProbe = serde_json::from_str(
-            r#"{"id":"x","usage":{"prompt_tokens":10,"completion_tokens":3,"total_tokens":13,"prompt_tokens_details":{"cached_tokens":4}}}"#,
-        )
-        .unwrap();
-        let usage = Usage::from(probe.usage.unwrap());
-        assert_eq!(usage.cached_tokens, 4);
-        assert_eq!(usage.total_tokens(), 13);
+fn assistant_role() -> String {
+    "assistant".into()
+}
+
+/// An answer's content: a string, or (from some OpenAI-compatible servers)
+/// a list of parts of which only the text is read.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(untagged)]
+pub enum AnswerContent {
+    Text(String),
+    Parts(Vec<AnswerPart>),
+}
+
+impl AnswerContent {
+    pub fn text(&self) -> String {
+        match self {
+            AnswerContent::Text(s) => s.clone(),
+            AnswerContent::Parts(parts) => parts.iter().filter_map(|p| p.text.as_deref()).collect(),
+        }
     }
 }
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+pub struct AnswerPart {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+}
+
+/// One stream chunk (`chat.completion.chunk`, or a `text_completion` chunk
+/// of which the gateway reads only the usage). Parsed once where the stream
+/// is read; an OpenAI client gets the upstream's own bytes.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+pub struct ChatChunk {
+    #[serde(default)]
+    pub id: String,
+    #[serde(default = "chunk_object")]
+    pub object: String,
+    #[serde(default)]
+    pub created: u64,
+    #[serde(default)]
+    pub model: String,
+    /// `Some(empty)`: a chunk that carries only usage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub choices: Option<Vec<ChunkChoice>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<OpenAiUsage>,
+    /// An error reported inside the stream (some servers do).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<Value>,
+}
+
+fn chunk_object() -> String {
+    "chat.completion.chunk".into()
+}
+
+impl ChatChunk {
+    /// Whether this chunk carries only usage (`"choices": []`).
+    pub fn usage_only(&self) -> bool {
+        self.usage.is_some() && self.choices.as_ref().is_some_and(Vec::is_empty)
+    }
+
+    /// The message of an in-stream error, if this chunk is one.
+    pub fn error_message(&self) -> Option<String> {
+        let error = self.error.as_ref()?;
+        Some(
+            error
+                .get("message")
+                .and_then(Value::as_str)
+                .or(error.as_str())
+                .unwrap_or("stream error")
+                .to_owned(),
+        )
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+pub struct ChunkChoice {
+    #[serde(default)]
+    pub index: u32,
+    #[serde(default)]
+    pub delta: ChunkDelta,
+    #[serde(default)]
+    pub finish_reason: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+pub struct ChunkDelta {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCallDelta>>,
+}
+
+/// A fragment of a tool call: the first names it, the rest add arguments.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+pub struct ToolCallDelta {
+    /// Some servers leave it out when a chunk holds whole calls.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub function: Option<FunctionDelta>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+pub struct FunctionDelta {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arguments: Option<String>,
+}
+
+#[cfg(test)]
+#[path = "openai_tests.rs"]
+mod tests;
