@@ -34,13 +34,12 @@
 //! changed after the number a remote region has acknowledged (its cursor,
 //! which the remote region keeps in its own state: [`Self::sync_cursor`]).
 //!
-//! Child modules: `state_plan.rs` plans each command, `state_compact.rs`
-//! compacts documents, `state_tests.rs` tests them all.
-//!
-//! Size: still past the ~600-line rule (about 1,050 lines): the records'
-//! maps, the document store and its outbox, loading at start-up and the
-//! plan/commit pair are one state with private fields; splitting the
-//! document store out is the next step.
+//! Child modules: `state_plan.rs` plans each command, `state_docs.rs`
+//! keeps the documents and builds the outbox for other regions,
+//! `state_load.rs` loads the state back from storage and lists it for a
+//! snapshot, `state_compact.rs` compacts documents, `state_tests.rs` tests
+//! them all. They share the state's private fields, as methods of
+//! [`MetadataState`].
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -54,6 +53,10 @@ use super::doc::{Actor, DocError, EntityDoc};
 
 #[path = "state_compact.rs"]
 mod compaction;
+#[path = "state_docs.rs"]
+mod docs;
+#[path = "state_load.rs"]
+mod load;
 #[path = "state_plan.rs"]
 mod plan;
 use super::ledger::Ledger;
@@ -61,6 +64,7 @@ use super::records::{
     BudgetRecord, CustomerRecord, KeyRecord, ModelRecord, TagRecord, TeamRecord, UserRecord,
 };
 pub use compaction::{COMPACT_FLOOR, Compactable};
+pub use docs::{DocSource, Outbox, OutboxLimits, OutgoingDoc, StoredDoc};
 use plan::Planner;
 
 /// A durable effect of applying a command.
@@ -107,101 +111,6 @@ fn next_generation() -> u64 {
 
 /// An entity: its kind and id (a key's id is its token).
 type EntityKey = (Kind, Arc<str>);
-
-/// One entity's document as the state keeps it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct StoredDoc {
-    /// The state's change number at the document's last change.
-    pub seq: u64,
-    /// The region whose merge made the document what it is, when that
-    /// region's document was then exactly this one: it needs nothing back.
-    pub echo: Option<Arc<str>>,
-    /// [`EntityDoc::save`].
-    pub saved: Box<[u8]>,
-}
-
-impl StoredDoc {
-    const FORMAT: u8 = 1;
-
-    /// `[format][seq: u64 BE][echo length: u8][echo][saved document]`.
-    pub fn encode(&self) -> Vec<u8> {
-        let echo = self.echo.as_deref().unwrap_or("").as_bytes();
-        let mut out = Vec::with_capacity(10 + echo.len() + self.saved.len());
-        out.push(Self::FORMAT);
-        out.extend_from_slice(&self.seq.to_be_bytes());
-        // Region names are validated short (`MergeRemote` refuses longer).
-        out.push(u8::try_from(echo.len()).unwrap_or(0));
-        if echo.len() <= usize::from(u8::MAX) {
-            out.extend_from_slice(echo);
-        }
-        out.extend_from_slice(&self.saved);
-        out
-    }
-
-    pub fn decode(bytes: &[u8]) -> Result<Self, String> {
-        let [format, rest @ ..] = bytes else {
-            return Err("empty".into());
-        };
-        if *format != Self::FORMAT {
-            return Err(format!("unknown document format {format}"));
-        }
-        let (seq, rest) = rest
-            .split_first_chunk::<8>()
-            .ok_or("truncated change number")?;
-        let (len, rest) = rest.split_first().ok_or("truncated echo")?;
-        let len = usize::from(*len);
-        if rest.len() < len {
-            return Err("truncated echo".into());
-        }
-        let (echo, saved) = rest.split_at(len);
-        let echo = std::str::from_utf8(echo).map_err(|e| e.to_string())?;
-        Ok(Self {
-            seq: u64::from_be_bytes(*seq),
-            echo: (!echo.is_empty()).then(|| Arc::from(echo)),
-            saved: saved.into(),
-        })
-    }
-}
-
-/// Where a state reads the documents it does not hold in memory: what was
-/// written from its [`Change::Doc`]s.
-pub trait DocSource: Send + Sync + std::fmt::Debug {
-    /// An entity's document ([`StoredDoc::encode`] bytes).
-    fn get(&self, kind: Kind, id: &str) -> Result<Option<Vec<u8>>, String>;
-    /// At most `limit` entities whose documents last changed after change
-    /// number `after`, with that number, in change order.
-    fn changed_after(&self, after: u64, limit: usize) -> Result<Vec<(u64, Kind, String)>, String>;
-}
-
-/// A document to send to another region.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct OutgoingDoc {
-    pub kind: Kind,
-    pub id: String,
-    /// The document's change number.
-    pub seq: u64,
-    /// [`EntityDoc::save`]: load it to take its changes.
-    pub saved: Vec<u8>,
-}
-
-/// The documents to send to a region, and the change number they cover:
-/// every document changed after the requested number and up to `through`
-/// is in `docs`, or needs nothing sent.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Outbox {
-    pub through: u64,
-    pub docs: Vec<OutgoingDoc>,
-}
-
-/// Bounds on one [`Outbox`].
-#[derive(Clone, Copy, Debug)]
-pub struct OutboxLimits {
-    pub max_docs: usize,
-    /// Saved document bytes (changes are about the same size).
-    pub max_bytes: usize,
-    /// Documents looked at, sent or not (bounds the time under the lock).
-    pub max_scan: usize,
-}
 
 /// Whether records of `kind` have a home region (they carry limits).
 fn has_home(kind: Kind) -> bool {
@@ -479,197 +388,6 @@ impl MetadataState {
         }
     }
 
-    /// An entity's document (deleted entities included).
-    pub fn document(&self, kind: Kind, id: &str) -> Option<Result<EntityDoc, DocError>> {
-        match self.stored_doc(&(kind, Arc::from(id))) {
-            Ok(doc) => doc.map(|d| EntityDoc::load(&d.saved)),
-            Err(e) => Some(Err(DocError::Storage(e))),
-        }
-    }
-
-    /// The saved size of an entity's document, in bytes: how much history
-    /// its edits have built up.
-    pub fn document_size(&self, kind: Kind, id: &str) -> Option<usize> {
-        self.stored_doc(&(kind, Arc::from(id)))
-            .ok()
-            .flatten()
-            .map(|d| d.saved.len())
-    }
-
-    /// How many documents the state has (deleted entities included). Reads
-    /// the whole index of a source: for tools and tests.
-    pub fn document_count(&self) -> Result<usize, String> {
-        let stored = match &self.source {
-            None => return Ok(self.docs.len()),
-            Some(source) => source.changed_after(0, usize::MAX)?,
-        };
-        let new = self
-            .docs
-            .keys()
-            .filter(|key| {
-                !stored
-                    .iter()
-                    .any(|(_, kind, id)| *kind == key.0 && **id == *key.1)
-            })
-            .count();
-        Ok(stored.len() + new)
-    }
-
-    /// Reads documents not held in memory from `source`, whose documents
-    /// were written from this state's changes, the latest with change number
-    /// `seq`; and lets go of those held.
-    pub fn attach_documents(&mut self, source: Arc<dyn DocSource>, seq: u64) {
-        self.seq = self.seq.max(seq);
-        self.source = Some(source);
-        self.flushed();
-    }
-
-    /// The documents held in memory: change number, kind and id.
-    pub fn document_index(&self) -> Vec<(u64, Kind, Arc<str>)> {
-        self.by_seq
-            .iter()
-            .map(|(seq, (kind, id))| (*seq, *kind, id.clone()))
-            .collect()
-    }
-
-    /// How many documents are held in memory (all, without a source).
-    pub fn documents_in_memory(&self) -> usize {
-        self.docs.len()
-    }
-
-    /// Every change returned so far is written to the source: the documents
-    /// held in memory can be let go. (Without a source, nothing happens.)
-    pub fn flushed(&mut self) {
-        if self.source.is_some() {
-            self.docs = HashMap::new();
-            self.by_seq = BTreeMap::new();
-        }
-    }
-
-    /// An entity's document: held in memory, else from the source.
-    fn stored_doc(
-        &self,
-        key: &EntityKey,
-    ) -> Result<Option<std::borrow::Cow<'_, StoredDoc>>, String> {
-        if let Some(doc) = self.docs.get(key) {
-            return Ok(Some(std::borrow::Cow::Borrowed(doc)));
-        }
-        let Some(source) = &self.source else {
-            return Ok(None);
-        };
-        match source.get(key.0, &key.1)? {
-            None => Ok(None),
-            Some(bytes) => StoredDoc::decode(&bytes)
-                .map(|d| Some(std::borrow::Cow::Owned(d)))
-                .map_err(|e| format!("{} `{}`'s stored document: {e}", key.0.noun(), key.1)),
-        }
-    }
-
-    /// Entities whose documents changed after `after`, in change order, at
-    /// most `limit` from the source (then every one held in memory), and
-    /// whether the source had more.
-    fn changed_after(
-        &self,
-        after: u64,
-        limit: usize,
-    ) -> Result<(Vec<(u64, EntityKey)>, bool), String> {
-        let mut out: Vec<(u64, EntityKey)> = Vec::new();
-        let mut more = false;
-        if let Some(source) = &self.source {
-            let stored = source.changed_after(after, limit)?;
-            more = stored.len() >= limit;
-            out.extend(
-                stored
-                    .into_iter()
-                    .map(|(seq, kind, id)| (seq, (kind, Arc::from(id))))
-                    // A document held in memory is newer than its stored copy.
-                    .filter(|(_, key)| !self.docs.contains_key(key)),
-            );
-        }
-        let cap = match (more, out.last()) {
-            (true, Some((seq, _))) => *seq,
-            _ => u64::MAX,
-        };
-        out.extend(
-            self.by_seq
-                .range(after.saturating_add(1)..=cap)
-                .map(|(seq, key)| (*seq, key.clone())),
-        );
-        out.sort_by_key(|(seq, _)| *seq);
-        Ok((out, more))
-    }
-
-    /// The latest change number: it grows with every document change.
-    pub fn change_seq(&self) -> u64 {
-        self.seq
-    }
-
-    /// The change number of `region` through which its changes are merged
-    /// here (0: none yet).
-    pub fn sync_cursor(&self, region: &str) -> u64 {
-        self.cursors.get(region).copied().unwrap_or(0)
-    }
-
-    /// Every sync cursor.
-    pub fn sync_cursors(&self) -> &BTreeMap<String, u64> {
-        &self.cursors
-    }
-
-    /// The documents to send to `to_region`, which holds this region's
-    /// changes through change number `after`: those changed since, in change
-    /// order, within `limits`. A document whose last change merged exactly
-    /// what `to_region` sent is covered but not sent (no echo).
-    pub fn outbox(&self, after: u64, to_region: &str, limits: OutboxLimits) -> Outbox {
-        let mut out = Outbox {
-            through: self.seq.max(after),
-            docs: Vec::new(),
-        };
-        let (changed, more) = match self.changed_after(after, limits.max_scan) {
-            Ok(found) => found,
-            Err(e) => {
-                tracing::warn!(error = %e, "documents to sync could not be read");
-                out.through = after;
-                return out;
-            }
-        };
-        if more && let Some((seq, _)) = changed.last() {
-            // The source had more than were read: only these are covered.
-            out.through = out.through.min(*seq);
-        }
-        let (mut bytes, mut scanned) = (0usize, 0usize);
-        for (seq, key) in &changed {
-            if out.docs.len() >= limits.max_docs
-                || bytes >= limits.max_bytes
-                || scanned >= limits.max_scan
-            {
-                // Everything before this document is covered.
-                out.through = seq - 1;
-                break;
-            }
-            scanned += 1;
-            let doc = match self.stored_doc(key) {
-                Ok(Some(doc)) => doc,
-                Ok(None) => continue,
-                Err(e) => {
-                    tracing::warn!(error = %e, "a document to sync could not be read");
-                    out.through = seq - 1;
-                    break;
-                }
-            };
-            if doc.echo.as_deref() == Some(to_region) {
-                continue;
-            }
-            bytes += doc.saved.len();
-            out.docs.push(OutgoingDoc {
-                kind: key.0,
-                id: key.1.to_string(),
-                seq: doc.seq,
-                saved: doc.saved.to_vec(),
-            });
-        }
-        out
-    }
-
     /// Applies one proposal: [`Self::plan`], then [`Self::commit`].
     /// Deterministic: the result depends only on the state and the proposal.
     pub fn apply(&mut self, proposal: &Proposal) -> (Outcome, Vec<Change>) {
@@ -831,69 +549,6 @@ impl MetadataState {
         }
     }
 
-    /// Installs a record read back from storage or a snapshot.
-    pub fn load(&mut self, kind: Kind, id: &str, json: &[u8]) -> Result<(), String> {
-        // Stored bytes are already canonical: parse straight into the typed
-        // record (start-up loads every key this way).
-        fn parse<T: DeserializeOwned>(kind: Kind, id: &str, json: &[u8]) -> Result<Arc<T>, String> {
-            serde_json::from_slice(json)
-                .map(Arc::new)
-                .map_err(|e| format!("{} `{id}`: {e}", kind.noun()))
-        }
-        let id_owned = || id.to_owned();
-        match kind {
-            Kind::Key => {
-                let hash = token_bytes(id)
-                    .ok_or_else(|| format!("key `{id}`: not a hex SHA-256 token"))?;
-                self.keys.insert(hash, parse(kind, id, json)?);
-            }
-            Kind::Team => {
-                self.teams.insert(id_owned(), parse(kind, id, json)?);
-            }
-            Kind::User => {
-                self.users.insert(id_owned(), parse(kind, id, json)?);
-            }
-            Kind::Customer => {
-                self.customers.insert(id_owned(), parse(kind, id, json)?);
-            }
-            Kind::Budget => {
-                self.budgets.insert(id_owned(), parse(kind, id, json)?);
-            }
-            Kind::Model => {
-                self.models.insert(id_owned(), parse(kind, id, json)?);
-                self.models_generation = next_generation();
-            }
-            Kind::Tag => {
-                self.tags.insert(id_owned(), parse(kind, id, json)?);
-            }
-        }
-        Ok(())
-    }
-
-    /// Installs a document read back from storage or a snapshot
-    /// ([`StoredDoc::encode`] bytes).
-    pub fn load_doc(&mut self, kind: Kind, id: &str, bytes: &[u8]) -> Result<(), String> {
-        let mut doc = StoredDoc::decode(bytes)
-            .map_err(|e| format!("{} `{id}`'s document: {e}", kind.noun()))?;
-        // One allocation per region name, not per document.
-        doc.echo = doc.echo.map(|name| self.intern(&name));
-        self.install_doc((kind, Arc::from(id)), doc);
-        Ok(())
-    }
-
-    /// Installs a sync cursor read back from storage or a snapshot.
-    pub fn load_cursor(&mut self, region: &str, seq: u64) {
-        self.cursors.insert(region.to_owned(), seq);
-    }
-
-    /// Loads a stored rights ledger.
-    pub fn load_ledger(&mut self, counter: &[u8], json: &[u8]) -> Result<(), String> {
-        let ledger: Ledger = serde_json::from_slice(json)
-            .map_err(|e| format!("rights ledger {}: {e}", hex(counter)))?;
-        self.install_ledger(counter.to_vec(), Some(ledger));
-        Ok(())
-    }
-
     fn install_ledger(&mut self, counter: Vec<u8>, ledger: Option<Ledger>) {
         if let Some(old) = self.ledgers.get(&counter)
             && let Some(end) = old.ends_at_ms
@@ -913,19 +568,6 @@ impl MetadataState {
         }
     }
 
-    /// The rights ledger of `counter`, if this region issues its rights.
-    pub fn ledger(&self, counter: &[u8]) -> Option<&Ledger> {
-        self.ledgers.get(counter)
-    }
-
-    /// Every rights ledger as `(counter, json)`.
-    pub fn ledgers(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
-        self.ledgers
-            .iter()
-            .map(|(c, l)| (c.clone(), to_json(l).to_string().into_bytes()))
-            .collect()
-    }
-
     fn intern(&mut self, name: &str) -> Arc<str> {
         match self.names.get(name) {
             Some(name) => name.clone(),
@@ -935,113 +577,6 @@ impl MetadataState {
                 name
             }
         }
-    }
-
-    /// Gives a document to every record that has none (records stored before
-    /// documents existed), made at the record's `updated_at`; returns the
-    /// changes to write. Run after loading; usually does nothing.
-    pub fn adopt_records(&mut self) -> Vec<Change> {
-        let mut missing: Vec<(Kind, String)> = Vec::new();
-        let has = |docs: &HashMap<EntityKey, StoredDoc>, kind: Kind, id: &str| {
-            docs.contains_key(&(kind, Arc::from(id)))
-        };
-        for key in self.keys.values() {
-            if !has(&self.docs, Kind::Key, &key.token) {
-                missing.push((Kind::Key, key.token.clone()));
-            }
-        }
-        fn others<T>(
-            out: &mut Vec<(Kind, String)>,
-            docs: &HashMap<EntityKey, StoredDoc>,
-            kind: Kind,
-            m: &BTreeMap<String, Arc<T>>,
-        ) {
-            out.extend(
-                m.keys()
-                    .filter(|id| !docs.contains_key(&(kind, Arc::from(id.as_str()))))
-                    .map(|id| (kind, id.clone())),
-            );
-        }
-        others(&mut missing, &self.docs, Kind::Team, &self.teams);
-        others(&mut missing, &self.docs, Kind::User, &self.users);
-        others(&mut missing, &self.docs, Kind::Customer, &self.customers);
-        others(&mut missing, &self.docs, Kind::Budget, &self.budgets);
-        others(&mut missing, &self.docs, Kind::Model, &self.models);
-        others(&mut missing, &self.docs, Kind::Tag, &self.tags);
-        missing.sort();
-        let mut changes = Vec::new();
-        for (kind, id) in missing {
-            let Some(Value::Object(record)) = self.get_json(kind, &id) else {
-                continue;
-            };
-            let at_ms = record
-                .get("updated_at")
-                .and_then(Value::as_u64)
-                .unwrap_or(0)
-                .saturating_mul(1000);
-            match EntityDoc::new(&self.actor, at_ms, &record) {
-                Ok(doc) => {
-                    let stored = StoredDoc {
-                        seq: self.seq + 1,
-                        echo: None,
-                        saved: doc.save().into_boxed_slice(),
-                    };
-                    changes.push(Change::Doc {
-                        kind,
-                        id: id.clone(),
-                        bytes: stored.encode(),
-                        seq: stored.seq,
-                        replaces: None,
-                    });
-                    self.install_doc((kind, Arc::from(id.as_str())), stored);
-                }
-                Err(e) => {
-                    tracing::warn!(kind = kind.noun(), %id, error = %e, "no document for a stored record")
-                }
-            }
-        }
-        changes
-    }
-
-    /// Every record as `(kind, id, json)`, in a deterministic order.
-    pub fn records(&self) -> Vec<(Kind, String, Vec<u8>)> {
-        let mut out = Vec::new();
-        for key in self.keys() {
-            out.push((
-                Kind::Key,
-                key.token.clone(),
-                to_json(&**key).to_string().into_bytes(),
-            ));
-        }
-        fn all<T: Serialize>(
-            out: &mut Vec<(Kind, String, Vec<u8>)>,
-            kind: Kind,
-            m: &BTreeMap<String, Arc<T>>,
-        ) {
-            for (id, r) in m {
-                out.push((kind, id.clone(), to_json(&**r).to_string().into_bytes()));
-            }
-        }
-        all(&mut out, Kind::Team, &self.teams);
-        all(&mut out, Kind::User, &self.users);
-        all(&mut out, Kind::Customer, &self.customers);
-        all(&mut out, Kind::Budget, &self.budgets);
-        all(&mut out, Kind::Model, &self.models);
-        all(&mut out, Kind::Tag, &self.tags);
-        out
-    }
-
-    /// Every document as `(kind, id, StoredDoc::encode bytes)`, in change
-    /// order (from the source too: a snapshot reads them all).
-    pub fn documents(&self) -> Result<Vec<(Kind, String, Vec<u8>)>, String> {
-        let (changed, _) = self.changed_after(0, usize::MAX)?;
-        let mut out = Vec::with_capacity(changed.len());
-        for (_, key) in changed {
-            if let Some(doc) = self.stored_doc(&key)? {
-                out.push((key.0, key.1.to_string(), doc.encode()));
-            }
-        }
-        Ok(out)
     }
 }
 
