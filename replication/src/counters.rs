@@ -9,14 +9,19 @@
 //! raise its mark; a sync sends every slot numbered above the caller's mark.
 //!
 //! Durability. [`Counters::update`] changes memory at once (so the next
-//! admission on this node sees it) and returns a [`Ticket`]; the flusher
-//! writes pending own slots in one batch, and [`Counters::durable`] waits for
-//! the ticket's batch. Only durable own slots are ever gossiped: a node that
-//! is killed and restarts can never hold an own slot lower than what a peer
-//! saw, which would make peers ignore its next changes.
+//! admission on this node sees it) and returns a [`Ticket`]. Pending own
+//! slots are written in one batch: by [`Counters::durable`], on the task that
+//! waits for the ticket, when no other write is under way (else by the
+//! flusher task right after that write, which then covers every waiter);
+//! a change nobody waits for (a reservation, a grant, the charge of an
+//! abandoned call) is written with the next awaited one, or by the flusher
+//! within [`LAZY_FLUSH`]. Only durable own slots are ever gossiped: a node
+//! that is killed and restarts can never hold an own slot lower than what a
+//! peer saw, which would make peers ignore its next changes.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
+use std::time::Duration;
 
 use meridian_storage::{Cf, Durability, Store, WriteBatch};
 use tokio::sync::{Notify, watch};
@@ -31,6 +36,13 @@ const VERSION_KEY: &[u8] = &[0, b'v'];
 
 /// The most slots one sync reply carries (about 10 MiB on the wire).
 const MAX_SYNC_SLOTS: usize = 100_000;
+
+/// How long an own change that nobody waits for may stay in memory only.
+/// Writing each one at once cost a second store write per request (the
+/// reservation's, then the settlement's) and two task hand-offs; the wait
+/// delays only when peers see it (gossip shows durable slots, every 100 ms
+/// by default), never an acknowledgement.
+pub const LAZY_FLUSH: Duration = Duration::from_millis(10);
 
 /// A change waiting to become durable: its change number.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -49,7 +61,11 @@ pub struct Counters {
     /// flusher, peers' changes, collection) must not land an older copy of a
     /// counter over a newer one.
     writing: Mutex<()>,
+    /// Someone waits for a change: write now.
     flush_wanted: Notify,
+    /// A first change while the flusher had nothing pending: write it
+    /// within [`LAZY_FLUSH`].
+    changed: Notify,
     /// The highest change number that is durable.
     flushed: watch::Sender<u64>,
 }
@@ -70,6 +86,8 @@ struct Table {
     outbox_through: u64,
     /// Counters holding peers' changes not yet written.
     remote_dirty: HashSet<CounterId>,
+    /// The flusher found nothing pending: the next change must wake it.
+    flusher_idle: bool,
     /// Per replica, the change number up to which this node holds all.
     marks: BTreeMap<Replica, u64>,
 }
@@ -182,6 +200,7 @@ impl Counters {
         table.outbox_since = table.version;
         table.outbox_through = table.version;
         table.marks.insert(me.clone(), table.version);
+        table.flusher_idle = true;
         let (flushed, _) = watch::channel(table.version);
         Ok(Self {
             me,
@@ -190,6 +209,7 @@ impl Counters {
             table: Mutex::new(table),
             writing: Mutex::new(()),
             flush_wanted: Notify::new(),
+            changed: Notify::new(),
             flushed,
         })
     }
@@ -214,9 +234,10 @@ impl Counters {
         let out = f(&mut txn);
         let changed = txn.changed;
         let ticket = Ticket(table.version);
+        let wake = changed && std::mem::replace(&mut table.flusher_idle, false);
         drop(table);
-        if changed {
-            self.flush_wanted.notify_one();
+        if wake {
+            self.changed.notify_one();
         }
         (out, ticket)
     }
@@ -255,23 +276,67 @@ impl Counters {
             .unwrap_or_default()
     }
 
-    /// Waits until the changes behind `ticket` are durable.
+    /// Waits until the changes behind `ticket` are durable: writes them on
+    /// this task (after the tasks ready before it had their turn) when no
+    /// other write is under way, else has the flusher write them as soon as
+    /// that write ends (with every change made meanwhile).
     pub async fn durable(&self, ticket: Ticket) {
+        if *self.flushed.borrow() >= ticket.0 {
+            return;
+        }
+        // Let the other tasks ready on this worker make their changes first:
+        // one write then covers them all, and under load most waiters find
+        // theirs written when they run again. On a quiet node nothing else
+        // is ready, and this costs one re-poll.
+        tokio::task::yield_now().await;
+        if *self.flushed.borrow() >= ticket.0 {
+            return;
+        }
+        self.write_or_ask();
+        if *self.flushed.borrow() >= ticket.0 {
+            return;
+        }
         let mut flushed = self.flushed.subscribe();
         // `wait_for` only fails when the sender is gone, and `self` holds it.
         let _ = flushed.wait_for(|done| *done >= ticket.0).await;
     }
 
+    /// Writes what is pending now if no other write is under way; else asks
+    /// the flusher to write as soon as that one ends. Either way, what a
+    /// waiter waits for is written without waiting for [`LAZY_FLUSH`].
+    fn write_or_ask(&self) {
+        let writing = match self.writing.try_lock() {
+            Ok(guard) => guard,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => {
+                self.flush_wanted.notify_one();
+                return;
+            }
+        };
+        if let Err(e) = self.flush_holding(&writing) {
+            drop(writing);
+            tracing::error!(error = %e, "writing counters failed; the flusher retries");
+            self.flush_wanted.notify_one();
+        }
+    }
+
     /// Writes every pending own slot in one batch and releases the tickets it
-    /// covers. Runs in the flusher task; tests call it directly.
+    /// covers. Runs in the flusher task and in [`Counters::durable`]; tests
+    /// call it directly.
     pub fn flush(&self) -> Result<(), Error> {
-        let _writing = self.writing.lock().unwrap_or_else(PoisonError::into_inner);
+        let writing = self.writing.lock().unwrap_or_else(PoisonError::into_inner);
+        self.flush_holding(&writing)
+    }
+
+    /// [`Counters::flush`], `writing` held by the caller.
+    fn flush_holding(&self, _writing: &MutexGuard<'_, ()>) -> Result<(), Error> {
         let (batch, snapshot, through) = {
             let mut table = self.lock();
             if table.unflushed.is_empty() {
                 // Changes to counters collected meanwhile leave nothing to
                 // write; their tickets are released all the same.
                 let version = table.version;
+                table.flusher_idle = true;
                 drop(table);
                 self.flushed.send_if_modified(|done| {
                     let raise = *done < version;
@@ -313,6 +378,9 @@ impl Counters {
             let me = self.me.clone();
             let mark = table.marks.entry(me).or_default();
             *mark = (*mark).max(through);
+            if table.unflushed.is_empty() {
+                table.flusher_idle = true;
+            }
         }
         self.flushed
             .send_modify(|done| *done = (*done).max(through));
@@ -340,12 +408,21 @@ impl Counters {
         Ok(self.store.write(batch, Durability::Process)?)
     }
 
-    /// Flushes whenever a change is pending, until `shutdown`.
+    /// Flushes at once when a waiter asks, and within [`LAZY_FLUSH`] of a
+    /// change nobody waits for, until `shutdown`.
     pub async fn run_flusher(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
         loop {
+            let idle = self.lock().flusher_idle;
+            let lazily = async {
+                if idle {
+                    self.changed.notified().await;
+                }
+                tokio::time::sleep(LAZY_FLUSH).await;
+            };
             tokio::select! {
                 () = self.flush_wanted.notified() => {}
+                () = lazily => {}
                 () = &mut shutdown => break,
             }
             if let Err(e) = self.flush() {
@@ -804,6 +881,40 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(open(&store, "us-east", 1).read(|t| t.value(&id("k"))), 2);
+        let _ = stop.send(());
+        flusher.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_waiter_writes_its_change_itself() {
+        let store = Arc::new(MemStore::new());
+        let c = open(&store, "us-east", 1);
+        // No flusher running: the waiting task writes.
+        let ticket = add(&c, "k", 2);
+        tokio::time::timeout(std::time::Duration::from_secs(5), c.durable(ticket))
+            .await
+            .unwrap();
+        assert_eq!(open(&store, "us-east", 1).read(|t| t.value(&id("k"))), 2);
+        assert_eq!(c.take_outbox().slots.len(), 1, "durable, so gossiped");
+    }
+
+    #[tokio::test]
+    async fn a_change_nobody_waits_for_is_written_within_the_lazy_delay() {
+        let store = Arc::new(MemStore::new());
+        let c = Arc::new(open(&store, "us-east", 1));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let flusher = tokio::spawn(c.clone().run_flusher(async {
+            let _ = stopped.await;
+        }));
+        for round in 1..=3 {
+            let _ = add(&c, "k", 1);
+            tokio::time::sleep(LAZY_FLUSH * 20).await;
+            assert_eq!(
+                open(&store, "us-east", 1).read(|t| t.value(&id("k"))),
+                round,
+                "written without a waiter (round {round})"
+            );
+        }
         let _ = stop.send(());
         flusher.await.unwrap();
     }
