@@ -36,7 +36,9 @@ impl Provider for Anthropic {
             let stream = req.is_stream();
             let body =
                 write_request::chat_to_messages(&req, &d.upstream_model, DEFAULT_MAX_TOKENS)?;
-            let resp = send(cx, Bytes::from(body.to_string()), stream).await?;
+            let body = serde_json::to_vec(&body)
+                .map_err(|e| Error::Internal(format!("encoding request: {e}")))?;
+            let resp = send(cx, Bytes::from(body), stream).await?;
             let created = cx.clock.unix_secs();
             if !stream {
                 let body = upstream::read_body(resp.body, &d.id, d.timeout).await?;

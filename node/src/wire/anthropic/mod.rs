@@ -4,7 +4,7 @@
 //!
 //! | | Anthropic → chat | chat → Anthropic |
 //! |---|---|---|
-//! | request | [`read_request`] (a `/v1/messages` client) | [`write_request`] (an Anthropic deployment) |
+//! | request | [`read_request`] (a `/v1/messages` client) | [`write_request`] (an Anthropic deployment; the body typed in [`request`]) |
 //! | whole answer | [`response::to_chat`] | [`response::from_chat`] |
 //! | stream | [`stream::EventsToChunks`] | [`stream::ChunksToEvents`] |
 //!
@@ -12,12 +12,17 @@
 //! body passes through (`providers::anthropic::messages`), so fields the
 //! chat format has no place for (`top_k`, `thinking`, …) reach the provider.
 //!
+//! The client's request is read as JSON, not into [`request`]'s types: it
+//! is validated field by field so an error names the offending path
+//! (`messages[0].content[1].source.type`), and it is passed through as sent.
+//!
 //! Types are lenient where Anthropic adds things over time (unknown block,
 //! delta and event types are [`ContentBlock::Other`], [`Delta::Other`],
 //! [`StreamEvent::Other`]) and strict where a wrong type means the body is
 //! not what it claims to be.
 
 pub mod read_request;
+pub mod request;
 pub mod response;
 pub mod stream;
 pub mod write_request;

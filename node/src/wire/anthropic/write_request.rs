@@ -1,12 +1,16 @@
 //! Requests to Anthropic deployments from OpenAI clients: the gateway's chat
-//! request written as a `/v1/messages` body.
+//! request written as a typed Messages body ([`MessagesBody`]).
 
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
+use super::request::{
+    InputBlock, InputMessage, MessagesBody, Metadata, Source, System, ToolChoice, ToolDef,
+    ToolResultContent, TurnRole,
+};
 use crate::error::Error;
 use crate::wire::openai::{ChatMessage, ChatRequest, Content, ContentPart, Role};
 
-/// Builds the `/v1/messages` request body for `req`.
+/// Builds the Messages request body for `req`.
 ///
 /// `default_max_tokens` applies when the client set no output cap, because Anthropic
 /// rejects a request without `max_tokens`.
@@ -14,7 +18,7 @@ pub fn chat_to_messages(
     req: &ChatRequest,
     upstream_model: &str,
     default_max_tokens: u32,
-) -> Result<Value, Error> {
+) -> Result<MessagesBody, Error> {
     if req.messages.is_empty() {
         return Err(Error::invalid(
             "`messages` must contain at least one message",
@@ -23,7 +27,7 @@ pub fn chat_to_messages(
     }
 
     let mut system: Vec<SystemText> = Vec::new();
-    let mut turns: Vec<Turn> = Vec::new();
+    let mut turns: Vec<InputMessage> = Vec::new();
     for (i, msg) in req.messages.iter().enumerate() {
         let (role, mut blocks) = match msg.role {
             Role::System | Role::Developer => {
@@ -40,9 +44,9 @@ pub fn chat_to_messages(
                 }
                 continue;
             }
-            Role::User => ("user", content_blocks(msg.content.as_ref(), i)?),
-            Role::Assistant => ("assistant", assistant_blocks(msg, i)?),
-            Role::Tool => ("user", vec![tool_result_block(msg, i)?]),
+            Role::User => (TurnRole::User, content_blocks(msg.content.as_ref(), i)?),
+            Role::Assistant => (TurnRole::Assistant, assistant_blocks(msg, i)?),
+            Role::Tool => (TurnRole::User, vec![tool_result_block(msg, i)?]),
             Role::Function => {
                 // The legacy `function` role carries no call id, and Anthropic cannot
                 // pair a result with its call without one.
@@ -59,14 +63,17 @@ pub fn chat_to_messages(
         // LiteLLM clients mark prompt-cache breakpoints on the message; Anthropic wants
         // them on a block, and the last one caches the whole message.
         if let Some(cc) = msg.extra.get("cache_control")
-            && let Some(Value::Object(last)) = blocks.last_mut()
+            && let Some(last) = blocks.last_mut()
         {
-            last.insert("cache_control".into(), cc.clone());
+            last.set_cache_control(cc.clone());
         }
         // Anthropic requires user and assistant turns to alternate.
         match turns.last_mut() {
-            Some(turn) if turn.role == role => turn.blocks.extend(blocks),
-            _ => turns.push(Turn { role, blocks }),
+            Some(turn) if turn.role == role => turn.content.extend(blocks),
+            _ => turns.push(InputMessage {
+                role,
+                content: blocks,
+            }),
         }
     }
     if turns.is_empty() {
@@ -75,49 +82,16 @@ pub fn chat_to_messages(
             Some("messages"),
         ));
     }
-
-    let messages: Vec<Value> = turns
-        .into_iter()
-        .map(|turn| {
-            let mut blocks = turn.blocks;
-            if turn.role == "user" {
-                // Anthropic rejects a user turn where text precedes its tool results.
-                let (mut results, rest): (Vec<Value>, Vec<Value>) =
-                    blocks.into_iter().partition(is_tool_result);
-                results.extend(rest);
-                blocks = results;
-            }
-            json!({ "role": turn.role, "content": blocks })
-        })
-        .collect();
-
-    let mut body = Map::new();
-    body.insert("model".into(), json!(upstream_model));
-    body.insert("messages".into(), Value::Array(messages));
-    body.insert(
-        "max_tokens".into(),
-        json!(req.output_limit().unwrap_or(default_max_tokens)),
-    );
-    if let Some(system) = system_value(system) {
-        body.insert("system".into(), system);
-    }
-    if let Some(t) = req.temperature {
-        body.insert("temperature".into(), json!(t));
-    }
-    if let Some(p) = req.top_p {
-        body.insert("top_p".into(), json!(p));
-    }
-    if let Some(stop) = &req.stop {
-        let stops = stop.clone().into_vec();
-        if !stops.is_empty() {
-            body.insert("stop_sequences".into(), json!(stops));
+    for turn in &mut turns {
+        if turn.role == TurnRole::User {
+            // Anthropic rejects a user turn where text precedes its tool results.
+            let (mut results, rest): (Vec<InputBlock>, Vec<InputBlock>) =
+                std::mem::take(&mut turn.content)
+                    .into_iter()
+                    .partition(InputBlock::is_tool_result);
+            results.extend(rest);
+            turn.content = results;
         }
-    }
-    if let Some(stream) = req.stream {
-        body.insert("stream".into(), json!(stream));
-    }
-    if let Some(user) = &req.user {
-        body.insert("metadata".into(), json!({ "user_id": user }));
     }
 
     let tools = tools_value(req)?;
@@ -127,27 +101,39 @@ pub fn chat_to_messages(
         .extra
         .get("parallel_tool_calls")
         .and_then(Value::as_bool);
-    let choice = match &req.tool_choice {
-        Some(choice) => Some(tool_choice_value(choice, parallel)?),
-        None if parallel == Some(false) => Some(json!({
-            "type": "auto",
-            "disable_parallel_tool_use": true,
-        })),
+    let mut choice = match &req.tool_choice {
+        Some(choice) => Some(tool_choice_value(choice)?),
+        None if parallel == Some(false) => Some(ToolChoice::Auto {
+            disable_parallel_tool_use: None,
+        }),
         None => None,
     };
-    if let Some(tools) = tools {
-        body.insert("tools".into(), tools);
-        if let Some(choice) = choice {
-            body.insert("tool_choice".into(), choice);
-        }
+    if parallel == Some(false)
+        && let Some(choice) = &mut choice
+    {
+        choice.one_call_at_a_time();
     }
+    let stop_sequences = req
+        .stop
+        .clone()
+        .map(|stop| stop.into_vec())
+        .filter(|stops| !stops.is_empty());
 
-    Ok(Value::Object(body))
-}
-
-struct Turn {
-    role: &'static str,
-    blocks: Vec<Value>,
+    Ok(MessagesBody {
+        model: upstream_model.to_owned(),
+        messages: turns,
+        max_tokens: req.output_limit().unwrap_or(default_max_tokens),
+        system: system_value(system),
+        temperature: req.temperature,
+        top_p: req.top_p,
+        stop_sequences,
+        stream: req.stream,
+        metadata: req.user.as_ref().map(|user| Metadata {
+            user_id: user.clone(),
+        }),
+        tool_choice: choice.filter(|_| tools.is_some()),
+        tools,
+    })
 }
 
 struct SystemText {
@@ -157,37 +143,30 @@ struct SystemText {
 
 /// A plain string when it can be, since that is the common form; text blocks only
 /// when a cache breakpoint must ride on one.
-fn system_value(system: Vec<SystemText>) -> Option<Value> {
+fn system_value(system: Vec<SystemText>) -> Option<System> {
     if system.is_empty() {
         return None;
     }
     if system.iter().all(|s| s.cache_control.is_none()) {
         let texts: Vec<String> = system.into_iter().map(|s| s.text).collect();
-        return Some(Value::String(texts.join("\n")));
+        return Some(System::Text(texts.join("\n")));
     }
     let blocks = system
         .into_iter()
-        .map(|s| {
-            let mut block = json!({ "type": "text", "text": s.text });
-            if let (Some(cc), Value::Object(obj)) = (s.cache_control, &mut block) {
-                obj.insert("cache_control".into(), cc);
-            }
-            block
+        .map(|s| InputBlock::Text {
+            text: s.text,
+            cache_control: s.cache_control,
         })
         .collect();
-    Some(Value::Array(blocks))
-}
-
-fn is_tool_result(block: &Value) -> bool {
-    block.get("type").and_then(Value::as_str) == Some("tool_result")
+    Some(System::Blocks(blocks))
 }
 
 /// Anthropic rejects text blocks that are empty or only whitespace.
-fn text_block(text: &str) -> Option<Value> {
-    (!text.trim().is_empty()).then(|| json!({ "type": "text", "text": text }))
+fn text_block(text: &str) -> Option<InputBlock> {
+    (!text.trim().is_empty()).then(|| InputBlock::text(text))
 }
 
-fn content_blocks(content: Option<&Content>, i: usize) -> Result<Vec<Value>, Error> {
+fn content_blocks(content: Option<&Content>, i: usize) -> Result<Vec<InputBlock>, Error> {
     match content {
         None => Ok(Vec::new()),
         Some(Content::Text(text)) => Ok(text_block(text).into_iter().collect()),
@@ -199,7 +178,7 @@ fn content_blocks(content: Option<&Content>, i: usize) -> Result<Vec<Value>, Err
     }
 }
 
-fn part_block(part: &ContentPart, i: usize, j: usize) -> Result<Option<Value>, Error> {
+fn part_block(part: &ContentPart, i: usize, j: usize) -> Result<Option<InputBlock>, Error> {
     match part {
         ContentPart::Text { text, .. } => Ok(text_block(text)),
         ContentPart::ImageUrl { image_url, .. } => {
@@ -209,7 +188,10 @@ fn part_block(part: &ContentPart, i: usize, j: usize) -> Result<Option<Value>, E
                     Some(&format!("messages[{i}].content[{j}].image_url.url")),
                 )
             })?;
-            Ok(Some(json!({ "type": "image", "source": source })))
+            Ok(Some(InputBlock::Image {
+                source,
+                cache_control: None,
+            }))
         }
         ContentPart::File { file } => {
             let source = file
@@ -222,14 +204,10 @@ fn part_block(part: &ContentPart, i: usize, j: usize) -> Result<Option<Value>, E
                         Some(&format!("messages[{i}].content[{j}].file.file_data")),
                     )
                 })?;
-            Ok(Some(json!({
-                "type": "document",
-                "source": {
-                    "type": "base64",
-                    "media_type": source.media_type,
-                    "data": source.data,
-                },
-            })))
+            Ok(Some(InputBlock::Document {
+                source,
+                cache_control: None,
+            }))
         }
         ContentPart::InputAudio { .. } => Err(Error::invalid(
             "audio input is not supported for this model",
@@ -242,29 +220,22 @@ fn part_block(part: &ContentPart, i: usize, j: usize) -> Result<Option<Value>, E
     }
 }
 
-fn image_source(url: &str) -> Option<Value> {
+fn image_source(url: &str) -> Option<Source> {
     if let Some(data) = parse_data_url(url) {
-        return Some(json!({
-            "type": "base64",
-            "media_type": data.media_type,
-            "data": data.data,
-        }));
+        return Some(data);
     }
     let lower = url.get(..8).unwrap_or(url).to_ascii_lowercase();
     if lower.starts_with("http://") || lower.starts_with("https://") {
-        return Some(json!({ "type": "url", "url": url }));
+        return Some(Source::Url {
+            url: url.to_owned(),
+        });
     }
     None
 }
 
-struct DataUrl<'a> {
-    media_type: &'a str,
-    data: &'a str,
-}
-
 /// `data:<media-type>[;param]*;base64,<data>`. Only base64 is accepted because that is
 /// all Anthropic takes.
-fn parse_data_url(url: &str) -> Option<DataUrl<'_>> {
+fn parse_data_url(url: &str) -> Option<Source> {
     let rest = url.strip_prefix("data:")?;
     let (header, data) = rest.split_once(',')?;
     let header = header.strip_suffix(";base64")?;
@@ -272,10 +243,13 @@ fn parse_data_url(url: &str) -> Option<DataUrl<'_>> {
     if media_type.is_empty() || data.is_empty() {
         return None;
     }
-    Some(DataUrl { media_type, data })
+    Some(Source::Base64 {
+        media_type: media_type.to_owned(),
+        data: data.to_owned(),
+    })
 }
 
-fn assistant_blocks(msg: &ChatMessage, i: usize) -> Result<Vec<Value>, Error> {
+fn assistant_blocks(msg: &ChatMessage, i: usize) -> Result<Vec<InputBlock>, Error> {
     let mut blocks = content_blocks(msg.content.as_ref(), i)?;
     for (j, call) in msg.tool_calls.iter().flatten().enumerate() {
         let path = format!("messages[{i}].tool_calls[{j}].function.arguments");
@@ -297,51 +271,48 @@ fn assistant_blocks(msg: &ChatMessage, i: usize) -> Result<Vec<Value>, Error> {
                 Some(&path),
             ));
         }
-        blocks.push(json!({
-            "type": "tool_use",
-            "id": call.id,
-            "name": call.function.name,
-            "input": input,
-        }));
+        blocks.push(InputBlock::ToolUse {
+            id: call.id.clone(),
+            name: call.function.name.clone(),
+            input,
+            cache_control: None,
+        });
     }
     Ok(blocks)
 }
 
-fn tool_result_block(msg: &ChatMessage, i: usize) -> Result<Value, Error> {
+fn tool_result_block(msg: &ChatMessage, i: usize) -> Result<InputBlock, Error> {
     let id = msg.tool_call_id.as_deref().ok_or_else(|| {
         Error::invalid(
             "tool messages require `tool_call_id`",
             Some(&format!("messages[{i}].tool_call_id")),
         )
     })?;
-    let mut block = Map::new();
-    block.insert("type".into(), json!("tool_result"));
-    block.insert("tool_use_id".into(), json!(id));
     let content = match &msg.content {
         None => None,
-        Some(Content::Text(text)) => Some(Value::String(text.clone())),
+        Some(Content::Text(text)) => Some(ToolResultContent::Text(text.clone())),
         Some(content @ Content::Parts(parts)) => {
             if parts.iter().all(|p| matches!(p, ContentPart::Text { .. })) {
-                Some(Value::String(content.joined_text()))
+                Some(ToolResultContent::Text(content.joined_text()))
             } else {
-                Some(Value::Array(content_blocks(Some(content), i)?))
+                Some(ToolResultContent::Blocks(content_blocks(Some(content), i)?))
             }
         }
     };
     // `content` is optional for Anthropic; leaving out an empty one avoids its
     // empty-text check.
-    match content {
-        Some(Value::String(s)) if s.is_empty() => {}
-        Some(Value::Array(a)) if a.is_empty() => {}
-        Some(c) => {
-            block.insert("content".into(), c);
-        }
-        None => {}
-    }
-    Ok(Value::Object(block))
+    let content = content.filter(|c| match c {
+        ToolResultContent::Text(s) => !s.is_empty(),
+        ToolResultContent::Blocks(b) => !b.is_empty(),
+    });
+    Ok(InputBlock::ToolResult {
+        tool_use_id: id.to_owned(),
+        content,
+        cache_control: None,
+    })
 }
 
-fn tools_value(req: &ChatRequest) -> Result<Option<Value>, Error> {
+fn tools_value(req: &ChatRequest) -> Result<Option<Vec<ToolDef>>, Error> {
     let Some(tools) = req.tools.as_ref().filter(|t| !t.is_empty()) else {
         return Ok(None);
     };
@@ -353,37 +324,36 @@ fn tools_value(req: &ChatRequest) -> Result<Option<Value>, Error> {
                 Some(&format!("tools[{k}].type")),
             ));
         }
-        let mut def = Map::new();
-        def.insert("name".into(), json!(tool.function.name));
-        if let Some(d) = &tool.function.description {
-            def.insert("description".into(), json!(d));
-        }
-        def.insert(
-            "input_schema".into(),
-            tool.function
+        out.push(ToolDef {
+            name: tool.function.name.clone(),
+            description: tool.function.description.clone(),
+            input_schema: tool
+                .function
                 .parameters
                 .clone()
                 .unwrap_or_else(|| json!({ "type": "object", "properties": {} })),
-        );
-        out.push(Value::Object(def));
+        });
     }
-    Ok(Some(Value::Array(out)))
+    Ok(Some(out))
 }
 
-fn tool_choice_value(choice: &Value, parallel: Option<bool>) -> Result<Value, Error> {
+fn tool_choice_value(choice: &Value) -> Result<ToolChoice, Error> {
     let invalid = || {
         Error::invalid(
             "tool_choice must be \"none\", \"auto\", \"required\" or {\"type\":\"function\",\"function\":{\"name\":...}}",
             Some("tool_choice"),
         )
     };
-    let mut value = match choice {
+    match choice {
         Value::String(s) => match s.as_str() {
-            "auto" => json!({ "type": "auto" }),
-            "required" => json!({ "type": "any" }),
-            // Anthropic takes no parallelism flag on "none".
-            "none" => return Ok(json!({ "type": "none" })),
-            _ => return Err(invalid()),
+            "auto" => Ok(ToolChoice::Auto {
+                disable_parallel_tool_use: None,
+            }),
+            "required" => Ok(ToolChoice::Any {
+                disable_parallel_tool_use: None,
+            }),
+            "none" => Ok(ToolChoice::None),
+            _ => Err(invalid()),
         },
         Value::Object(obj) => {
             let name = obj
@@ -392,14 +362,11 @@ fn tool_choice_value(choice: &Value, parallel: Option<bool>) -> Result<Value, Er
                 .and_then(Value::as_str)
                 .filter(|_| obj.get("type").and_then(Value::as_str) == Some("function"))
                 .ok_or_else(invalid)?;
-            json!({ "type": "tool", "name": name })
+            Ok(ToolChoice::Tool {
+                name: name.to_owned(),
+                disable_parallel_tool_use: None,
+            })
         }
-        _ => return Err(invalid()),
-    };
-    if parallel == Some(false)
-        && let Value::Object(obj) = &mut value
-    {
-        obj.insert("disable_parallel_tool_use".into(), json!(true));
+        _ => Err(invalid()),
     }
-    Ok(value)
 }

@@ -156,3 +156,64 @@ fn chat_response_stop_reasons_and_id_prefix() {
     let err = from_chat_json(json!({"id": "x", "choices": []}), "m", None).unwrap_err();
     assert_eq!(err, "chat completion has no choices");
 }
+
+fn arb_message() -> impl proptest::strategy::Strategy<Value = Message> {
+    use proptest::prelude::*;
+    let call = ("toolu_[a-z0-9]{1,6}", "[a-z_]{1,8}", "[a-z]{1,4}", any::<i32>()).prop_map(
+        |(id, name, key, n)| ContentBlock::ToolUse {
+            id,
+            name,
+            input: json!({ key: n }),
+        },
+    );
+    (
+        prop::option::of("[A-Za-z ,.]{1,24}"),
+        prop::collection::vec(call, 0..3),
+        any::<bool>(),
+        [0u64..1_000_000, 0..1_000_000, 0..1_000_000, 0..1_000_000],
+    )
+        .prop_map(|(text, calls, cut_short, [input, output, read, written])| {
+            let stop = if !calls.is_empty() {
+                "tool_use"
+            } else if cut_short {
+                "max_tokens"
+            } else {
+                "end_turn"
+            };
+            let mut content: Vec<ContentBlock> = text
+                .filter(|t| !t.trim().is_empty())
+                .map(|text| ContentBlock::Text { text })
+                .into_iter()
+                .collect();
+            content.extend(calls);
+            Message {
+                id: "msg_1".into(),
+                model: "m".into(),
+                content: Some(content),
+                stop_reason: Some(stop.into()),
+                usage: AnthropicUsage {
+                    input_tokens: input,
+                    output_tokens: output,
+                    cache_read_input_tokens: read,
+                    cache_creation_input_tokens: written,
+                }
+                .fields(),
+                ..Message::skeleton()
+            }
+        })
+}
+
+proptest::proptest! {
+    /// Both directions agree: an Anthropic answer translated for an OpenAI
+    /// client, and that translated back for an Anthropic client, is the
+    /// answer Anthropic gave (text, tool calls, stop reason, every usage
+    /// counter).
+    #[test]
+    fn answers_survive_the_round_trip_through_chat(message in arb_message()) {
+        let (chat, usage) = super::super::response::to_chat(message.clone(), "m", 1).unwrap();
+        let wire = serde_json::to_vec(&chat).unwrap();
+        let chat = serde_json::from_slice(&wire).unwrap();
+        let back = super::super::response::from_chat(chat, "m", Some(usage)).unwrap();
+        proptest::prop_assert_eq!(back, message);
+    }
+}

@@ -1,7 +1,12 @@
 use serde_json::{Map, json};
 
 use crate::error::Error;
-use crate::wire::anthropic::write_request::*;
+use crate::wire::anthropic::write_request;
+
+/// The body as JSON, as it goes on the wire.
+fn chat_to_messages(req: &ChatRequest, model: &str, max: u32) -> Result<serde_json::Value, Error> {
+    write_request::chat_to_messages(req, model, max).map(|b| serde_json::to_value(b).unwrap())
+}
 use crate::wire::openai::*;
 
 fn request(messages: Vec<ChatMessage>) -> ChatRequest {
