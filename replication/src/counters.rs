@@ -44,6 +44,13 @@ const MAX_SYNC_SLOTS: usize = 100_000;
 /// by default), never an acknowledgement.
 pub const LAZY_FLUSH: Duration = Duration::from_millis(10);
 
+/// Changes pending (calls of [`Counters::update`] that changed something)
+/// that a waiter writes at once instead of yielding first: a call makes two,
+/// its reservation and its settlement. More than that means other calls
+/// are in flight, and letting them reach their settlement first makes one
+/// write cover them all.
+const ALONE: u64 = 2;
+
 /// A change waiting to become durable: its change number.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 #[must_use = "wait for it with `Counters::durable` before acknowledging"]
@@ -88,6 +95,8 @@ struct Table {
     remote_dirty: HashSet<CounterId>,
     /// The flusher found nothing pending: the next change must wake it.
     flusher_idle: bool,
+    /// Updates that changed something since the last write took its batch.
+    updates_pending: u64,
     /// Per replica, the change number up to which this node holds all.
     marks: BTreeMap<Replica, u64>,
 }
@@ -234,6 +243,9 @@ impl Counters {
         let out = f(&mut txn);
         let changed = txn.changed;
         let ticket = Ticket(table.version);
+        if changed {
+            table.updates_pending += 1;
+        }
         let wake = changed && std::mem::replace(&mut table.flusher_idle, false);
         drop(table);
         if wake {
@@ -284,13 +296,14 @@ impl Counters {
         if *self.flushed.borrow() >= ticket.0 {
             return;
         }
-        // Let the other tasks ready on this worker make their changes first:
-        // one write then covers them all, and under load most waiters find
-        // theirs written when they run again. On a quiet node nothing else
-        // is ready, and this costs one re-poll.
-        tokio::task::yield_now().await;
-        if *self.flushed.borrow() >= ticket.0 {
-            return;
+        // With other calls in flight, let the tasks ready on this worker
+        // make their changes first: one write then covers them all, and most
+        // waiters find theirs written when they run again. Alone, write now.
+        if self.lock().updates_pending > ALONE {
+            tokio::task::yield_now().await;
+            if *self.flushed.borrow() >= ticket.0 {
+                return;
+            }
         }
         self.write_or_ask();
         if *self.flushed.borrow() >= ticket.0 {
@@ -337,6 +350,7 @@ impl Counters {
                 // write; their tickets are released all the same.
                 let version = table.version;
                 table.flusher_idle = true;
+                table.updates_pending = 0;
                 drop(table);
                 self.flushed.send_if_modified(|done| {
                     let raise = *done < version;
@@ -348,6 +362,7 @@ impl Counters {
             let mut batch = WriteBatch::default();
             let mut snapshot = Vec::with_capacity(table.unflushed.len());
             let ids: Vec<CounterId> = table.unflushed.drain().collect();
+            table.updates_pending = 0;
             let table = &mut *table;
             for id in ids {
                 if let Some(counter) = table.counters.get(&id) {
