@@ -19,7 +19,9 @@ log() { printf '== %s\n' "$*" >&2; }
 
 ops/dev.sh build-deps
 log "building meridian and meridian-loadtest"
-cargo build -p meridian-node --bin meridian --example router_cost -p meridian-loadtest --bins
+# The build `ops/dev.sh test` and `run` make (tests included): the same
+# cargo invocation, so nothing is compiled again after them.
+cargo build --workspace --exclude meridian-sim --all-targets
 litellm=()
 if [ -z "${NO_LITELLM:-}" ]; then
   ops/litellm.sh

@@ -159,13 +159,17 @@ fn chat_response_stop_reasons_and_id_prefix() {
 
 fn arb_message() -> impl proptest::strategy::Strategy<Value = Message> {
     use proptest::prelude::*;
-    let call = ("toolu_[a-z0-9]{1,6}", "[a-z_]{1,8}", "[a-z]{1,4}", any::<i32>()).prop_map(
-        |(id, name, key, n)| ContentBlock::ToolUse {
+    let call = (
+        "toolu_[a-z0-9]{1,6}",
+        "[a-z_]{1,8}",
+        "[a-z]{1,4}",
+        any::<i32>(),
+    )
+        .prop_map(|(id, name, key, n)| ContentBlock::ToolUse {
             id,
             name,
             input: json!({ key: n }),
-        },
-    );
+        });
     (
         prop::option::of("[A-Za-z ,.]{1,24}"),
         prop::collection::vec(call, 0..3),
