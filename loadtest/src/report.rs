@@ -502,7 +502,8 @@ fn table(runs: &[RunResult]) -> String {
     let mut s = String::from(
         "<table>\n<tr><th>run</th><th>load</th><th>requests</th><th>ok</th><th>failed</th>\
          <th>req/s</th><th>p50</th><th>p90</th><th>p99</th><th>p99.9</th><th>max</th>\
-         <th>mean</th><th>ttfb p50</th><th>ttfb p99</th><th>late sends</th></tr>\n",
+         <th>mean</th><th>ttfb p50</th><th>ttfb p99</th><th>reported overhead p50</th>\
+         <th>reported overhead p99</th><th>late sends</th></tr>\n",
     );
     for run in runs {
         let load = match run.load {
@@ -519,8 +520,8 @@ fn table(runs: &[RunResult]) -> String {
                 .collect();
             list.join(", ")
         };
-        let ttfb = |us: u64| {
-            if run.ttfb.count == 0 {
+        let when = |summary: &crate::result::Summary, us: u64| {
+            if summary.count == 0 {
                 "–".to_owned()
             } else {
                 ms(us)
@@ -530,7 +531,7 @@ fn table(runs: &[RunResult]) -> String {
             s,
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1}</td>\
              <td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
-             <td>{}</td><td>{}</td><td>{}</td></tr>",
+             <td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             escape(&run.label),
             escape(&load),
             run.requests,
@@ -543,8 +544,10 @@ fn table(runs: &[RunResult]) -> String {
             ms(run.latency.p999_us),
             ms(run.latency.max_us),
             ms(run.latency.mean_us.round() as u64),
-            ttfb(run.ttfb.p50_us),
-            ttfb(run.ttfb.p99_us),
+            when(&run.ttfb, run.ttfb.p50_us),
+            when(&run.ttfb, run.ttfb.p99_us),
+            when(&run.reported_overhead, run.reported_overhead.p50_us),
+            when(&run.reported_overhead, run.reported_overhead.p99_us),
             run.late_sends,
         );
     }

@@ -55,6 +55,10 @@ pub struct RunResult {
     pub latency: Summary,
     /// Successful streams, to the first byte of the body.
     pub ttfb: Summary,
+    /// What a Meridian node said it added to each successful answer
+    /// (`x-meridian-overhead-duration-ms`); empty for other targets.
+    #[serde(default)]
+    pub reported_overhead: Summary,
     /// How late sends left after their intended time.
     pub send_lag: Summary,
     /// Latency by percentile, for plots: from p0 up to the deepest percentile
@@ -199,6 +203,9 @@ impl fmt::Display for RunResult {
         write_summary(f, "latency", &self.latency)?;
         if self.ttfb.count > 0 {
             write_summary(f, "ttfb", &self.ttfb)?;
+        }
+        if self.reported_overhead.count > 0 {
+            write_summary(f, "reported", &self.reported_overhead)?;
         }
         Ok(())
     }

@@ -365,6 +365,9 @@ enum Outcome {
     Answered {
         status: u16,
         first_byte: Instant,
+        /// What the gateway said it added (`x-meridian-overhead-duration-ms`),
+        /// µs, when it said.
+        reported_us: Option<u64>,
     },
     Timeout,
     /// No answer, or a broken connection or body.
@@ -402,6 +405,7 @@ impl Ctx {
         };
         let headers_at = Instant::now();
         let status = response.status().as_u16();
+        let reported_us = reported_overhead_us(response.headers());
         let mut body = response.into_body();
         let mut first_byte = None;
         while let Some(frame) = body.frame().await {
@@ -415,8 +419,22 @@ impl Ctx {
         Outcome::Answered {
             status,
             first_byte: first_byte.unwrap_or(headers_at),
+            reported_us,
         }
     }
+}
+
+/// The gateway's own account of what it added to a call, from its
+/// `x-meridian-overhead-duration-ms` header (milliseconds, fractional).
+fn reported_overhead_us(headers: &http::HeaderMap) -> Option<u64> {
+    let ms: f64 = headers
+        .get("x-meridian-overhead-duration-ms")?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    (ms.is_finite() && ms >= 0.0).then(|| (ms * 1000.0).round() as u64)
 }
 
 /// Where requests go and what they carry: bodies serialized once, cloned
@@ -570,6 +588,7 @@ struct Tally {
     measure_from: Instant,
     latency: Histogram<u64>,
     ttfb: Histogram<u64>,
+    reported: Histogram<u64>,
     send_lag: Histogram<u64>,
     requests: u64,
     streams: u64,
@@ -598,6 +617,7 @@ impl Tally {
             measure_from,
             latency: histogram(),
             ttfb: histogram(),
+            reported: histogram(),
             send_lag: histogram(),
             requests: 0,
             streams: 0,
@@ -622,8 +642,15 @@ impl Tally {
         self.late_sends += u64::from(lag > LATE_AFTER);
         self.last_done = self.last_done.max(Some(s.done));
         let failure = match s.outcome {
-            Outcome::Answered { status, first_byte } if (200..300).contains(&status) => {
+            Outcome::Answered {
+                status,
+                first_byte,
+                reported_us,
+            } if (200..300).contains(&status) => {
                 self.successes += 1;
+                if let Some(us) = reported_us {
+                    self.reported.saturating_record(us);
+                }
                 self.latency
                     .saturating_record(micros(latency_from(s.intended, s.done)));
                 if s.stream {
@@ -679,6 +706,7 @@ impl Tally {
             },
             latency: Summary::of(&self.latency),
             ttfb: Summary::of(&self.ttfb),
+            reported_overhead: Summary::of(&self.reported),
             send_lag: Summary::of(&self.send_lag),
             latency_curve: curve(&self.latency),
             per_second: self.per_second,
@@ -783,11 +811,30 @@ mod tests {
             outcome: Outcome::Answered {
                 status: 200,
                 first_byte: done,
+                reported_us: Some(120),
             },
         });
         assert_eq!(tally.late_sends, 1);
         let latency = tally.latency.max();
         assert!(tally.latency.equivalent(latency, 310_000), "{latency}");
+        // The gateway's own account is kept beside what the client measured.
+        assert_eq!((tally.reported.len(), tally.reported.max()), (1, 120));
+    }
+
+    #[test]
+    fn the_reported_overhead_header_is_read_in_microseconds() {
+        let mut headers = http::HeaderMap::new();
+        assert_eq!(reported_overhead_us(&headers), None);
+        headers.insert(
+            "x-meridian-overhead-duration-ms",
+            http::HeaderValue::from_static("0.287"),
+        );
+        assert_eq!(reported_overhead_us(&headers), Some(287));
+        headers.insert(
+            "x-meridian-overhead-duration-ms",
+            http::HeaderValue::from_static("-1"),
+        );
+        assert_eq!(reported_overhead_us(&headers), None);
     }
 
     #[test]

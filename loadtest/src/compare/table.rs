@@ -318,6 +318,7 @@ mod tests {
                 ..Summary::default()
             },
             ttfb: Summary::default(),
+            reported_overhead: Summary::default(),
             send_lag: Summary::default(),
             latency_curve: Vec::new(),
             per_second: Vec::new(),
