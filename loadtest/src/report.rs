@@ -169,7 +169,8 @@ fn comparison_table(c: &Comparison) -> String {
     let mut s = String::from(
         "<table>\n<tr><th>row</th><th>ok / sent</th><th>p50</th><th>p90</th><th>p99</th>\
          <th>p99.9</th><th>overhead p50</th><th>overhead p90</th><th>overhead p99</th>\
-         <th>overhead p99.9</th><th>max req/s</th><th>× direct</th>\
+         <th>overhead p99.9</th><th>stream first byte overhead p50</th>\
+         <th>stream first byte overhead p99</th><th>max req/s</th><th>× direct</th>\
          <th>CPU s / 1k req at rate</th><th>CPU s / 1k req at max</th><th>idle CPU</th>\
          <th>RSS idle</th><th>RSS after</th><th>processes</th>\
          <th>upstream CPU s / 1k at rate</th><th>generator CPU s / 1k at rate</th></tr>\n",
@@ -186,11 +187,15 @@ fn comparison_table(c: &Comparison) -> String {
                 .collect(),
             None => vec!["–".to_owned(); 4],
         };
+        let ttfb: Vec<String> = match r.ttfb_overhead {
+            Some(o) => vec![signed_ms(o.p50_us), signed_ms(o.p99_us)],
+            None => vec!["–".to_owned(); 2],
+        };
         let _ = writeln!(
             s,
             "<tr><td title=\"{}\">{}</td><td>{} / {}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
-             <td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.0}</td><td>{}</td><td>{}</td>\
-             <td>{}</td><td>{}</td><td>{:.1} MiB</td><td>{:.1} MiB</td><td>{} ({})</td>\
+             <td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.0}</td>\
+             <td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1} MiB</td><td>{:.1} MiB</td><td>{} ({})</td>\
              <td>{}</td><td>{}</td></tr>",
             escape(&r.description),
             escape(r.row.name()),
@@ -204,6 +209,8 @@ fn comparison_table(c: &Comparison) -> String {
             overhead[1],
             overhead[2],
             overhead[3],
+            ttfb[0],
+            ttfb[1],
             r.max_throughput.throughput_rps,
             opt(r.throughput_ratio, 3),
             opt(r.cpu_s_per_1k, 3),

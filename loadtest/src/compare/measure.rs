@@ -227,6 +227,7 @@ pub(super) async fn run_row(
         sequential,
         sequential_overhead: None,
         overhead: None,
+        ttfb_overhead: None,
         throughput_ratio: None,
         idle_cpu_percent,
         rss_idle_kib,

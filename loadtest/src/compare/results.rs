@@ -91,6 +91,10 @@ pub struct RowResult {
     pub cpu_s_per_1k_sequential: Option<f64>,
     /// `fixed_rate` latency minus `direct`'s, when `direct` ran.
     pub overhead: Option<Overhead>,
+    /// `fixed_rate` time to first byte of streams minus `direct`'s, when
+    /// both streamed (`--stream-fraction`).
+    #[serde(default)]
+    pub ttfb_overhead: Option<Overhead>,
     /// `max_throughput` throughput over `direct`'s, when `direct` ran.
     pub throughput_ratio: Option<f64>,
     /// CPU seconds per 1,000 requests of the measured processes during the
@@ -206,10 +210,15 @@ impl Comparison {
             return;
         };
         let latency = direct.fixed_rate.latency;
+        let ttfb = Some(direct.fixed_rate.ttfb).filter(|t| t.count > 0);
         let sequential = direct.sequential.as_ref().map(|s| s.latency);
         let throughput = direct.max_throughput.throughput_rps;
         for row in &mut self.rows {
             row.overhead = Some(Overhead::between(&row.fixed_rate.latency, &latency));
+            row.ttfb_overhead = Some(row.fixed_rate.ttfb)
+                .filter(|t| t.count > 0)
+                .zip(ttfb.as_ref())
+                .map(|(r, d)| Overhead::between(&r, d));
             row.sequential_overhead = row
                 .sequential
                 .as_ref()

@@ -338,6 +338,7 @@ mod tests {
             sequential_overhead: None,
             cpu_s_per_1k_sequential: Some(0.5),
             overhead: None,
+            ttfb_overhead: None,
             throughput_ratio: None,
             cpu_s_per_1k: Some(0.25),
             cpu_s_per_1k_max: Some(0.125),
@@ -437,6 +438,22 @@ mod tests {
         // Without a sequential gap there is no sequential table.
         c.settings.sequential_gap_ms = None;
         assert!(!c.to_string().contains("Latency of one client"));
+
+        // Streams' first byte: an overhead only where both direct and the
+        // row streamed.
+        assert_eq!(c.rows[1].ttfb_overhead, None);
+        let streamed = |p50_us| Summary {
+            count: 10,
+            p50_us,
+            p99_us: p50_us * 2,
+            ..Summary::default()
+        };
+        c.rows[0].fixed_rate.ttfb = streamed(400);
+        c.rows[1].fixed_rate.ttfb = streamed(700);
+        c.relate_to_direct();
+        let nginx = c.rows[1].ttfb_overhead.expect("both streamed");
+        assert_eq!((nginx.p50_us, nginx.p99_us), (300, 600));
+        assert_eq!(c.rows[2].ttfb_overhead, None, "this row did not stream");
     }
 
     #[test]
