@@ -330,7 +330,11 @@ fn run_serve(
         };
         banner.print(&master_key, key_source);
         running
-            .serve(listener, public_tls, shutdown_signal())
+            .serve(
+                meridian_node::listener::tcp_no_delay(listener),
+                public_tls,
+                shutdown_signal(),
+            )
             .await?;
         Ok(ExitCode::SUCCESS)
     })

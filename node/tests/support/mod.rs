@@ -52,9 +52,13 @@ pub async fn start(mut config: Config) -> Gateway {
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
         running
-            .serve(listener, None, async {
-                let _ = rx.await;
-            })
+            .serve(
+                meridian_node::listener::tcp_no_delay(listener),
+                None,
+                async {
+                    let _ = rx.await;
+                },
+            )
             .await
             .unwrap();
     });
