@@ -376,6 +376,15 @@ async fn anthropic_clients_on_anthropic_deployments_pass_through() {
         r.text
     );
     assert!(fake.take_requests().is_empty());
+
+    // Server tools are billed per use, which the gateway does not price:
+    // refused even for Anthropic, before any call.
+    let mut searching = body.clone();
+    searching["tools"] = json!([{ "type": "web_search_20250305", "name": "web_search" }]);
+    let r = gw.post("/v1/messages", searching).await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert!(r.text.contains("web_search_20250305"), "{}", r.text);
+    assert!(fake.take_requests().is_empty());
 }
 
 /// The gateway relays each event as it arrives: with the upstream holding its

@@ -24,9 +24,10 @@ pub struct MessagesRequest {
     pub body: Map<String, Value>,
     /// What routing, admission and every other provider work on.
     pub chat: ChatRequest,
-    /// Set when the body holds what only Anthropic can take (server tools,
-    /// block types the chat format has no place for): `chat` leaves it out,
-    /// and any other provider answers with this refusal.
+    /// Set when the body holds content blocks the chat format has no place
+    /// for: `chat` leaves them out, and any other provider answers with this
+    /// refusal. (Anthropic's server tools are refused outright: the gateway
+    /// does not price their per-call fees.)
     pub no_chat_form: Option<NoChatForm>,
 }
 
@@ -125,7 +126,7 @@ fn read_chat(body: &Map<String, Value>, nc: &mut Option<NoChatForm>) -> Result<C
         temperature: optional_f64(body, "temperature")?,
         top_p: optional_f64(body, "top_p")?,
         stop: stop_sequences(body.get("stop_sequences"))?,
-        tools: tools(body.get("tools"), nc)?,
+        tools: tools(body.get("tools"))?,
         user: metadata_user(body.get("metadata"))?,
         ..Default::default()
     };
@@ -477,7 +478,7 @@ fn stop_sequences(value: Option<&Value>) -> Result<Option<Stop>, Error> {
     Ok((!stops.is_empty()).then_some(Stop::Many(stops)))
 }
 
-fn tools(value: Option<&Value>, nc: &mut Option<NoChatForm>) -> Result<Option<Vec<Tool>>, Error> {
+fn tools(value: Option<&Value>) -> Result<Option<Vec<Tool>>, Error> {
     let items = match value {
         None | Some(Value::Null) => return Ok(None),
         Some(Value::Array(items)) => items,
@@ -494,15 +495,16 @@ fn tools(value: Option<&Value>, nc: &mut Option<NoChatForm>) -> Result<Option<Ve
         match item.get("type") {
             None | Some(Value::Null) => {}
             Some(Value::String(t)) if t == "custom" => {}
+            // Refused even for an Anthropic deployment: their use is billed
+            // per call (a web search, a code run), which the gateway does not
+            // price, so a budget could not hold.
             Some(other) => {
-                note(
-                    nc,
+                return Err(invalid(
                     &format!(
                         "tool type {other} is not supported; only custom tools with an `input_schema` are"
                     ),
                     &format!("{path}.type"),
-                );
-                continue;
+                ));
             }
         }
         let name = required_str(item, "name", &path)?.to_owned();
