@@ -18,6 +18,13 @@
 //! within [`LAZY_FLUSH`]. Only durable own slots are ever gossiped: a node
 //! that is killed and restarts can never hold an own slot lower than what a
 //! peer saw, which would make peers ignore its next changes.
+//!
+//! Size: past the ~600-line rule (about 700 lines before its tests),
+//! knowingly for now. Local updates with their durability, the peers'
+//! side (merge, digest, anti-entropy pages) and collection all change one
+//! private table under one writing lock. The next split moves the peers'
+//! side into a child module of methods, as `consensus`'s metadata state
+//! does with its documents.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
