@@ -122,6 +122,7 @@ proptest! {
         args in prop::option::of("[{}a-z:\"]{0,12}"),
         prompt in 0u64..1_000_000,
         cached in 0u64..1_000,
+        index in 0u32..4,
     ) {
         let chunk = ChatChunk {
             id: "c".into(),
@@ -129,7 +130,7 @@ proptest! {
             created: 1,
             model: "m".into(),
             choices: Some(vec![ChunkChoice {
-                index: 0,
+                index,
                 delta: ChunkDelta {
                     role: None,
                     content,
