@@ -216,26 +216,35 @@ impl IntoResponse for ApiError {
 /// LiteLLM's (and OpenAI's) `x-ratelimit-*` headers for the tightest
 /// request and token limits that applied.
 pub fn ratelimit_headers(headers: &mut http::HeaderMap, headroom: &Headroom) {
-    let reset = format!("{}s", headroom.reset_s);
-    for (which, slot) in [("requests", headroom.requests), ("tokens", headroom.tokens)] {
+    use http::HeaderName;
+    // Names are static and numbers are written straight into header values:
+    // no per-call name parsing or string formatting (this runs on every answer).
+    const NAMES: [[HeaderName; 3]; 2] = [
+        [
+            HeaderName::from_static("x-ratelimit-limit-requests"),
+            HeaderName::from_static("x-ratelimit-remaining-requests"),
+            HeaderName::from_static("x-ratelimit-reset-requests"),
+        ],
+        [
+            HeaderName::from_static("x-ratelimit-limit-tokens"),
+            HeaderName::from_static("x-ratelimit-remaining-tokens"),
+            HeaderName::from_static("x-ratelimit-reset-tokens"),
+        ],
+    ];
+    let mut reset = None;
+    for ([limit_name, remaining_name, reset_name], slot) in
+        NAMES.into_iter().zip([headroom.requests, headroom.tokens])
+    {
         let Some((limit, remaining)) = slot else {
             continue;
         };
-        for (name, value) in [
-            (format!("x-ratelimit-limit-{which}"), limit.to_string()),
-            (
-                format!("x-ratelimit-remaining-{which}"),
-                remaining.to_string(),
-            ),
-            (format!("x-ratelimit-reset-{which}"), reset.clone()),
-        ] {
-            if let (Ok(n), Ok(v)) = (
-                http::HeaderName::try_from(name),
-                HeaderValue::try_from(value),
-            ) {
-                headers.insert(n, v);
-            }
-        }
+        headers.insert(limit_name, HeaderValue::from(limit));
+        headers.insert(remaining_name, HeaderValue::from(remaining));
+        let reset = reset.get_or_insert_with(|| {
+            HeaderValue::try_from(format!("{}s", headroom.reset_s))
+                .unwrap_or(HeaderValue::from_static("0s"))
+        });
+        headers.insert(reset_name, reset.clone());
     }
 }
 

@@ -46,14 +46,29 @@ pub fn meridian_headers(
     put("x-meridian-model-group", &deployment.model_group);
     put("x-meridian-region", &node.region);
     put("x-meridian-node", &node.node_id);
-    let (retries, fallbacks) = (tries.retries.to_string(), tries.fallbacks.to_string());
-    put("x-meridian-attempted-retries", &retries);
-    put("x-meridian-attempted-fallbacks", &fallbacks);
-    put("x-litellm-attempted-retries", &retries);
-    put("x-litellm-attempted-fallbacks", &fallbacks);
     put(
         "x-meridian-overhead-duration-ms",
         &format!("{:.3}", overhead.as_secs_f64() * 1000.0),
+    );
+    let (retries, fallbacks) = (
+        HeaderValue::from(tries.retries),
+        HeaderValue::from(tries.fallbacks),
+    );
+    headers.insert(
+        HeaderName::from_static("x-meridian-attempted-retries"),
+        retries.clone(),
+    );
+    headers.insert(
+        HeaderName::from_static("x-meridian-attempted-fallbacks"),
+        fallbacks.clone(),
+    );
+    headers.insert(
+        HeaderName::from_static("x-litellm-attempted-retries"),
+        retries,
+    );
+    headers.insert(
+        HeaderName::from_static("x-litellm-attempted-fallbacks"),
+        fallbacks,
     );
 }
 
