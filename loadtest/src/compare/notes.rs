@@ -20,7 +20,8 @@ pub(super) fn builds(opts: &CompareOptions) -> Vec<String> {
             .unwrap_or_default();
         out.push(format!(
             "Meridian: {} ({}), the dev-profile build (`cargo build`: dependencies \
-             at opt-level 2, Meridian's crates at 1, RocksDB's C++ at -O1)",
+             at opt-level 2, the request path's crates at 3, the rest of Meridian's at 1, \
+             RocksDB's C++ at -O1)",
             bin.display(),
             if version.is_empty() {
                 "version unknown"
