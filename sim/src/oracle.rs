@@ -12,6 +12,10 @@ pub struct Calls {
     pub acknowledged_pico: u64,
     /// Answered with an error status: nothing may be charged.
     pub refused: u64,
+    /// Of those, refused because the key's budget was spent
+    /// (`budget_exceeded`): the calls a gateway without enforcement would
+    /// have served.
+    pub over_budget: u64,
     /// Sent, never answered: charged at most its reservation.
     pub in_doubt: u64,
     /// Could not connect: never reached a node.

@@ -14,21 +14,23 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, UNIX_EPOCH};
 
 use meridian_bugs::Bug;
+use meridian_node::admission::Demand;
 use meridian_node::clock::{Clock, SeededRng, SkewedClock};
 use meridian_node::cluster::PeerNet;
 use meridian_node::node::{Node, Seams};
 use meridian_node::pricing::dollars_to_pico;
 use meridian_node::runtime::{NodeBuilder, Peers};
 use meridian_node::secret::Secret;
+use meridian_replication::crdt::{PeriodSpec, Window};
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
 use serde_json::json;
 
 use crate::faults::{Fault, Plan};
-use crate::invariants::{self, NodeView, View};
+use crate::invariants::{self, Agreement, HOLD, NodeView, View, overshoot};
 use crate::net::{Answer, SimUpstream, call};
 use crate::oracle::{Oracle, picodollars};
-use crate::upstream::{Provider, Trouble};
+use crate::upstream::{self, Provider, Trouble};
 
 pub const MASTER_KEY: &str = "sk-sim-master";
 const SECRET: &str = "sim-cluster-secret";
@@ -41,6 +43,13 @@ pub const REVOKED: &str = "sk-revoked";
 const INPUT_COST: f64 = 0.000_001;
 const OUTPUT_COST: f64 = 0.000_002;
 const MAX_TOKENS: u64 = 20;
+/// Every client call's one message.
+const PROMPT: &str = "hi";
+/// The simulated wall clock's start, in Unix seconds (a whole number of
+/// minutes and days: period boundaries fall on the world's start).
+const EPOCH_S: u64 = 1_800_000_000;
+/// When the LLM clients start calling.
+const TRAFFIC_FROM: Duration = Duration::from_secs(3);
 
 /// What a world is made of. Everything else comes from the seed.
 #[derive(Clone, Debug)]
@@ -60,9 +69,15 @@ pub struct Spec {
     pub converge_within: Duration,
     /// A revoked key must be refused everywhere within this after the heal.
     pub revoke_within: Duration,
-    /// `max_budget` (dollars per `budget_period`) of the limited keys.
+    /// `max_budget` (dollars per `budget_period`) of the strict key.
     pub budget: f64,
     pub budget_period: &'static str,
+    /// The available key's budget and period. Small against what the
+    /// world's calls would spend with no enforcement, and one period long
+    /// for the whole world: the overshoot bound must be well below what a
+    /// gateway that enforced nothing would spend, or it tests nothing.
+    pub available_budget: f64,
+    pub available_period: &'static str,
     /// Gap between one client's calls.
     pub call_every: Duration,
     pub gossip_interval: Duration,
@@ -83,6 +98,8 @@ impl Spec {
             revoke_within: Duration::from_secs(10),
             budget: 0.002,
             budget_period: "10s",
+            available_budget: 0.0005,
+            available_period: "1m",
             call_every: Duration::from_millis(60),
             gossip_interval: Duration::from_millis(100),
             bugs: Vec::new(),
@@ -108,15 +125,42 @@ impl Spec {
             .unwrap_or_default()
     }
 
-    /// Most one call can be charged: its reservation (a prompt of "hi" is
-    /// far below 100 tokens, plus `max_tokens`).
+    /// Most one call can be charged: the larger of what the provider
+    /// reports and the reservation's worst case (the prompt's upper bound
+    /// and `max_tokens`), priced.
     pub fn worst_call(&self) -> u64 {
-        let dollars = 100.0 * INPUT_COST + MAX_TOKENS as f64 * OUTPUT_COST;
-        dollars_to_pico(dollars)
+        let prompt = Demand::upper_bound(PROMPT.len(), 1).max(upstream::PROMPT_TOKENS);
+        let completion = MAX_TOKENS.max(upstream::COMPLETION_TOKENS);
+        dollars_to_pico(prompt as f64 * INPUT_COST + completion as f64 * OUTPUT_COST)
+    }
+
+    /// What one served call costs (the provider's reported usage, priced).
+    pub fn served_call(&self) -> u64 {
+        dollars_to_pico(
+            upstream::PROMPT_TOKENS as f64 * INPUT_COST
+                + upstream::COMPLETION_TOKENS as f64 * OUTPUT_COST,
+        )
     }
 
     pub fn budget_pico(&self) -> u64 {
         dollars_to_pico(self.budget)
+    }
+
+    pub fn available_budget_pico(&self) -> u64 {
+        dollars_to_pico(self.available_budget)
+    }
+
+    /// How many of the available key's budget periods the world's traffic
+    /// spans, on any node's clock.
+    pub fn available_periods(&self) -> u64 {
+        let Ok(period) = self.available_period.parse::<PeriodSpec>() else {
+            return 1;
+        };
+        let window = Window::Budget(period);
+        let at = |t: Duration| (Duration::from_secs(EPOCH_S) + t).as_millis() as u64;
+        let first = window.index(at(TRAFFIC_FROM.saturating_sub(self.max_skew)));
+        let last = window.index(at(self.heal_at() + self.max_skew));
+        last - first + 1
     }
 }
 
@@ -153,12 +197,20 @@ pub struct Outcome {
     /// How long the regions were split.
     pub split_ms: u64,
     pub violations: Vec<Violation>,
-    /// From the heal until every node agreed on every counter and record.
+    /// From the heal until every node first agreed on every counter and
+    /// record.
     pub converged_after_ms: Option<u64>,
+    /// From the heal until the agreement that lasted to the end began.
+    pub settled_after_ms: Option<u64>,
     /// Worst overshoot of the `available` key's budget in one period,
     /// as a fraction of the budget; and the same for `strict` (must be 0).
     pub available_overshoot: f64,
     pub strict_overshoot: f64,
+    /// The overshoot the guarantee allows this world's `available` key, and
+    /// what its calls would have overshot with no enforcement, per period
+    /// (both as fractions of the budget).
+    pub available_bound: f64,
+    pub available_unenforced: f64,
     pub served: u64,
     /// The oracle's trace and the checkers' samples: equal for equal seeds.
     pub trace: Vec<String>,
@@ -277,7 +329,7 @@ async fn run_node(
 }
 
 fn chat_body() -> serde_json::Value {
-    json!({"model": "gpt", "max_tokens": MAX_TOKENS, "messages": [{"role": "user", "content": "hi"}]})
+    json!({"model": "gpt", "max_tokens": MAX_TOKENS, "messages": [{"role": "user", "content": PROMPT}]})
 }
 
 /// One region's LLM traffic until the heal, open loop (a call starts every
@@ -291,8 +343,7 @@ async fn llm_client(
 ) -> Result<(), Box<dyn std::error::Error>> {
     let mut rng = StdRng::seed_from_u64(spec.seed ^ region.len() as u64 ^ 0xc11e);
     let keys = [PLAIN, AVAILABLE, STRICT];
-    let start = Duration::from_secs(3);
-    tokio::time::sleep(start.saturating_sub(turmoil::elapsed())).await;
+    tokio::time::sleep(TRAFFIC_FROM.saturating_sub(turmoil::elapsed())).await;
     let mut calls = Vec::new();
     let mut n = 0u64;
     while turmoil::elapsed() < spec.heal_at() {
@@ -342,8 +393,11 @@ fn record_call(oracle: &Shared<Oracle>, key: &str, answer: &Answer) {
                 calls.acknowledged_pico += cost;
                 format!("{key} 200 {cost}")
             }
-            Answer::Got { status, .. } => {
+            Answer::Got { status, body, .. } => {
                 calls.refused += 1;
+                if body["error"]["type"] == "budget_exceeded" {
+                    calls.over_budget += 1;
+                }
                 format!("{key} {status}")
             }
             Answer::InDoubt(_) => {
@@ -378,7 +432,7 @@ async fn admin_client(
         .collect();
     let setup = [
         json!({"key": PLAIN}),
-        json!({"key": AVAILABLE, "max_budget": budget, "budget_duration": period}),
+        json!({"key": AVAILABLE, "max_budget": spec.available_budget, "budget_duration": spec.available_period}),
         json!({"key": STRICT, "max_budget": budget, "budget_duration": period, "enforcement": "strict"}),
         json!({"key": REVOKED}),
     ];
@@ -438,7 +492,11 @@ async fn admin_client(
                 Duration::from_secs(1),
             )
             .await;
-            if let Answer::Got { status: 401, .. } = answer {
+            // Refused as blocked: a 401 for any other reason (an unknown
+            // key, a node still starting) is not the revocation.
+            let refused = matches!(&answer, Answer::Got { status: 401, body, .. }
+                if body["error"]["message"].as_str().is_some_and(|m| m.contains("blocked")));
+            if refused {
                 let now = turmoil::elapsed();
                 let mut o = lock(&oracle);
                 o.refused_revoked.insert(node.clone(), Some(now));
@@ -636,7 +694,7 @@ fn run_world(spec: &Spec) -> Result<Outcome, String> {
         spec.heal_at() + spec.converge_within.max(spec.revoke_within) + Duration::from_secs(5);
     let mut sim = turmoil::Builder::new()
         .rng_seed(spec.seed)
-        .epoch(UNIX_EPOCH + Duration::from_secs(1_800_000_000))
+        .epoch(UNIX_EPOCH + Duration::from_secs(EPOCH_S))
         .simulation_duration(end + Duration::from_secs(30))
         .tcp_capacity(65_536)
         .build();
@@ -701,13 +759,12 @@ fn run_world(spec: &Spec) -> Result<Outcome, String> {
     let mut started = vec![false; plan.events.len()];
     let mut ended = vec![false; plan.events.len()];
     let mut samples = Vec::new();
-    let mut converged_after = None;
     // The final checks read converged state: once the clients are done, the
-    // world runs on until a sample shows every node agreeing (a call that
-    // ended just before has its last counter change still in gossip), or
-    // until the convergence bound has passed.
+    // world runs on until every node has agreed, unbroken, for `HOLD` since
+    // then (a call that ended just before has its last counter change still
+    // in gossip), or until the convergence bound and `HOLD` have passed.
+    let mut agreement = Agreement::default();
     let mut clients_done_at: Option<Duration> = None;
-    let mut agreed_since_clients_done = false;
     let sample_every = Duration::from_millis(20);
     let mut next_sample = Duration::ZERO;
     loop {
@@ -761,11 +818,8 @@ fn run_world(spec: &Spec) -> Result<Outcome, String> {
                 }
             }
             let agree = v.nodes.len() == spec.node_hosts().len() && invariants::agree(&v);
-            if now >= spec.heal_at() && converged_after.is_none() && agree {
-                converged_after = Some(now - spec.heal_at());
-            }
-            if clients_done_at.is_some() && agree {
-                agreed_since_clients_done = true;
+            if now >= spec.heal_at() {
+                agreement.sample(now, agree);
             }
             if now.as_millis() % 1000 < 20 {
                 samples.push(v.fingerprint());
@@ -777,9 +831,12 @@ fn run_world(spec: &Spec) -> Result<Outcome, String> {
         let settled = match clients_done_at {
             None => false,
             Some(done) => {
-                (converged_after.is_some() && agreed_since_clients_done)
+                agreement
+                    .since
+                    .is_some_and(|since| now.saturating_sub(since.max(done)) >= HOLD)
                     || now
                         >= (spec.heal_at() + spec.converge_within).max(done + spec.converge_within)
+                            + HOLD
             }
         };
         if settled {
@@ -790,7 +847,7 @@ fn run_world(spec: &Spec) -> Result<Outcome, String> {
     let oracle = lock(&oracle).clone();
     let end_state = invariants::End {
         oracle: &oracle,
-        converged_after,
+        agreement: &agreement,
     };
     for check in &mut checks {
         if let Err(message) = check.after(&last, &end_state) {
@@ -801,7 +858,9 @@ fn run_world(spec: &Spec) -> Result<Outcome, String> {
             });
         }
     }
-    let overshoot = |name: &str| {
+    let after_heal =
+        |t: Option<Duration>| t.map(|t| t.saturating_sub(spec.heal_at()).as_millis() as u64);
+    let measured = |name: &str| {
         checks
             .iter()
             .find(|c| c.name() == name)
@@ -814,10 +873,14 @@ fn run_world(spec: &Spec) -> Result<Outcome, String> {
         seed: spec.seed,
         faults: plan.labels(),
         split_ms: plan.split_length().as_millis() as u64,
-        available_overshoot: overshoot("available_overshoot_bounded"),
-        strict_overshoot: overshoot("strict_never_exceeded"),
+        available_overshoot: measured("available_overshoot_bounded"),
+        strict_overshoot: measured("strict_never_exceeded"),
         violations,
-        converged_after_ms: converged_after.map(|d| d.as_millis() as u64),
+        converged_after_ms: after_heal(agreement.first),
+        settled_after_ms: after_heal(agreement.since),
+        available_bound: overshoot::bound(spec) as f64 / spec.available_budget_pico() as f64,
+        available_unenforced: overshoot::unenforced(spec, &oracle) as f64
+            / spec.available_budget_pico() as f64,
         served: oracle.calls.values().map(|c| c.served).sum(),
         trace,
     })

@@ -440,7 +440,9 @@ impl Planner<'_> {
                     if kind == Kind::Key
                         && meridian_bugs::on(meridian_bugs::Bug::IgnoreRemoteBlocks)
                     {
-                        fields.insert("blocked".into(), Value::Bool(false));
+                        for field in ["blocked", "admin_blocked"] {
+                            fields.insert(field.into(), Value::Bool(false));
+                        }
                     }
                     let named = fields.get(id_field(kind)).and_then(Value::as_str);
                     if named != Some(&*id) {

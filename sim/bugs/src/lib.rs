@@ -27,10 +27,12 @@ pub enum Bug {
     BootstrapEverywhere = 5,
     /// The router ignores a key's data-residency policy.
     IgnoreResidency = 6,
+    /// `available` admission lets a budget's check pass whatever was spent.
+    AvailableAdmitsBlindly = 7,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 7] = [
+    pub const ALL: [Bug; 8] = [
         Bug::MergeAdds,
         Bug::ForgetOwnSlot,
         Bug::DropRemoteDeltas,
@@ -38,6 +40,7 @@ impl Bug {
         Bug::StrictWithoutRights,
         Bug::BootstrapEverywhere,
         Bug::IgnoreResidency,
+        Bug::AvailableAdmitsBlindly,
     ];
 
     /// The name `--inject-bug` takes.
@@ -50,6 +53,7 @@ impl Bug {
             Bug::StrictWithoutRights => "strict-without-rights",
             Bug::BootstrapEverywhere => "bootstrap-everywhere",
             Bug::IgnoreResidency => "ignore-residency",
+            Bug::AvailableAdmitsBlindly => "available-admits-blindly",
         }
     }
 
@@ -64,6 +68,9 @@ impl Bug {
             Bug::StrictWithoutRights => "strict admission admits without holding rights",
             Bug::BootstrapEverywhere => "every node bootstraps a region of its own",
             Bug::IgnoreResidency => "the router ignores a key's data-residency policy",
+            Bug::AvailableAdmitsBlindly => {
+                "available admission passes a budget's check whatever was spent"
+            }
         }
     }
 

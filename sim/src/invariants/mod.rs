@@ -17,10 +17,11 @@ use crate::world::Spec;
 
 mod committed;
 mod convergence;
+pub use convergence::{Agreement, HOLD};
 mod leaders;
 pub use leaders::TermLeaders;
 mod metadata;
-mod overshoot;
+pub mod overshoot;
 mod revocation;
 mod spend;
 mod strict;
@@ -141,7 +142,8 @@ impl View {
 /// What the checks after the heal also see.
 pub struct End<'a> {
     pub oracle: &'a Oracle,
-    pub converged_after: Option<Duration>,
+    /// The nodes' agreement after the heal, sample by sample.
+    pub agreement: &'a Agreement,
 }
 
 /// Whether every node holds the same counter values and the same records.
