@@ -10,6 +10,9 @@ pub struct Calls {
     /// Answered 200: the client was told it cost this much (picodollars).
     pub served: u64,
     pub acknowledged_pico: u64,
+    /// Answered 200 without a cost it could read: what it was charged is
+    /// unknown, which fails the spend check (never counted as $0).
+    pub uncosted: u64,
     /// Answered with an error status: nothing may be charged.
     pub refused: u64,
     /// Of those, refused because the key's budget was spent

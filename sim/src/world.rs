@@ -387,11 +387,18 @@ fn record_call(oracle: &Shared<Oracle>, key: &str, answer: &Answer) {
                 let cost = headers
                     .get(meridian_node::api::COST_HEADER)
                     .and_then(|v| v.to_str().ok())
-                    .and_then(picodollars)
-                    .unwrap_or(0);
+                    .and_then(picodollars);
                 calls.served += 1;
-                calls.acknowledged_pico += cost;
-                format!("{key} 200 {cost}")
+                match cost {
+                    Some(cost) => {
+                        calls.acknowledged_pico += cost;
+                        format!("{key} 200 {cost}")
+                    }
+                    None => {
+                        calls.uncosted += 1;
+                        format!("{key} 200 without a cost")
+                    }
+                }
             }
             Answer::Got { status, body, .. } => {
                 calls.refused += 1;

@@ -193,6 +193,20 @@ pub fn first_disagreement(view: &View) -> Option<String> {
     None
 }
 
+/// A safety check passes trivially when nothing was served: a limited key
+/// must have been served at least half a budget period's worth of calls
+/// for its check to mean anything.
+pub fn served_floor(oracle: &Oracle, key: &str, budget: u64, call: u64) -> Result<(), String> {
+    let floor = budget / call.max(1) / 2;
+    let served = oracle.calls.get(key).map_or(0, |c| c.served);
+    if served < floor {
+        return Err(format!(
+            "{key} was served {served} calls, fewer than the {floor} (half a budget period's worth) this check needs to mean anything"
+        ));
+    }
+    Ok(())
+}
+
 /// The counter entity of a key (its stored hash).
 pub fn key_entity(key: &str) -> String {
     hex::encode(Secret::new(key).sha256())

@@ -11,7 +11,7 @@
 
 use std::time::Duration;
 
-use super::{End, Invariant, View, is_key_spend, key_entity};
+use super::{End, Invariant, View, is_key_spend, key_entity, served_floor};
 use crate::faults::{Fault, Plan};
 use crate::oracle::Oracle;
 use crate::world::{AVAILABLE, Spec};
@@ -109,6 +109,7 @@ impl Invariant for AvailableOvershootBounded {
     }
 
     fn after(&mut self, view: &View, end: &End<'_>) -> Result<(), String> {
+        served_floor(end.oracle, AVAILABLE, self.limit, self.served_call)?;
         let unenforced = unenforced_of(end.oracle, self.served_call, self.periods, self.limit);
         if unenforced <= self.bound {
             return Err(format!(

@@ -61,6 +61,12 @@ impl Invariant for AcknowledgedSpendKept {
 
     fn after(&mut self, view: &View, end: &End<'_>) -> Result<(), String> {
         for (key, calls) in &end.oracle.calls {
+            if calls.uncosted > 0 {
+                return Err(format!(
+                    "{} answers for {key} carried no readable cost header",
+                    calls.uncosted
+                ));
+            }
             let entity = key_entity(key);
             let floor = calls.acknowledged_pico;
             let ceiling = floor + calls.in_doubt * self.worst_call;

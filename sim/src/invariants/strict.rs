@@ -7,12 +7,13 @@ use std::collections::BTreeMap;
 
 use meridian_replication::crdt::CounterId;
 
-use super::{End, Invariant, View, is_key_spend, key_entity};
+use super::{End, Invariant, View, is_key_spend, key_entity, served_floor};
 use crate::world::{STRICT, Spec};
 
 pub struct StrictNeverExceeded {
     entity: String,
     limit: u64,
+    served_call: u64,
     /// Each node's own contribution, as last seen (a crashed node keeps what
     /// it had made durable).
     own: BTreeMap<(String, CounterId), u64>,
@@ -24,6 +25,7 @@ impl StrictNeverExceeded {
         Self {
             entity: key_entity(STRICT),
             limit: spec.budget_pico(),
+            served_call: spec.served_call(),
             own: BTreeMap::new(),
             worst: 0.0,
         }
@@ -69,8 +71,9 @@ impl Invariant for StrictNeverExceeded {
         self.check()
     }
 
-    fn after(&mut self, view: &View, _end: &End<'_>) -> Result<(), String> {
-        self.during(view)
+    fn after(&mut self, view: &View, end: &End<'_>) -> Result<(), String> {
+        self.during(view)?;
+        served_floor(end.oracle, STRICT, self.limit, self.served_call)
     }
 
     fn measure(&self) -> Option<f64> {
