@@ -27,7 +27,7 @@ use rand::{Rng as _, SeedableRng as _};
 use serde_json::json;
 
 use crate::faults::{Fault, Plan};
-use crate::invariants::{self, Agreement, HOLD, NodeView, View, overshoot};
+use crate::invariants::{self, Agreement, DurableView, HOLD, NodeView, View, overshoot};
 use crate::net::{Answer, SimUpstream, call};
 use crate::oracle::{Oracle, picodollars};
 use crate::upstream::{self, Provider, Trouble};
@@ -668,21 +668,38 @@ fn crash_or_restart(sim: &mut turmoil::Sim<'_>, host: &str, crash: bool, registr
 }
 
 /// Reads every running node.
-fn view(registry: &Registry, oracle: &Shared<Oracle>, at: Duration) -> View {
-    let nodes = lock(registry)
+/// Each node's store, by host: a down node's durable state is read from it.
+type Stores = BTreeMap<String, (String, u64, Arc<dyn meridian_storage::Store>)>;
+
+fn view(
+    registry: &Registry,
+    stores: &Stores,
+    oracle: &Shared<Oracle>,
+    at: Duration,
+) -> Result<View, String> {
+    let running = lock(registry);
+    let nodes = running
         .iter()
         .map(|(name, live)| NodeView::of(name, &live.node))
         .collect();
+    let mut down = Vec::new();
+    for (host, (region, raft_id, store)) in stores {
+        if !running.contains_key(host) {
+            down.extend(DurableView::read(host, region, *raft_id, store.clone())?);
+        }
+    }
+    drop(running);
     let acknowledged = lock(oracle)
         .calls
         .iter()
         .map(|(key, calls)| (key.clone(), calls.acknowledged_pico))
         .collect();
-    View {
+    Ok(View {
         at,
         nodes,
+        down,
         acknowledged,
-    }
+    })
 }
 
 /// Runs one world to the end and reports what it showed. A setup error
@@ -719,11 +736,13 @@ fn run_world(spec: &Spec) -> Result<Outcome, String> {
         });
     }
     let boots: Shared<BTreeMap<String, u64>> = Arc::default();
+    let mut stores = Stores::new();
     for region in &spec.regions {
         for i in 1..=spec.nodes_per_region {
             let name = host(region, i);
             let store: Arc<dyn meridian_storage::Store> =
                 Arc::new(meridian_storage::MemStore::new());
+            stores.insert(name.clone(), (region.clone(), i, store.clone()));
             let skew = plan.skew_ms.get(&name).copied().unwrap_or(0);
             let (spec, registry, boots) = (spec.clone(), registry.clone(), boots.clone());
             sim.host(name.clone(), move || {
@@ -808,7 +827,7 @@ fn run_world(spec: &Spec) -> Result<Outcome, String> {
         }
         if now >= next_sample {
             next_sample = now + sample_every;
-            let v = view(&registry, &oracle, now);
+            let v = view(&registry, &stores, &oracle, now)?;
             for check in &mut checks {
                 if let Err(message) = check.during(&v) {
                     // The first breach of each guarantee is the one to read.
@@ -850,7 +869,7 @@ fn run_world(spec: &Spec) -> Result<Outcome, String> {
             break;
         }
     }
-    let last = view(&registry, &oracle, sim.elapsed());
+    let last = view(&registry, &stores, &oracle, sim.elapsed())?;
     let oracle = lock(&oracle).clone();
     let end_state = invariants::End {
         oracle: &oracle,

@@ -10,7 +10,9 @@ use std::time::Duration;
 use meridian_consensus::metadata::Kind;
 use meridian_node::node::Node;
 use meridian_node::secret::Secret;
+use meridian_replication::Counters;
 use meridian_replication::crdt::{CounterId, Metric, PnCounter, Replica, Scope};
+use meridian_storage::{Cf, Durability, Store};
 
 use crate::oracle::Oracle;
 use crate::world::Spec;
@@ -63,6 +65,8 @@ pub fn all(spec: &Spec) -> Vec<Box<dyn Invariant>> {
 pub struct View {
     pub at: Duration,
     pub nodes: Vec<NodeView>,
+    /// The nodes that are down, as their stores hold them.
+    pub down: Vec<DurableView>,
     /// Per key, the picodollars clients had been told they were charged.
     pub acknowledged: BTreeMap<String, u64>,
 }
@@ -121,7 +125,63 @@ impl NodeView {
     }
 }
 
+/// A node that is down: the counters it had made durable, read from its
+/// store (what it will restart with).
+pub struct DurableView {
+    pub host: String,
+    pub me: Replica,
+    pub counters: BTreeMap<CounterId, PnCounter>,
+}
+
+impl DurableView {
+    /// `None` when the store holds no counters at all (nothing was durable,
+    /// so the node has no slot to count).
+    pub fn read(
+        host: &str,
+        region: &str,
+        raft_id: u64,
+        store: Arc<dyn Store>,
+    ) -> Result<Option<DurableView>, String> {
+        let mut any = false;
+        store
+            .scan(Cf::Counters, &[], None, &mut |_, _| {
+                any = true;
+                Ok(())
+            })
+            .map_err(|e| e.to_string())?;
+        if !any {
+            return Ok(None);
+        }
+        // The store has its incarnation: opening it writes nothing.
+        let counters = Counters::open(region, raft_id, store, Durability::Power, || 0)
+            .map_err(|e| format!("{host}'s stored counters: {e}"))?;
+        Ok(Some(DurableView {
+            host: host.to_owned(),
+            me: counters.me().clone(),
+            counters: counters.snapshot(),
+        }))
+    }
+}
+
 impl View {
+    /// Per node, up or down, its own slot's net of every counter of the
+    /// key whose entity is `entity`: what it has made durable (a down
+    /// node) or holds (a running one, which makes a cost durable before
+    /// acknowledging it).
+    pub fn own_spend(&self, entity: &str) -> u64 {
+        let running = self.nodes.iter().map(|n| (&n.me, &n.counters));
+        let down = self.down.iter().map(|n| (&n.me, &n.counters));
+        running
+            .chain(down)
+            .flat_map(|(me, counters)| {
+                counters
+                    .iter()
+                    .filter(|(id, _)| is_key_spend(id, entity))
+                    .map(move |(_, c)| c.slot(me).net())
+            })
+            .sum()
+    }
+
     /// A compact summary for replay comparisons.
     pub fn fingerprint(&self) -> String {
         let nodes: Vec<String> = self

@@ -1,9 +1,10 @@
 //! Guarantees: no acknowledged spend is lost, and nothing is counted twice —
 //! after the heal, every node's spend of each key lies between what clients
 //! were told they were charged and that plus at most one reservation per call
-//! whose answer never arrived. While faults run: whenever every node is up,
-//! the nodes' own contributions to a key's spend, summed, cover what clients
-//! had been told (a node makes a cost durable before it answers).
+//! whose answer never arrived. While faults run, at every sample: the nodes'
+//! own contributions to a key's spend, summed, cover what clients had been
+//! told (a node makes a cost durable before it answers; a node that is down
+//! counts what its store holds).
 
 use super::{End, Invariant, View, is_key_spend, key_entity};
 use crate::world::Spec;
@@ -34,25 +35,20 @@ impl Invariant for AcknowledgedSpendKept {
     }
 
     fn during(&mut self, view: &View) -> Result<(), String> {
-        if view.nodes.len() < self.nodes {
-            // A crashed node's durable slot is out of sight until it restarts.
-            return Ok(());
+        if view.nodes.len() + view.down.len() < self.nodes {
+            return Err(format!(
+                "{} nodes running and {} down with counters in their stores, of {}",
+                view.nodes.len(),
+                view.down.len(),
+                self.nodes
+            ));
         }
         for (key, acknowledged) in &view.acknowledged {
-            let entity = key_entity(key);
-            let own: u64 = view
-                .nodes
-                .iter()
-                .flat_map(|n| {
-                    n.counters
-                        .iter()
-                        .filter(|(id, _)| is_key_spend(id, &entity))
-                        .map(|(_, c)| c.slot(&n.me).net())
-                })
-                .sum();
+            let own = view.own_spend(&key_entity(key));
             if own < *acknowledged {
+                let down: Vec<&str> = view.down.iter().map(|d| d.host.as_str()).collect();
                 return Err(format!(
-                    "the nodes' own slots hold {own} pico$ for {key}, but clients had been charged {acknowledged}"
+                    "the nodes' own slots hold {own} pico$ for {key} (down, read from their stores: {down:?}), but clients had been charged {acknowledged}"
                 ));
             }
         }
