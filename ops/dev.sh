@@ -94,6 +94,7 @@ cmd_lint() {
   ensure_build_deps
   cargo fmt --all -- --check
   cargo clippy --workspace --all-targets -- -D warnings
+  python3 ops/check-tiers.py
 }
 
 case "${1:-}" in

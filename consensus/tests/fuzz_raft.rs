@@ -318,22 +318,3 @@ fn a_leader_claiming_to_be_this_node_is_refused() {
     });
     assert!(!core_panics_on(&append), "Raft's core panicked");
 }
-
-/// Found the same way: an append from a leader of a later term (any node
-/// id) whose `leader_commit` names a log id this node does not hold
-/// (term 2 at index 1, where this node has term 1) trips openraft's
-/// `assert!(Some(log_id) <= self.committed())`
-/// (raft_state/log_state_reader.rs:25) in Raft's core task. Passed on
-/// unchecked by `Region::handle` (consensus/src/region.rs:387).
-#[test]
-#[ignore = "openraft asserts on a leader's append whose commit index is not in this node's log: Raft trusts the members of its region (crash faults, not Byzantine ones); outsiders cannot send it (mutual TLS, or the secret)"]
-fn a_commit_index_outside_this_nodes_log_is_refused() {
-    let ours = json!({ "term": 2, "node_id": TARGET });
-    let append = json!({
-        "vote": { "leader_id": { "term": 4, "node_id": u64::MAX - 1 }, "committed": true },
-        "prev_log_id": { "leader_id": ours, "index": 1 },
-        "entries": [],
-        "leader_commit": { "leader_id": ours, "index": 1 },
-    });
-    assert!(!core_panics_on(&append), "Raft's core panicked");
-}

@@ -1,8 +1,9 @@
 //! `meridian-loadtest compare`: the CLI end to end on the `direct` row, the
 //! overhead and ratio arithmetic, and the `/proc` readings on this very
 //! process. Like the other tiers here, nothing asserts how fast anything is.
-//! One test loads a real gateway and is ignored by default:
-//! `MERIDIAN_BIN=target/debug/meridian cargo test -p meridian-loadtest --test compare -- --ignored`.
+//! One test loads a real gateway: the `meridian` binary the same build made
+//! (`target/debug/meridian`, beside this test's own directory), or the one
+//! `MERIDIAN_BIN` names. Without it the test fails and says how to build it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -329,13 +330,31 @@ fn compare_runs_the_reference_rows_where_installed() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The `meridian` binary: `MERIDIAN_BIN`, else the one the workspace build
+/// put beside this test's directory (`target/debug/deps/compare-…` →
+/// `target/debug/meridian`).
+fn meridian_bin() -> std::path::PathBuf {
+    if let Some(bin) = std::env::var_os("MERIDIAN_BIN") {
+        return bin.into();
+    }
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .unwrap()
+        .join("meridian");
+    assert!(
+        bin.exists(),
+        "no meridian binary at {}: build the workspace first (`cargo build --workspace --all-targets`, as ops/dev.sh test does) or set MERIDIAN_BIN",
+        bin.display()
+    );
+    bin
+}
+
 /// A Meridian row end to end: a real gateway, a virtual key, both phases.
 #[test]
-#[ignore = "needs a meridian binary in MERIDIAN_BIN"]
 fn compare_loads_one_meridian_node_through_a_virtual_key() {
-    let Some(bin) = std::env::var_os("MERIDIAN_BIN") else {
-        panic!("set MERIDIAN_BIN to a meridian binary");
-    };
+    let bin = meridian_bin();
     let dir = tempfile_dir("meridian");
     let (c, page) = compare(
         &dir,
