@@ -205,6 +205,9 @@ impl Region {
                     None => return Err(fatal(e)),
                 },
             };
+            if let Some(outcome) = acknowledged_unsent(&proposal.command) {
+                return Ok(outcome);
+            }
             // Follow "not leader" answers; stop at anything that may have
             // written, so a command is never applied twice.
             while let Some(target) = leader.take() {
@@ -521,5 +524,24 @@ fn membership_failure(
     match e.forward_to_leader() {
         Some(f) => Err(LeaderIs(f.leader_node.clone())),
         None => Ok(Err(Error::Membership(e.to_string()))),
+    }
+}
+
+/// The simulator's `ack-unforwarded-creates` bug: a follower answers a key's
+/// creation as done without forwarding it to the leader. `None` (forward
+/// it) unless the bug is switched on.
+fn acknowledged_unsent(command: &Command) -> Option<Outcome> {
+    if !meridian_bugs::on(meridian_bugs::Bug::AckUnforwardedCreates) {
+        return None;
+    }
+    match command {
+        Command::Create {
+            kind: crate::metadata::Kind::Key,
+            record,
+        } => Some(Outcome::Done {
+            records: vec![record.clone()],
+            missing: Vec::new(),
+        }),
+        _ => None,
     }
 }

@@ -284,6 +284,9 @@ fn run_world(seed: u64) -> Result<Outcome, String> {
     })
 }
 
+/// The names of the routing world's checks, as violations report them.
+pub const CHECKS: [&str; 4] = ["residency", "locality", "failover", "recovery"];
+
 /// The four guarantees over every call; the first breach of each is reported.
 fn check(calls: &[Call], eu_only_in_us: u64) -> Vec<Violation> {
     let mut found: BTreeMap<&'static str, Violation> = BTreeMap::new();
@@ -322,21 +325,23 @@ fn check(calls: &[Call], eu_only_in_us: u64) -> Vec<Violation> {
         }
         let eu_down = c.at >= OUTAGE_FROM && c.at < OUTAGE_UNTIL;
         let healthy = c.at + IN_FLIGHT < OUTAGE_FROM || c.at >= recovered;
+        // Before the outage a call that is not served locally breaks
+        // locality; after it (and the cooldown), recovery.
+        let local_breach = if healthy && c.at >= OUTAGE_UNTIL {
+            "recovery"
+        } else {
+            "locality"
+        };
         if c.eu_only {
             // Wherever it enters, EU-only traffic is served in the EU when it can be.
             if healthy && !served(&deployment_id("eu-west")) {
-                breach("locality", c.at, what);
+                breach(local_breach, c.at, what);
             }
             continue;
         }
         if c.node_region == "us-east" || healthy {
             if !served(&local) {
-                let name = if healthy && c.at >= OUTAGE_UNTIL {
-                    "recovery"
-                } else {
-                    "locality"
-                };
-                breach(name, c.at, what);
+                breach(local_breach, c.at, what);
             }
         } else if eu_down && c.at >= OUTAGE_FROM + NOTICE && !served(&us) {
             breach("failover", c.at, what);

@@ -102,7 +102,7 @@ fn a_merge_that_adds_is_caught() {
 
 #[test]
 fn a_node_forgetting_its_slot_is_caught() {
-    caught("forget-own-slot", &["acknowledged_spend_kept"]);
+    caught_alone("forget-own-slot", "acknowledged_spend_kept");
 }
 
 #[test]
@@ -123,7 +123,7 @@ fn an_index_ignoring_remote_blocks_is_caught() {
 
 #[test]
 fn strict_admission_without_rights_is_caught() {
-    caught("strict-without-rights", &["strict_never_exceeded"]);
+    caught_alone("strict-without-rights", "strict_never_exceeded");
 }
 
 #[test]
@@ -131,16 +131,34 @@ fn split_brain_is_caught() {
     caught("bootstrap-everywhere", &["one_leader_per_term"]);
 }
 
+/// Runs `scenario`'s bug seeds with `bug` switched on: `invariant` must
+/// catch it, and no other invariant may.
+fn caught_alone_in(scenario: &str, bug: &str, invariant: &str) {
+    let out = caught_in(scenario, bug, &[invariant]);
+    assert_eq!(
+        violated(&out).into_iter().collect::<Vec<_>>(),
+        [invariant],
+        "{bug} was caught by more than {invariant}:\n{out}"
+    );
+}
+
+fn caught_alone(bug: &str, invariant: &str) {
+    caught_alone_in("faults", bug, invariant);
+}
+
 /// Only the overshoot bound can see an `available` budget that is not
 /// enforced: spend is still counted, kept and converged.
 #[test]
 fn available_admission_that_ignores_the_budget_is_caught_by_the_bound_alone() {
-    let out = caught("available-admits-blindly", &["available_overshoot_bounded"]);
-    assert_eq!(
-        violated(&out).into_iter().collect::<Vec<_>>(),
-        ["available_overshoot_bounded"],
-        "{out}"
-    );
+    caught_alone("available-admits-blindly", "available_overshoot_bounded");
+}
+
+/// A key whose creation was acknowledged but never committed is missing on
+/// every node alike: the nodes agree, and only the check against what
+/// clients were told sees it.
+#[test]
+fn an_acknowledged_but_lost_write_is_caught_by_committed_metadata_alone() {
+    caught_alone("ack-unforwarded-creates", "committed_metadata_kept");
 }
 
 /// The routing world: a region's provider fails and recovers; traffic moves
@@ -169,6 +187,26 @@ fn a_router_ignoring_residency_is_caught() {
     caught_in("routing", "ignore-residency", &["residency"]);
 }
 
+/// A router that does not prefer its own region breaks locality before the
+/// outage (and, as any such bug must, after it too: `recovery`).
+#[test]
+fn a_router_ignoring_its_region_is_caught() {
+    caught_in("routing", "ignore-locality", &["locality"]);
+}
+
+/// Without cooldowns the EU node keeps sending to its failing provider:
+/// only failover sees it.
+#[test]
+fn a_router_that_never_cools_down_is_caught_by_failover_alone() {
+    caught_alone_in("routing", "never-cool-down", "failover");
+}
+
+/// A deployment that never comes back from cooldown: only recovery sees it.
+#[test]
+fn a_cooldown_that_never_ends_is_caught_by_recovery_alone() {
+    caught_alone_in("routing", "cooldown-forever", "recovery");
+}
+
 /// Every bug `--list-bugs` names has a test in this file that switches it on
 /// and names the invariant that must catch it.
 #[test]
@@ -187,7 +225,34 @@ fn every_bug_has_a_test() {
         .collect();
     for bug in listed {
         let tested = source.contains(&format!("caught(\"{bug}\",&["))
-            || source.contains(&format!("caught_in(\"routing\",\"{bug}\",&["));
+            || source.contains(&format!("caught_alone(\"{bug}\",\""))
+            || source.contains(&format!("caught_in(\"routing\",\"{bug}\",&["))
+            || source.contains(&format!("caught_alone_in(\"routing\",\"{bug}\",\""));
         assert!(tested, "no test switches on {bug}");
+    }
+}
+
+/// Every invariant of both worlds is named by at least one bug test in this
+/// file: a checker no bug trips could be a no-op.
+#[test]
+fn every_invariant_has_a_bug_test() {
+    let source: String = include_str!("worlds.rs")
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect();
+    let faults = meridian_sim::invariants::all(&meridian_sim::world::Spec::new(1));
+    let names = faults
+        .iter()
+        .map(|i| i.name())
+        .chain(meridian_sim::routing::CHECKS);
+    for name in names {
+        let quoted = format!("\"{name}\"");
+        let named = source.match_indices("caught").any(|(at, _)| {
+            source[at..]
+                .split(';')
+                .next()
+                .is_some_and(|call| call.contains(&quoted))
+        });
+        assert!(named, "no bug test names {name}");
     }
 }

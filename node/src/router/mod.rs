@@ -230,7 +230,8 @@ impl ModelRouter {
                 | ErrorClass::ContentPolicyViolation
         );
         let counted = !requests_fault || s.allowed_fails_policy.get(class).is_some();
-        let cooldown = (counted && !s.disable_cooldowns)
+        let never = meridian_bugs::on(meridian_bugs::Bug::NeverCoolDown);
+        let cooldown = (counted && !s.disable_cooldowns && !never)
             .then(|| member.deployment.cooldown_time.unwrap_or(s.cooldown_time))
             .filter(|d| !d.is_zero());
         let allowed = s.allowed_fails_for(class, member.deployment.allowed_fails);
@@ -330,11 +331,12 @@ impl ModelRouter {
             .iter()
             .map(|(m, _)| m.deployment.order.unwrap_or(u32::MAX))
             .min();
+        let ignore_locality = meridian_bugs::on(meridian_bugs::Bug::IgnoreLocality);
         let local = |m: &Member| {
-            m.deployment
-                .region_name
-                .as_deref()
-                .is_some_and(|r| region_within(r, &self.region) || region_within(&self.region, r))
+            !ignore_locality
+                && m.deployment.region_name.as_deref().is_some_and(|r| {
+                    region_within(r, &self.region) || region_within(&self.region, r)
+                })
         };
         let in_tier: Vec<usize> = (0..ready.len())
             .filter(|&i| Some(ready[i].0.deployment.order.unwrap_or(u32::MAX)) == tier)

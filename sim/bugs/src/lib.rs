@@ -29,10 +29,18 @@ pub enum Bug {
     IgnoreResidency = 6,
     /// `available` admission lets a budget's check pass whatever was spent.
     AvailableAdmitsBlindly = 7,
+    /// A follower answers a key's creation as done without forwarding it.
+    AckUnforwardedCreates = 8,
+    /// The router ignores which deployments are in its node's region.
+    IgnoreLocality = 9,
+    /// A failing deployment is never put in cooldown.
+    NeverCoolDown = 10,
+    /// A deployment put in cooldown never comes back.
+    CooldownForever = 11,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 8] = [
+    pub const ALL: [Bug; 12] = [
         Bug::MergeAdds,
         Bug::ForgetOwnSlot,
         Bug::DropRemoteDeltas,
@@ -41,6 +49,10 @@ impl Bug {
         Bug::BootstrapEverywhere,
         Bug::IgnoreResidency,
         Bug::AvailableAdmitsBlindly,
+        Bug::AckUnforwardedCreates,
+        Bug::IgnoreLocality,
+        Bug::NeverCoolDown,
+        Bug::CooldownForever,
     ];
 
     /// The name `--inject-bug` takes.
@@ -54,6 +66,10 @@ impl Bug {
             Bug::BootstrapEverywhere => "bootstrap-everywhere",
             Bug::IgnoreResidency => "ignore-residency",
             Bug::AvailableAdmitsBlindly => "available-admits-blindly",
+            Bug::AckUnforwardedCreates => "ack-unforwarded-creates",
+            Bug::IgnoreLocality => "ignore-locality",
+            Bug::NeverCoolDown => "never-cool-down",
+            Bug::CooldownForever => "cooldown-forever",
         }
     }
 
@@ -71,6 +87,12 @@ impl Bug {
             Bug::AvailableAdmitsBlindly => {
                 "available admission passes a budget's check whatever was spent"
             }
+            Bug::AckUnforwardedCreates => {
+                "a follower answers a key's creation as done without forwarding it"
+            }
+            Bug::IgnoreLocality => "the router ignores which deployments are in its node's region",
+            Bug::NeverCoolDown => "a failing deployment is never put in cooldown",
+            Bug::CooldownForever => "a deployment put in cooldown never comes back",
         }
     }
 
