@@ -456,3 +456,83 @@ fn sorted(v: &Value) -> Value {
         other => other.clone(),
     }
 }
+
+/// A client that goes away mid-stream is billed for the call (the upstream
+/// had not reported usage yet, so its reservation is charged), the call's
+/// spend-log row is written, and its parallel slot is given back.
+#[tokio::test]
+async fn a_client_that_disconnects_mid_stream_is_settled_logged_and_released() {
+    let fake = FakeUpstream::start(false).await.unwrap();
+    let gw = start_yaml(&format!(
+        "model_list:\n  - model_name: held\n    litellm_params: {{model: openai/gpt-gated, api_base: {base}/v1, input_cost_per_token: 0.000001, output_cost_per_token: 0.000002}}\n  - model_name: quick\n    litellm_params: {{model: openai/gpt-4o, api_base: {base}/v1, input_cost_per_token: 0.000001, output_cost_per_token: 0.000002}}\n",
+        base = fake.base_url()
+    ))
+    .await;
+    let made = gw
+        .post("/key/generate", json!({ "max_parallel_requests": 1 }))
+        .await;
+    assert_eq!(made.status, 200, "{}", made.text);
+    let key = made.json()["key"].as_str().unwrap().to_owned();
+
+    let body = json!({ "model": "held", "stream": true, "max_tokens": 20, "messages": [{ "role": "user", "content": "hi" }] });
+    let mut resp = gw
+        .client
+        .post(format!("{}/v1/chat/completions", gw.base))
+        .bearer_auth(&key)
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let request_id = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let first = tokio::time::timeout(std::time::Duration::from_secs(10), resp.chunk())
+        .await
+        .expect("a first event")
+        .unwrap()
+        .expect("stream open");
+    assert!(String::from_utf8_lossy(&first).contains("data:"));
+    // While the stream is held, the key's one parallel slot is taken.
+    let quick = json!({ "model": "quick", "messages": [{ "role": "user", "content": "hi" }] });
+    let busy = gw
+        .post_raw("/v1/chat/completions", quick.to_string(), Some(&key))
+        .await;
+    assert_eq!(busy.status, 429, "{}", busy.text);
+    drop(resp);
+
+    // Within a few seconds: the slot is back, the call is billed and logged.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let (spend, row) = loop {
+        let info = gw
+            .get(&format!("/key/info?key={key}"), Some(MASTER_KEY))
+            .await;
+        let spend = info.json()["info"]["spend"].as_f64().unwrap_or(0.0);
+        let logs = gw
+            .get(
+                &format!("/spend/logs?request_id={request_id}"),
+                Some(MASTER_KEY),
+            )
+            .await;
+        let row = logs.json().as_array().and_then(|r| r.first().cloned());
+        if spend > 0.0 && row.is_some() {
+            break (spend, row.unwrap());
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not settled: spend {spend}, logs {}",
+            logs.text
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    // The reservation: the prompt's estimate and the 20 tokens asked for.
+    assert!(spend >= 20.0 * 0.000002, "charged {spend}");
+    assert_eq!(row["request_id"], json!(request_id), "{row}");
+    assert!(row["spend"].as_f64().unwrap() > 0.0, "{row}");
+    let again = gw
+        .post_raw("/v1/chat/completions", quick.to_string(), Some(&key))
+        .await;
+    assert_eq!(
+        again.status, 200,
+        "the slot was not given back: {}",
+        again.text
+    );
+}
