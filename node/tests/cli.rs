@@ -178,3 +178,83 @@ async fn the_embedded_default_generates_prints_and_keeps_its_master_key() {
         assert_eq!(mode(&dir.path().join("data/master_key")), 0o600);
     }
 }
+
+/// A data directory whose store files were damaged (truncated, or
+/// overwritten with garbage) stops `serve` with a clear error naming the
+/// directory: no panic, no half-started node.
+#[test]
+fn a_damaged_data_dir_stops_the_node_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    drop(start(&data));
+    for (how, damage) in [
+        ("truncated", (|_: &[u8]| Vec::new()) as fn(&[u8]) -> Vec<u8>),
+        ("garbage", |bytes: &[u8]| {
+            bytes.iter().map(|b| b ^ 0x5a).collect()
+        }),
+    ] {
+        let copy = dir.path().join(how);
+        copy_dir(&data, &copy);
+        let mut damaged = 0;
+        for entry in walk(&copy) {
+            let name = entry.file_name().unwrap().to_string_lossy().into_owned();
+            if name.starts_with("MANIFEST") || name == "CURRENT" || name.ends_with(".sst") {
+                let bytes = std::fs::read(&entry).unwrap();
+                std::fs::write(&entry, damage(&bytes)).unwrap();
+                damaged += 1;
+            }
+        }
+        assert!(damaged > 0, "no store files under {}", copy.display());
+        let mut child = meridian()
+            .args(["serve", "--port", "0", "--data-dir", copy.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{how}: the node kept running on a damaged store"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+        assert!(!status.success(), "{how}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{how}: {stderr}");
+        assert!(
+            stderr.contains(copy.to_str().unwrap()) || stderr.contains("storage"),
+            "{how}: the error names neither the directory nor the store: {stderr}"
+        );
+    }
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        let target = to.join(path.file_name().unwrap());
+        if path.is_dir() {
+            copy_dir(&path, &target);
+        } else {
+            std::fs::copy(&path, &target).unwrap();
+        }
+    }
+}
