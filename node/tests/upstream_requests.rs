@@ -500,7 +500,7 @@ async fn a_client_that_disconnects_mid_stream_is_settled_logged_and_released() {
     drop(resp);
 
     // Within a few seconds: the slot is back, the call is billed and logged.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
     let (spend, row) = loop {
         let info = gw
             .get(&format!("/key/info?key={key}"), Some(MASTER_KEY))
@@ -513,11 +513,11 @@ async fn a_client_that_disconnects_mid_stream_is_settled_logged_and_released() {
             )
             .await;
         let row = logs.json().as_array().and_then(|r| r.first().cloned());
-        if spend > 0.0 && row.is_some() {
-            break (spend, row.unwrap());
+        if let Some(row) = row.filter(|_| spend > 0.0) {
+            break (spend, row);
         }
         assert!(
-            std::time::Instant::now() < deadline,
+            tokio::time::Instant::now() < deadline,
             "not settled: spend {spend}, logs {}",
             logs.text
         );
