@@ -8,7 +8,7 @@ mod process_support;
 use std::process::Command;
 use std::time::Duration;
 
-use process_support::{BIN, MASTER, Proc as Node, free_port, spawn};
+use process_support::{BIN, MASTER, Proc as Node, free_port, log_tail, spawn};
 
 use tokio::time::Instant;
 
@@ -125,7 +125,11 @@ impl Region {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("node {} did not come up", self.nodes[i].raft_id);
+        panic!(
+            "node {} did not come up\n{}",
+            self.nodes[i].raft_id,
+            log_tail(&self.nodes[i].config)
+        );
     }
 
     fn kill(&mut self, i: usize) {

@@ -10,7 +10,7 @@ mod process_support;
 use std::process::Child;
 use std::time::Duration;
 
-use process_support::{MASTER, Proc, free_port, spawn};
+use process_support::{MASTER, Proc, free_port, log_tail, spawn};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
@@ -133,7 +133,10 @@ meridian:
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("node {i} not ready within 30 s");
+        panic!(
+            "node {i} not ready within 30 s\n{}",
+            log_tail(&self.nodes[i].config)
+        );
     }
 
     async fn call(

@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -55,17 +55,38 @@ impl Drop for Proc {
     }
 }
 
-/// Starts `meridian serve` with the test master key and cluster secret.
+/// Starts `meridian serve` with the test master key and cluster secret. Its
+/// output is appended to [`log_path`] (kept, restarts included), so a node
+/// that could not start — a port taken between choosing and binding it —
+/// says why instead of looking like a slow one.
 pub fn spawn(config: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_path(config))
+        .unwrap();
     Command::new(BIN)
         .args(["serve", "--config", config.to_str().unwrap()])
         .env("MERIDIAN_MASTER_KEY", MASTER)
         .env("MERIDIAN_CLUSTER_SECRET", SECRET)
         .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
         .spawn()
         .unwrap()
+}
+
+/// Where [`spawn`] writes the output of the node configured by `config`.
+pub fn log_path(config: &Path) -> std::path::PathBuf {
+    config.with_extension("log")
+}
+
+/// The last lines of that output, for a failure message.
+pub fn log_tail(config: &Path) -> String {
+    let text = std::fs::read_to_string(log_path(config)).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    let tail = lines[lines.len().saturating_sub(30)..].join("\n");
+    format!("--- {} ---\n{tail}", log_path(config).display())
 }
 
 /// One HTTP call to a node; `(0, Null)` when it cannot be reached.
