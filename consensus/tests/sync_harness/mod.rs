@@ -44,17 +44,23 @@ pub struct Directory {
     pub regions: BTreeMap<String, Vec<String>>,
     pub cut: BTreeSet<String>,
     pub dead: String,
+    /// Holds `dead`'s port, bound and never listening: a connection to it is
+    /// refused at once, and no other test can take the port (a released one
+    /// could become another test's server, where a call may hang to its
+    /// deadline).
+    _holds_dead: Option<tokio::net::TcpSocket>,
 }
 
 pub type SharedDirectory = Arc<Mutex<Directory>>;
 
 pub async fn directory() -> SharedDirectory {
-    // A port nobody listens on.
-    let free = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let dead = free.local_addr().unwrap().to_string();
-    drop(free);
+    // A port nobody listens on, held for the test's length.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let dead = socket.local_addr().unwrap().to_string();
     Arc::new(Mutex::new(Directory {
         dead,
+        _holds_dead: Some(socket),
         ..Directory::default()
     }))
 }
