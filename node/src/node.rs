@@ -46,6 +46,8 @@ pub struct Local {
     pub rights: Arc<crate::rights::Rights>,
     /// The region's other members' spend-log rows (`None`: a region of one).
     pub spend_peers: Option<crate::spend_rpc::SpendPeers>,
+    /// The node's store (readiness asks it whether it is still usable).
+    pub store: Arc<dyn meridian_storage::Store>,
 }
 
 impl Local {
@@ -53,6 +55,7 @@ impl Local {
         joined: crate::cluster::Joined,
         counters: Arc<Counters>,
         spend_log: Arc<SpendLog>,
+        store: Arc<dyn meridian_storage::Store>,
     ) -> Self {
         Self {
             metadata: joined.region,
@@ -60,6 +63,7 @@ impl Local {
             spend_log,
             rights: joined.rights,
             spend_peers: joined.spend_peers,
+            store,
         }
     }
 }
@@ -72,6 +76,8 @@ pub struct Node {
     pub metadata: Region,
     /// This node's view of the global counters (spend, requests, tokens).
     pub counters: Arc<Counters>,
+    /// The node's store.
+    pub store: Arc<dyn meridian_storage::Store>,
     /// Per-request spend rows served by this node (`/spend/logs`).
     pub spend_log: Arc<SpendLog>,
     /// Rights this node holds to `strict` limits, and the asking for more.
@@ -113,6 +119,7 @@ impl Node {
             node_id: config.node.node_id,
             metadata: local.metadata,
             counters: local.counters,
+            store: local.store,
             spend_log: local.spend_log,
             rights: local.rights,
             spend_peers: local.spend_peers,

@@ -131,7 +131,7 @@ impl NodeBuilder {
             Peers::Configured => {
                 cluster::start_region(
                     settings,
-                    store,
+                    store.clone(),
                     api_addr,
                     counters.clone(),
                     spend_log.clone(),
@@ -143,7 +143,7 @@ impl NodeBuilder {
             Peers::Alone => {
                 cluster::lone_region(
                     &settings.region,
-                    store,
+                    store.clone(),
                     format!("http://{api_addr}"),
                     &counters,
                     cluster::wall_clock(clock),
@@ -154,7 +154,7 @@ impl NodeBuilder {
             Peers::Net { net, api_url, seed } => {
                 cluster::start_region_on(
                     settings,
-                    store,
+                    store.clone(),
                     api_url,
                     counters.clone(),
                     spend_log.clone(),
@@ -166,7 +166,7 @@ impl NodeBuilder {
                 .await?
             }
         };
-        let local = Local::new(joined, counters, spend_log);
+        let local = Local::new(joined, counters, spend_log, store.clone());
         let node = Node::new(config, &master_key, seams, local);
         let health = node
             .health

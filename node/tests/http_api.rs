@@ -20,14 +20,26 @@ use tower::ServiceExt;
 
 const KEY: &str = "sk-router-tier";
 
-async fn node_with(mut config: Config, data_dir: &std::path::Path) -> Arc<Node> {
+async fn node_with(config: Config, data_dir: &std::path::Path) -> Arc<Node> {
+    node_on(
+        config,
+        data_dir,
+        Arc::new(meridian_storage::MemStore::new()),
+    )
+    .await
+}
+
+async fn node_on(
+    mut config: Config,
+    data_dir: &std::path::Path,
+    store: Arc<dyn meridian_storage::Store>,
+) -> Arc<Node> {
     config.node.data_dir = data_dir.to_path_buf();
     let seams = Seams {
         upstream: Arc::new(HttpUpstream::new().unwrap()),
         clock: Arc::new(SystemClock),
         rng: SeededRng::from_seed(1),
     };
-    let store: Arc<dyn meridian_storage::Store> = Arc::new(meridian_storage::MemStore::new());
     NodeBuilder::new(config, Secret::new(KEY), seams, store)
         .peers(Peers::Alone)
         .start()
@@ -337,14 +349,33 @@ async fn models_health_and_headers() {
     assert_eq!(r.headers["x-request-id"], "trace-123");
     assert_eq!(r.headers["x-meridian-node"], "node-1");
     assert_eq!(r.headers["x-meridian-model-group"], "mock-chat");
+}
 
-    // Readiness reports lost storage instead of pretending.
+/// Readiness asks the store. One on disk whose directory is gone (a volume
+/// unmounted or wiped) makes the node unready, though its open files still
+/// answer; a store in memory does not depend on where `data_dir` points.
+#[tokio::test]
+async fn readiness_reports_a_store_whose_directory_is_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = meridian_storage::RocksStore::open(&dir.path().join("db")).unwrap();
+    let node = node_on(yaml(MOCKS), dir.path(), Arc::new(store)).await;
+    let ready = |r: &Reply| {
+        (
+            r.status.as_u16(),
+            r.body["status"].as_str().map(str::to_owned),
+        )
+    };
+    let r = call(&node, get("/health/readiness", None)).await;
+    assert_eq!(ready(&r), (200, Some("healthy".into())));
     drop(dir);
     let r = call(&node, get("/health/readiness", None)).await;
-    assert_eq!(
-        (r.status.as_u16(), r.body["status"].as_str()),
-        (503, Some("unhealthy"))
-    );
+    assert_eq!(ready(&r), (503, Some("unhealthy".into())));
+
+    let elsewhere = tempfile::tempdir().unwrap();
+    let in_memory = node_with(yaml(MOCKS), elsewhere.path()).await;
+    drop(elsewhere);
+    let r = call(&in_memory, get("/health/readiness", None)).await;
+    assert_eq!(ready(&r), (200, Some("healthy".into())));
 }
 
 #[tokio::test]

@@ -153,6 +153,13 @@ pub trait Store: Send + Sync + 'static {
         to: Option<&[u8]>,
         visit: BackVisitor<'_>,
     ) -> Result<()>;
+
+    /// Whether the store is still usable, for readiness: an engine on disk
+    /// whose directory is gone (a volume unmounted or wiped) is not, even
+    /// while its open files still answer. In memory, always.
+    fn check(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ use crate::{BackVisitor, Cf, Durability, Error, Op, Result, Store, Visitor, Writ
 
 pub struct RocksStore {
     db: DB,
+    path: std::path::PathBuf,
 }
 
 fn engine(e: rocksdb::Error) -> Error {
@@ -32,7 +33,10 @@ impl RocksStore {
             path: path.display().to_string(),
             reason: e.into_string(),
         })?;
-        Ok(Self { db })
+        Ok(Self {
+            db,
+            path: path.to_path_buf(),
+        })
     }
 
     fn cf(&self, cf: Cf) -> Result<&rocksdb::ColumnFamily> {
@@ -52,6 +56,16 @@ impl RocksStore {
 }
 
 impl Store for RocksStore {
+    fn check(&self) -> Result<()> {
+        match std::fs::metadata(&self.path) {
+            Ok(m) if m.is_dir() => Ok(()),
+            _ => Err(Error::Engine(format!(
+                "the store's directory {} is gone",
+                self.path.display()
+            ))),
+        }
+    }
+
     fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>> {
         self.db.get_cf(self.cf(cf)?, key).map_err(engine)
     }

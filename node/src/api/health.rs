@@ -25,11 +25,9 @@ pub async fn liveliness() -> Json<&'static str> {
 }
 
 pub async fn readiness(State(node): State<Arc<Node>>, headers: http::HeaderMap) -> Response {
-    // A metadata read of the data directory: cheap, and it fails when the volume
-    // is gone or unmounted.
-    let storage_ok = std::fs::metadata(&node.data_dir)
-        .map(|m| m.is_dir())
-        .unwrap_or(false);
+    // The store says whether it is still usable (on disk: its directory is
+    // still there; a volume gone or unmounted is not).
+    let storage_ok = node.store.check().is_ok();
     let status = if storage_ok { "healthy" } else { "unhealthy" };
     let code = if storage_ok {
         StatusCode::OK
