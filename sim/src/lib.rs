@@ -8,6 +8,7 @@
 
 use std::net::SocketAddr;
 
+mod clients;
 pub mod faults;
 pub mod invariants;
 pub mod net;
