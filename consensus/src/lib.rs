@@ -41,6 +41,10 @@ pub enum Error {
     Unreachable(String),
     #[error("Raft stopped: {0}")]
     Fatal(String),
+    #[error(
+        "This node cannot write to its storage, so it takes no changes until its writes work again. Retry on another node."
+    )]
+    WritesFailing,
 }
 
 use std::fmt;

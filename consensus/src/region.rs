@@ -67,6 +67,9 @@ pub struct Region {
     state: SharedState,
     transport: Arc<dyn Transport>,
     node_id: u64,
+    /// Asked before proposing: a write Raft fails to store stops Raft for
+    /// good, so a node whose writes are failing proposes nothing.
+    store: Arc<dyn Store>,
 }
 
 /// One member's place in the region, for `/cluster/status`.
@@ -128,7 +131,7 @@ impl Region {
                 config.node_id,
                 Arc::new(raft_config),
                 network,
-                LogStore::new(store),
+                LogStore::new(store.clone()),
                 sm,
             ),
         )
@@ -140,6 +143,7 @@ impl Region {
             state,
             transport,
             node_id: config.node_id,
+            store,
         };
         let first = config.initial_members.keys().next().copied();
         let mut members = config.initial_members.clone();
@@ -184,6 +188,9 @@ impl Region {
     /// Proposes a command and waits until it is applied on the leader; the
     /// outcome is the state machine's answer.
     pub async fn propose(&self, command: Command, at_ms: u64) -> Result<Outcome, Error> {
+        if self.store.writable().is_err() {
+            return Err(Error::WritesFailing);
+        }
         let proposal = Proposal { at_ms, command };
         let deadline = tokio::time::Instant::now() + PROPOSE_DEADLINE;
         loop {

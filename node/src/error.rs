@@ -146,6 +146,14 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// This node's writes are failing (a full or broken disk): it cannot
+    /// make what a call costs durable, so it takes no new calls and withholds
+    /// answers whose cost it could not record (503). The cause is logged.
+    #[error(
+        "This node cannot write to its storage, so it cannot record what calls cost; it takes no calls until its writes work again. Retry on another node."
+    )]
+    StorageFailing,
+
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -262,7 +270,8 @@ impl Error {
             | Error::Internal(_)
             | Error::Consensus(_)
             | Error::RightsUnreachable { .. }
-            | Error::RightsLedger(_) => Side::Gateway,
+            | Error::RightsLedger(_)
+            | Error::StorageFailing => Side::Gateway,
         }
     }
 }

@@ -47,7 +47,7 @@ pub struct Local {
     /// The region's other members' spend-log rows (`None`: a region of one).
     pub spend_peers: Option<crate::spend_rpc::SpendPeers>,
     /// The node's store (readiness asks it whether it is still usable).
-    pub store: Arc<dyn meridian_storage::Store>,
+    pub store: Arc<meridian_storage::Watched>,
 }
 
 impl Local {
@@ -55,7 +55,7 @@ impl Local {
         joined: crate::cluster::Joined,
         counters: Arc<Counters>,
         spend_log: Arc<SpendLog>,
-        store: Arc<dyn meridian_storage::Store>,
+        store: Arc<meridian_storage::Watched>,
     ) -> Self {
         Self {
             metadata: joined.region,
@@ -76,8 +76,9 @@ pub struct Node {
     pub metadata: Region,
     /// This node's view of the global counters (spend, requests, tokens).
     pub counters: Arc<Counters>,
-    /// The node's store.
-    pub store: Arc<dyn meridian_storage::Store>,
+    /// The node's store, which knows whether its writes are failing (then
+    /// the node takes no LLM calls and is not ready).
+    pub store: Arc<meridian_storage::Watched>,
     /// Per-request spend rows served by this node (`/spend/logs`).
     pub spend_log: Arc<SpendLog>,
     /// Rights this node holds to `strict` limits, and the asking for more.

@@ -189,7 +189,10 @@ impl Rights {
         if amount == 0 {
             return Ok(0);
         }
-        self.counters.durable(ticket).await;
+        self.counters
+            .durable(ticket)
+            .await
+            .map_err(|_| Error::StorageFailing)?;
         let reply = self.call(ask, 0, returned).await?;
         self.record(ask, &reply);
         Ok(amount)

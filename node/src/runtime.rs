@@ -112,6 +112,10 @@ impl NodeBuilder {
             api_addr,
             drain,
         } = self;
+        // Every write of the node goes through one watcher: a failing disk
+        // is seen by admission and readiness whoever hit it first.
+        let watched = Arc::new(meridian_storage::Watched::new(store));
+        let store: Arc<dyn Store> = watched.clone();
         let flush = Phase::new();
         let leave = Phase::new();
         let settings = &config.node;
@@ -166,7 +170,8 @@ impl NodeBuilder {
                 .await?
             }
         };
-        let local = Local::new(joined, counters, spend_log, store.clone());
+        let prober = tokio::spawn(probe_writes(watched.clone(), flush.stopped()));
+        let local = Local::new(joined, counters, spend_log, watched);
         let node = Node::new(config, &master_key, seams, local);
         let health = node
             .health
@@ -178,7 +183,11 @@ impl NodeBuilder {
             drain,
             flush,
             leave,
-            writers: vec![("spend log", log_writer), ("counters", counter_writer)],
+            writers: vec![
+                ("spend log", log_writer),
+                ("counters", counter_writer),
+                ("storage probe", prober),
+            ],
             health,
         })
     }
@@ -241,6 +250,29 @@ impl Running {
         tracing::info!("stopped: in-flight calls settled, spend log and counters written");
     }
 }
+
+/// While the store's writes are failing, tries one every
+/// [`PROBE_EVERY`]: the node takes calls again as soon as its disk works,
+/// even when nothing else has a write to retry.
+async fn probe_writes(
+    store: Arc<meridian_storage::Watched>,
+    stopped: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(stopped);
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(PROBE_EVERY) => {
+                if store.writable().is_err() && store.probe().is_ok() {
+                    tracing::info!("storage writes work again");
+                }
+            }
+            () = &mut stopped => return,
+        }
+    }
+}
+
+/// How often a node whose writes fail tries one.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
 
 /// One step of stopping, which the tasks of that step wait for. If it is
 /// dropped without [`Phase::stop`], the tasks run on (detached).

@@ -19,6 +19,9 @@ pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 86_400);
 
 /// Rows buffered before a write is forced.
 const BATCH: usize = 256;
+/// Rows kept for a retry while writes fail; past it the oldest go (the node
+/// takes no new calls while its writes fail, so only calls in flight add).
+const MAX_PENDING: usize = 16 * BATCH;
 const FLUSH_EVERY: Duration = Duration::from_millis(200);
 const COLLECT_EVERY: Duration = Duration::from_secs(60);
 
@@ -82,6 +85,8 @@ impl Filter {
 pub struct SpendLog {
     store: Arc<dyn Store>,
     pending: Mutex<WriteBatch>,
+    /// The latest write failed (logged when it starts and stops failing).
+    failing: std::sync::atomic::AtomicBool,
     full: Notify,
     retention: Duration,
     /// One scan at a time: a scan runs on the caller's worker thread, and
@@ -101,6 +106,7 @@ impl SpendLog {
         Self {
             store,
             pending: Mutex::new(WriteBatch::default()),
+            failing: Default::default(),
             full: Notify::new(),
             retention,
             scans: tokio::sync::Semaphore::new(1),
@@ -133,15 +139,35 @@ impl SpendLog {
         }
     }
 
-    /// Writes queued rows.
+    /// Writes queued rows. When the write fails they are queued again, in
+    /// front of rows recorded meanwhile, for the next flush.
     pub fn flush(&self) {
+        use std::sync::atomic::Ordering;
         let batch =
             std::mem::take(&mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner));
         if batch.is_empty() {
             return;
         }
-        if let Err(e) = self.store.write(batch, Durability::Process) {
-            tracing::warn!(error = %e, "writing spend log rows failed; they are lost");
+        match self.store.write(batch.clone(), Durability::Process) {
+            Ok(()) => {
+                if self.failing.swap(false, Ordering::Relaxed) {
+                    tracing::info!("writing spend log rows works again");
+                }
+            }
+            Err(e) => {
+                let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+                let newer = std::mem::replace(&mut *pending, batch);
+                pending.ops.extend(newer.ops);
+                let excess = pending.ops.len().saturating_sub(MAX_PENDING);
+                pending.ops.drain(..excess);
+                drop(pending);
+                if !self.failing.swap(true, Ordering::Relaxed) {
+                    tracing::error!(error = %e, "writing spend log rows failed; kept for a retry");
+                }
+                if excess > 0 {
+                    tracing::warn!(rows = excess, "spend log rows dropped: writes keep failing");
+                }
+            }
         }
     }
 
@@ -233,6 +259,36 @@ mod tests {
             end_time: end,
             ..SpendRow::default()
         }
+    }
+
+    #[test]
+    fn rows_survive_a_failing_disk_up_to_a_bound() {
+        let disk = Arc::new(meridian_storage::Faulty::new(MemStore::new()));
+        let log = SpendLog::new(disk.clone(), Duration::from_secs(60));
+        log.record(&row("a", 1_000, "k1"));
+        disk.fail_writes(true);
+        log.flush();
+        log.record(&row("b", 2_000, "k1"));
+        log.flush();
+        disk.fail_writes(false);
+        log.flush();
+        let ids: Vec<_> = log
+            .query(&Filter::default(), 10)
+            .into_iter()
+            .map(|r| r.request_id)
+            .collect();
+        assert_eq!(ids, ["b", "a"], "nothing lost to the failed writes");
+
+        disk.fail_writes(true);
+        for i in 0..MAX_PENDING + 10 {
+            log.record(&row(&format!("r{i:05}"), 10_000 + i as u64, "k1"));
+            if i % BATCH == 0 {
+                log.flush();
+            }
+        }
+        log.flush();
+        let pending = log.pending.lock().unwrap().ops.len();
+        assert_eq!(pending, MAX_PENDING, "bounded while writes fail");
     }
 
     #[test]

@@ -80,8 +80,20 @@ pub struct Counters {
     /// A first change while the flusher had nothing pending: write it
     /// within [`LAZY_FLUSH`].
     changed: Notify,
+    /// The highest change number that is durable, and whether the latest
+    /// write failed.
+    flushed: watch::Sender<Flushed>,
+}
+
+/// What waiters on [`Counters::durable`] watch.
+#[derive(Clone, Copy, Debug, Default)]
+struct Flushed {
     /// The highest change number that is durable.
-    flushed: watch::Sender<u64>,
+    through: u64,
+    /// The latest write failed (set by a failed write, cleared by the next
+    /// one that succeeds): waiters give up instead of waiting for a disk
+    /// that may never come back.
+    failing: bool,
 }
 
 #[derive(Default)]
@@ -217,7 +229,10 @@ impl Counters {
         table.outbox_through = table.version;
         table.marks.insert(me.clone(), table.version);
         table.flusher_idle = true;
-        let (flushed, _) = watch::channel(table.version);
+        let (flushed, _) = watch::channel(Flushed {
+            through: table.version,
+            failing: false,
+        });
         Ok(Self {
             me,
             store,
@@ -299,26 +314,54 @@ impl Counters {
     /// this task (after the tasks ready before it had their turn) when no
     /// other write is under way, else has the flusher write them as soon as
     /// that write ends (with every change made meanwhile).
-    pub async fn durable(&self, ticket: Ticket) {
-        if *self.flushed.borrow() >= ticket.0 {
-            return;
+    ///
+    /// Fails when the write that was to cover them fails (a full or broken
+    /// disk): the changes stay in memory and the flusher keeps retrying, but
+    /// the caller must not acknowledge them now.
+    pub async fn durable(&self, ticket: Ticket) -> Result<(), Error> {
+        if self.flushed.borrow().through >= ticket.0 {
+            return Ok(());
         }
         // With other calls in flight, let the tasks ready on this worker
         // make their changes first: one write then covers them all, and most
         // waiters find theirs written when they run again. Alone, write now.
         if self.lock().updates_pending > ALONE {
             tokio::task::yield_now().await;
-            if *self.flushed.borrow() >= ticket.0 {
-                return;
+            if self.flushed.borrow().through >= ticket.0 {
+                return Ok(());
             }
         }
         self.write_or_ask();
-        if *self.flushed.borrow() >= ticket.0 {
-            return;
-        }
         let mut flushed = self.flushed.subscribe();
         // `wait_for` only fails when the sender is gone, and `self` holds it.
-        let _ = flushed.wait_for(|done| *done >= ticket.0).await;
+        let seen = flushed
+            .wait_for(|f| f.through >= ticket.0 || f.failing)
+            .await
+            .map(|f| *f)
+            .unwrap_or_default();
+        if seen.through >= ticket.0 {
+            Ok(())
+        } else {
+            Err(Error::NotDurable)
+        }
+    }
+
+    /// Records a write's outcome for waiters, and logs when writes start or
+    /// stop failing (not every retry: a dead disk would flood the log).
+    fn wrote(&self, result: &Result<(), Error>) {
+        let failing = result.is_err();
+        let was = self.flushed.send_if_modified(|f| {
+            let changed = f.failing != failing;
+            f.failing = failing;
+            changed
+        });
+        match result {
+            Err(e) if was => {
+                tracing::error!(error = %e, "writing counters failed; calls are refused until a retry succeeds");
+            }
+            Ok(()) if was => tracing::info!("writing counters works again"),
+            _ => {}
+        }
     }
 
     /// Writes what is pending now if no other write is under way; else asks
@@ -333,9 +376,8 @@ impl Counters {
                 return;
             }
         };
-        if let Err(e) = self.flush_holding(&writing) {
+        if self.flush_holding(&writing).is_err() {
             drop(writing);
-            tracing::error!(error = %e, "writing counters failed; the flusher retries");
             self.flush_wanted.notify_one();
         }
     }
@@ -349,7 +391,14 @@ impl Counters {
     }
 
     /// [`Counters::flush`], `writing` held by the caller.
-    fn flush_holding(&self, _writing: &MutexGuard<'_, ()>) -> Result<(), Error> {
+    fn flush_holding(&self, writing: &MutexGuard<'_, ()>) -> Result<(), Error> {
+        let result = self.write_pending(writing);
+        self.wrote(&result);
+        result
+    }
+
+    /// [`Counters::flush_holding`] without the bookkeeping of failures.
+    fn write_pending(&self, _writing: &MutexGuard<'_, ()>) -> Result<(), Error> {
         let (batch, snapshot, through) = {
             let mut table = self.lock();
             if table.unflushed.is_empty() {
@@ -359,9 +408,9 @@ impl Counters {
                 table.flusher_idle = true;
                 table.updates_pending = 0;
                 drop(table);
-                self.flushed.send_if_modified(|done| {
-                    let raise = *done < version;
-                    *done = (*done).max(version);
+                self.flushed.send_if_modified(|f| {
+                    let raise = f.through < version;
+                    f.through = f.through.max(version);
                     raise
                 });
                 return Ok(());
@@ -405,7 +454,7 @@ impl Counters {
             }
         }
         self.flushed
-            .send_modify(|done| *done = (*done).max(through));
+            .send_modify(|f| f.through = f.through.max(through));
         Ok(())
     }
 
@@ -447,8 +496,7 @@ impl Counters {
                 () = lazily => {}
                 () = &mut shutdown => break,
             }
-            if let Err(e) = self.flush() {
-                tracing::error!(error = %e, "writing counters failed; retrying");
+            if self.flush().is_err() {
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 self.flush_wanted.notify_one();
             }
@@ -744,7 +792,7 @@ mod tests {
         assert!(c.take_outbox().slots.is_empty(), "not durable: not shown");
         assert!(c.missing(&BTreeMap::new()).0.is_empty());
         c.flush().unwrap();
-        assert!(*c.flushed.borrow() >= ticket.0);
+        assert!(c.flushed.borrow().through >= ticket.0);
         let outbox = c.take_outbox();
         assert_eq!(
             (outbox.since, outbox.through, outbox.slots.len()),
@@ -901,6 +949,7 @@ mod tests {
         let ticket = add(&c, "k", 2);
         tokio::time::timeout(std::time::Duration::from_secs(5), c.durable(ticket))
             .await
+            .unwrap()
             .unwrap();
         assert_eq!(open(&store, "us-east", 1).read(|t| t.value(&id("k"))), 2);
         let _ = stop.send(());
@@ -915,9 +964,45 @@ mod tests {
         let ticket = add(&c, "k", 2);
         tokio::time::timeout(std::time::Duration::from_secs(5), c.durable(ticket))
             .await
+            .unwrap()
             .unwrap();
         assert_eq!(open(&store, "us-east", 1).read(|t| t.value(&id("k"))), 2);
         assert_eq!(c.take_outbox().slots.len(), 1, "durable, so gossiped");
+    }
+
+    #[tokio::test]
+    async fn a_failing_disk_fails_the_waiter_and_keeps_the_change() {
+        let disk = Arc::new(meridian_storage::Faulty::new(MemStore::new()));
+        let c = Arc::new(
+            Counters::open("us-east", 1, disk.clone(), Durability::Process, || 101).unwrap(),
+        );
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let flusher = tokio::spawn(c.clone().run_flusher(async {
+            let _ = stopped.await;
+        }));
+        disk.fail_writes(true);
+        let ticket = add(&c, "k", 2);
+        let waited = tokio::time::timeout(std::time::Duration::from_secs(5), c.durable(ticket))
+            .await
+            .expect("a waiter gives up instead of waiting for the disk");
+        assert!(matches!(waited, Err(Error::NotDurable)), "{waited:?}");
+        assert!(
+            c.take_outbox().slots.is_empty(),
+            "not durable, not gossiped"
+        );
+        assert_eq!(c.read(|t| t.value(&id("k"))), 2, "kept in memory");
+
+        disk.fail_writes(false);
+        // The flusher retries on its own; a new waiter for the same change
+        // sees it durable.
+        tokio::time::timeout(std::time::Duration::from_secs(5), c.durable(ticket))
+            .await
+            .unwrap()
+            .unwrap();
+        let reopened = Counters::open("us-east", 1, disk, Durability::Process, || 102).unwrap();
+        assert_eq!(reopened.read(|t| t.value(&id("k"))), 2);
+        let _ = stop.send(());
+        flusher.await.unwrap();
     }
 
     #[tokio::test]

@@ -24,4 +24,8 @@ pub enum Error {
     Storage(#[from] meridian_storage::Error),
     #[error("corrupt stored counters: {0}")]
     Corrupt(String),
+    /// The write that was to make a change durable failed; the change is
+    /// kept in memory and retried, but must not be acknowledged yet.
+    #[error("this node's storage is failing writes, so the change is not durable yet")]
+    NotDurable,
 }

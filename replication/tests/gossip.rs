@@ -82,7 +82,7 @@ async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
 
 async fn spend(node: &TestNode, entity: &str, amount: u64) {
     let (_, ticket) = node.counters.update(|t| t.add(&id(entity), amount, 0));
-    node.counters.durable(ticket).await;
+    node.counters.durable(ticket).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

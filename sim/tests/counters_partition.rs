@@ -60,7 +60,7 @@ fn counters_of(reg: &Registry, host: &str) -> Arc<Counters> {
 async fn spend(reg: &Registry, host: &str, amount: u64) {
     let c = counters_of(reg, host);
     let (_, ticket) = c.update(|t| t.add(&team(), amount, 0));
-    c.durable(ticket).await;
+    c.durable(ticket).await.unwrap();
 }
 
 fn values(reg: &Registry) -> Vec<u64> {

@@ -6,13 +6,17 @@
 //! tests and by simulations (which must not run RocksDB's threads). This crate
 //! holds no product policy: keys and values are bytes.
 
+mod faulty;
 mod mem;
 #[cfg(feature = "rocksdb")]
 mod rocks;
+mod watched;
 
+pub use faulty::Faulty;
 pub use mem::MemStore;
 #[cfg(feature = "rocksdb")]
 pub use rocks::RocksStore;
+pub use watched::Watched;
 
 /// Column families. Each owner keeps its own keyspace.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -59,6 +63,9 @@ pub enum Error {
     Engine(String),
     #[error("opening storage at {path}: {reason}")]
     Open { path: String, reason: String },
+    /// The latest write failed (a full or broken disk); see [`Watched`].
+    #[error("writes are failing: {0}")]
+    WritesFailing(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -159,6 +166,60 @@ pub trait Store: Send + Sync + 'static {
     /// while its open files still answer. In memory, always.
     fn check(&self) -> Result<()> {
         Ok(())
+    }
+
+    /// `Ok` unless the store knows its writes are failing now (see
+    /// [`Watched`]); cheap enough to ask on every call.
+    fn writable(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// A shared store is a store (a test keeps a handle on the [`Faulty`] disk
+/// it gives a node).
+impl<T: Store + ?Sized> Store for std::sync::Arc<T> {
+    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        (**self).get(cf, key)
+    }
+
+    fn write(&self, batch: WriteBatch, durability: Durability) -> Result<()> {
+        (**self).write(batch, durability)
+    }
+
+    fn range(
+        &self,
+        cf: Cf,
+        from: &[u8],
+        to: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        (**self).range(cf, from, to, limit)
+    }
+
+    fn last(&self, cf: Cf, from: &[u8], to: Option<&[u8]>) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+        (**self).last(cf, from, to)
+    }
+
+    fn scan(&self, cf: Cf, from: &[u8], to: Option<&[u8]>, visit: Visitor<'_>) -> Result<()> {
+        (**self).scan(cf, from, to, visit)
+    }
+
+    fn scan_back(
+        &self,
+        cf: Cf,
+        from: &[u8],
+        to: Option<&[u8]>,
+        visit: BackVisitor<'_>,
+    ) -> Result<()> {
+        (**self).scan_back(cf, from, to, visit)
+    }
+
+    fn check(&self) -> Result<()> {
+        (**self).check()
+    }
+
+    fn writable(&self) -> Result<()> {
+        (**self).writable()
     }
 }
 

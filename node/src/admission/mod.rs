@@ -102,7 +102,10 @@ pub async fn admit(
                     }
                     // Spent rights must survive a crash before the provider
                     // is called, or a restarted node could spend them again.
-                    limiter.counters.durable(ticket).await;
+                    if limiter.counters.durable(ticket).await.is_err() {
+                        reservation.release().await;
+                        return Err(Error::StorageFailing);
+                    }
                 }
                 return Ok(*reservation);
             }

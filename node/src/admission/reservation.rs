@@ -47,9 +47,10 @@ pub(super) enum Held {
 }
 
 impl Reservation {
-    /// Waits until the change behind `ticket` is durable.
-    pub async fn durable(&self, ticket: Ticket) {
-        self.counters.durable(ticket).await;
+    /// Waits until the change behind `ticket` is durable; fails when this
+    /// node's writes are failing (the change is kept and retried).
+    pub async fn durable(&self, ticket: Ticket) -> Result<(), meridian_replication::Error> {
+        self.counters.durable(ticket).await
     }
 
     /// Replaces the estimates with the real usage and cost; returns the ticket
@@ -88,7 +89,9 @@ impl Reservation {
     /// answered must not leave the failed call's reservation counted.
     pub async fn release(mut self) {
         let ticket = self.settle(&Usage::default(), Cost(0));
-        self.durable(ticket).await;
+        // When writes are failing the release stays in memory, retried by
+        // the flusher: a crash meanwhile leaves it counted (never less).
+        let _ = self.durable(ticket).await;
     }
 }
 

@@ -68,6 +68,9 @@ fn classify(e: &Error) -> (StatusCode, &'static str) {
             | meridian_consensus::Error::Uncertain
             | meridian_consensus::Error::Unreachable(_),
         ) => (StatusCode::SERVICE_UNAVAILABLE, "service_unavailable"),
+        Error::StorageFailing | Error::Consensus(meridian_consensus::Error::WritesFailing) => {
+            (StatusCode::SERVICE_UNAVAILABLE, "service_unavailable")
+        }
         Error::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error"),
         Error::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "invalid_request_error"),
         Error::LimitExceeded(e) => (

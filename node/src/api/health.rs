@@ -26,10 +26,14 @@ pub async fn liveliness() -> Json<&'static str> {
 
 pub async fn readiness(State(node): State<Arc<Node>>, headers: http::HeaderMap) -> Response {
     // The store says whether it is still usable (on disk: its directory is
-    // still there; a volume gone or unmounted is not).
-    let storage_ok = node.store.check().is_ok();
-    let status = if storage_ok { "healthy" } else { "unhealthy" };
-    let code = if storage_ok {
+    // still there; a volume gone or unmounted is not; its writes are not
+    // failing). A Raft member stopped for good (by a storage failure it
+    // could not survive) needs a restart.
+    let storage_ok = meridian_storage::Store::check(&*node.store).is_ok();
+    let raft_running = node.metadata.status().state != "shutdown";
+    let ready = storage_ok && raft_running;
+    let status = if ready { "healthy" } else { "unhealthy" };
+    let code = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
@@ -46,7 +50,11 @@ pub async fn readiness(State(node): State<Arc<Node>>, headers: http::HeaderMap) 
         "status": status,
         "node": node.node_id,
         "region": node.region,
-        "storage": { "data_dir": node.data_dir.display().to_string(), "ok": storage_ok },
+        "storage": {
+            "data_dir": node.data_dir.display().to_string(),
+            "ok": storage_ok,
+            "writes_failing": meridian_storage::Store::writable(&*node.store).is_err(),
+        },
         // Serving LLM calls needs no leader (keys are read from the applied
         // state), so a region without one is reported, not "unready".
         "cluster": {

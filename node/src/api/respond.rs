@@ -149,28 +149,38 @@ fn relay(chunks: ChunkStream, settlement: Settlement, encoder: impl Encoder) -> 
             if s.done {
                 return None;
             }
-            let (frames, cost) = match s.chunks.next().await {
+            // `trailer`: the stream is over; with `Some(cost)` when its cost
+            // is durable and may be acknowledged.
+            let (frames, trailer) = match s.chunks.next().await {
                 Some(Ok(chunk)) => {
                     if let Some(usage) = chunk.usage() {
                         s.settlement.observe(usage);
                     }
-                    (s.encoder.chunk(&chunk), None)
+                    s.pending
+                        .extend(s.encoder.chunk(&chunk).into_iter().map(Frame::data));
+                    continue;
                 }
                 Some(Err(e)) => {
                     let cost = s.settlement.finish();
-                    s.settlement.durable().await;
-                    (s.encoder.error(&e), Some(cost))
+                    match s.settlement.durable().await {
+                        Ok(()) => (s.encoder.error(&e), Some(cost)),
+                        Err(not_durable) => (s.encoder.error(&not_durable), None),
+                    }
                 }
                 None => {
-                    // The cost goes out only once it is durable here.
+                    // The cost goes out only once it is durable here; when
+                    // it cannot be made durable the stream ends in an error
+                    // instead of its end and cost.
                     let cost = s.settlement.finish();
-                    s.settlement.durable().await;
-                    (s.encoder.end(cost), Some(cost))
+                    match s.settlement.durable().await {
+                        Ok(()) => (s.encoder.end(cost), Some(cost)),
+                        Err(not_durable) => (s.encoder.error(&not_durable), None),
+                    }
                 }
             };
             s.pending.extend(frames.into_iter().map(Frame::data));
-            if let Some(cost) = cost {
-                s.done = true;
+            s.done = true;
+            if let Some(cost) = trailer {
                 s.pending.push_back(cost_trailer(cost));
             }
         }

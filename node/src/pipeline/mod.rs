@@ -202,6 +202,12 @@ pub async fn run(
     mut op: Operation,
     routing: Option<Routing>,
 ) -> Result<Finished> {
+    // A node that cannot write cannot record what a call costs: it takes
+    // none (before any provider is paid) until its writes work again.
+    if let Err(e) = meridian_storage::Store::writable(&*node.store) {
+        tracing::debug!(error = %e, "refused: storage writes are failing");
+        return Err(crate::error::Error::StorageFailing);
+    }
     let routing = match routing {
         Some(r) => r,
         None => op.take_routing(&ctx.tags)?,
@@ -237,7 +243,7 @@ pub async fn run(
         Outcome::Complete(done) => {
             settlement.observe(done.usage);
             let cost = settlement.finish();
-            settlement.durable().await;
+            settlement.durable().await?;
             Output::Complete {
                 body: done.body,
                 cost,

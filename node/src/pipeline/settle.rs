@@ -132,10 +132,17 @@ impl Settlement {
 impl Settlement {
     /// Waits until the settled cost is durable on this node: only then may it
     /// be acknowledged to the client (a crash after that loses nothing).
-    pub async fn durable(&self) {
+    /// Fails when this node's writes are failing: the cost stays counted in
+    /// memory (and is written when writes work again), but the answer that
+    /// would acknowledge it is withheld.
+    pub async fn durable(&self) -> crate::error::Result<()> {
         if let Some((_, ticket)) = self.settled {
-            self.reservation.durable(ticket).await;
+            self.reservation
+                .durable(ticket)
+                .await
+                .map_err(|_| crate::error::Error::StorageFailing)?;
         }
+        Ok(())
     }
 }
 

@@ -29,7 +29,12 @@ pub async fn start_yaml(yaml: &str) -> Gateway {
     start(config).await
 }
 
-pub async fn start(mut config: Config) -> Gateway {
+pub async fn start(config: Config) -> Gateway {
+    start_on(config, Arc::new(meridian_storage::MemStore::new())).await
+}
+
+/// [`start`] on a given store (a test that breaks the disk keeps a handle).
+pub async fn start_on(mut config: Config, store: Arc<dyn meridian_storage::Store>) -> Gateway {
     let data = tempfile::tempdir().unwrap();
     config.node.data_dir = data.path().to_path_buf();
     let seams = Seams {
@@ -37,7 +42,6 @@ pub async fn start(mut config: Config) -> Gateway {
         clock: Arc::new(SystemClock),
         rng: SeededRng::from_seed(42),
     };
-    let store: Arc<dyn meridian_storage::Store> = Arc::new(meridian_storage::MemStore::new());
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
         .await
         .unwrap();
