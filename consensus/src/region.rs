@@ -405,7 +405,7 @@ impl Region {
         match kind {
             RpcKind::AppendEntries => reply(
                 match parse::<AppendEntriesRequest<TypeConfig>>(payload)
-                    .and_then(|rpc| in_name_of(rpc.vote.leader_id.node_id).map(|()| rpc))
+                    .and_then(|rpc| in_name_of(rpc.vote.leader_id.voted_for).map(|()| rpc))
                 {
                     Ok(rpc) => self
                         .raft
@@ -417,7 +417,7 @@ impl Region {
             ),
             RpcKind::Vote => reply(
                 match parse::<VoteRequest<TypeConfig>>(payload)
-                    .and_then(|rpc| in_name_of(rpc.vote.leader_id.node_id).map(|()| rpc))
+                    .and_then(|rpc| in_name_of(rpc.vote.leader_id.voted_for).map(|()| rpc))
                 {
                     Ok(rpc) => self.raft.vote(rpc).await.map_err(|e| e.to_string()),
                     Err(e) => Err(e),
@@ -425,7 +425,7 @@ impl Region {
             ),
             RpcKind::Snapshot => reply(
                 match parse::<SnapshotMessage>(payload)
-                    .and_then(|m| in_name_of(m.vote.leader_id.node_id).map(|()| m))
+                    .and_then(|m| in_name_of(m.vote.leader_id.voted_for).map(|()| m))
                 {
                     Ok(m) => {
                         let snapshot = openraft::alias::SnapshotOf::<TypeConfig, Vec<u8>> {

@@ -159,7 +159,7 @@ fn in_the_name_of(kind: RpcKind, payload: &[u8], node: u64) -> bool {
     matches!(kind, RpcKind::AppendEntries | RpcKind::Vote)
         && serde_json::from_slice::<Value>(payload)
             .ok()
-            .and_then(|v| v.pointer("/vote/leader_id/node_id")?.as_u64())
+            .and_then(|v| v.pointer("/vote/leader_id/voted_for")?.as_u64())
             == Some(node)
 }
 
@@ -309,12 +309,13 @@ fn core_panics_on(append: &Value) -> bool {
 /// is none, so one call from a holder of the cluster secret stops a node.
 #[test]
 fn a_leader_claiming_to_be_this_node_is_refused() {
-    let id = |term: u64| json!({ "term": term, "node_id": TARGET });
+    // Standard Raft leader ids: a vote names whom it is for; a log id's
+    // (committed) leader is its term alone.
     let append = json!({
-        "vote": { "leader_id": id(2), "committed": true },
-        "prev_log_id": { "leader_id": id(2), "index": 1 },
+        "vote": { "leader_id": { "term": 2, "voted_for": TARGET }, "committed": true },
+        "prev_log_id": { "leader_id": 2, "index": 1 },
         "entries": [],
-        "leader_commit": { "leader_id": id(2), "index": 1 },
+        "leader_commit": { "leader_id": 2, "index": 1 },
     });
     assert!(!core_panics_on(&append), "Raft's core panicked");
 }

@@ -31,19 +31,22 @@ impl Clock for SystemClock {
     }
 }
 
-/// A clock that reads another clock and adds a fixed offset (positive or negative),
-/// used by simulations to skew one node against the others.
+/// A clock that reads another clock and adds an offset (positive or
+/// negative), used by simulations to skew one node against the others. The
+/// offset may change while the node runs: a clock that jumps forward or back
+/// (a step of NTP, a VM resumed).
 #[derive(Debug)]
 pub struct SkewedClock<C> {
     pub inner: C,
-    pub skew_ms: i64,
+    pub offset_ms: std::sync::Arc<std::sync::atomic::AtomicI64>,
 }
 
 impl<C: Clock> Clock for SkewedClock<C> {
     fn since_epoch(&self) -> Duration {
         let base = self.inner.since_epoch();
-        let skew = Duration::from_millis(self.skew_ms.unsigned_abs());
-        if self.skew_ms >= 0 {
+        let offset = self.offset_ms.load(std::sync::atomic::Ordering::Relaxed);
+        let skew = Duration::from_millis(offset.unsigned_abs());
+        if offset >= 0 {
             base + skew
         } else {
             base.saturating_sub(skew)
@@ -122,15 +125,24 @@ mod tests {
                 Duration::from_secs(100)
             }
         }
+        let offset = |ms| std::sync::Arc::new(std::sync::atomic::AtomicI64::new(ms));
         let ahead = SkewedClock {
             inner: Fixed,
-            skew_ms: 1500,
+            offset_ms: offset(1500),
         };
         let behind = SkewedClock {
             inner: Fixed,
-            skew_ms: -1500,
+            offset_ms: offset(-1500),
         };
         assert_eq!(ahead.since_epoch(), Duration::from_millis(101_500));
         assert_eq!(behind.since_epoch(), Duration::from_millis(98_500));
+        behind
+            .offset_ms
+            .store(2500, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(
+            behind.since_epoch(),
+            Duration::from_millis(102_500),
+            "jumps"
+        );
     }
 }

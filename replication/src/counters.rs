@@ -489,7 +489,12 @@ impl Counters {
                 if idle {
                     self.changed.notified().await;
                 }
-                tokio::time::sleep(LAZY_FLUSH).await;
+                let lazy = if meridian_bugs::on(meridian_bugs::Bug::AckBeforeDurable) {
+                    Duration::from_secs(1)
+                } else {
+                    LAZY_FLUSH
+                };
+                tokio::time::sleep(lazy).await;
             };
             tokio::select! {
                 () = self.flush_wanted.notified() => {}

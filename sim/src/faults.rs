@@ -31,6 +31,10 @@ pub enum Fault {
     UpstreamErrors(u64),
     /// The provider answers this many milliseconds late.
     UpstreamSlow(u64),
+    /// The node's wall clock jumps by this many milliseconds (forward or
+    /// back) at the start, and back again at the end: two jumps, opposite
+    /// ways, while the node runs.
+    ClockJump(String, i64),
 }
 
 impl Fault {
@@ -46,6 +50,7 @@ impl Fault {
             Fault::KillLeader(r) => format!("kill-leader {r}"),
             Fault::UpstreamErrors(n) => format!("upstream-5xx 1/{n}"),
             Fault::UpstreamSlow(ms) => format!("upstream-slow {ms}ms"),
+            Fault::ClockJump(h, ms) => format!("clock-jump {h} {ms:+}ms"),
         }
     }
 }
@@ -109,6 +114,21 @@ impl Plan {
             let start = rng.random_range(0..=window.saturating_sub(len));
             events.push(event(from, start, len, fault));
         }
+        // Clock jumps come from their own stream, so adding them left every
+        // other draw (and the worlds' other faults) as it was.
+        let mut jumps = StdRng::seed_from_u64(spec.seed ^ 0xc10c_0f75);
+        let max_jump = spec.max_jump.as_millis() as i64;
+        for _ in 0..spec.clock_jumps {
+            if max_jump < 1 {
+                break;
+            }
+            let host = hosts[jumps.random_range(0..hosts.len())].clone();
+            let by = jumps.random_range(1..=max_jump);
+            let by = if jumps.random_bool(0.5) { by } else { -by };
+            let len = jumps.random_range(300..=(window / 3).max(301));
+            let start = jumps.random_range(0..=window.saturating_sub(len));
+            events.push(event(from, start, len, Fault::ClockJump(host, by)));
+        }
         events.sort_by_key(|e| e.start);
         Plan { skew_ms, events }
     }
@@ -154,5 +174,15 @@ mod tests {
         }
         assert!(a.split_length() > Duration::ZERO);
         assert!(a.skew_ms.values().all(|s| s.unsigned_abs() <= 2000));
+        let jumps: Vec<i64> = (0..40)
+            .flat_map(|seed| Plan::generate(&Spec::new(seed)).events)
+            .filter_map(|e| match e.fault {
+                Fault::ClockJump(_, ms) => Some(ms),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(jumps.len(), 40 * spec.clock_jumps);
+        assert!(jumps.iter().all(|ms| ms.unsigned_abs() <= 3000));
+        assert!(jumps.iter().any(|ms| *ms < 0) && jumps.iter().any(|ms| *ms > 0));
     }
 }

@@ -58,6 +58,10 @@ struct Args {
     /// Largest wall-clock skew of a node, either way, in ms [default: 2000].
     #[arg(long)]
     max_skew_ms: Option<u64>,
+    /// Largest jump of a node's clock while it runs, either way, in ms
+    /// (0: no jumps) [default: 3000].
+    #[arg(long)]
+    max_jump_ms: Option<u64>,
     /// The world to run: `faults` (regions of three nodes under partitions,
     /// crashes and skew) or `routing` (a region's provider fails; traffic
     /// must move as configured, residency included).
@@ -122,6 +126,9 @@ impl Args {
         if let Some(ms) = self.max_skew_ms {
             spec.max_skew = std::time::Duration::from_millis(ms);
         }
+        if let Some(ms) = self.max_jump_ms {
+            spec.max_jump = std::time::Duration::from_millis(ms);
+        }
         Ok(spec)
     }
 
@@ -148,6 +155,9 @@ impl Args {
         }
         if let Some(ms) = self.max_skew_ms {
             flags.extend(["--max-skew-ms".to_owned(), ms.to_string()]);
+        }
+        if let Some(ms) = self.max_jump_ms {
+            flags.extend(["--max-jump-ms".to_owned(), ms.to_string()]);
         }
         flags
     }

@@ -9,6 +9,7 @@
 //! driver (`apply`, `crash_or_restart`) is the next to move, to `faults.rs`.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -62,6 +63,10 @@ pub struct Spec {
     pub extra_faults: usize,
     /// Wall clocks differ by up to this much either way.
     pub max_skew: Duration,
+    /// Clock jumps per world: a node's clock jumps by up to `max_jump`
+    /// either way while it runs, and back again later.
+    pub clock_jumps: usize,
+    pub max_jump: Duration,
     /// After the heal, counters and metadata must agree within this.
     pub converge_within: Duration,
     /// A revoked key must be refused everywhere within this after the heal.
@@ -91,6 +96,8 @@ impl Spec {
             faulty_for: Duration::from_secs(20),
             extra_faults: 4,
             max_skew: Duration::from_secs(2),
+            clock_jumps: 1,
+            max_jump: Duration::from_secs(3),
             converge_within: Duration::from_secs(10),
             revoke_within: Duration::from_secs(10),
             budget: 0.002,
@@ -155,8 +162,9 @@ impl Spec {
         };
         let window = Window::Budget(period);
         let at = |t: Duration| (Duration::from_secs(EPOCH_S) + t).as_millis() as u64;
-        let first = window.index(at(TRAFFIC_FROM.saturating_sub(self.max_skew)));
-        let last = window.index(at(self.heal_at() + self.max_skew));
+        let off = self.max_skew + self.max_jump;
+        let first = window.index(at(TRAFFIC_FROM.saturating_sub(off)));
+        let last = window.index(at(self.heal_at() + off));
         last - first + 1
     }
 }
@@ -278,7 +286,7 @@ async fn run_node(
     spec: Spec,
     name: String,
     raft_id: u64,
-    skew_ms: i64,
+    offset_ms: Arc<AtomicI64>,
     boot: u64,
     store: Arc<dyn meridian_storage::Store>,
     registry: Registry,
@@ -288,7 +296,7 @@ async fn run_node(
     let config = meridian_node::config::parse_str(&yaml, "sim.yaml", &env, false)?;
     let clock: Arc<dyn Clock> = Arc::new(SkewedClock {
         inner: SimClock,
-        skew_ms,
+        offset_ms,
     });
     let seed = spec.seed ^ raft_id.wrapping_mul(0x9e37_79b9) ^ boot.wrapping_mul(0x85eb_ca6b);
     let seams = Seams {
@@ -325,6 +333,10 @@ async fn run_node(
     Ok(())
 }
 
+/// Each node's wall-clock skew, and the offset its clock reads now (the
+/// skew, plus a jump while one lasts). It outlives the node's restarts.
+type Clocks = BTreeMap<String, (i64, Arc<AtomicI64>)>;
+
 /// Applies the start (`on`) or end of a fault to the world.
 /// `killed` remembers, per event, which leader a `KillLeader` took down.
 #[allow(clippy::too_many_arguments)]
@@ -336,6 +348,7 @@ fn apply(
     on: bool,
     provider: &Provider,
     registry: &Registry,
+    clocks: &Clocks,
     killed: &mut BTreeMap<usize, String>,
 ) {
     let hosts = spec.node_hosts();
@@ -417,6 +430,11 @@ fn apply(
                 },
                 ..now
             });
+        }
+        Fault::ClockJump(h, by) => {
+            if let Some((skew, offset)) = clocks.get(h) {
+                offset.store(if on { skew + by } else { *skew }, Ordering::Relaxed);
+            }
         }
     }
 }
@@ -502,6 +520,7 @@ fn run_world(spec: &Spec) -> Result<Outcome, String> {
     }
     let boots: Shared<BTreeMap<String, u64>> = Arc::default();
     let mut stores = Stores::new();
+    let mut clocks = Clocks::new();
     for region in &spec.regions {
         for i in 1..=spec.nodes_per_region {
             let name = host(region, i);
@@ -509,6 +528,8 @@ fn run_world(spec: &Spec) -> Result<Outcome, String> {
                 Arc::new(meridian_storage::MemStore::new());
             stores.insert(name.clone(), (region.clone(), i, store.clone()));
             let skew = plan.skew_ms.get(&name).copied().unwrap_or(0);
+            let offset = Arc::new(AtomicI64::new(skew));
+            clocks.insert(name.clone(), (skew, offset.clone()));
             let (spec, registry, boots) = (spec.clone(), registry.clone(), boots.clone());
             sim.host(name.clone(), move || {
                 let boot = {
@@ -517,10 +538,15 @@ fn run_world(spec: &Spec) -> Result<Outcome, String> {
                     *n += 1;
                     *n
                 };
-                let (spec, name, store, registry) =
-                    (spec.clone(), name.clone(), store.clone(), registry.clone());
+                let (spec, name, store, registry, offset) = (
+                    spec.clone(),
+                    name.clone(),
+                    store.clone(),
+                    registry.clone(),
+                    offset.clone(),
+                );
                 async move {
-                    run_node(spec, name, i, skew, boot, store, registry)
+                    run_node(spec, name, i, offset, boot, store, registry)
                         .await
                         .map_err(|e| e.to_string().into())
                 }
@@ -573,6 +599,7 @@ fn run_world(spec: &Spec) -> Result<Outcome, String> {
                     true,
                     &provider,
                     &registry,
+                    &clocks,
                     &mut killed,
                 );
             }
@@ -586,6 +613,7 @@ fn run_world(spec: &Spec) -> Result<Outcome, String> {
                     false,
                     &provider,
                     &registry,
+                    &clocks,
                     &mut killed,
                 );
             }

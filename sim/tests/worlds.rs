@@ -102,7 +102,15 @@ fn a_merge_that_adds_is_caught() {
 
 #[test]
 fn a_node_forgetting_its_slot_is_caught() {
-    caught_alone("forget-own-slot", "acknowledged_spend_kept");
+    caught("forget-own-slot", &["acknowledged_spend_kept"]);
+}
+
+/// Spend acknowledged before it is durable is lost with a crash on the
+/// node alone: the others never saw it, so all agree on less than clients
+/// were told.
+#[test]
+fn an_answer_sent_before_its_cost_is_durable_is_caught_by_acknowledged_spend_alone() {
+    caught_alone("ack-before-durable", "acknowledged_spend_kept");
 }
 
 #[test]

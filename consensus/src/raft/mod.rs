@@ -60,12 +60,17 @@ impl fmt::Display for Proposal {
 /// [`Runtime::scope`].
 pub type Runtime = openraft::rt::deterministic_rng::DeterministicRng<openraft::impls::TokioRuntime>;
 
+// Standard Raft leader ids: one leader per term, the guarantee the README
+// states and the simulation checks. openraft's default (`leader_id_adv`)
+// lets several nodes lead one term (a leader is `(term, node)`); the
+// simulation found two leaders of one term under it.
 openraft::declare_raft_types!(
     pub TypeConfig:
         D = Proposal,
         R = Outcome,
         NodeId = u64,
         Node = Member,
+        LeaderId = openraft::impls::leader_id_std::LeaderId<u64, u64>,
         AsyncRuntime = Runtime,
 );
 

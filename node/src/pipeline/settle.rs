@@ -136,6 +136,9 @@ impl Settlement {
     /// memory (and is written when writes work again), but the answer that
     /// would acknowledge it is withheld.
     pub async fn durable(&self) -> crate::error::Result<()> {
+        if meridian_bugs::on(meridian_bugs::Bug::AckBeforeDurable) {
+            return Ok(());
+        }
         if let Some((_, ticket)) = self.settled {
             self.reservation
                 .durable(ticket)

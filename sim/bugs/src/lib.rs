@@ -37,10 +37,13 @@ pub enum Bug {
     NeverCoolDown = 10,
     /// A deployment put in cooldown never comes back.
     CooldownForever = 11,
+    /// An answer (and its cost) goes out before the cost is durable; the
+    /// counters are written in the background, every second.
+    AckBeforeDurable = 12,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 12] = [
+    pub const ALL: [Bug; 13] = [
         Bug::MergeAdds,
         Bug::ForgetOwnSlot,
         Bug::DropRemoteDeltas,
@@ -53,6 +56,7 @@ impl Bug {
         Bug::IgnoreLocality,
         Bug::NeverCoolDown,
         Bug::CooldownForever,
+        Bug::AckBeforeDurable,
     ];
 
     /// The name `--inject-bug` takes.
@@ -70,6 +74,7 @@ impl Bug {
             Bug::IgnoreLocality => "ignore-locality",
             Bug::NeverCoolDown => "never-cool-down",
             Bug::CooldownForever => "cooldown-forever",
+            Bug::AckBeforeDurable => "ack-before-durable",
         }
     }
 
@@ -93,6 +98,9 @@ impl Bug {
             Bug::IgnoreLocality => "the router ignores which deployments are in its node's region",
             Bug::NeverCoolDown => "a failing deployment is never put in cooldown",
             Bug::CooldownForever => "a deployment put in cooldown never comes back",
+            Bug::AckBeforeDurable => {
+                "answers go out before their cost is durable (written every second)"
+            }
         }
     }
 
