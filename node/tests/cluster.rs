@@ -8,7 +8,7 @@ mod process_support;
 use std::process::Command;
 use std::time::Duration;
 
-use process_support::{BIN, MASTER, Proc as Node, free_port, log_tail, spawn};
+use process_support::{BIN, MASTER, PortTaken, Proc as Node, free_port, log_tail, spawn};
 
 use tokio::time::Instant;
 
@@ -22,6 +22,10 @@ struct Region {
 
 impl Region {
     async fn start(size: u64, snapshot_every: u64) -> Region {
+        process_support::with_fresh_ports(|| Self::try_start(size, snapshot_every)).await
+    }
+
+    async fn try_start(size: u64, snapshot_every: u64) -> Result<Region, PortTaken> {
         meridian_node::upstream::install_crypto_provider();
         let dir = tempfile::tempdir().unwrap();
         let mut nodes: Vec<Node> = (1..=size)
@@ -65,9 +69,9 @@ impl Region {
         }
         region.nodes = nodes;
         for i in 0..region.nodes.len() {
-            region.wait_up(i).await;
+            region.wait_up(i).await?;
         }
-        region
+        Ok(region)
     }
 
     /// Writes a config for one more node that lists the region's members and
@@ -111,7 +115,7 @@ impl Region {
         i
     }
 
-    async fn wait_up(&self, i: usize) {
+    async fn wait_up(&mut self, i: usize) -> Result<(), PortTaken> {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if self
@@ -121,8 +125,9 @@ impl Region {
                 .await
                 .is_ok()
             {
-                return;
+                return Ok(());
             }
+            self.nodes[i].still_running()?;
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         panic!(
@@ -140,7 +145,9 @@ impl Region {
 
     async fn restart(&mut self, i: usize) {
         self.nodes[i].child = Some(spawn(&self.nodes[i].config));
-        self.wait_up(i).await;
+        self.wait_up(i)
+            .await
+            .expect("a restarted node's ports were taken");
     }
 
     async fn call(
@@ -213,8 +220,8 @@ async fn keys_made_on_a_follower_work_everywhere_and_survive_a_leader_kill() {
     // within a second.
     let key = r.new_key(follower).await;
     for i in 0..3 {
-        let took = r.until_accepted(i, &key, Duration::from_secs(1)).await;
-        assert!(took < Duration::from_secs(1));
+        // Fails unless accepted within the second.
+        r.until_accepted(i, &key, Duration::from_secs(1)).await;
     }
 
     // Admin errors over the cluster too.

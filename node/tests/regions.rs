@@ -10,7 +10,7 @@ mod process_support;
 use std::process::Child;
 use std::time::Duration;
 
-use process_support::{MASTER, Proc, free_port, log_tail, spawn};
+use process_support::{MASTER, PortTaken, Proc, free_port, log_tail, spawn};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
@@ -36,6 +36,10 @@ impl World {
     /// `regions` × `per` nodes; every node names every node of the other
     /// regions, so counters gossip across regions.
     async fn start(regions: &[&'static str], per: u64) -> World {
+        process_support::with_fresh_ports(|| Self::try_start(regions, per)).await
+    }
+
+    async fn try_start(regions: &[&'static str], per: u64) -> Result<World, PortTaken> {
         meridian_node::upstream::install_crypto_provider();
         let dir = tempfile::tempdir().unwrap();
         let ports: Vec<(&str, u64, u16, u16)> = regions
@@ -97,15 +101,15 @@ meridian:
                 config,
             });
         }
-        let world = World {
+        let mut world = World {
             _dir: dir,
             nodes,
             http: reqwest::Client::new(),
         };
         for i in 0..world.nodes.len() {
-            world.wait_ready(i).await;
+            world.wait_ready(i).await?;
         }
-        world
+        Ok(world)
     }
 
     /// Cuts (or heals) every link between regions, both ways.
@@ -124,13 +128,14 @@ meridian:
     }
 
     /// Up, and its region has a leader (admin writes work).
-    async fn wait_ready(&self, i: usize) {
+    async fn wait_ready(&mut self, i: usize) -> Result<(), PortTaken> {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             let (status, body) = self.call(i, "GET", "/cluster/status", MASTER, None).await;
             if status == 200 && !body["leader"].is_null() {
-                return;
+                return Ok(());
             }
+            self.nodes[i].still_running()?;
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         panic!(
@@ -462,7 +467,7 @@ async fn a_sigkill_under_load_loses_no_acknowledged_spend() {
     }
     let acknowledged = a + b + c;
     world.nodes[0].child = Some(spawn(&world.nodes[0].config));
-    world.wait_ready(0).await;
+    world.wait_ready(0).await.expect("its port is free again");
     // In-flight calls at the kill may have settled without being
     // acknowledged: spend may exceed what was acknowledged by those, never
     // fall short of it.

@@ -44,6 +44,47 @@ impl Proc {
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.api_port)
     }
+
+    /// `Err(PortTaken)` if the process has stopped because a port it was
+    /// given was taken; a panic with its log if it stopped otherwise.
+    pub fn still_running(&mut self) -> Result<(), PortTaken> {
+        let Some(child) = self.child.as_mut() else {
+            return Ok(());
+        };
+        match child.try_wait() {
+            Ok(None) | Err(_) => Ok(()),
+            Ok(Some(_)) if lost_a_port(&self.config) => Err(PortTaken),
+            Ok(Some(status)) => panic!(
+                "node {} of {} exited ({status}) while starting\n{}",
+                self.raft_id,
+                self.region,
+                log_tail(&self.config)
+            ),
+        }
+    }
+}
+
+/// A node could not bind a port it was given (see [`Proc::still_running`]).
+#[derive(Debug)]
+pub struct PortTaken;
+
+/// Runs `start` (a world on fresh ports) until no node of it lost a port,
+/// at most three times.
+pub async fn with_fresh_ports<W, F>(mut start: impl FnMut() -> F) -> W
+where
+    F: std::future::Future<Output = Result<W, PortTaken>>,
+{
+    for attempt in 1..=3 {
+        match start().await {
+            Ok(world) => return world,
+            Err(PortTaken) => {
+                eprintln!(
+                    "a port was taken while the world started (attempt {attempt}); again on other ports"
+                );
+            }
+        }
+    }
+    panic!("three attempts to start the world each lost a port");
 }
 
 impl Drop for Proc {
@@ -120,6 +161,36 @@ pub async fn call(
     }
 }
 
+/// The port a node started with `--port 0` announces in its banner
+/// (`listening on http://HOST:PORT`); an error at once if it exits first.
+async fn announced_port(log: &Path, child: &mut Child) -> Result<u16, String> {
+    for _ in 0..600 {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let port = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("listening on "))
+            .and_then(|url| url.rsplit(':').next())
+            .and_then(|p| p.trim_end_matches('/').parse().ok());
+        if let Some(port) = port {
+            return Ok(port);
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("it exited: {status}"));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err("no `listening on` line within 30 s".to_owned())
+}
+
+/// Whether the node configured by `config` stopped because a port it was
+/// given was taken: the one race left with fixed ports (see [`free_port`]),
+/// answered by starting the world again on other ports.
+pub fn lost_a_port(config: &Path) -> bool {
+    std::fs::read_to_string(log_path(config))
+        .unwrap_or_default()
+        .contains("Address already in use")
+}
+
 /// The mock models every single-process test world serves.
 pub const MOCK_MODELS: &str =
     "model_list:\n  - model_name: gpt\n    litellm_params: {model: mock/chat}\n";
@@ -187,13 +258,22 @@ impl Server {
     pub async fn start_yaml(yaml: &str, env: &[(&str, &str)]) -> Server {
         meridian_node::upstream::install_crypto_provider();
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
         std::fs::write(dir.path().join("config.yaml"), yaml).unwrap();
         let env: Vec<(String, String)> = env
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
-        let child = spawn_server(dir.path(), port, &env);
+        // Port 0: the process binds a port the kernel chooses and says which
+        // in its banner; nothing can take it between choosing and binding.
+        let mut child = spawn_server(dir.path(), 0, &env);
+        let port = match announced_port(&dir.path().join("node.log"), &mut child).await {
+            Ok(port) => port,
+            Err(why) => {
+                let log = std::fs::read_to_string(dir.path().join("node.log")).unwrap_or_default();
+                let _ = child.kill();
+                panic!("the node did not start ({why}):\n{log}");
+            }
+        };
         let s = Server {
             base: format!("http://127.0.0.1:{port}"),
             master: MASTER.to_owned(),
