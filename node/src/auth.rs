@@ -240,7 +240,13 @@ fn resolve(state: &MetadataState, hash: &[u8; 32], now: u64) -> Result<Principal
     let key = state.key_by_hash(hash).ok_or(Error::InvalidKey)?.clone();
     // An admin's block holds even if a stale write cleared `blocked` after
     // it (a check made before the block, applied after).
-    if key.blocked || key.admin_blocked {
+    let ignore_block = meridian_bugs::on(meridian_bugs::Bug::IgnoreRemoteBlocks)
+        && key
+            .limits
+            .home_region
+            .as_deref()
+            .is_some_and(|h| h != state.region());
+    if (key.blocked || key.admin_blocked) && !ignore_block {
         return Err(Error::KeyRefused("this key is blocked".into()));
     }
     if key.expires.is_some_and(|t| t <= now) {

@@ -548,6 +548,12 @@ impl Counters {
             {
                 continue;
             }
+            if meridian_bugs::on(meridian_bugs::Bug::DropRemoteRequestCounts)
+                && replica.region != self.me.region
+                && id.metric == crate::crdt::Metric::Requests
+            {
+                continue;
+            }
             if replica == self.me {
                 // Only possible when this node's data was restored from an old
                 // copy: adopt what peers saw, and continue numbering above it.

@@ -125,7 +125,9 @@ pub(crate) async fn admin_client(
         .cloned()
         .collect();
     let setup = [
-        json!({"key": PLAIN}),
+        // A request limit no client comes near: its counters exist (and
+        // must converge) without refusing anything.
+        json!({"key": PLAIN, "rpm_limit": 1_000_000}),
         json!({"key": AVAILABLE, "max_budget": spec.available_budget, "budget_duration": spec.available_period}),
         json!({"key": STRICT, "max_budget": budget, "budget_duration": period, "enforcement": "strict"}),
         json!({"key": REVOKED}),

@@ -581,6 +581,7 @@ fn run_world(spec: &Spec) -> Result<Outcome, String> {
     // then (a call that ended just before has its last counter change still
     // in gossip), or until the convergence bound and `HOLD` have passed.
     let mut agreement = Agreement::default();
+    let mut counters_agreement = Agreement::default();
     let mut clients_done_at: Option<Duration> = None;
     let sample_every = Duration::from_millis(20);
     let mut next_sample = Duration::ZERO;
@@ -636,9 +637,13 @@ fn run_world(spec: &Spec) -> Result<Outcome, String> {
                     }
                 }
             }
-            let agree = v.nodes.len() == spec.node_hosts().len() && invariants::agree(&v);
+            let all_up = v.nodes.len() == spec.node_hosts().len();
             if now >= spec.heal_at() {
-                agreement.sample(now, agree);
+                agreement.sample(now, all_up && invariants::agree(&v));
+                counters_agreement.sample(
+                    now,
+                    all_up && invariants::counter_disagreement(&v).is_none(),
+                );
             }
             if now.as_millis() % 1000 < 20 {
                 samples.push(v.fingerprint());
@@ -667,6 +672,7 @@ fn run_world(spec: &Spec) -> Result<Outcome, String> {
     let end_state = invariants::End {
         oracle: &oracle,
         agreement: &agreement,
+        counters: &counters_agreement,
     };
     for check in &mut checks {
         if let Err(message) = check.after(&last, &end_state) {

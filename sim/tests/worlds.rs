@@ -121,12 +121,25 @@ fn dropped_deltas_are_caught() {
     );
 }
 
+/// The block is replicated like any record; only the check that the key
+/// is refused sees a node that does not honour it.
 #[test]
-fn an_index_ignoring_remote_blocks_is_caught() {
-    caught(
-        "ignore-remote-blocks",
-        &["revoked_key_refused", "metadata_identical"],
-    );
+fn authentication_ignoring_remote_blocks_is_caught_by_revocation_alone() {
+    caught_alone("ignore-remote-blocks", "revoked_key_refused");
+}
+
+/// A record that differs in a field nothing enforces: keys work, counters
+/// agree, and only the record-by-record comparison sees it.
+#[test]
+fn a_record_changed_in_transit_is_caught_by_metadata_identical_alone() {
+    caught_alone("rename-remote-keys", "metadata_identical");
+}
+
+/// Request counts no limit in the world comes near (the plain key's
+/// `rpm_limit`): only convergence sees the other region's counts missing.
+#[test]
+fn dropped_request_counts_are_caught_by_convergence_alone() {
+    caught_alone("drop-remote-request-counts", "counters_converge");
 }
 
 #[test]

@@ -437,12 +437,9 @@ impl Planner<'_> {
                 .map_err(|e| invalid(format!("{} `{id}` from {source}: {e}", kind.noun())))?;
             match record {
                 Some(mut fields) => {
-                    if kind == Kind::Key
-                        && meridian_bugs::on(meridian_bugs::Bug::IgnoreRemoteBlocks)
+                    if kind == Kind::Key && meridian_bugs::on(meridian_bugs::Bug::RenameRemoteKeys)
                     {
-                        for field in ["blocked", "admin_blocked"] {
-                            fields.insert(field.into(), Value::Bool(false));
-                        }
+                        fields.insert("key_name".into(), Value::from("sk-...bug"));
                     }
                     let named = fields.get(id_field(kind)).and_then(Value::as_str);
                     if named != Some(&*id) {

@@ -19,7 +19,7 @@ pub enum Bug {
     ForgetOwnSlot = 1,
     /// Counter changes from other regions are dropped on receipt.
     DropRemoteDeltas = 2,
-    /// Authentication ignores a key's block when it came from another region.
+    /// Authentication ignores the block of a key made in another region.
     IgnoreRemoteBlocks = 3,
     /// `strict` admission admits on the node's view, without holding rights.
     StrictWithoutRights = 4,
@@ -40,10 +40,14 @@ pub enum Bug {
     /// An answer (and its cost) goes out before the cost is durable; the
     /// counters are written in the background, every second.
     AckBeforeDurable = 12,
+    /// A key merged from another region arrives with another display name.
+    RenameRemoteKeys = 13,
+    /// Request counts from other regions are dropped on receipt.
+    DropRemoteRequestCounts = 14,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 13] = [
+    pub const ALL: [Bug; 15] = [
         Bug::MergeAdds,
         Bug::ForgetOwnSlot,
         Bug::DropRemoteDeltas,
@@ -57,6 +61,8 @@ impl Bug {
         Bug::NeverCoolDown,
         Bug::CooldownForever,
         Bug::AckBeforeDurable,
+        Bug::RenameRemoteKeys,
+        Bug::DropRemoteRequestCounts,
     ];
 
     /// The name `--inject-bug` takes.
@@ -75,6 +81,8 @@ impl Bug {
             Bug::NeverCoolDown => "never-cool-down",
             Bug::CooldownForever => "cooldown-forever",
             Bug::AckBeforeDurable => "ack-before-durable",
+            Bug::RenameRemoteKeys => "rename-remote-keys",
+            Bug::DropRemoteRequestCounts => "drop-remote-request-counts",
         }
     }
 
@@ -84,7 +92,7 @@ impl Bug {
             Bug::ForgetOwnSlot => "a restarted node forgets its own counter slots",
             Bug::DropRemoteDeltas => "counter changes from other regions are dropped on receipt",
             Bug::IgnoreRemoteBlocks => {
-                "authentication ignores a key's block made in another region"
+                "authentication ignores the block of a key made in another region"
             }
             Bug::StrictWithoutRights => "strict admission admits without holding rights",
             Bug::BootstrapEverywhere => "every node bootstraps a region of its own",
@@ -100,6 +108,12 @@ impl Bug {
             Bug::CooldownForever => "a deployment put in cooldown never comes back",
             Bug::AckBeforeDurable => {
                 "answers go out before their cost is durable (written every second)"
+            }
+            Bug::RenameRemoteKeys => {
+                "a key merged from another region arrives with another display name"
+            }
+            Bug::DropRemoteRequestCounts => {
+                "request counts from other regions are dropped on receipt"
             }
         }
     }

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use super::{End, Invariant, View, first_disagreement};
+use super::{End, Invariant, View, counter_disagreement};
 use crate::world::Spec;
 
 /// How long agreement must last, unbroken, before the world may end: ten
@@ -112,10 +112,10 @@ impl Invariant for CountersConverge {
                 self.nodes
             ));
         }
-        if let Some(difference) = first_disagreement(view) {
+        if let Some(difference) = counter_disagreement(view) {
             return Err(format!("at the end: {difference}"));
         }
-        end.agreement.verdict(self.heal, self.within)
+        end.counters.verdict(self.heal, self.within)
     }
 }
 

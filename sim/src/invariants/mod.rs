@@ -123,6 +123,14 @@ impl NodeView {
             .filter(|(_, v)| *v > 0)
             .collect()
     }
+
+    /// Every counter with a value, slot by slot.
+    pub fn states(&self) -> BTreeMap<&CounterId, &PnCounter> {
+        self.counters
+            .iter()
+            .filter(|(_, c)| c.value() > 0)
+            .collect()
+    }
 }
 
 /// A node that is down: the counters it had made durable, read from its
@@ -202,8 +210,11 @@ impl View {
 /// What the checks after the heal also see.
 pub struct End<'a> {
     pub oracle: &'a Oracle,
-    /// The nodes' agreement after the heal, sample by sample.
+    /// The nodes' agreement after the heal (counters and records), sample
+    /// by sample: what ends the world.
     pub agreement: &'a Agreement,
+    /// The same for counters alone (records are `metadata_identical`'s).
+    pub counters: &'a Agreement,
 }
 
 /// Whether every node holds the same counter values and the same records.
@@ -226,8 +237,18 @@ pub fn first_difference<'a, K: Ord, V: PartialEq>(
 /// The first difference between two nodes (counters, then records),
 /// described.
 pub fn first_disagreement(view: &View) -> Option<String> {
+    counter_disagreement(view).or_else(|| record_disagreement(view))
+}
+
+/// The first counter two nodes hold differently, described: its value, or
+/// (with equal values) its slots. Converged replicas hold the same state,
+/// not only the same sum: two regions that each counted only their own
+/// traffic can agree on a value by coincidence (the world's clients are
+/// symmetric), never on every slot.
+pub fn counter_disagreement(view: &View) -> Option<String> {
     let first = view.nodes.first()?;
     let values = first.values();
+    let states = first.states();
     for other in &view.nodes[1..] {
         let theirs = other.values();
         if let Some(id) = first_difference(&values, &theirs) {
@@ -239,7 +260,19 @@ pub fn first_disagreement(view: &View) -> Option<String> {
                 theirs.get(*id),
             ));
         }
+        if let Some(id) = first_difference(&states, &other.states()) {
+            return Some(format!(
+                "{} and {} hold counter {id:?} with the same value but different slots",
+                first.host, other.host,
+            ));
+        }
     }
+    None
+}
+
+/// The first record two nodes hold differently, described.
+pub fn record_disagreement(view: &View) -> Option<String> {
+    let first = view.nodes.first()?;
     let records = first.records();
     for other in &view.nodes[1..] {
         let theirs = other.records();
