@@ -4,7 +4,7 @@
 
 use std::sync::Mutex;
 
-use crate::{BackVisitor, Cf, Durability, Error, Op, Result, Store, Visitor, WriteBatch};
+use crate::{Durability, Error, Op, Result, Store, WriteBatch};
 
 /// What a full disk answers (RocksDB passes the OS's wording through).
 const FULL: &str = "IO error: No space left on device";
@@ -61,10 +61,6 @@ fn size(batch: &WriteBatch) -> u64 {
 }
 
 impl Store for Faulty {
-    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        self.inner.get(cf, key)
-    }
-
     fn write(&self, batch: WriteBatch, durability: Durability) -> Result<()> {
         let mut disk = self.disk();
         let used = disk.used + size(&batch);
@@ -76,33 +72,7 @@ impl Store for Faulty {
         Ok(())
     }
 
-    fn range(
-        &self,
-        cf: Cf,
-        from: &[u8],
-        to: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        self.inner.range(cf, from, to, limit)
-    }
-
-    fn last(&self, cf: Cf, from: &[u8], to: Option<&[u8]>) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
-        self.inner.last(cf, from, to)
-    }
-
-    fn scan(&self, cf: Cf, from: &[u8], to: Option<&[u8]>, visit: Visitor<'_>) -> Result<()> {
-        self.inner.scan(cf, from, to, visit)
-    }
-
-    fn scan_back(
-        &self,
-        cf: Cf,
-        from: &[u8],
-        to: Option<&[u8]>,
-        visit: BackVisitor<'_>,
-    ) -> Result<()> {
-        self.inner.scan_back(cf, from, to, visit)
-    }
+    crate::reads_through!(inner);
 
     fn check(&self) -> Result<()> {
         self.inner.check()
@@ -112,7 +82,7 @@ impl Store for Faulty {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::MemStore;
+    use crate::{Cf, MemStore};
 
     #[test]
     fn conforms() {

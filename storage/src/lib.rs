@@ -6,6 +6,56 @@
 //! tests and by simulations (which must not run RocksDB's threads). This crate
 //! holds no product policy: keys and values are bytes.
 
+/// The reads of a [`Store`] that wraps another (in the field named), passed
+/// through: a wrapper writes its own `write` (and `check`).
+macro_rules! reads_through {
+    ($inner:ident) => {
+        fn get(&self, cf: $crate::Cf, key: &[u8]) -> $crate::Result<Option<Vec<u8>>> {
+            self.$inner.get(cf, key)
+        }
+
+        fn range(
+            &self,
+            cf: $crate::Cf,
+            from: &[u8],
+            to: Option<&[u8]>,
+            limit: usize,
+        ) -> $crate::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+            self.$inner.range(cf, from, to, limit)
+        }
+
+        fn last(
+            &self,
+            cf: $crate::Cf,
+            from: &[u8],
+            to: Option<&[u8]>,
+        ) -> $crate::Result<Option<(Vec<u8>, Vec<u8>)>> {
+            self.$inner.last(cf, from, to)
+        }
+
+        fn scan(
+            &self,
+            cf: $crate::Cf,
+            from: &[u8],
+            to: Option<&[u8]>,
+            visit: $crate::Visitor<'_>,
+        ) -> $crate::Result<()> {
+            self.$inner.scan(cf, from, to, visit)
+        }
+
+        fn scan_back(
+            &self,
+            cf: $crate::Cf,
+            from: &[u8],
+            to: Option<&[u8]>,
+            visit: $crate::BackVisitor<'_>,
+        ) -> $crate::Result<()> {
+            self.$inner.scan_back(cf, from, to, visit)
+        }
+    };
+}
+pub(crate) use reads_through;
+
 mod faulty;
 mod mem;
 #[cfg(feature = "rocksdb")]

@@ -5,7 +5,7 @@
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::{BackVisitor, Cf, Durability, Error, Result, Store, Visitor, WriteBatch};
+use crate::{Cf, Durability, Error, Result, Store, WriteBatch};
 
 /// What [`Watched::probe`] deletes; no owner of `RaftMeta` uses it.
 const PROBE_KEY: &[u8] = b"~write-probe";
@@ -40,10 +40,6 @@ impl Watched {
 }
 
 impl Store for Watched {
-    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        self.inner.get(cf, key)
-    }
-
     fn write(&self, batch: WriteBatch, durability: Durability) -> Result<()> {
         let result = self.inner.write(batch, durability);
         match &result {
@@ -60,33 +56,7 @@ impl Store for Watched {
         result
     }
 
-    fn range(
-        &self,
-        cf: Cf,
-        from: &[u8],
-        to: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        self.inner.range(cf, from, to, limit)
-    }
-
-    fn last(&self, cf: Cf, from: &[u8], to: Option<&[u8]>) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
-        self.inner.last(cf, from, to)
-    }
-
-    fn scan(&self, cf: Cf, from: &[u8], to: Option<&[u8]>, visit: Visitor<'_>) -> Result<()> {
-        self.inner.scan(cf, from, to, visit)
-    }
-
-    fn scan_back(
-        &self,
-        cf: Cf,
-        from: &[u8],
-        to: Option<&[u8]>,
-        visit: BackVisitor<'_>,
-    ) -> Result<()> {
-        self.inner.scan_back(cf, from, to, visit)
-    }
+    crate::reads_through!(inner);
 
     fn check(&self) -> Result<()> {
         self.writable()?;
