@@ -7,11 +7,13 @@
 //! - **residency**: the EU-only key is never served by the US provider — not
 //!   by locality, not by a retry, not while the EU provider is down;
 //! - **locality**: while both providers answer, each node serves from its own
-//!   region;
+//!   region (the US deployment is declared `US-East`: region names match in
+//!   any case);
 //! - **failover**: while the EU provider is down, the EU node's unrestricted
 //!   calls are all served, by the US deployment;
 //! - **recovery**: once the EU provider is back and the cooldown has run out,
-//!   the EU node serves locally again.
+//!   the EU node (and the EU-only key, wherever it enters) is served by the
+//!   EU deployment again.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -61,6 +63,16 @@ fn deployment_id(region: &str) -> String {
     format!("gpt-{region}")
 }
 
+/// How the config names a deployment's region: the US one in other case, as
+/// operators write it; region names match whatever their case.
+fn declared_region(region: &str) -> String {
+    if region == "us-east" {
+        "US-East".to_owned()
+    } else {
+        region.to_owned()
+    }
+}
+
 fn config_yaml(region: &str) -> String {
     let deployments: String = REGIONS
         .iter()
@@ -71,11 +83,12 @@ fn config_yaml(region: &str) -> String {
       model: openai/gpt-sim
       api_base: http://provider-{r}:9000/v1
       api_key: sk-provider
-      region_name: {r}
+      region_name: {declared}
     model_info:
       id: {id}
 ",
-                id = deployment_id(r)
+                id = deployment_id(r),
+                declared = declared_region(r)
             )
         })
         .collect();
@@ -325,9 +338,12 @@ fn check(calls: &[Call], eu_only_in_us: u64) -> Vec<Violation> {
         }
         let eu_down = c.at >= OUTAGE_FROM && c.at < OUTAGE_UNTIL;
         let healthy = c.at + IN_FLIGHT < OUTAGE_FROM || c.at >= recovered;
-        // Before the outage a call that is not served locally breaks
-        // locality; after it (and the cooldown), recovery.
-        let local_breach = if healthy && c.at >= OUTAGE_UNTIL {
+        // A call that is not served where it should be breaks locality,
+        // unless it is one the EU deployment should serve again after its
+        // outage (and the cooldown): that is recovery. The US node's own
+        // calls never depended on the EU deployment.
+        let eu_served = c.eu_only || c.node_region == "eu-west";
+        let local_breach = if healthy && c.at >= OUTAGE_UNTIL && eu_served {
             "recovery"
         } else {
             "locality"

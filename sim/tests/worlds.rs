@@ -203,16 +203,19 @@ fn routing_moves_traffic_as_configured_and_replays() {
     );
 }
 
+/// Residency that fails open while the EU deployment cools down sends the
+/// EU-only key to the US during the outage, where no other check looks.
 #[test]
-fn a_router_ignoring_residency_is_caught() {
-    caught_in("routing", "ignore-residency", &["residency"]);
+fn a_router_whose_residency_fails_open_is_caught_by_residency_alone() {
+    caught_alone_in("routing", "ignore-residency", "residency");
 }
 
-/// A router that does not prefer its own region breaks locality before the
-/// outage (and, as any such bug must, after it too: `recovery`).
+/// A router that misses its own region's deployment (declared `US-East`)
+/// serves the US node's calls from anywhere; the EU node is unaffected, so
+/// only locality sees it.
 #[test]
-fn a_router_ignoring_its_region_is_caught() {
-    caught_in("routing", "ignore-locality", &["locality"]);
+fn a_router_missing_its_own_region_is_caught_by_locality_alone() {
+    caught_alone_in("routing", "ignore-locality", "locality");
 }
 
 /// Without cooldowns the EU node keeps sending to its failing provider:

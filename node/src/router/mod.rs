@@ -259,9 +259,15 @@ impl ModelRouter {
         };
 
         let mut left = members;
-        let residency = want
-            .residency
-            .filter(|_| !meridian_bugs::on(meridian_bugs::Bug::IgnoreResidency));
+        let residency = want.residency.filter(|allowed| {
+            // The bug fails open: with every allowed deployment cooling
+            // down, the key's regions stop counting.
+            !(meridian_bugs::on(meridian_bugs::Bug::IgnoreResidency)
+                && left
+                    .iter()
+                    .filter(|m| within_any(&m.deployment, allowed))
+                    .all(|m| m.live.cooling_until(now).is_some()))
+        });
         if let Some(allowed) = residency {
             left.retain(|m| within_any(&m.deployment, allowed));
             if left.is_empty() {
@@ -331,12 +337,14 @@ impl ModelRouter {
             .iter()
             .map(|(m, _)| m.deployment.order.unwrap_or(u32::MAX))
             .min();
-        let ignore_locality = meridian_bugs::on(meridian_bugs::Bug::IgnoreLocality);
+        let exact_regions = meridian_bugs::on(meridian_bugs::Bug::IgnoreLocality);
         let local = |m: &Member| {
-            !ignore_locality
-                && m.deployment.region_name.as_deref().is_some_and(|r| {
-                    region_within(r, &self.region) || region_within(&self.region, r)
-                })
+            m.deployment.region_name.as_deref().is_some_and(|r| {
+                if exact_regions {
+                    return r == self.region;
+                }
+                region_within(r, &self.region) || region_within(&self.region, r)
+            })
         };
         let in_tier: Vec<usize> = (0..ready.len())
             .filter(|&i| Some(ready[i].0.deployment.order.unwrap_or(u32::MAX)) == tier)

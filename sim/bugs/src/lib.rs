@@ -25,13 +25,15 @@ pub enum Bug {
     StrictWithoutRights = 4,
     /// Every node bootstraps a region of its own (split brain).
     BootstrapEverywhere = 5,
-    /// The router ignores a key's data-residency policy.
+    /// The router drops a key's data-residency policy when every deployment
+    /// the policy allows is cooling down (it fails open).
     IgnoreResidency = 6,
     /// `available` admission lets a budget's check pass whatever was spent.
     AvailableAdmitsBlindly = 7,
     /// A follower answers a key's creation as done without forwarding it.
     AckUnforwardedCreates = 8,
-    /// The router ignores which deployments are in its node's region.
+    /// The router tells its own region's deployments by exact, case-sensitive
+    /// name (`US-East` is not local to `us-east`).
     IgnoreLocality = 9,
     /// A failing deployment is never put in cooldown.
     NeverCoolDown = 10,
@@ -96,14 +98,18 @@ impl Bug {
             }
             Bug::StrictWithoutRights => "strict admission admits without holding rights",
             Bug::BootstrapEverywhere => "every node bootstraps a region of its own",
-            Bug::IgnoreResidency => "the router ignores a key's data-residency policy",
+            Bug::IgnoreResidency => {
+                "the router drops a key's residency policy when every allowed deployment cools down"
+            }
             Bug::AvailableAdmitsBlindly => {
                 "available admission passes a budget's check whatever was spent"
             }
             Bug::AckUnforwardedCreates => {
                 "a follower answers a key's creation as done without forwarding it"
             }
-            Bug::IgnoreLocality => "the router ignores which deployments are in its node's region",
+            Bug::IgnoreLocality => {
+                "the router tells its own region's deployments by exact, case-sensitive name"
+            }
             Bug::NeverCoolDown => "a failing deployment is never put in cooldown",
             Bug::CooldownForever => "a deployment put in cooldown never comes back",
             Bug::AckBeforeDurable => {
