@@ -391,7 +391,11 @@ impl MetadataSync {
                 let known = progress.get(&r.name);
                 Remote {
                     name: &r.name,
-                    cursor: known.and_then(|p| p.cursor),
+                    // Echoes are never pushed, so the remote's cursor does
+                    // not pass a change that was one while nothing else
+                    // follows it; what this leader has covered (pushed and
+                    // answered, or skipped as the remote's own) does.
+                    cursor: known.and_then(|p| p.cursor.map(|c| c.max(p.covered))),
                     compaction: known.is_some_and(|p| p.compaction),
                 }
             })

@@ -40,7 +40,8 @@ const MAX_HELD: usize = 16 * 1024;
 /// Another region as the sync task knows it now.
 pub(crate) struct Remote<'a> {
     pub name: &'a str,
-    /// Its cursor: it has merged this region's changes through this number.
+    /// It holds this region's changes through this number: merged from
+    /// pushes, or its own (echoes, never pushed back).
     pub cursor: Option<u64>,
     /// Its node last answered as following compaction epochs.
     pub compaction: bool,
