@@ -1,5 +1,6 @@
 //! Faults, all derived from the world's seed: what goes wrong, where, when
-//! and for how long. The same seed always yields the same schedule.
+//! and for how long (the same seed always yields the same schedule), and
+//! what starting or ending each one does to a running world.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -7,7 +8,11 @@ use std::time::Duration;
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
 
-use crate::world::Spec;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use crate::upstream::{Provider, Trouble};
+use crate::world::{Registry, Spec, lock};
 
 /// One thing that goes wrong for a while.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -153,6 +158,125 @@ fn event(from: Duration, start_ms: u64, len_ms: u64, fault: Fault) -> Event {
         start,
         end: start + Duration::from_millis(len_ms),
         fault,
+    }
+}
+
+// The driver: what starting or ending a fault does to a running world.
+
+/// Each node's wall-clock skew, and the offset its clock reads now (the
+/// skew, plus a jump while one lasts). It outlives the node's restarts.
+pub(crate) type Clocks = BTreeMap<String, (i64, Arc<AtomicI64>)>;
+
+/// Applies the start (`on`) or end of a fault to the world.
+/// `killed` remembers, per event, which leader a `KillLeader` took down.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn apply(
+    sim: &mut turmoil::Sim<'_>,
+    spec: &Spec,
+    index: usize,
+    fault: &Fault,
+    on: bool,
+    provider: &Provider,
+    registry: &Registry,
+    clocks: &Clocks,
+    killed: &mut BTreeMap<usize, String>,
+) {
+    let hosts = spec.node_hosts();
+    let cross = |sim: &turmoil::Sim<'_>, on: bool| {
+        for a in &hosts {
+            for b in &hosts {
+                if a < b && spec.region_of(a) != spec.region_of(b) {
+                    if on {
+                        sim.partition(a.as_str(), b.as_str());
+                    } else {
+                        sim.repair(a.as_str(), b.as_str());
+                    }
+                }
+            }
+        }
+    };
+    match fault {
+        Fault::SplitRegions => cross(sim, on),
+        Fault::Isolate(h) => {
+            for other in hosts.iter().filter(|o| *o != h) {
+                if on {
+                    sim.partition(h.as_str(), other.as_str());
+                } else {
+                    sim.repair(h.as_str(), other.as_str());
+                }
+            }
+        }
+        Fault::OneWay(a, b) => {
+            if on {
+                sim.partition_oneway(a.as_str(), b.as_str());
+            } else {
+                sim.repair_oneway(a.as_str(), b.as_str());
+            }
+        }
+        Fault::Hold(a, b) => {
+            if on {
+                sim.hold(a.as_str(), b.as_str());
+            } else {
+                sim.release(a.as_str(), b.as_str());
+            }
+        }
+        Fault::Lossy(a, b, permille) => {
+            let rate = if on {
+                f64::from(*permille) / 1000.0
+            } else {
+                0.0
+            };
+            sim.set_link_fail_rate(a.as_str(), b.as_str(), rate);
+        }
+        Fault::Crash(h) => crash_or_restart(sim, h, on, registry),
+        Fault::KillLeader(region) => {
+            if on {
+                let leader = lock(registry).iter().find_map(|(name, live)| {
+                    (spec.region_of(name) == *region && live.node.metadata.is_leader())
+                        .then(|| name.clone())
+                });
+                if let Some(leader) = leader {
+                    crash_or_restart(sim, &leader, true, registry);
+                    killed.insert(index, leader);
+                }
+            } else if let Some(leader) = killed.remove(&index) {
+                crash_or_restart(sim, &leader, false, registry);
+            }
+        }
+        Fault::UpstreamErrors(n) => {
+            let now = provider.current();
+            provider.set(Trouble {
+                fail_every: if on { *n } else { 0 },
+                ..now
+            });
+        }
+        Fault::UpstreamSlow(ms) => {
+            let now = provider.current();
+            provider.set(Trouble {
+                slow: if on {
+                    Duration::from_millis(*ms)
+                } else {
+                    Duration::ZERO
+                },
+                ..now
+            });
+        }
+        Fault::ClockJump(h, by) => {
+            if let Some((skew, offset)) = clocks.get(h) {
+                offset.store(if on { skew + by } else { *skew }, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+fn crash_or_restart(sim: &mut turmoil::Sim<'_>, host: &str, crash: bool, registry: &Registry) {
+    if crash {
+        if sim.is_host_running(host) {
+            lock(registry).remove(host);
+            sim.crash(host);
+        }
+    } else if !sim.is_host_running(host) {
+        sim.bounce(host);
     }
 }
 

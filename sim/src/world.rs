@@ -2,14 +2,12 @@
 //! LLM calls and admin operations, a fault schedule from the seed, and the
 //! invariants checked while the faults run and again after everything heals.
 //!
-//! The clients are in `clients.rs`. What stays here is the world itself:
-//! its spec and node configs, the fault driver, the views the checkers
-//! read, and the loop that runs it (about 680 lines, past the ~600-line
-//! rule: they all read the same registry, stores and plan). The fault
-//! driver (`apply`, `crash_or_restart`) is the next to move, to `faults.rs`.
+//! The clients are in `clients.rs`, the fault schedule and its driver in
+//! `faults.rs`. What stays here is the world itself: its spec and node
+//! configs, the views the checkers read, and the loop that runs it.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::AtomicI64;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -24,11 +22,11 @@ use meridian_node::secret::Secret;
 use meridian_replication::crdt::{PeriodSpec, Window};
 
 use crate::clients::{admin_client, llm_client};
-use crate::faults::{Fault, Plan};
+use crate::faults::{Clocks, Plan, apply};
 use crate::invariants::{self, Agreement, DurableView, HOLD, NodeView, View, overshoot};
 use crate::net::SimUpstream;
 pub(crate) use crate::oracle::Oracle;
-use crate::upstream::{self, Provider, Trouble};
+use crate::upstream::{self, Provider};
 
 pub const MASTER_KEY: &str = "sk-sim-master";
 const SECRET: &str = "sim-cluster-secret";
@@ -331,123 +329,6 @@ async fn run_node(
         .serve(listener, None, std::future::pending())
         .await?;
     Ok(())
-}
-
-/// Each node's wall-clock skew, and the offset its clock reads now (the
-/// skew, plus a jump while one lasts). It outlives the node's restarts.
-type Clocks = BTreeMap<String, (i64, Arc<AtomicI64>)>;
-
-/// Applies the start (`on`) or end of a fault to the world.
-/// `killed` remembers, per event, which leader a `KillLeader` took down.
-#[allow(clippy::too_many_arguments)]
-fn apply(
-    sim: &mut turmoil::Sim<'_>,
-    spec: &Spec,
-    index: usize,
-    fault: &Fault,
-    on: bool,
-    provider: &Provider,
-    registry: &Registry,
-    clocks: &Clocks,
-    killed: &mut BTreeMap<usize, String>,
-) {
-    let hosts = spec.node_hosts();
-    let cross = |sim: &turmoil::Sim<'_>, on: bool| {
-        for a in &hosts {
-            for b in &hosts {
-                if a < b && spec.region_of(a) != spec.region_of(b) {
-                    if on {
-                        sim.partition(a.as_str(), b.as_str());
-                    } else {
-                        sim.repair(a.as_str(), b.as_str());
-                    }
-                }
-            }
-        }
-    };
-    match fault {
-        Fault::SplitRegions => cross(sim, on),
-        Fault::Isolate(h) => {
-            for other in hosts.iter().filter(|o| *o != h) {
-                if on {
-                    sim.partition(h.as_str(), other.as_str());
-                } else {
-                    sim.repair(h.as_str(), other.as_str());
-                }
-            }
-        }
-        Fault::OneWay(a, b) => {
-            if on {
-                sim.partition_oneway(a.as_str(), b.as_str());
-            } else {
-                sim.repair_oneway(a.as_str(), b.as_str());
-            }
-        }
-        Fault::Hold(a, b) => {
-            if on {
-                sim.hold(a.as_str(), b.as_str());
-            } else {
-                sim.release(a.as_str(), b.as_str());
-            }
-        }
-        Fault::Lossy(a, b, permille) => {
-            let rate = if on {
-                f64::from(*permille) / 1000.0
-            } else {
-                0.0
-            };
-            sim.set_link_fail_rate(a.as_str(), b.as_str(), rate);
-        }
-        Fault::Crash(h) => crash_or_restart(sim, h, on, registry),
-        Fault::KillLeader(region) => {
-            if on {
-                let leader = lock(registry).iter().find_map(|(name, live)| {
-                    (spec.region_of(name) == *region && live.node.metadata.is_leader())
-                        .then(|| name.clone())
-                });
-                if let Some(leader) = leader {
-                    crash_or_restart(sim, &leader, true, registry);
-                    killed.insert(index, leader);
-                }
-            } else if let Some(leader) = killed.remove(&index) {
-                crash_or_restart(sim, &leader, false, registry);
-            }
-        }
-        Fault::UpstreamErrors(n) => {
-            let now = provider.current();
-            provider.set(Trouble {
-                fail_every: if on { *n } else { 0 },
-                ..now
-            });
-        }
-        Fault::UpstreamSlow(ms) => {
-            let now = provider.current();
-            provider.set(Trouble {
-                slow: if on {
-                    Duration::from_millis(*ms)
-                } else {
-                    Duration::ZERO
-                },
-                ..now
-            });
-        }
-        Fault::ClockJump(h, by) => {
-            if let Some((skew, offset)) = clocks.get(h) {
-                offset.store(if on { skew + by } else { *skew }, Ordering::Relaxed);
-            }
-        }
-    }
-}
-
-fn crash_or_restart(sim: &mut turmoil::Sim<'_>, host: &str, crash: bool, registry: &Registry) {
-    if crash {
-        if sim.is_host_running(host) {
-            lock(registry).remove(host);
-            sim.crash(host);
-        }
-    } else if !sim.is_host_running(host) {
-        sim.bounce(host);
-    }
 }
 
 /// Reads every running node.
