@@ -52,3 +52,31 @@ impl Invariant for OneLeaderPerTerm {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::TermLeaders;
+
+    #[test]
+    fn a_second_leader_of_a_term_is_refused() {
+        let mut leaders = TermLeaders::default();
+        leaders.observe("us-east", 3, "us-east-1").unwrap();
+        // The same node, seen again, is the same leader.
+        leaders.observe("us-east", 3, "us-east-1").unwrap();
+        let err = leaders.observe("us-east", 3, "us-east-2").unwrap_err();
+        assert!(
+            err.contains("us-east-1 and us-east-2 both led term 3"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn leaders_of_other_terms_or_regions_are_not_rivals() {
+        let mut leaders = TermLeaders::default();
+        leaders.observe("us-east", 3, "us-east-1").unwrap();
+        leaders.observe("us-east", 4, "us-east-2").unwrap();
+        leaders.observe("eu-west", 3, "eu-west-1").unwrap();
+        // An old leader still claiming its own term is no rival either.
+        leaders.observe("us-east", 3, "us-east-1").unwrap();
+    }
+}
