@@ -18,6 +18,7 @@ pub mod credentials;
 pub mod error;
 pub mod health;
 pub mod listener;
+pub mod metrics;
 pub mod node;
 pub mod pipeline;
 pub mod pricing;

@@ -104,6 +104,10 @@ pub struct Node {
     /// Memory bodies being parsed may take at once.
     pub parse_budget: crate::api::extract::ParseBudget,
     pub disable: Disabled,
+    /// Prometheus metrics (`GET /metrics`), and whether reading them takes
+    /// an admin's key.
+    pub metrics: Arc<crate::metrics::Metrics>,
+    pub metrics_require_auth: bool,
     pub upstream: Arc<dyn UpstreamClient>,
     pub clock: Arc<dyn Clock>,
     pub rng: SeededRng,
@@ -115,6 +119,11 @@ impl Node {
         let sealer =
             crate::credentials::Sealer::new(config.salt_key.as_ref().unwrap_or(master_key));
         let router = ModelRouter::new(config.deployments, config.router, &config.node.region);
+        let metrics = crate::metrics::Metrics::new(
+            &config.node.region,
+            &config.node.node_id,
+            config.metrics.max_keys,
+        );
         Arc::new(Self {
             sealer,
             node_id: config.node.node_id,
@@ -138,6 +147,8 @@ impl Node {
             keys_made: Default::default(),
             parse_budget: Default::default(),
             disable: config.disable,
+            metrics: Arc::new(metrics),
+            metrics_require_auth: config.metrics.require_auth,
             upstream: seams.upstream,
             clock: seams.clock,
             rng: seams.rng,
@@ -203,6 +214,11 @@ impl Node {
     /// Unix milliseconds on this node's clock (stamped on metadata changes).
     pub fn now_ms(&self) -> u64 {
         self.clock.since_epoch().as_millis() as u64
+    }
+
+    /// Whether this node serves `model` (a group, or a deployment's id).
+    pub fn serves(&self, model: &str) -> bool {
+        self.router.has_group(model) || self.router.by_id(model).is_some()
     }
 
     /// A fresh request id (32 hex digits) from the node's RNG.

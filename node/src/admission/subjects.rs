@@ -118,16 +118,7 @@ pub fn spend_report(
     budget_id: Option<&str>,
     now_ms: u64,
 ) -> serde_json::Value {
-    // The same resolution admission uses, so both read the same counter.
-    let template = budget_id.and_then(|b| state.budget(b)).map(|t| Source {
-        limits: &t.limits,
-        updated_at: t.updated_at,
-    });
-    let own = Source {
-        limits,
-        updated_at: 0,
-    };
-    let subject = Subject::new(scope, entity, String::new(), own, template);
+    let subject = resolved(state, scope, entity, limits, budget_id);
     let window = subject.window;
     let id = subject.id(Metric::Spend, window, now_ms);
     let reading = counters.reading(&id);
@@ -148,6 +139,42 @@ pub fn spend_report(
         "spend_by_region": by_region,
         "budget_period": period,
     })
+}
+
+/// An entity's budget now: its limit (its own, else its template's) and
+/// the global spend of its current period, both in picodollars.
+pub fn budget_now(
+    counters: &Counters,
+    state: &MetadataState,
+    scope: Scope,
+    entity: &str,
+    limits: &Limits,
+    budget_id: Option<&str>,
+    now_ms: u64,
+) -> (Option<u64>, u64) {
+    let subject = resolved(state, scope, entity, limits, budget_id);
+    let id = subject.id(Metric::Spend, subject.window, now_ms);
+    (subject.budget, counters.reading(&id).value)
+}
+
+/// An entity's limits resolved as admission resolves them, so reports read
+/// the counter admission charges.
+fn resolved(
+    state: &MetadataState,
+    scope: Scope,
+    entity: &str,
+    limits: &Limits,
+    budget_id: Option<&str>,
+) -> Subject {
+    let template = budget_id.and_then(|b| state.budget(b)).map(|t| Source {
+        limits: &t.limits,
+        updated_at: t.updated_at,
+    });
+    let own = Source {
+        limits,
+        updated_at: 0,
+    };
+    Subject::new(scope, entity, String::new(), own, template)
 }
 
 /// Every entity a request is charged to, with its limits.

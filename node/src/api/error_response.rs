@@ -9,6 +9,8 @@ use serde_json::json;
 
 use crate::admission::{Headroom, LimitKind};
 use crate::error::Error;
+use crate::metrics::Asker;
+use crate::metrics::labels::Class;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
@@ -32,6 +34,8 @@ pub struct ApiError {
     pub error: Error,
     pub format: Format,
     pub request_id: Option<String>,
+    /// Who asked and for what, when known (the metrics' labels).
+    pub asker: Option<Box<Asker>>,
 }
 
 impl ApiError {
@@ -40,12 +44,49 @@ impl ApiError {
             error,
             format,
             request_id: None,
+            asker: None,
         }
     }
 
     pub fn with_request_id(mut self, id: &str) -> Self {
         self.request_id = Some(id.to_owned());
         self
+    }
+
+    /// The error of a request by an authenticated caller.
+    pub fn of(error: Error, format: Format, ctx: &crate::pipeline::RequestCtx) -> Self {
+        Self {
+            asker: Some(Box::new(ctx.asker.clone())),
+            ..Self::new(error, format).with_request_id(&ctx.request_id)
+        }
+    }
+}
+
+/// The status and LiteLLM exception class name an error is counted under
+/// in metrics.
+pub fn reported(e: &Error) -> (u16, &'static str) {
+    let status = classify(e).0.as_u16();
+    let name = match e {
+        Error::LimitExceeded(x) if x.kind == LimitKind::Budget => "BudgetExceededError",
+        Error::UpstreamUnreachable { .. } => "APIConnectionError",
+        _ => class_name(status),
+    };
+    (status, name)
+}
+
+/// LiteLLM's exception class for a status (OpenAI's error classes).
+pub fn class_name(status: u16) -> &'static str {
+    match status {
+        400 | 413 => "BadRequestError",
+        401 => "AuthenticationError",
+        403 => "PermissionDeniedError",
+        404 => "NotFoundError",
+        408 | 504 => "Timeout",
+        422 => "UnprocessableEntityError",
+        429 => "RateLimitError",
+        500 => "InternalServerError",
+        503 => "ServiceUnavailableError",
+        _ => "APIError",
     }
 }
 
@@ -211,6 +252,15 @@ impl IntoResponse for ApiError {
         }
         if let Some(Ok(v)) = id.map(HeaderValue::from_str) {
             headers.insert("x-request-id", v);
+        }
+        // For the request metrics, counted at the edge (`metrics::track`).
+        let extensions = response.extensions_mut();
+        extensions.insert(Class {
+            provider: None,
+            name: reported(&self.error).1,
+        });
+        if let Some(asker) = self.asker {
+            extensions.insert(*asker);
         }
         response
     }

@@ -49,11 +49,13 @@ impl FromRequestParts<Arc<Node>> for Ctx {
             .map_or_else(|| node.request_id(), str::to_owned);
         let tags = crate::tags::from_header(&parts.headers)
             .map_err(|e| ApiError::new(e, Format::for_path(parts.uri.path())))?;
+        let asker = node.metrics.asker(node.metrics.who(&principal), "", false);
         Ok(Ctx(RequestCtx {
             request_id,
             principal,
             received,
             tags,
+            asker,
         }))
     }
 }

@@ -19,10 +19,14 @@ use crate::wire::anthropic::read_request::MessagesRequest;
 
 pub async fn create(
     State(node): State<Arc<Node>>,
-    Ctx(ctx): Ctx,
+    Ctx(mut ctx): Ctx,
     JsonBody(body): JsonBody<Value>,
 ) -> Result<Response, ApiError> {
-    let fail = |e| ApiError::new(e, Format::Anthropic).with_request_id(&ctx.request_id);
+    if let Some(model) = body.get("model").and_then(Value::as_str) {
+        ctx.asks_for(&node, model);
+    }
+    let ctx = ctx;
+    let fail = |e| ApiError::of(e, Format::Anthropic, &ctx);
     let Value::Object(mut body) = body else {
         return Err(fail(Error::invalid(
             "request body must be a JSON object",

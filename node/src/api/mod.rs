@@ -6,6 +6,7 @@ mod error_response;
 pub(crate) mod extract;
 mod health;
 mod messages;
+mod metrics;
 mod openai;
 mod respond;
 
@@ -16,7 +17,7 @@ use axum::http::Uri;
 use axum::routing::{MethodRouter, get, post};
 
 pub use admin::policy::KeysMade;
-pub use error_response::{ApiError, Format};
+pub use error_response::{ApiError, Format, reported as reported_error};
 pub use extract::parse_json;
 pub use respond::COST_HEADER;
 
@@ -41,8 +42,8 @@ pub fn router(node: Arc<Node>) -> Router {
     } else {
         admin::routes()
     };
-    Router::new()
-        .merge(admin)
+    // Every LLM request is counted at the edge, by the status it got.
+    let calls = Router::new()
         .route("/v1/chat/completions", llm(post(openai::chat)))
         .route("/chat/completions", llm(post(openai::chat)))
         .route("/v1/completions", llm(post(openai::completion)))
@@ -50,6 +51,15 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/embeddings", llm(post(openai::embeddings)))
         .route("/embeddings", llm(post(openai::embeddings)))
         .route("/v1/messages", llm(post(messages::create)))
+        .route_layer(axum::middleware::from_fn_with_state(
+            node.clone(),
+            metrics::track,
+        ));
+    Router::new()
+        .merge(admin)
+        .merge(calls)
+        .route("/metrics", get(metrics::scrape))
+        .route("/metrics/", get(metrics::scrape))
         // LiteLLM keeps the model list available when the LLM API is disabled.
         .route("/v1/models", get(openai::models))
         .route("/models", get(openai::models))

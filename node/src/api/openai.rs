@@ -18,15 +18,16 @@ use crate::wire::openai::{ChatRequest, CompletionRequest, EmbeddingsRequest};
 
 pub async fn chat(
     State(node): State<Arc<Node>>,
-    Ctx(ctx): Ctx,
+    Ctx(mut ctx): Ctx,
     JsonBody(req): JsonBody<ChatRequest>,
 ) -> Result<Response, ApiError> {
+    ctx.asks_for(&node, &req.model);
     if req.messages.is_empty() {
-        return Err(ApiError::new(
+        return Err(ApiError::of(
             crate::error::Error::invalid("`messages` must not be empty", Some("messages")),
             Format::OpenAi,
-        )
-        .with_request_id(&ctx.request_id));
+            &ctx,
+        ));
     }
     let wants_usage = req.wants_stream_usage();
     run(&node, &ctx, Operation::Chat(req), wants_usage).await
@@ -34,9 +35,10 @@ pub async fn chat(
 
 pub async fn completion(
     State(node): State<Arc<Node>>,
-    Ctx(ctx): Ctx,
+    Ctx(mut ctx): Ctx,
     JsonBody(req): JsonBody<CompletionRequest>,
 ) -> Result<Response, ApiError> {
+    ctx.asks_for(&node, &req.model);
     let wants_usage = req
         .stream_options
         .as_ref()
@@ -47,9 +49,10 @@ pub async fn completion(
 
 pub async fn embeddings(
     State(node): State<Arc<Node>>,
-    Ctx(ctx): Ctx,
+    Ctx(mut ctx): Ctx,
     JsonBody(req): JsonBody<EmbeddingsRequest>,
 ) -> Result<Response, ApiError> {
+    ctx.asks_for(&node, &req.model);
     run(&node, &ctx, Operation::Embeddings(req), false).await
 }
 
@@ -63,7 +66,7 @@ async fn run(
 ) -> Result<Response, ApiError> {
     let finished = pipeline::run(node, ctx, op, None)
         .await
-        .map_err(|e| ApiError::new(e, Format::OpenAi).with_request_id(&ctx.request_id))?;
+        .map_err(|e| ApiError::of(e, Format::OpenAi, ctx))?;
     let mut response = match finished.output {
         Output::Complete { body, cost, .. } => json_response(body, cost),
         Output::Stream { chunks, settlement } => {

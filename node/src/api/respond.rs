@@ -153,6 +153,7 @@ fn relay(chunks: ChunkStream, settlement: Settlement, encoder: impl Encoder) -> 
             // is durable and may be acknowledged.
             let (frames, trailer) = match s.chunks.next().await {
                 Some(Ok(chunk)) => {
+                    s.settlement.chunk_seen();
                     if let Some(usage) = chunk.usage() {
                         s.settlement.observe(usage);
                     }
@@ -315,4 +316,6 @@ pub fn answer_headers(response: &mut Response, node: &Node, ctx: &RequestCtx, an
         answered.upstream_time,
         answered.tries,
     );
+    // For the request metrics, counted at the edge (`metrics::track`).
+    response.extensions_mut().insert(ctx.asker.clone());
 }

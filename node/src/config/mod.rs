@@ -64,6 +64,8 @@ pub struct Config {
     /// Limits of the public listener's connections (`meridian.max_connections`, ...).
     pub http: crate::listener::HttpLimits,
     pub disable: Disabled,
+    /// `GET /metrics`: who may read it, how many keys get labels.
+    pub metrics: MetricsSettings,
     /// `router_settings`: strategy, retries, cooldowns, fallbacks.
     pub router: crate::router::RouterSettings,
     /// `general_settings.background_health_checks` and `health_check_interval`.
@@ -168,6 +170,26 @@ pub struct Disabled {
     pub admin: bool,
     pub llm_api: bool,
     pub ui: bool,
+}
+
+/// `GET /metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetricsSettings {
+    /// Only admins (and the master key) may read it, unless
+    /// `litellm_settings.require_auth_for_metrics_endpoint: false`.
+    pub require_auth: bool,
+    /// The most keys whose series carry their own labels
+    /// (`meridian.metrics_max_keys`); the rest are counted as `other`.
+    pub max_keys: usize,
+}
+
+impl Default for MetricsSettings {
+    fn default() -> Self {
+        Self {
+            require_auth: true,
+            max_keys: crate::metrics::DEFAULT_MAX_KEYS,
+        }
+    }
 }
 
 /// A key the file sets that Meridian does not act on.

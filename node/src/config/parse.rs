@@ -139,6 +139,7 @@ impl Config {
             model_env_allowlist: Default::default(),
             http: crate::listener::HttpLimits::default(),
             disable: Disabled::default(),
+            metrics: Default::default(),
             router: Default::default(),
             health_checks: Default::default(),
             ignored: Vec::new(),
@@ -258,9 +259,7 @@ impl<'a> Parser<'a> {
                 "router_settings" => {
                     self.router_settings(value, &mut defaults, &mut config.router)?
                 }
-                "litellm_settings" => {
-                    self.litellm_settings(value, &mut defaults, &mut config.router)?
-                }
+                "litellm_settings" => self.litellm_settings(value, &mut defaults, &mut config)?,
                 "meridian" => self.meridian(value, &mut config)?,
                 "model_list" | "environment_variables" => {}
                 "guardrails" => self.ignore(

@@ -15,6 +15,7 @@ use tokio::time::Instant;
 use crate::admission::{Demand, Reservation};
 use crate::config::Deployment;
 use crate::error::{Error, Result};
+use crate::metrics::labels::Class;
 use crate::node::Node;
 use crate::providers::{CallContext, Outcome};
 use crate::router::{ErrorClass, InFlight, Want};
@@ -29,6 +30,8 @@ pub struct Attempt {
     live: Arc<crate::router::Live>,
     minute: u64,
     estimated: u64,
+    /// When the provider call started.
+    pub(super) started: Instant,
 }
 
 impl Attempt {
@@ -75,18 +78,36 @@ pub async fn attempts(
     let mut chain: Vec<&str> = vec![model];
     let mut last: Option<Error> = None;
     let mut at = 0;
+    // How the requested group failed, for the fallback metrics.
+    let mut first: Option<(u16, Class)> = None;
     while let Some(&target) = chain.get(at) {
         at += 1;
         if at > 1 {
             tries.fallbacks += 1;
         }
-        let failure =
-            match on_group(node, ctx, op, target, &want, demand, &mut again, &mut tries).await {
-                Ok(called) => return Ok(called),
-                Err(Failed::Final(e)) => return Err(e),
-                Err(Failed::Group(e)) => e,
-            };
+        let result = on_group(node, ctx, op, target, &want, demand, &mut again, &mut tries).await;
+        if let Some(first) = &first {
+            let answered = result.is_ok();
+            let named_none = matches!(&result, Err(Failed::Group(Error::ModelNotFound { .. })));
+            if !named_none {
+                node.metrics
+                    .fallback(&ctx.asker, target, first.clone(), answered);
+            }
+        }
+        let failure = match result {
+            Ok(called) => return Ok(called),
+            Err(Failed::Final(e)) => return Err(e),
+            Err(Failed::Group(e)) => e,
+        };
         if at == 1 {
+            let (status, name) = crate::api::reported_error(&failure);
+            first = Some((
+                status,
+                Class {
+                    provider: None,
+                    name,
+                },
+            ));
             chain.extend(route::fallbacks(
                 node,
                 model,
@@ -157,9 +178,11 @@ async fn on_group(
         let started = Instant::now();
         let result = op.call(node.providers.get(deployment.provider), cx).await;
         let upstream_time = started.elapsed();
+        let place = node.metrics.place(&deployment);
         let e = match result {
             Ok(output) => {
                 member.live.succeeded(Instant::now(), upstream_time);
+                node.metrics.call(&ctx.asker, &place, None, false);
                 return Ok(Called {
                     deployment,
                     output,
@@ -170,6 +193,7 @@ async fn on_group(
                         live: member.live.clone(),
                         minute,
                         estimated: want.tokens,
+                        started,
                     },
                     tries: *tries,
                 });
@@ -186,10 +210,14 @@ async fn on_group(
                 ..demand.clone()
             });
         }
-        let Some(class) = ErrorClass::of(&e) else {
+        let class = ErrorClass::of(&e);
+        let cooled = class
+            .is_some_and(|class| router.failed(&member, class, Instant::now(), &e.to_string()));
+        let failure = crate::api::reported_error(&e);
+        node.metrics.call(&ctx.asker, &place, Some(failure), cooled);
+        let Some(class) = class else {
             return Err(Failed::Final(e));
         };
-        let cooled = router.failed(&member, class, Instant::now(), &e.to_string());
         tracing::warn!(
             request_id = %ctx.request_id,
             deployment = %deployment.id,

@@ -50,6 +50,17 @@ pub struct RequestCtx {
     pub received: Instant,
     /// Tags from the `x-litellm-tags` header (the body's are added to them).
     pub tags: Vec<String>,
+    /// The caller and the model asked for, as metrics label them.
+    pub asker: crate::metrics::Asker,
+}
+
+impl RequestCtx {
+    /// Notes which model the request asks for (metrics' `requested_model`).
+    pub fn asks_for(&mut self, node: &Node, model: &str) {
+        self.asker = node
+            .metrics
+            .asker(self.asker.who.clone(), model, node.serves(model));
+    }
 }
 
 /// What a request asks for, decoded. The answer comes back in the same
@@ -232,10 +243,17 @@ pub async fn run(
         headroom: called.reservation.headroom,
         tries: called.tries,
     };
+    let place = node.metrics.place(&called.deployment);
+    node.metrics.answered(
+        &ctx.asker,
+        &place,
+        ctx.received.elapsed().saturating_sub(called.upstream_time),
+    );
     let mut settlement = Settlement::new(
         node,
         ctx,
         called.deployment,
+        place,
         called.reservation,
         called.attempt,
     );

@@ -31,6 +31,10 @@ pub struct Settlement {
     observed: bool,
     settled: Option<(Cost, meridian_replication::Ticket)>,
     log: LogTarget,
+    metrics: Arc<crate::metrics::Metrics>,
+    served: crate::metrics::labels::Served,
+    /// When a stream's first chunk came, from the call's start.
+    first_chunk: Option<std::time::Duration>,
 }
 
 /// Where and how a settled request is logged (`/spend/logs`).
@@ -49,6 +53,7 @@ impl Settlement {
         node: &Node,
         ctx: &RequestCtx,
         deployment: Arc<Deployment>,
+        place: crate::metrics::labels::Interned<crate::metrics::labels::Place>,
         reservation: Reservation,
         attempt: Attempt,
     ) -> Self {
@@ -68,6 +73,20 @@ impl Settlement {
             observed: false,
             settled: None,
             log,
+            metrics: node.metrics.clone(),
+            served: crate::metrics::labels::Served {
+                who: ctx.asker.who.clone(),
+                asked: ctx.asker.asked.clone(),
+                place,
+            },
+            first_chunk: None,
+        }
+    }
+
+    /// A stream's chunk went by (the first one times the first token).
+    pub fn chunk_seen(&mut self) {
+        if self.first_chunk.is_none() {
+            self.first_chunk = Some(self.attempt.started.elapsed());
         }
     }
 
@@ -96,6 +115,16 @@ impl Settlement {
         let cost = cost_of(&self.deployment, &self.usage);
         let ticket = self.reservation.settle(&self.usage, cost);
         self.settled = Some((cost, ticket));
+        self.metrics.settled(
+            &self.served,
+            &self.usage,
+            crate::pricing::pico_to_dollars(cost.0),
+            &crate::metrics::Timing {
+                total: self.log.received.elapsed(),
+                call: self.attempt.started.elapsed(),
+                first_chunk: self.first_chunk,
+            },
+        );
         let end_time = self.log.clock.since_epoch().as_millis() as u64;
         let who = &self.reservation.who;
         self.log.log.record(&crate::spendlog::SpendRow {

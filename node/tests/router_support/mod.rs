@@ -123,3 +123,29 @@ pub fn ok(reply: (u16, Value)) -> Value {
     assert_eq!(reply.0, 200, "{}", reply.1);
     reply.1
 }
+
+/// A GET whose answer is text (`/metrics`): status, content type, body.
+pub async fn text(node: &Arc<Node>, path: &str, key: Option<&str>) -> (u16, String, String) {
+    let mut req = Request::get(path);
+    if let Some(k) = key {
+        req = req.header("authorization", format!("Bearer {k}"));
+    }
+    let resp = meridian_node::api::router(node.clone())
+        .oneshot(req.body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let content_type = resp
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    (
+        status,
+        content_type,
+        String::from_utf8(bytes.to_vec()).unwrap(),
+    )
+}

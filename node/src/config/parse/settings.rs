@@ -125,8 +125,9 @@ impl Parser<'_> {
         &mut self,
         value: &Value,
         defaults: &mut Timeouts,
-        router: &mut crate::router::RouterSettings,
+        config: &mut crate::config::Config,
     ) -> Result<()> {
+        let router = &mut config.router;
         let map = self.mapping(value, "litellm_settings")?;
         for (key, v) in &map {
             let path = format!("litellm_settings.{key}");
@@ -148,6 +149,12 @@ impl Parser<'_> {
                         defaults.request_timeout = Some(t);
                     }
                 }
+                "require_auth_for_metrics_endpoint" => {
+                    config.metrics.require_auth = self.boolean(Some(v), &path)?.unwrap_or(true)
+                }
+                // Meridian's metrics are always on; LiteLLM needs the
+                // `prometheus` callback for them.
+                "callbacks" | "success_callback" | "failure_callback" if is_only_prometheus(v) => {}
                 _ => self.ignore(path, NOT_YET),
             }
         }
@@ -183,5 +190,15 @@ impl Timeouts {
         } else {
             self.request_timeout.unwrap_or(self.timeout)
         }
+    }
+}
+
+/// Whether a callback list names nothing but `prometheus` (which Meridian
+/// does without being asked).
+fn is_only_prometheus(v: &Value) -> bool {
+    match v {
+        Value::Array(items) => items.iter().all(|i| i.as_str() == Some("prometheus")),
+        Value::String(s) => s == "prometheus",
+        _ => false,
     }
 }
