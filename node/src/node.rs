@@ -123,6 +123,7 @@ impl Node {
             &config.node.region,
             &config.node.node_id,
             config.metrics.max_keys,
+            config.metrics.on,
         );
         Arc::new(Self {
             sealer,

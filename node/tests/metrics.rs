@@ -59,6 +59,12 @@ async fn only_admins_read_metrics_unless_configured_open() {
 
     let open = node("litellm_settings:\n  require_auth_for_metrics_endpoint: false\n").await;
     assert_eq!(text(&open, "/metrics", None).await.0, 200);
+
+    let off = node("meridian:\n  disable_metrics: true\n").await;
+    ok(chat(&off, MASTER, "gpt").await);
+    let (status, _, body) = text(&off, "/metrics", Some(MASTER)).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("metrics"), "{body}");
 }
 
 #[tokio::test]

@@ -118,11 +118,11 @@ struct RunArgs {
 #[derive(Args)]
 struct CompareArgs {
     /// Rows to run, comma-separated, in any order (they run in this one):
-    /// direct, nginx, meridian-1, meridian-region, meridian-2regions,
+    /// direct, nginx, meridian-1, meridian-1-nometrics, meridian-region, meridian-2regions,
     /// litellm, portkey.
     #[arg(
         long,
-        default_value = "direct,nginx,meridian-1,meridian-region,meridian-2regions,litellm,portkey"
+        default_value = "direct,nginx,meridian-1,meridian-1-nometrics,meridian-region,meridian-2regions,litellm,portkey"
     )]
     rows: String,
     /// The `meridian` binary the Meridian rows start.

@@ -227,7 +227,14 @@ impl Start<'_> {
 
     /// Meridian: one node (`nodes` empty: no `meridian:` section at all), or
     /// the nodes of `nodes`, then a virtual key known on every node.
-    pub(crate) async fn meridian(&self, bin: &Path, nodes: &[NodeSpec]) -> Result<Ready, Error> {
+    /// `extra` is appended to a single node's config (Meridian's own
+    /// settings for a row).
+    pub(crate) async fn meridian(
+        &self,
+        bin: &Path,
+        nodes: &[NodeSpec],
+        extra: &str,
+    ) -> Result<Ready, Error> {
         let single = [NodeSpec {
             region: "local".into(),
             raft_id: 1,
@@ -265,6 +272,8 @@ impl Start<'_> {
             let mut config = base_config(self.upstream_port);
             if clustered {
                 config.push_str(&cluster_section(specs, spec, &secret, &tls));
+            } else {
+                config.push_str(extra);
             }
             let config_path = self.dir.join(format!("{name}.yaml"));
             std::fs::write(&config_path, config)?;

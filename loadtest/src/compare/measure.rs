@@ -88,7 +88,10 @@ async fn start_row(
             let ready = start.litellm(venv, opts.litellm_workers).await?;
             target(ready, Vec::new(), "the master key")
         }
-        RowKind::Meridian1 | RowKind::MeridianRegion | RowKind::Meridian2Regions => {
+        RowKind::Meridian1
+        | RowKind::Meridian1NoMetrics
+        | RowKind::MeridianRegion
+        | RowKind::Meridian2Regions => {
             let bin = opts
                 .meridian_bin
                 .as_deref()
@@ -98,7 +101,11 @@ async fn start_row(
                 RowKind::Meridian2Regions => gateway::plan(&["us-east", "eu-west"], 1)?,
                 _ => Vec::<NodeSpec>::new(),
             };
-            let ready = start.meridian(bin, &nodes).await?;
+            let extra = match row {
+                RowKind::Meridian1NoMetrics => "meridian:\n  disable_metrics: true\n",
+                _ => "",
+            };
+            let ready = start.meridian(bin, &nodes, extra).await?;
             target(
                 ready,
                 Vec::new(),

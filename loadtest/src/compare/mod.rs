@@ -9,6 +9,9 @@
 //! - `nginx`: nginx as a minimal pass-through proxy — the floor any gateway
 //!   pays here for a second HTTP exchange ([`nginx`]);
 //! - `meridian-1`: one Meridian node;
+//! - `meridian-1-nometrics`: the same with its metrics off
+//!   (`meridian.disable_metrics`): beside `meridian-1`, what recording
+//!   metrics costs;
 //! - `meridian-region`: a region of three Meridian nodes, load spread over them;
 //! - `meridian-2regions`: two regions of one node each, load spread over both;
 //! - `litellm`: the LiteLLM proxy (with `--litellm`), without a database;

@@ -15,6 +15,9 @@ pub enum RowKind {
     Nginx,
     #[serde(rename = "meridian-1")]
     Meridian1,
+    /// One node with its metrics off: what recording them costs.
+    #[serde(rename = "meridian-1-nometrics")]
+    Meridian1NoMetrics,
     MeridianRegion,
     #[serde(rename = "meridian-2regions")]
     Meridian2Regions,
@@ -23,10 +26,11 @@ pub enum RowKind {
 }
 
 impl RowKind {
-    pub const ALL: [RowKind; 7] = [
+    pub const ALL: [RowKind; 8] = [
         RowKind::Direct,
         RowKind::Nginx,
         RowKind::Meridian1,
+        RowKind::Meridian1NoMetrics,
         RowKind::MeridianRegion,
         RowKind::Meridian2Regions,
         RowKind::Litellm,
@@ -38,6 +42,7 @@ impl RowKind {
             RowKind::Direct => "direct",
             RowKind::Nginx => "nginx",
             RowKind::Meridian1 => "meridian-1",
+            RowKind::Meridian1NoMetrics => "meridian-1-nometrics",
             RowKind::MeridianRegion => "meridian-region",
             RowKind::Meridian2Regions => "meridian-2regions",
             RowKind::Litellm => "litellm",
@@ -50,6 +55,9 @@ impl RowKind {
             RowKind::Direct => "the fake upstream alone",
             RowKind::Nginx => "nginx as a pass-through proxy, one worker, keep-alive upstream",
             RowKind::Meridian1 => "one Meridian node",
+            RowKind::Meridian1NoMetrics => {
+                "one Meridian node with its metrics off (meridian.disable_metrics), to price them"
+            }
             RowKind::MeridianRegion => "a Meridian region of three nodes, load spread over them",
             RowKind::Meridian2Regions => {
                 "two Meridian regions of one node each, load spread over both"
@@ -62,7 +70,10 @@ impl RowKind {
     pub(super) fn is_meridian(self) -> bool {
         matches!(
             self,
-            RowKind::Meridian1 | RowKind::MeridianRegion | RowKind::Meridian2Regions
+            RowKind::Meridian1
+                | RowKind::Meridian1NoMetrics
+                | RowKind::MeridianRegion
+                | RowKind::Meridian2Regions
         )
     }
 

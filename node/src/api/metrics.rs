@@ -52,6 +52,12 @@ fn route_of(path: &str) -> &'static str {
 /// `GET /metrics`: every family, in Prometheus's text format. Admins and
 /// the master key only, unless `require_auth_for_metrics_endpoint: false`.
 pub async fn scrape(State(node): State<Arc<Node>>, req: Request) -> Result<Response, ApiError> {
+    if !node.metrics.on() {
+        return Err(ApiError::new(
+            Error::Disabled { feature: "metrics" },
+            Format::OpenAi,
+        ));
+    }
     if node.metrics_require_auth {
         let (mut parts, _) = req.into_parts();
         let Auth(principal) = Auth::from_request_parts(&mut parts, &node).await?;

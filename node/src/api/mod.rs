@@ -50,11 +50,15 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/completions", llm(post(openai::completion)))
         .route("/v1/embeddings", llm(post(openai::embeddings)))
         .route("/embeddings", llm(post(openai::embeddings)))
-        .route("/v1/messages", llm(post(messages::create)))
-        .route_layer(axum::middleware::from_fn_with_state(
+        .route("/v1/messages", llm(post(messages::create)));
+    let calls = if node.metrics.on() {
+        calls.route_layer(axum::middleware::from_fn_with_state(
             node.clone(),
             metrics::track,
-        ));
+        ))
+    } else {
+        calls
+    };
     Router::new()
         .merge(admin)
         .merge(calls)

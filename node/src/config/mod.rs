@@ -175,6 +175,8 @@ pub struct Disabled {
 /// `GET /metrics`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MetricsSettings {
+    /// Recorded and served (`meridian.disable_metrics: true` turns them off).
+    pub on: bool,
     /// Only admins (and the master key) may read it, unless
     /// `litellm_settings.require_auth_for_metrics_endpoint: false`.
     pub require_auth: bool,
@@ -186,6 +188,7 @@ pub struct MetricsSettings {
 impl Default for MetricsSettings {
     fn default() -> Self {
         Self {
+            on: true,
             require_auth: true,
             max_keys: crate::metrics::DEFAULT_MAX_KEYS,
         }

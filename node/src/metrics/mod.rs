@@ -54,6 +54,8 @@ type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// The node's metrics.
 pub struct Metrics {
+    /// Off (`meridian.disable_metrics`): nothing is recorded or served.
+    on: bool,
     registry: Registry,
     who: Interner<Who>,
     places: Interner<Place>,
@@ -104,7 +106,7 @@ enum State {
 }
 
 impl Metrics {
-    pub fn new(region: &str, node: &str, max_keys: usize) -> Self {
+    pub fn new(region: &str, node: &str, max_keys: usize, on: bool) -> Self {
         let mut registry = Registry::with_labels(
             [
                 (Cow::Borrowed("region"), Cow::Owned(region.to_owned())),
@@ -113,6 +115,7 @@ impl Metrics {
             .into_iter(),
         );
         let m = Self {
+            on,
             registry: Registry::default(),
             who: Interner::new(max_keys, Who::other()),
             places: Interner::new(MAX_MODELS, Place::unknown()),
@@ -229,7 +232,7 @@ impl Metrics {
 
     /// The labels of `principal`, interned.
     pub fn who(&self, principal: &Principal) -> Interned<Who> {
-        let Some(caller) = principal.caller() else {
+        let Some(caller) = principal.caller().filter(|_| self.on) else {
             return self.master.clone();
         };
         self.who.get(
@@ -248,7 +251,7 @@ impl Metrics {
     /// the node knows that name (a name it does not is `unknown`, so a
     /// caller cannot grow the label set).
     pub fn asker(&self, who: Interned<Who>, model: &str, served: bool) -> Asker {
-        let asked = if served {
+        let asked = if served && self.on {
             self.asked.get(model, |_| true, || Requested(model.into()))
         } else {
             self.unknown.clone()
@@ -266,6 +269,9 @@ impl Metrics {
     }
 
     pub fn place(&self, deployment: &Deployment) -> Interned<Place> {
+        if !self.on {
+            return self.places.overflow().clone();
+        }
         self.places.get(
             &deployment.id,
             |held| held.describes(deployment),
@@ -275,6 +281,9 @@ impl Metrics {
 
     /// A request ended with `ended` on `route` (the edge's view).
     pub fn request(&self, asker: &Asker, route: &'static str, ended: &Ended) {
+        if !self.on {
+            return;
+        }
         self.requests
             .get_or_create(&ProxyRequest {
                 who: asker.who.clone(),
@@ -299,6 +308,9 @@ impl Metrics {
 
     /// An answer's head is going out: the gateway's share of its latency.
     pub fn answered(&self, asker: &Asker, place: &Interned<Place>, overhead: Duration) {
+        if !self.on {
+            return;
+        }
         self.overhead
             .get_or_create(&Overhead {
                 who: asker.who.clone(),
@@ -309,6 +321,9 @@ impl Metrics {
 
     /// A request was settled: what it used, cost and took.
     pub fn settled(&self, served: &Served, usage: &Usage, cost_usd: f64, timing: &Timing) {
+        if !self.on {
+            return;
+        }
         self.spend.get_or_create(served).inc_by(cost_usd);
         self.input_tokens
             .get_or_create(served)
@@ -342,6 +357,9 @@ impl Metrics {
         failure: Option<(u16, &'static str)>,
         cooled: bool,
     ) {
+        if !self.on {
+            return;
+        }
         let call = DeploymentCall {
             who: asker.who.clone(),
             asked: asker.asked.clone(),
@@ -385,6 +403,9 @@ impl Metrics {
     /// A fallback group answered (`ok`) or failed after the requested group
     /// failed with `first`.
     pub fn fallback(&self, asker: &Asker, fallback: &str, first: (u16, Class), ok: bool) {
+        if !self.on {
+            return;
+        }
         let labels = Fallback {
             who: asker.who.clone(),
             asked: asker.asked.clone(),
@@ -399,6 +420,11 @@ impl Metrics {
             &self.fallback_failed
         };
         family.get_or_create(&labels).inc();
+    }
+
+    /// Whether metrics are recorded and served.
+    pub fn on(&self) -> bool {
+        self.on
     }
 
     /// The keys with labels of their own, for the scrape-time families.

@@ -11,7 +11,7 @@ use super::Parser;
 use crate::config::{Config, Peer};
 use crate::error::Result;
 use crate::secret::Secret;
-const MERIDIAN_KEYS: &str = "node_id, region, host, port, data_dir, raft_id, cluster_listen, advertise_url, cluster_secret, cluster_tls_ca, cluster_tls_cert, cluster_tls_key, insecure_cluster, tls_cert, tls_key, peers, raft_snapshot_every, remote_regions, gossip_interval_ms, inject_region_delay_ms, inject_partition_file, enforcement, strict_wait_ms, shutdown_drain_seconds, model_env_allowlist, max_connections, max_connections_per_ip, max_header_bytes, header_read_timeout_ms, body_read_timeout_ms, idle_timeout_ms, disable_admin_endpoints, disable_llm_api_endpoints, disable_admin_ui, metrics_max_keys";
+const MERIDIAN_KEYS: &str = "node_id, region, host, port, data_dir, raft_id, cluster_listen, advertise_url, cluster_secret, cluster_tls_ca, cluster_tls_cert, cluster_tls_key, insecure_cluster, tls_cert, tls_key, peers, raft_snapshot_every, remote_regions, gossip_interval_ms, inject_region_delay_ms, inject_partition_file, enforcement, strict_wait_ms, shutdown_drain_seconds, model_env_allowlist, max_connections, max_connections_per_ip, max_header_bytes, header_read_timeout_ms, body_read_timeout_ms, idle_timeout_ms, disable_admin_endpoints, disable_llm_api_endpoints, disable_admin_ui, disable_metrics, metrics_max_keys";
 
 impl Parser<'_> {
     /// Meridian's own section: every key is known, anything else is an error.
@@ -49,6 +49,9 @@ impl Parser<'_> {
                 }
                 "disable_admin_ui" => {
                     config.disable.ui = self.boolean(Some(v), &path)?.unwrap_or(false)
+                }
+                "disable_metrics" => {
+                    config.metrics.on = !self.boolean(Some(v), &path)?.unwrap_or(false)
                 }
                 "metrics_max_keys" => {
                     config.metrics.max_keys = match self.integer(Some(v), &path)? {
