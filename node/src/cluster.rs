@@ -57,6 +57,8 @@ pub struct Joined {
     pub region: Region,
     pub rights: Arc<Rights>,
     pub spend_peers: Option<crate::spend_rpc::SpendPeers>,
+    /// What gossip does with each peer (`None`: a region of one).
+    pub gossip: Option<Arc<meridian_replication::GossipStats>>,
 }
 
 /// A region of one that no other node can reach, and its rights to `strict`
@@ -87,6 +89,7 @@ pub(crate) async fn lone_region(
         region,
         rights,
         spend_peers: None,
+        gossip: None,
     })
 }
 
@@ -369,6 +372,7 @@ pub async fn start_region_on(
         gossip_peers(&region, cluster),
         gossip_config,
     );
+    let gossip_stats = gossip.stats();
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let until_stopped = move || {
         let mut stopped = stopped.clone();
@@ -410,6 +414,7 @@ pub async fn start_region_on(
         region,
         rights,
         spend_peers: Some(spend_peers),
+        gossip: Some(gossip_stats),
     })
 }
 

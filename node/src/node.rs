@@ -48,6 +48,7 @@ pub struct Local {
     pub spend_peers: Option<crate::spend_rpc::SpendPeers>,
     /// The node's store (readiness asks it whether it is still usable).
     pub store: Arc<meridian_storage::Watched>,
+    pub gossip: Option<Arc<meridian_replication::GossipStats>>,
 }
 
 impl Local {
@@ -64,6 +65,7 @@ impl Local {
             rights: joined.rights,
             spend_peers: joined.spend_peers,
             store,
+            gossip: joined.gossip,
         }
     }
 }
@@ -85,6 +87,9 @@ pub struct Node {
     pub rights: Arc<crate::rights::Rights>,
     /// Asks the region's other members for their spend-log rows.
     pub spend_peers: Option<crate::spend_rpc::SpendPeers>,
+    /// What gossip does with each peer, for the metrics (`None`: a region
+    /// of one).
+    pub gossip: Option<Arc<meridian_replication::GossipStats>>,
     pub default_enforcement: meridian_consensus::metadata::Enforcement,
     pub strict_wait: std::time::Duration,
     /// What run-time models may read from the environment.
@@ -134,6 +139,7 @@ impl Node {
             spend_log: local.spend_log,
             rights: local.rights,
             spend_peers: local.spend_peers,
+            gossip: local.gossip,
             default_enforcement: config.default_enforcement,
             strict_wait: config.strict_wait,
             model_env_allowlist: config.model_env_allowlist,

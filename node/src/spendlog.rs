@@ -141,6 +141,15 @@ impl SpendLog {
 
     /// Writes queued rows. When the write fails they are queued again, in
     /// front of rows recorded meanwhile, for the next flush.
+    /// Rows waiting to be written.
+    pub fn queued(&self) -> usize {
+        self.pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .ops
+            .len()
+    }
+
     pub fn flush(&self) {
         use std::sync::atomic::Ordering;
         let batch =

@@ -269,6 +269,9 @@ async fn failures_cooldowns_fallbacks_and_streams_are_counted() {
     let k = key(&n, json!({ "key_alias": "svc-b" })).await;
     // Answered by the fallback group.
     assert_eq!(chat(&n, &k, "broken").await.0, 200);
+    let limited = key(&n, json!({ "key_alias": "svc-c", "rpm_limit": 1 })).await;
+    assert_eq!(chat(&n, &limited, "gpt").await.0, 200);
+    assert_eq!(chat(&n, &limited, "gpt").await.0, 429);
     let (status, _, _) = send(
         &n,
         "POST",
@@ -345,6 +348,37 @@ async fn failures_cooldowns_fallbacks_and_streams_are_counted() {
         ),
         Some(1.0)
     );
+    let decisions = "meridian_admission_decisions_total";
+    assert_eq!(
+        sum(
+            &text,
+            decisions,
+            &[
+                ("decision", "refused"),
+                ("reason", "requests"),
+                ("mode", "available")
+            ]
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    // broken, its fallback, the limited key's first call, the stream.
+    assert_eq!(
+        sum(&text, decisions, &[("decision", "admitted")]),
+        Some(4.0),
+        "{text}"
+    );
+    assert_eq!(
+        sum(
+            &text,
+            "litellm_proxy_failed_requests_metric_total",
+            &[
+                ("api_key_alias", "svc-c"),
+                ("exception_class", "RateLimitError")
+            ]
+        ),
+        Some(1.0)
+    );
     // Only the stream has a first token.
     assert_eq!(
         sum(
@@ -355,6 +389,49 @@ async fn failures_cooldowns_fallbacks_and_streams_are_counted() {
         Some(1.0),
         "{text}"
     );
+}
+
+/// The node's own families: its region's Raft (a region of one: it leads)
+/// and its build.
+#[tokio::test]
+async fn a_lone_node_reports_it_leads_its_region() {
+    let n = node("").await;
+    // A write, so the log has entries past the region's start.
+    key(&n, json!({})).await;
+    let text = metrics(&n).await;
+    let place = [("region", "local"), ("node", "node-1")];
+    assert_eq!(
+        sum(&text, "meridian_raft_is_leader", &place),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(sum(&text, "meridian_raft_leader_id", &place), Some(1.0));
+    assert_eq!(
+        sum(&text, "meridian_raft_state", &[("state", "leader")]),
+        Some(1.0)
+    );
+    assert!(sum(&text, "meridian_raft_term", &place).unwrap() >= 1.0);
+    let last = sum(&text, "meridian_raft_last_log_index", &place).unwrap();
+    let applied = sum(&text, "meridian_raft_applied_index", &place).unwrap();
+    assert!(last >= 1.0 && applied <= last, "{last} {applied}");
+    assert_eq!(
+        sum(&text, "meridian_raft_apply_lag_entries", &place),
+        Some(last - applied)
+    );
+    assert_eq!(
+        sum(&text, "meridian_spend_log_queue_rows", &place).map(|q| q >= 0.0),
+        Some(true)
+    );
+    assert_eq!(
+        sum(
+            &text,
+            "meridian_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))]
+        ),
+        Some(1.0)
+    );
+    // No gossip in a region of one, so no gossip families.
+    assert_eq!(sum(&text, "meridian_gossip_peers", &[]), None);
 }
 
 #[tokio::test]

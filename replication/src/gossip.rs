@@ -56,6 +56,63 @@ const MAX_IN_FLIGHT: usize = 8;
 /// The largest gossip message either way.
 const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
+/// What this node's gossip has done with each peer, for the node's
+/// metrics. Counts only grow; times are the node's wall clock (ms).
+#[derive(Default)]
+pub struct GossipStats {
+    peers: Mutex<std::collections::BTreeMap<String, PeerStats>>,
+}
+
+/// One peer's gossip from this node's side.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PeerStats {
+    /// The peer's region (empty when not known).
+    pub region: String,
+    pub pushes: u64,
+    /// Pushes that failed, or were skipped (too many under way).
+    pub push_failures: u64,
+    pub syncs: u64,
+    pub sync_failures: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    /// Counter slots that syncs with this peer changed here: what
+    /// anti-entropy repaired.
+    pub repaired: u64,
+    /// When the peer last answered a call.
+    pub last_answer_ms: Option<u64>,
+    /// Since when the peer may lack some of this node's own changes (a push
+    /// to it failed or was skipped), and through which change: cleared once
+    /// a sync shows the peer holds them. The age of the oldest change
+    /// another region may not have: the staleness that bounds `available`
+    /// overshoot.
+    pub unacked: Option<(u64, u64)>,
+}
+
+impl GossipStats {
+    /// Every peer's figures, by address.
+    pub fn snapshot(&self) -> Vec<(String, PeerStats)> {
+        self.lock()
+            .iter()
+            .map(|(addr, s)| (addr.clone(), s.clone()))
+            .collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<String, PeerStats>> {
+        self.peers.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn with(&self, peer: &Peer, f: impl FnOnce(&mut PeerStats)) {
+        let mut peers = self.lock();
+        let stats = peers.entry(peer.addr.clone()).or_default();
+        if let Some(region) = &peer.region
+            && stats.region != *region
+        {
+            stats.region.clone_from(region);
+        }
+        f(stats);
+    }
+}
+
 /// Answers peers' pushes and syncs.
 pub struct GossipService {
     counters: Arc<Counters>,
@@ -146,6 +203,7 @@ pub struct Gossip {
     /// interval) keeps several in flight; only beyond `MAX_IN_FLIGHT` is a
     /// round skipped for that peer (and repaired by a sync).
     in_flight: Mutex<std::collections::BTreeMap<String, Arc<AtomicUsize>>>,
+    stats: Arc<GossipStats>,
 }
 
 impl Gossip {
@@ -166,7 +224,13 @@ impl Gossip {
             config,
             behind: Mutex::default(),
             in_flight: Mutex::default(),
+            stats: Arc::default(),
         })
+    }
+
+    /// What gossip has done with each peer so far.
+    pub fn stats(&self) -> Arc<GossipStats> {
+        self.stats.clone()
     }
 
     /// Pushes every round, syncs and tidies up periodically, until `shutdown`.
@@ -199,6 +263,7 @@ impl Gossip {
             return;
         }
         let me = self.counters.me().clone();
+        let through = outbox.through;
         let request = pb::PushRequest {
             sender: Some(wire::replica(&me)),
             since: outbox.since,
@@ -217,15 +282,23 @@ impl Gossip {
             };
             if busy.fetch_add(1, Ordering::AcqRel) >= MAX_IN_FLIGHT {
                 busy.fetch_sub(1, Ordering::AcqRel);
-                self.fell_behind(&peer.addr);
+                self.missed(&peer, through);
                 continue;
             }
             let this = self.clone();
             let request = request.clone();
             tokio::spawn(async move {
-                if let Err(e) = this.push_to(&peer, request).await {
-                    tracing::debug!(peer = %peer.addr, error = %e, "gossip push failed");
-                    this.fell_behind(&peer.addr);
+                let bytes = prost::Message::encoded_len(&request) as u64;
+                match this.push_to(&peer, request).await {
+                    Ok(()) => this.stats.with(&peer, |s| {
+                        s.pushes += 1;
+                        s.bytes_sent += bytes;
+                        s.last_answer_ms = Some((this.clock)());
+                    }),
+                    Err(e) => {
+                        tracing::debug!(peer = %peer.addr, error = %e, "gossip push failed");
+                        this.missed(&peer, through);
+                    }
                 }
                 busy.fetch_sub(1, Ordering::AcqRel);
             });
@@ -243,6 +316,18 @@ impl Gossip {
         self.secret.stamp(&mut request, self.config.deadline);
         with_deadline(self.config.deadline, client.push(request)).await?;
         Ok(())
+    }
+
+    /// A push of changes through `through` did not reach `peer`.
+    fn missed(&self, peer: &Peer, through: u64) {
+        let now = (self.clock)();
+        self.stats.with(peer, |s| {
+            s.push_failures += 1;
+            let (since, upto) = s.unacked.get_or_insert((now, through));
+            *upto = (*upto).max(through);
+            *since = (*since).min(now);
+        });
+        self.fell_behind(&peer.addr);
     }
 
     fn fell_behind(&self, peer: &str) {
@@ -272,6 +357,7 @@ impl Gossip {
         for peer in peers {
             if let Err(e) = self.sync_with(&peer).await {
                 tracing::debug!(peer = %peer.addr, error = %e, "gossip sync failed");
+                self.stats.with(&peer, |s| s.sync_failures += 1);
                 self.fell_behind(&peer.addr);
             }
         }
@@ -283,20 +369,36 @@ impl Gossip {
         peer.reach().await?;
         let mut client = self.client(peer)?;
         let mut request = Request::new(wire::digest_to_wire(&self.counters.digest()));
+        let sent = prost::Message::encoded_len(request.get_ref()) as u64;
         self.secret.stamp(&mut request, self.config.deadline);
         let reply = with_deadline(self.config.deadline, client.sync(request)).await?;
+        let received = prost::Message::encoded_len(&reply) as u64;
         let slots = reply.missing.as_ref().map(wire::slots).unwrap_or_default();
         let digest = reply
             .digest
             .as_ref()
             .map(wire::digest_from_wire)
             .unwrap_or_default();
-        Ok(self.counters.merge(
+        // The peer's digest says how much of this node's changes it holds.
+        let holds = digest.get(self.counters.me()).copied().unwrap_or(0);
+        let now = (self.clock)();
+        let changed = self.counters.merge(
             slots,
             Completes::Digest(digest),
-            (self.clock)(),
+            now,
             millis(self.config.retention),
-        ))
+        );
+        self.stats.with(peer, |s| {
+            s.syncs += 1;
+            s.bytes_sent += sent;
+            s.bytes_received += received;
+            s.repaired += changed as u64;
+            s.last_answer_ms = Some(now);
+            if s.unacked.is_some_and(|(_, through)| holds >= through) {
+                s.unacked = None;
+            }
+        });
+        Ok(changed)
     }
 
     /// Persists peers' changes and forgets periods past their retention.

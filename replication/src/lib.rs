@@ -15,7 +15,7 @@ pub mod gossip;
 mod wire;
 
 pub use counters::{Counters, Reading, Ticket, Txn};
-pub use gossip::{Gossip, GossipConfig, Peer, gossip_service};
+pub use gossip::{Gossip, GossipConfig, GossipStats, Peer, PeerStats, gossip_service};
 
 /// The crate's one error type.
 #[derive(Debug, thiserror::Error)]

@@ -11,7 +11,7 @@ use meridian_link::{ClusterSecret, Dialer};
 use meridian_proto::gossip::v1 as pb;
 use meridian_replication::crdt::{CounterId, Metric, Scope, Window};
 use meridian_replication::gossip::{Peer, PeerList, WallClock};
-use meridian_replication::{Counters, Gossip, GossipConfig, gossip_service};
+use meridian_replication::{Counters, Gossip, GossipConfig, GossipStats, gossip_service};
 use meridian_storage::{Durability, MemStore};
 use tokio::net::TcpListener;
 use tokio::time::{Instant, sleep};
@@ -43,6 +43,7 @@ fn secret() -> ClusterSecret {
 
 struct TestNode {
     counters: Arc<Counters>,
+    stats: Arc<GossipStats>,
 }
 
 /// Starts a node's flusher, gossip service and gossip task; `peers` is read
@@ -68,8 +69,9 @@ async fn start(region: &str, node: u64, listener: TcpListener, peers: Vec<String
         peers,
         config(),
     );
+    let stats = gossip.stats();
     tokio::spawn(gossip.run(std::future::pending()));
-    TestNode { counters }
+    TestNode { counters, stats }
 }
 
 async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
@@ -139,6 +141,46 @@ async fn counters_converge_across_regions_and_a_late_node_catches_up() {
             .all(|n| n.counters.reading(&id("team-a")).value == expected + 5)
     })
     .await;
+}
+
+/// A peer that does not answer: pushes to it fail, it is reported as
+/// lacking this node's changes; once it answers, a sync shows it holds
+/// them and it is no longer stale.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_peer_is_stale_until_a_sync_shows_it_caught_up() {
+    let a_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    // B's port is bound (so nothing else takes it) but not served yet:
+    // calls to it reach no gossip service and fail at their deadline.
+    let b_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let a_addr = a_listener.local_addr().unwrap().to_string();
+    let b_addr = b_listener.local_addr().unwrap().to_string();
+    let a = start("us-east", 1, a_listener, vec![b_addr.clone()]).await;
+    spend(&a, "team-s", 7).await;
+    let stale = |n: &TestNode| {
+        n.stats
+            .snapshot()
+            .into_iter()
+            .find(|(addr, _)| *addr == b_addr)
+            .map(|(_, s)| s)
+    };
+    eventually("the push to the silent peer fails", || {
+        stale(&a).is_some_and(|s| s.push_failures > 0 && s.unacked.is_some())
+    })
+    .await;
+    let held = stale(&a).unwrap();
+    assert_eq!((held.pushes, held.last_answer_ms), (0, None), "{held:?}");
+
+    let b = start("eu-west", 2, b_listener, vec![a_addr]).await;
+    eventually("the peer gets the change", || {
+        b.counters.reading(&id("team-s")).value == 7
+    })
+    .await;
+    eventually("a sync shows the peer holds it", || {
+        stale(&a).is_some_and(|s| s.unacked.is_none() && s.syncs > 0)
+    })
+    .await;
+    let caught_up = stale(&a).unwrap();
+    assert!(caught_up.last_answer_ms.is_some() && caught_up.bytes_sent > 0);
 }
 
 #[tokio::test]

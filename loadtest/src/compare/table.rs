@@ -77,7 +77,7 @@ fn latency_line(name: &str, run: &RunResult, overhead: Option<Overhead>) -> Stri
         },
     );
     format!(
-        "{:<18} {:>13} {:>8.2} {:>8.2} {:>8.2} {:>8.2}  {:>8} {:>8} {:>8} {:>8}",
+        "{:<21} {:>13} {:>8.2} {:>8.2} {:>8.2} {:>8.2}  {:>8} {:>8} {:>8} {:>8}",
         name,
         format!("{}/{}", run.successes, run.requests),
         l.p50_us as f64 / 1000.0,
@@ -98,7 +98,7 @@ const LATENCY_HEADER: [&str; 10] = [
 fn latency_header() -> String {
     let h = LATENCY_HEADER;
     format!(
-        "{:<18} {:>13} {:>8} {:>8} {:>8} {:>8}  {:>8} {:>8} {:>8} {:>8}",
+        "{:<21} {:>13} {:>8} {:>8} {:>8} {:>8}  {:>8} {:>8} {:>8} {:>8}",
         h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7], h[8], h[9]
     )
 }
@@ -151,7 +151,7 @@ impl fmt::Display for Comparison {
         }
         let lines = self.lines();
         let not_run = |f: &mut fmt::Formatter<'_>, row: RowKind, why: &str| {
-            writeln!(f, "{:<18} {why}", row.name())
+            writeln!(f, "{:<21} {why}", row.name())
         };
         if let Some(gap) = s.sequential_gap_ms {
             writeln!(f)?;
@@ -198,7 +198,7 @@ impl fmt::Display for Comparison {
         )?;
         writeln!(
             f,
-            "{:<21} {:>7} {:>7} {:>6} {:>8} {:>7} {:>8} {:>8} {:>9} {:>9} {:>9}",
+            "{:<24} {:>7} {:>7} {:>6} {:>8} {:>7} {:>8} {:>8} {:>9} {:>9} {:>9}",
             "row",
             "req/s",
             "×direct",
@@ -215,7 +215,7 @@ impl fmt::Display for Comparison {
             let r = match line {
                 Line::Ran(r) => r,
                 Line::NotRun(why) => {
-                    writeln!(f, "{:<21} {why}", row.name())?;
+                    writeln!(f, "{:<24} {why}", row.name())?;
                     continue;
                 }
             };
@@ -224,7 +224,7 @@ impl fmt::Display for Comparison {
                 + r.sequential.as_ref().map_or(0, RunResult::error_count);
             writeln!(
                 f,
-                "{:<21} {:>7.0} {:>7} {:>6} {:>8} {:>7} {:>8} {:>8} {:>9} {:>9} {:>9}",
+                "{:<24} {:>7.0} {:>7} {:>6} {:>8} {:>7} {:>8} {:>8} {:>9} {:>9} {:>9}",
                 format!("{} ({})", r.row.name(), r.processes),
                 r.max_throughput.throughput_rps,
                 opt_f(r.throughput_ratio, 3),
@@ -428,8 +428,14 @@ mod tests {
                 .any(|l| l.starts_with("portkey ") && l.contains("+3.00"))
         );
         // Rows that did not run say why, on one line; a failure's log follows.
-        assert!(text.contains("litellm            not run: not asked for (--litellm)"));
-        assert!(text.contains("meridian-1         FAILED: meridian local-1 exited (1)"));
+        assert!(text.contains(&format!(
+            "{:<21} not run: not asked for (--litellm)",
+            "litellm"
+        )));
+        assert!(text.contains(&format!(
+            "{:<21} FAILED: meridian local-1 exited (1)",
+            "meridian-1"
+        )));
         assert!(text.contains(
             "FAILED meridian-1: meridian local-1 exited (1); last lines of x.log:\nboom"
         ));

@@ -18,6 +18,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use foldhash::fast::RandomState;
 use parking_lot::RwLock;
 use prometheus_client::encoding::{EncodeLabel, EncodeLabelSet, LabelSetEncoder};
 
@@ -61,7 +62,7 @@ impl<T> Hash for Interned<T> {
 pub struct Interner<T> {
     max: usize,
     next: AtomicU64,
-    map: RwLock<HashMap<Box<str>, Interned<T>>>,
+    map: RwLock<HashMap<Box<str>, Interned<T>, RandomState>>,
     overflow: Interned<T>,
 }
 
@@ -72,7 +73,7 @@ impl<T: PartialEq> Interner<T> {
         Self {
             max,
             next: AtomicU64::new(FIRST_INTERNED),
-            map: RwLock::new(HashMap::new()),
+            map: RwLock::new(HashMap::default()),
             overflow: Interned {
                 id: 0,
                 labels: Arc::new(overflow),
@@ -206,6 +207,8 @@ pub struct Place {
     pub model_id: Box<str>,
     pub api_base: Box<str>,
     pub api_provider: Box<str>,
+    /// The `api_base` as configured, to tell a change without rewriting it.
+    configured_base: Box<str>,
 }
 
 impl Place {
@@ -217,6 +220,7 @@ impl Place {
             model_id: d.id.as_str().into(),
             api_base: shown_api_base(&d.api_base).into(),
             api_provider: d.provider_name.as_str().into(),
+            configured_base: d.api_base.as_str().into(),
         }
     }
 
@@ -224,7 +228,7 @@ impl Place {
         *self.model_group == *d.model_group
             && *self.model == *d.upstream_model
             && *self.api_provider == *d.provider_name
-            && *self.api_base == *shown_api_base(&d.api_base)
+            && *self.configured_base == *d.api_base
     }
 
     pub fn unknown() -> Self {
@@ -236,6 +240,7 @@ impl Place {
             model_id: u(),
             api_base: u(),
             api_provider: u(),
+            configured_base: u(),
         }
     }
 }
@@ -466,6 +471,23 @@ impl EncodeLabelSet for Fallback {
         status(e, "exception_status", self.first.0)?;
         self.first.1.encode(e)?;
         model_id(e, self.first.1.provider.as_ref())
+    }
+}
+
+/// `meridian_admission_decisions`: the decision, the limit that refused,
+/// and the limit's mode.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Admission {
+    pub decision: &'static str,
+    pub reason: &'static str,
+    pub mode: &'static str,
+}
+
+impl EncodeLabelSet for Admission {
+    fn encode(&self, e: Out<'_, '_>) -> Encoded {
+        put(e, "decision", self.decision)?;
+        put(e, "reason", self.reason)?;
+        put(e, "mode", self.mode)
     }
 }
 

@@ -9,12 +9,14 @@
 //! here. Families that describe state rather than events (budgets) are
 //! read from the node when scraped ([`scrape`]).
 
+mod cluster;
 pub mod labels;
 mod scrape;
+mod series;
 
 use std::borrow::Cow;
+use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
-use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -26,9 +28,10 @@ use self::labels::{
     Class, DeploymentCall, DeploymentOnly, Fallback, Interned, Interner, Overhead, Place,
     ProxyFailure, ProxyRequest, Requested, Served, Who, fixed,
 };
+use self::series::{Answering, Bundles};
+pub use self::series::{Serving, Timing};
 use crate::auth::Principal;
 use crate::config::Deployment;
-use crate::wire::openai::Usage;
 
 /// LiteLLM's `LATENCY_BUCKETS`, in seconds (`+Inf` is implicit).
 pub const LATENCY_BUCKETS: [f64; 35] = [
@@ -80,6 +83,11 @@ pub struct Metrics {
     cooled_down: Family<DeploymentOnly, Counter>,
     fallback_ok: Family<Fallback, Counter>,
     fallback_failed: Family<Fallback, Counter>,
+    admission: Family<labels::Admission, Counter>,
+    /// The request path's series, one lookup each (see [`series`]).
+    serving: Bundles<Served, Serving>,
+    answering: Bundles<Served, Answering>,
+    idle: Arc<Serving>,
 }
 
 /// Who made a request and what it asked for: the labels every family of
@@ -140,6 +148,10 @@ impl Metrics {
             cooled_down: Family::default(),
             fallback_ok: Family::default(),
             fallback_failed: Family::default(),
+            admission: Family::default(),
+            serving: Bundles::default(),
+            answering: Bundles::default(),
+            idle: Arc::new(Serving::unregistered()),
         };
         let r = &mut registry;
         r.register(
@@ -227,6 +239,12 @@ impl Metrics {
             "Fallback groups that failed too",
             m.fallback_failed.clone(),
         );
+        r.register(
+            "meridian_admission_decisions",
+            "Admission decisions on provider calls: admitted, or refused and by which limit \
+             (mode: strict when a strict limit refused)",
+            m.admission.clone(),
+        );
         Self { registry, ..m }
     }
 
@@ -306,45 +324,30 @@ impl Metrics {
         }
     }
 
-    /// An answer's head is going out: the gateway's share of its latency.
-    pub fn answered(&self, asker: &Asker, place: &Interned<Place>, overhead: Duration) {
+    /// The series of requests by `asker` that `place` serves: its
+    /// answers' overhead, then what each settles.
+    pub fn serving(&self, asker: &Asker, place: &Interned<Place>) -> Arc<Serving> {
         if !self.on {
-            return;
+            return self.idle.clone();
         }
-        self.overhead
-            .get_or_create(&Overhead {
+        let key = Served {
+            who: asker.who.clone(),
+            asked: asker.asked.clone(),
+            place: place.clone(),
+        };
+        self.serving.get(&key, || Serving {
+            overhead: self.overhead.get_or_create_owned(&Overhead {
                 who: asker.who.clone(),
                 place: place.clone(),
-            })
-            .observe(overhead.as_secs_f64());
-    }
-
-    /// A request was settled: what it used, cost and took.
-    pub fn settled(&self, served: &Served, usage: &Usage, cost_usd: f64, timing: &Timing) {
-        if !self.on {
-            return;
-        }
-        self.spend.get_or_create(served).inc_by(cost_usd);
-        self.input_tokens
-            .get_or_create(served)
-            .inc_by(usage.prompt_tokens);
-        self.output_tokens
-            .get_or_create(served)
-            .inc_by(usage.completion_tokens);
-        self.total_tokens
-            .get_or_create(served)
-            .inc_by(usage.total_tokens());
-        self.total_latency
-            .get_or_create(served)
-            .observe(timing.total.as_secs_f64());
-        self.api_latency
-            .get_or_create(served)
-            .observe(timing.call.as_secs_f64());
-        if let Some(first) = timing.first_chunk {
-            self.first_token
-                .get_or_create(served)
-                .observe(first.as_secs_f64());
-        }
+            }),
+            spend: self.spend.get_or_create_owned(&key),
+            input_tokens: self.input_tokens.get_or_create_owned(&key),
+            output_tokens: self.output_tokens.get_or_create_owned(&key),
+            total_tokens: self.total_tokens.get_or_create_owned(&key),
+            total_latency: self.total_latency.get_or_create_owned(&key),
+            api_latency: self.api_latency.get_or_create_owned(&key),
+            first_token: self.first_token.get_or_create_owned(&key),
+        })
     }
 
     /// One provider call ended: answered (`failure` `None`) or failed with
@@ -360,37 +363,52 @@ impl Metrics {
         if !self.on {
             return;
         }
-        let call = DeploymentCall {
+        let Some((status, name)) = failure else {
+            let key = Served {
+                who: asker.who.clone(),
+                asked: asker.asked.clone(),
+                place: place.clone(),
+            };
+            let series = self.answering.get(&key, || {
+                let call = DeploymentCall {
+                    who: asker.who.clone(),
+                    asked: asker.asked.clone(),
+                    place: place.clone(),
+                    failure: None,
+                };
+                Answering {
+                    total: self.deployment_total.get_or_create_owned(&call),
+                    success: self.deployment_success.get_or_create_owned(&call),
+                    state: self.deployment_state.get_or_create_owned(&DeploymentOnly {
+                        place: place.clone(),
+                        status: None,
+                    }),
+                }
+            });
+            series.total.inc();
+            series.success.inc();
+            series.state.set(State::Healthy as i64);
+            return;
+        };
+        let mut call = DeploymentCall {
             who: asker.who.clone(),
             asked: asker.asked.clone(),
             place: place.clone(),
-            failure,
+            failure: None,
         };
-        self.deployment_total
-            .get_or_create(&DeploymentCall {
-                failure: None,
-                ..call.clone()
-            })
-            .inc();
-        let state = match failure {
-            None => {
-                self.deployment_success.get_or_create(&call).inc();
-                State::Healthy
-            }
-            Some((status, _)) => {
-                self.deployment_failure.get_or_create(&call).inc();
-                if cooled {
-                    self.cooled_down
-                        .get_or_create(&DeploymentOnly {
-                            place: place.clone(),
-                            status: Some(status),
-                        })
-                        .inc();
-                    State::Outage
-                } else {
-                    State::Partial
-                }
-            }
+        self.deployment_total.get_or_create(&call).inc();
+        call.failure = Some((status, name));
+        self.deployment_failure.get_or_create(&call).inc();
+        let state = if cooled {
+            self.cooled_down
+                .get_or_create(&DeploymentOnly {
+                    place: place.clone(),
+                    status: Some(status),
+                })
+                .inc();
+            State::Outage
+        } else {
+            State::Partial
         };
         self.deployment_state
             .get_or_create(&DeploymentOnly {
@@ -422,6 +440,41 @@ impl Metrics {
         family.get_or_create(&labels).inc();
     }
 
+    /// An attempt was admitted, or refused by a limit (or an error).
+    pub fn admission<T>(&self, result: &crate::error::Result<T>) {
+        if !self.on {
+            return;
+        }
+        use crate::admission::LimitKind;
+        let labels = match result {
+            Ok(_) => labels::Admission {
+                decision: "admitted",
+                reason: "",
+                mode: "",
+            },
+            Err(crate::error::Error::LimitExceeded(e)) => labels::Admission {
+                decision: "refused",
+                reason: match e.kind {
+                    LimitKind::Requests => "requests",
+                    LimitKind::Tokens => "tokens",
+                    LimitKind::Parallel => "parallel",
+                    LimitKind::Budget => "budget",
+                },
+                mode: if e.strict.is_some() {
+                    "strict"
+                } else {
+                    "available"
+                },
+            },
+            Err(_) => labels::Admission {
+                decision: "failed",
+                reason: "error",
+                mode: "",
+            },
+        };
+        self.admission.get_or_create(&labels).inc();
+    }
+
     /// Whether metrics are recorded and served.
     pub fn on(&self) -> bool {
         self.on
@@ -431,16 +484,6 @@ impl Metrics {
     pub fn keys(&self) -> Vec<Interned<Who>> {
         self.who.held()
     }
-}
-
-/// How long a settled request took.
-pub struct Timing {
-    /// From arrival to the end of the answer.
-    pub total: Duration,
-    /// The answering provider call, to its end.
-    pub call: Duration,
-    /// A stream's first chunk, from the call's start.
-    pub first_chunk: Option<Duration>,
 }
 
 pub use scrape::{CONTENT_TYPE, render};

@@ -26,19 +26,21 @@ type Gauges = Family<Labels, Gauge<f64, AtomicU64>>;
 pub fn render(node: &Node) -> Result<String, std::fmt::Error> {
     let mut out = String::with_capacity(16 * 1024);
     prometheus_text::encode(&mut out, &node.metrics.registry)?;
-    prometheus_text::encode(&mut out, &budgets(node))?;
-    Ok(out)
-}
-
-/// Budget gauges: each key with labels of its own, and each team of one.
-fn budgets(node: &Node) -> Registry {
-    let mut registry = Registry::with_labels(
+    let mut now = Registry::with_labels(
         [
             (Cow::Borrowed("region"), Cow::Owned(node.region.clone())),
             (Cow::Borrowed("node"), Cow::Owned(node.node_id.clone())),
         ]
         .into_iter(),
     );
+    budgets(&mut now, node);
+    super::cluster::register(&mut now, node);
+    prometheus_text::encode(&mut out, &now)?;
+    Ok(out)
+}
+
+/// Budget gauges: each key with labels of its own, and each team of one.
+fn budgets(registry: &mut Registry, node: &Node) {
     let [key_left, key_max, team_left, team_max] = std::array::from_fn(|_| Gauges::default());
     let now = node.now_ms();
     node.metadata.read(|state| {
@@ -102,7 +104,6 @@ fn budgets(node: &Node) -> Registry {
         "The team's max_budget in USD",
         team_max,
     );
-    registry
 }
 
 /// Sets "remaining" (`+Inf` without a budget, as LiteLLM) and, with a

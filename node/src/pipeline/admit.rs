@@ -27,5 +27,8 @@ pub async fn admit(
         default: node.default_enforcement,
         wait: node.strict_wait,
     };
-    admission::admit(&limiter, &ctx.principal, demand, deployment, node.now_ms()).await
+    let admitted =
+        admission::admit(&limiter, &ctx.principal, demand, deployment, node.now_ms()).await;
+    node.metrics.admission(&admitted);
+    admitted
 }

@@ -44,6 +44,8 @@ impl Attempt {
 /// The attempt that answered, with what the edge needs for its headers.
 pub struct Called {
     pub deployment: Arc<Deployment>,
+    /// The deployment's metric labels.
+    pub place: crate::metrics::labels::Interned<crate::metrics::labels::Place>,
     pub output: Outcome,
     /// Time spent waiting on the provider (for the overhead header).
     pub upstream_time: Duration,
@@ -185,6 +187,7 @@ async fn on_group(
                 node.metrics.call(&ctx.asker, &place, None, false);
                 return Ok(Called {
                     deployment,
+                    place,
                     output,
                     upstream_time,
                     reservation,

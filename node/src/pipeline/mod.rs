@@ -243,17 +243,13 @@ pub async fn run(
         headroom: called.reservation.headroom,
         tries: called.tries,
     };
-    let place = node.metrics.place(&called.deployment);
-    node.metrics.answered(
-        &ctx.asker,
-        &place,
-        ctx.received.elapsed().saturating_sub(called.upstream_time),
-    );
+    let serving = node.metrics.serving(&ctx.asker, &called.place);
+    serving.answered(ctx.received.elapsed().saturating_sub(called.upstream_time));
     let mut settlement = Settlement::new(
         node,
         ctx,
         called.deployment,
-        place,
+        serving,
         called.reservation,
         called.attempt,
     );

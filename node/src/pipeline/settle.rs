@@ -31,8 +31,8 @@ pub struct Settlement {
     observed: bool,
     settled: Option<(Cost, meridian_replication::Ticket)>,
     log: LogTarget,
-    metrics: Arc<crate::metrics::Metrics>,
-    served: crate::metrics::labels::Served,
+    /// The request's metric series.
+    serving: Arc<crate::metrics::Serving>,
     /// When a stream's first chunk came, from the call's start.
     first_chunk: Option<std::time::Duration>,
 }
@@ -53,7 +53,7 @@ impl Settlement {
         node: &Node,
         ctx: &RequestCtx,
         deployment: Arc<Deployment>,
-        place: crate::metrics::labels::Interned<crate::metrics::labels::Place>,
+        serving: Arc<crate::metrics::Serving>,
         reservation: Reservation,
         attempt: Attempt,
     ) -> Self {
@@ -73,12 +73,7 @@ impl Settlement {
             observed: false,
             settled: None,
             log,
-            metrics: node.metrics.clone(),
-            served: crate::metrics::labels::Served {
-                who: ctx.asker.who.clone(),
-                asked: ctx.asker.asked.clone(),
-                place,
-            },
+            serving,
             first_chunk: None,
         }
     }
@@ -115,8 +110,7 @@ impl Settlement {
         let cost = cost_of(&self.deployment, &self.usage);
         let ticket = self.reservation.settle(&self.usage, cost);
         self.settled = Some((cost, ticket));
-        self.metrics.settled(
-            &self.served,
+        self.serving.settled(
             &self.usage,
             crate::pricing::pico_to_dollars(cost.0),
             &crate::metrics::Timing {
