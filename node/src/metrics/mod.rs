@@ -44,6 +44,11 @@ pub const LATENCY_BUCKETS: [f64; 35] = [
 pub const DEFAULT_MAX_KEYS: usize = 1_000;
 /// The most distinct deployments and requested model names.
 const MAX_MODELS: usize = 1_000;
+/// The most (key, requested model, deployment) combinations with series
+/// of their own; past it, new combinations are counted under key `other`.
+/// Each has three latency histograms of 36 buckets, so this bounds a
+/// scrape too.
+pub const MAX_COMBINATIONS: usize = 2_000;
 
 fn latency() -> Histogram {
     Histogram::new(LATENCY_BUCKETS)
@@ -335,19 +340,24 @@ impl Metrics {
             asked: asker.asked.clone(),
             place: place.clone(),
         };
-        self.serving.get(&key, || Serving {
-            overhead: self.overhead.get_or_create_owned(&Overhead {
-                who: asker.who.clone(),
-                place: place.clone(),
-            }),
-            spend: self.spend.get_or_create_owned(&key),
-            input_tokens: self.input_tokens.get_or_create_owned(&key),
-            output_tokens: self.output_tokens.get_or_create_owned(&key),
-            total_tokens: self.total_tokens.get_or_create_owned(&key),
-            total_latency: self.total_latency.get_or_create_owned(&key),
-            api_latency: self.api_latency.get_or_create_owned(&key),
-            first_token: self.first_token.get_or_create_owned(&key),
-        })
+        self.serving.get(
+            key,
+            MAX_COMBINATIONS,
+            |k| self.as_other(k),
+            |key| Serving {
+                overhead: self.overhead.get_or_create_owned(&Overhead {
+                    who: key.who.clone(),
+                    place: key.place.clone(),
+                }),
+                spend: self.spend.get_or_create_owned(key),
+                input_tokens: self.input_tokens.get_or_create_owned(key),
+                output_tokens: self.output_tokens.get_or_create_owned(key),
+                total_tokens: self.total_tokens.get_or_create_owned(key),
+                total_latency: self.total_latency.get_or_create_owned(key),
+                api_latency: self.api_latency.get_or_create_owned(key),
+                first_token: self.first_token.get_or_create_owned(key),
+            },
+        )
     }
 
     /// One provider call ended: answered (`failure` `None`) or failed with
@@ -369,22 +379,27 @@ impl Metrics {
                 asked: asker.asked.clone(),
                 place: place.clone(),
             };
-            let series = self.answering.get(&key, || {
-                let call = DeploymentCall {
-                    who: asker.who.clone(),
-                    asked: asker.asked.clone(),
-                    place: place.clone(),
-                    failure: None,
-                };
-                Answering {
-                    total: self.deployment_total.get_or_create_owned(&call),
-                    success: self.deployment_success.get_or_create_owned(&call),
-                    state: self.deployment_state.get_or_create_owned(&DeploymentOnly {
-                        place: place.clone(),
-                        status: None,
-                    }),
-                }
-            });
+            let series = self.answering.get(
+                key,
+                MAX_COMBINATIONS,
+                |k| self.as_other(k),
+                |key| {
+                    let call = DeploymentCall {
+                        who: key.who.clone(),
+                        asked: key.asked.clone(),
+                        place: key.place.clone(),
+                        failure: None,
+                    };
+                    Answering {
+                        total: self.deployment_total.get_or_create_owned(&call),
+                        success: self.deployment_success.get_or_create_owned(&call),
+                        state: self.deployment_state.get_or_create_owned(&DeploymentOnly {
+                            place: key.place.clone(),
+                            status: None,
+                        }),
+                    }
+                },
+            );
             series.total.inc();
             series.success.inc();
             series.state.set(State::Healthy as i64);
@@ -473,6 +488,14 @@ impl Metrics {
             },
         };
         self.admission.get_or_create(&labels).inc();
+    }
+
+    /// A combination counted under key `other` (past [`MAX_COMBINATIONS`]).
+    fn as_other(&self, served: Served) -> Served {
+        Served {
+            who: self.who.overflow().clone(),
+            ..served
+        }
     }
 
     /// Whether metrics are recorded and served.

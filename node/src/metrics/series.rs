@@ -31,15 +31,30 @@ impl<K: Hash + Eq + Clone, V> Default for Bundles<K, V> {
 }
 
 impl<K: Hash + Eq + Clone, V> Bundles<K, V> {
-    pub fn get(&self, key: &K, make: impl FnOnce() -> V) -> Arc<V> {
-        if let Some(held) = self.map.read().get(key) {
+    /// The bundle of `key`, made by `make` when new; once `cap` bundles
+    /// exist, a new key is replaced by `overflow(key)` first.
+    pub fn get(
+        &self,
+        key: K,
+        cap: usize,
+        overflow: impl FnOnce(K) -> K,
+        make: impl FnOnce(&K) -> V,
+    ) -> Arc<V> {
+        if let Some(held) = self.map.read().get(&key) {
             return held.clone();
         }
-        self.map
-            .write()
-            .entry(key.clone())
-            .or_insert_with(|| Arc::new(make()))
-            .clone()
+        let mut map = self.map.write();
+        let key = if map.len() >= cap && !map.contains_key(&key) {
+            overflow(key)
+        } else {
+            key
+        };
+        if let Some(held) = map.get(&key) {
+            return held.clone();
+        }
+        let made = Arc::new(make(&key));
+        map.insert(key, made.clone());
+        made
     }
 }
 
@@ -106,4 +121,26 @@ pub struct Answering {
     pub(super) total: Counter,
     pub(super) success: Counter,
     pub(super) state: Gauge,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn past_the_cap_new_keys_share_the_overflow_bundle() {
+        let bundles = Bundles::<u32, u32>::default();
+        let made = |k: &u32| *k * 10;
+        assert_eq!(*bundles.get(1, 2, |_| 0, made), 10);
+        assert_eq!(*bundles.get(2, 2, |_| 0, made), 20);
+        // Full: a new key is counted under the overflow key, once made.
+        assert_eq!(*bundles.get(3, 2, |_| 0, made), 0);
+        assert_eq!(*bundles.get(4, 2, |_| 0, made), 0);
+        // Held keys keep their own.
+        assert_eq!(*bundles.get(1, 2, |_| 0, |_| unreachable!()), 10);
+        assert!(Arc::ptr_eq(
+            &bundles.get(3, 2, |_| 0, made),
+            &bundles.get(4, 2, |_| 0, made)
+        ));
+    }
 }
