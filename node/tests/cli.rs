@@ -42,7 +42,7 @@ fn config_check_lists_what_a_production_litellm_config_leaves_out() {
         "{stdout}"
     );
     assert!(
-        stdout.contains("19 keys are accepted but ignored:"),
+        stdout.contains("18 keys are accepted but ignored:"),
         "{stdout}"
     );
     assert!(

@@ -43,7 +43,7 @@ use self::decide::{Step, try_admit};
 pub use self::demand::{DEFAULT_OUTPUT_RESERVE, Demand, STRICT_OUTPUT_CAP};
 pub use self::refusal::{Exceeded, Headroom, LimitKind};
 pub use self::reservation::{Reservation, Who};
-pub use self::subjects::{budget_now, budget_window, spend_report};
+pub use self::subjects::{Entity, budget_now, budget_window, spend_report};
 use crate::auth::Principal;
 use crate::config::Deployment;
 use crate::error::{Error, Result};

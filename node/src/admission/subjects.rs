@@ -112,13 +112,10 @@ pub fn budget_window(duration: Option<&str>) -> Window {
 pub fn spend_report(
     counters: &Counters,
     state: &MetadataState,
-    scope: Scope,
-    entity: &str,
-    limits: &Limits,
-    budget_id: Option<&str>,
+    entity: &Entity<'_>,
     now_ms: u64,
 ) -> serde_json::Value {
-    let subject = resolved(state, scope, entity, limits, budget_id);
+    let subject = entity.resolved(state);
     let window = subject.window;
     let id = subject.id(Metric::Spend, window, now_ms);
     let reading = counters.reading(&id);
@@ -146,35 +143,40 @@ pub fn spend_report(
 pub fn budget_now(
     counters: &Counters,
     state: &MetadataState,
-    scope: Scope,
-    entity: &str,
-    limits: &Limits,
-    budget_id: Option<&str>,
+    entity: &Entity<'_>,
     now_ms: u64,
 ) -> (Option<u64>, u64) {
-    let subject = resolved(state, scope, entity, limits, budget_id);
+    let subject = entity.resolved(state);
     let id = subject.id(Metric::Spend, subject.window, now_ms);
     (subject.budget, counters.reading(&id).value)
 }
 
-/// An entity's limits resolved as admission resolves them, so reports read
-/// the counter admission charges.
-fn resolved(
-    state: &MetadataState,
-    scope: Scope,
-    entity: &str,
-    limits: &Limits,
-    budget_id: Option<&str>,
-) -> Subject {
-    let template = budget_id.and_then(|b| state.budget(b)).map(|t| Source {
-        limits: &t.limits,
-        updated_at: t.updated_at,
-    });
-    let own = Source {
-        limits,
-        updated_at: 0,
-    };
-    Subject::new(scope, entity, String::new(), own, template)
+/// An entity whose spend is reported: its scope and id, its own limits
+/// and its budget template.
+pub struct Entity<'a> {
+    pub scope: Scope,
+    pub id: &'a str,
+    pub limits: &'a Limits,
+    pub budget_id: Option<&'a str>,
+}
+
+impl Entity<'_> {
+    /// Its limits resolved as admission resolves them, so reports read the
+    /// counter admission charges.
+    fn resolved(&self, state: &MetadataState) -> Subject {
+        let template = self
+            .budget_id
+            .and_then(|b| state.budget(b))
+            .map(|t| Source {
+                limits: &t.limits,
+                updated_at: t.updated_at,
+            });
+        let own = Source {
+            limits: self.limits,
+            updated_at: 0,
+        };
+        Subject::new(self.scope, self.id, String::new(), own, template)
+    }
 }
 
 /// Every entity a request is charged to, with its limits.

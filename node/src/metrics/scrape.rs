@@ -13,6 +13,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use crate::admission::{Entity, budget_now};
 use crate::node::Node;
 use crate::pricing::pico_to_dollars;
 
@@ -49,15 +50,13 @@ fn budgets(registry: &mut Registry, node: &Node) {
             let Some(key) = state.key(&who.labels.hashed_api_key) else {
                 continue;
             };
-            let (max, spent) = crate::admission::budget_now(
-                &node.counters,
-                state,
-                Scope::Key,
-                &key.token,
-                &key.limits,
-                key.budget_id.as_deref(),
-                now,
-            );
+            let key_entity = Entity {
+                scope: Scope::Key,
+                id: &key.token,
+                limits: &key.limits,
+                budget_id: key.budget_id.as_deref(),
+            };
+            let (max, spent) = budget_now(&node.counters, state, &key_entity, now);
             let labels = vec![
                 ("hashed_api_key", key.token.clone()),
                 ("api_key_alias", key.key_alias.clone().unwrap_or_default()),
@@ -68,15 +67,13 @@ fn budgets(registry: &mut Registry, node: &Node) {
             }
         }
         for team in teams.values() {
-            let (max, spent) = crate::admission::budget_now(
-                &node.counters,
-                state,
-                Scope::Team,
-                &team.team_id,
-                &team.limits,
-                team.budget_id.as_deref(),
-                now,
-            );
+            let team_entity = Entity {
+                scope: Scope::Team,
+                id: &team.team_id,
+                limits: &team.limits,
+                budget_id: team.budget_id.as_deref(),
+            };
+            let (max, spent) = budget_now(&node.counters, state, &team_entity, now);
             let labels = vec![
                 ("team", team.team_id.clone()),
                 ("team_alias", team.team_alias.clone().unwrap_or_default()),

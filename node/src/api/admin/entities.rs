@@ -238,10 +238,12 @@ pub async fn customer_info(
     super::with_spend(
         &node,
         &mut info,
-        Scope::Customer,
-        &customer.user_id,
-        &customer.limits,
-        customer.budget_id.as_deref(),
+        crate::admission::Entity {
+            scope: Scope::Customer,
+            id: &customer.user_id,
+            limits: &customer.limits,
+            budget_id: customer.budget_id.as_deref(),
+        },
     );
     Ok(Json(info))
 }

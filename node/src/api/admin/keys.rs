@@ -337,10 +337,12 @@ pub async fn info(
     super::with_spend(
         &node,
         &mut info,
-        Scope::Key,
-        &record.token,
-        &record.limits,
-        record.budget_id.as_deref(),
+        crate::admission::Entity {
+            scope: Scope::Key,
+            id: &record.token,
+            limits: &record.limits,
+            budget_id: record.budget_id.as_deref(),
+        },
     );
     Ok(Json(json!({ "key": token, "info": info })))
 }

@@ -335,25 +335,10 @@ pub fn valid_budget_duration(text: &str) -> bool {
 }
 
 /// Adds the entity's global spend (see `admission::spend_report`) to `info`.
-pub fn with_spend(
-    node: &Node,
-    info: &mut Value,
-    scope: meridian_replication::crdt::Scope,
-    entity: &str,
-    limits: &meridian_consensus::metadata::Limits,
-    budget_id: Option<&str>,
-) {
-    let report = node.metadata.read(|s| {
-        crate::admission::spend_report(
-            &node.counters,
-            s,
-            scope,
-            entity,
-            limits,
-            budget_id,
-            node.now_ms(),
-        )
-    });
+pub fn with_spend(node: &Node, info: &mut Value, entity: crate::admission::Entity<'_>) {
+    let report = node
+        .metadata
+        .read(|s| crate::admission::spend_report(&node.counters, s, &entity, node.now_ms()));
     if let (Some(info), Value::Object(report)) = (info.as_object_mut(), report) {
         info.extend(report);
     }

@@ -148,10 +148,12 @@ fn describe(node: &Node, tag: &TagRecord) -> Value {
     super::with_spend(
         node,
         &mut info,
-        Scope::Tag,
-        &tag.name,
-        &tag.limits,
-        tag.budget_id.as_deref(),
+        crate::admission::Entity {
+            scope: Scope::Tag,
+            id: &tag.name,
+            limits: &tag.limits,
+            budget_id: tag.budget_id.as_deref(),
+        },
     );
     let l = &tag.limits;
     let has_budget = l.max_budget.is_some()

@@ -174,10 +174,12 @@ pub async fn team_info(
     super::with_spend(
         &node,
         &mut info,
-        Scope::Team,
-        &team.team_id,
-        &team.limits,
-        team.budget_id.as_deref(),
+        crate::admission::Entity {
+            scope: Scope::Team,
+            id: &team.team_id,
+            limits: &team.limits,
+            budget_id: team.budget_id.as_deref(),
+        },
     );
     Ok(Json(
         json!({ "team_id": team_id, "team_info": info, "keys": keys }),

@@ -187,10 +187,12 @@ pub async fn user_info(
     super::with_spend(
         &node,
         &mut info,
-        Scope::User,
-        &user.user_id,
-        &user.limits,
-        user.budget_id.as_deref(),
+        crate::admission::Entity {
+            scope: Scope::User,
+            id: &user.user_id,
+            limits: &user.limits,
+            budget_id: user.budget_id.as_deref(),
+        },
     );
     Ok(Json(
         json!({ "user_id": user_id, "user_info": info, "keys": keys, "teams": teams }),
