@@ -102,6 +102,10 @@ enum ConfigCommand {
     Check { file: PathBuf },
 }
 
+/// The default log filter (see `serve`).
+const DEFAULT_LOG: &str = "warn,meridian=info,meridian_node=info,meridian_consensus=info,\
+     meridian_replication=info,meridian_link=info,meridian_storage=info";
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -246,8 +250,11 @@ fn run_serve(
     // escape codes in a log file are noise for whoever reads it later.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout())
         && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    // For people by default: Meridian's own crates at INFO, dependencies
+    // (openraft's state dumps, hyper, rustls) only at WARN; `RUST_LOG`
+    // says otherwise.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)

@@ -179,6 +179,42 @@ async fn the_embedded_default_generates_prints_and_keeps_its_master_key() {
     }
 }
 
+/// Without `RUST_LOG`, the console is for people: the banner, Meridian's
+/// own lines, and no dependency's internals (openraft dumps its state at
+/// INFO).
+#[test]
+fn the_default_console_shows_meridian_not_its_dependencies() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = meridian()
+        .env_remove("RUST_LOG")
+        .args(["serve", "--port", "0", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let mut seen = Vec::new();
+    while let Some(Ok(line)) = lines.next() {
+        let done = line.trim_start().starts_with("curl ");
+        seen.push(line);
+        if done {
+            break;
+        }
+    }
+    // Let the region finish starting, then stop it gracefully: its last
+    // log lines are Meridian's own, at INFO.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let pid = rustix::process::Pid::from_child(&child);
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    seen.extend(lines.map_while(Result::ok));
+    child.wait().unwrap();
+    let text = seen.join("\n");
+    assert!(text.contains("listening on"), "{text}");
+    assert!(text.contains(" INFO meridian"), "{text}");
+    assert!(!text.contains("openraft"), "{text}");
+}
+
 /// A data directory whose store files were damaged (truncated, or
 /// overwritten with garbage) stops `serve` with a clear error naming the
 /// directory: no panic, no half-started node.
