@@ -255,10 +255,7 @@ impl IntoResponse for ApiError {
         }
         // For the request metrics, counted at the edge (`metrics::track`).
         let extensions = response.extensions_mut();
-        extensions.insert(Class {
-            provider: None,
-            name: reported(&self.error).1,
-        });
+        extensions.insert(Class(reported(&self.error).1));
         if let Some(asker) = self.asker {
             extensions.insert(*asker);
         }

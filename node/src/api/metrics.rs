@@ -25,10 +25,10 @@ pub async fn track(State(node): State<Arc<Node>>, req: Request, next: Next) -> R
     let status = response.status().as_u16();
     let extensions = response.extensions();
     let class = (status >= 400).then(|| {
-        extensions.get::<Class>().cloned().unwrap_or(Class {
-            provider: None,
-            name: class_name(status),
-        })
+        extensions
+            .get::<Class>()
+            .copied()
+            .unwrap_or(Class(class_name(status)))
     });
     let ended = Ended { status, class };
     match extensions.get::<Asker>() {

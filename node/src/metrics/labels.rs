@@ -304,32 +304,21 @@ fn deployment(e: Out<'_, '_>, p: &Place) -> Encoded {
     put(e, "api_provider", &p.api_provider)
 }
 
-fn model_id(e: Out<'_, '_>, p: Option<&Interned<Place>>) -> Encoded {
-    p.map_or(Ok(()), |p| put(e, "model_id", &p.labels.model_id))
-}
+/// An exception's class as LiteLLM names it (`RateLimitError`,
+/// `BudgetExceededError`, ...), as the request and fallback families
+/// carry it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Class(pub &'static str);
 
-/// An exception's class as LiteLLM names it: `Provider.ErrorName` for an
-/// upstream's error, the name alone for the gateway's own.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct Class {
-    pub provider: Option<Interned<Place>>,
-    pub name: &'static str,
-}
-
-impl Class {
-    fn encode(&self, e: Out<'_, '_>) -> Encoded {
-        match &self.provider {
-            Some(p) => {
-                let mut chars = p.labels.api_provider.chars();
-                let provider: String = chars
-                    .next()
-                    .map(|c| c.to_uppercase().chain(chars).collect())
-                    .unwrap_or_default();
-                put(e, "exception_class", &format!("{provider}.{}", self.name))
-            }
-            None => put(e, "exception_class", self.name),
-        }
-    }
+/// A provider's error, as LiteLLM's deployment families name it:
+/// `Provider.ErrorName` (`Openai.RateLimitError`).
+fn provider_class(e: Out<'_, '_>, place: &Place, name: &str) -> Encoded {
+    let mut chars = place.api_provider.chars();
+    let provider: String = chars
+        .next()
+        .map(|c| c.to_uppercase().chain(chars).collect())
+        .unwrap_or_default();
+    put(e, "exception_class", &format!("{provider}.{name}"))
 }
 
 /// `litellm_proxy_total_requests_metric`: who, what was asked, on which
@@ -340,7 +329,6 @@ pub struct ProxyRequest {
     pub asked: Interned<Requested>,
     pub route: &'static str,
     pub status: u16,
-    pub place: Option<Interned<Place>>,
 }
 
 impl EncodeLabelSet for ProxyRequest {
@@ -348,8 +336,7 @@ impl EncodeLabelSet for ProxyRequest {
         user(e, &self.who.labels)?;
         put(e, "requested_model", &self.asked.labels.0)?;
         put(e, "route", self.route)?;
-        status(e, "status_code", self.status)?;
-        model_id(e, self.place.as_ref())
+        status(e, "status_code", self.status)
     }
 }
 
@@ -369,8 +356,7 @@ impl EncodeLabelSet for ProxyFailure {
         put(e, "requested_model", &self.asked.labels.0)?;
         put(e, "route", self.route)?;
         status(e, "exception_status", self.status)?;
-        self.class.encode(e)?;
-        model_id(e, self.class.provider.as_ref())
+        put(e, "exception_class", self.class.0)
     }
 }
 
@@ -427,11 +413,7 @@ impl EncodeLabelSet for DeploymentCall {
         key(e, &self.who.labels, true)?;
         if let Some((code, name)) = self.failure {
             status(e, "exception_status", code)?;
-            Class {
-                provider: Some(self.place.clone()),
-                name,
-            }
-            .encode(e)?;
+            provider_class(e, &self.place.labels, name)?;
         }
         Ok(())
     }
@@ -469,8 +451,7 @@ impl EncodeLabelSet for Fallback {
         put(e, "fallback_model", &self.fallback.labels.0)?;
         key(e, &self.who.labels, true)?;
         status(e, "exception_status", self.first.0)?;
-        self.first.1.encode(e)?;
-        model_id(e, self.first.1.provider.as_ref())
+        put(e, "exception_class", self.first.1.0)
     }
 }
 

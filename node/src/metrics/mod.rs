@@ -313,7 +313,6 @@ impl Metrics {
                 asked: asker.asked.clone(),
                 route,
                 status: ended.status,
-                place: None,
             })
             .inc();
         if let Some(class) = &ended.class {
@@ -323,7 +322,7 @@ impl Metrics {
                     asked: asker.asked.clone(),
                     route,
                     status: ended.status,
-                    class: class.clone(),
+                    class: *class,
                 })
                 .inc();
         }

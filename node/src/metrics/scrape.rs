@@ -50,35 +50,35 @@ fn budgets(registry: &mut Registry, node: &Node) {
             let Some(key) = state.key(&who.labels.hashed_api_key) else {
                 continue;
             };
-            let key_entity = Entity {
+            let entity = Entity {
                 scope: Scope::Key,
                 id: &key.token,
                 limits: &key.limits,
                 budget_id: key.budget_id.as_deref(),
             };
-            let (max, spent) = budget_now(&node.counters, state, &key_entity, now);
             let labels = vec![
                 ("hashed_api_key", key.token.clone()),
                 ("api_key_alias", key.key_alias.clone().unwrap_or_default()),
             ];
-            gauge_pair(&key_left, &key_max, labels, max, spent);
+            let (max, spent) = budget_now(&node.counters, state, &entity, now);
+            gauge_pair([&key_left, &key_max], labels, max, spent);
             if let Some(team) = key.team_id.as_deref().and_then(|t| state.team(t)) {
                 teams.insert(team.team_id.clone(), team.clone());
             }
         }
         for team in teams.values() {
-            let team_entity = Entity {
+            let entity = Entity {
                 scope: Scope::Team,
                 id: &team.team_id,
                 limits: &team.limits,
                 budget_id: team.budget_id.as_deref(),
             };
-            let (max, spent) = budget_now(&node.counters, state, &team_entity, now);
             let labels = vec![
                 ("team", team.team_id.clone()),
                 ("team_alias", team.team_alias.clone().unwrap_or_default()),
             ];
-            gauge_pair(&team_left, &team_max, labels, max, spent);
+            let (max, spent) = budget_now(&node.counters, state, &entity, now);
+            gauge_pair([&team_left, &team_max], labels, max, spent);
         }
     });
     registry.register(
@@ -105,7 +105,7 @@ fn budgets(registry: &mut Registry, node: &Node) {
 
 /// Sets "remaining" (`+Inf` without a budget, as LiteLLM) and, with a
 /// budget, "max".
-fn gauge_pair(left: &Gauges, max_gauge: &Gauges, labels: Labels, max: Option<u64>, spent: u64) {
+fn gauge_pair([left, max_gauge]: [&Gauges; 2], labels: Labels, max: Option<u64>, spent: u64) {
     match max {
         Some(max) => {
             left.get_or_create(&labels)

@@ -92,8 +92,7 @@ pub async fn attempts(
             let answered = result.is_ok();
             let named_none = matches!(&result, Err(Failed::Group(Error::ModelNotFound { .. })));
             if !named_none {
-                node.metrics
-                    .fallback(&ctx.asker, target, first.clone(), answered);
+                node.metrics.fallback(&ctx.asker, target, *first, answered);
             }
         }
         let failure = match result {
@@ -103,13 +102,7 @@ pub async fn attempts(
         };
         if at == 1 {
             let (status, name) = crate::api::reported_error(&failure);
-            first = Some((
-                status,
-                Class {
-                    provider: None,
-                    name,
-                },
-            ));
+            first = Some((status, Class(name)));
             chain.extend(route::fallbacks(
                 node,
                 model,
